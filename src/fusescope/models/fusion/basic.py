@@ -1,0 +1,100 @@
+"""The simplest fusion points: unimodal, input-level (early) concat, logit-level (late) average,
+and the two-stream model of the dissection paper (two encoders, concat, 1x1 conv, one decoder)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fusescope.models.backbones import create_encoder, feature_channels, feature_reductions
+from fusescope.models.decoders import build_decoder
+from fusescope.models.registry import FUSION_METHODS
+from fusescope.models.segmentor import Segmentor, output, resize_to
+
+
+class EncoderDecoder(Segmentor):
+    """One encoder over the channel-concatenation of the given modalities, one decoder.
+
+    With a single modality this is the unimodal model; with several, input-level early fusion.
+    """
+
+    def __init__(self, modalities: list[str], in_channels: dict[str, int], num_classes: int,
+                 backbone: str, pretrained: bool | str, decoder: str | dict):
+        super().__init__(modalities, num_classes)
+        self.encoder = create_encoder(backbone, sum(in_channels[m] for m in modalities),
+                                      pretrained)
+        self.decoder = build_decoder(decoder, feature_channels(self.encoder),
+                                     feature_reductions(self.encoder), num_classes)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict:
+        x = torch.cat(self.inputs(batch), dim=1)
+        return output(resize_to(self.decoder(self.encoder(x)), x.shape[-2:]))
+
+
+@FUSION_METHODS.register("unimodal")
+def unimodal(modalities, in_channels, num_classes, backbone: str = "resnet18",
+             pretrained: bool | str = False, decoder: str | dict = "light") -> Segmentor:
+    if len(modalities) != 1:
+        raise ValueError(f"unimodal reads one modality; data.modalities is {modalities}")
+    return EncoderDecoder(modalities, in_channels, num_classes, backbone, pretrained, decoder)
+
+
+@FUSION_METHODS.register("early_concat")
+def early_concat(modalities, in_channels, num_classes, backbone: str = "resnet18",
+                 pretrained: bool | str = False, decoder: str | dict = "light") -> Segmentor:
+    return EncoderDecoder(modalities, in_channels, num_classes, backbone, pretrained, decoder)
+
+
+class LateAverage(Segmentor):
+    """One full encoder-decoder per modality; the scored logits are their mean."""
+
+    def __init__(self, modalities, in_channels, num_classes, backbone, pretrained, decoder):
+        super().__init__(modalities, num_classes)
+        self.streams = nn.ModuleDict({
+            m: EncoderDecoder([m], in_channels, num_classes, backbone, pretrained, decoder)
+            for m in modalities})
+
+    def forward(self, batch: dict[str, Tensor]) -> dict:
+        per_modality = {m: self.streams[m](batch)["logits"] for m in self.modalities}
+        logits = torch.stack(list(per_modality.values())).mean(0)
+        return output(logits, per_modality=per_modality)
+
+
+@FUSION_METHODS.register("late_average")
+def late_average(modalities, in_channels, num_classes, backbone: str = "resnet18",
+                 pretrained: bool | str = False, decoder: str | dict = "light") -> Segmentor:
+    return LateAverage(modalities, in_channels, num_classes, backbone, pretrained, decoder)
+
+
+class TwoStreamConcat(Segmentor):
+    """Separate encoders; at every level the features are concatenated over modalities and a
+    1x1 conv (+BN+ReLU) reduces them back to one stream's width; one shared decoder.
+
+    The dissection paper's joint model. `fuse.{level}` is the fused feature, `encoders.{m}` each
+    modality's own, which is what the dissection taps read.
+    """
+
+    def __init__(self, modalities, in_channels, num_classes, backbone, pretrained, decoder):
+        super().__init__(modalities, num_classes)
+        self.encoders = nn.ModuleDict({
+            m: create_encoder(backbone, in_channels[m], pretrained) for m in modalities})
+        first = self.encoders[modalities[0]]
+        channels = feature_channels(first)
+        self.fuse = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c * len(modalities), c, 1, bias=False), nn.BatchNorm2d(c),
+                          nn.ReLU(inplace=True)) for c in channels)
+        self.decoder = build_decoder(decoder, channels, feature_reductions(first), num_classes)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict:
+        inputs = self.inputs(batch)
+        per_stream = [self.encoders[m](x) for m, x in zip(self.modalities, inputs, strict=True)]
+        fused = [fuse(torch.cat(level, dim=1))
+                 for fuse, level in zip(self.fuse, zip(*per_stream, strict=True), strict=True)]
+        return output(resize_to(self.decoder(fused), inputs[0].shape[-2:]))
+
+
+@FUSION_METHODS.register("two_stream_concat")
+def two_stream_concat(modalities, in_channels, num_classes, backbone: str = "resnet18",
+                      pretrained: bool | str = False,
+                      decoder: str | dict = "light") -> Segmentor:
+    return TwoStreamConcat(modalities, in_channels, num_classes, backbone, pretrained, decoder)

@@ -1,0 +1,75 @@
+"""Name -> builder registries, one per kind of component (fusion method, decoder, data set).
+
+An unknown name is an error listing the known ones, never a silent fallback; a builder's keyword
+arguments are its config schema, so an unknown config key is reported with the accepted ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fusescope.errors import FusescopeError
+
+
+class Registry:
+    """A named table of builders.
+
+    Args:
+        kind: what the entries build, used in error messages ("fusion method", "decoder", ...).
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._builders: dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def add(builder: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._builders:
+                warnings.warn(f"{self.kind} {name!r} registered twice; the later one wins",
+                              stacklevel=2)
+            self._builders[name] = builder
+            return builder
+
+        return add
+
+    def names(self) -> list[str]:
+        return sorted(self._builders)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._builders
+
+    def get(self, name: str) -> Callable[..., Any]:
+        if name not in self._builders:
+            raise FusescopeError(
+                f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+        return self._builders[name]
+
+    def build(self, name: str, options: Mapping[str, Any], where: str = "", **fixed: Any) -> Any:
+        """Call the builder `name` with `fixed` arguments plus user `options`.
+
+        Args:
+            name: registered name.
+            options: user-supplied keyword arguments (from a config section); every key must be a
+                parameter of the builder.
+            where: config path of `options` (e.g. "model"), to name unknown keys precisely.
+            **fixed: arguments supplied by fusescope itself (modalities, class count, ...).
+        """
+        builder = self.get(name)
+        check_keywords(builder, options, where or self.kind, exclude=set(fixed))
+        return builder(**fixed, **dict(options))
+
+
+def check_keywords(fn: Callable[..., Any], options: Mapping[str, Any], where: str,
+                   exclude: set[str] = frozenset()) -> None:
+    """Raise a FusescopeError naming every key of `options` that `fn` does not accept."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = sorted(k for k in params if k not in exclude)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        keys = ", ".join(f"{where}.{k}" for k in unknown)
+        raise FusescopeError(f"unknown config key {keys}; accepted: {', '.join(accepted)}")
