@@ -89,3 +89,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             return np.array(image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise FusescopeError(f"{path}: cannot read image ({err})") from None
+
+
+def write_label_png(path: str | os.PathLike, label: np.ndarray,
+                    colors: list[tuple[int, int, int]]) -> None:
+    """Write class ids as a palette PNG: pixel values stay the ids, viewers show the colours."""
+    image = Image.fromarray(label.astype(np.uint8), mode="P")
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[: len(colors)] = np.asarray(colors, dtype=np.uint8)
+    image.putpalette(palette.reshape(-1).tolist())
+    with atomic_path(path, suffix=".png") as tmp:
+        image.save(tmp, format="PNG")

@@ -7,6 +7,8 @@ import torch
 from torch import Tensor, nn
 
 from fusescope.models.backbones import create_encoder, feature_channels, feature_reductions
+from fusescope.models.bmc import BMC
+from fusescope.models.bmc import MODES as BMC_MODES
 from fusescope.models.decoders import build_decoder
 from fusescope.models.registry import FUSION_METHODS
 from fusescope.models.segmentor import Segmentor, output, resize_to
@@ -72,9 +74,15 @@ class TwoStreamConcat(Segmentor):
 
     The dissection paper's joint model. `fuse.{level}` is the fused feature, `encoders.{m}` each
     modality's own, which is what the dissection taps read.
+
+    With `bmc`, the Bidirectional Mutual Constraint (`fusescope.models.bmc.BMC`) acts on the two
+    streams' features at each level in `bmc_levels` before they are fused, and its weighted sum
+    is returned as `aux_losses["bmc"]`; `bmc.{level}` holds its heads.
     """
 
-    def __init__(self, modalities, in_channels, num_classes, backbone, pretrained, decoder):
+    def __init__(self, modalities, in_channels, num_classes, backbone, pretrained, decoder,
+                 bmc: bool | None = None, bmc_weight: float = 0.1, bmc_mode: str = "both",
+                 bmc_levels: list[int] | None = None):
         super().__init__(modalities, num_classes)
         self.encoders = nn.ModuleDict({
             m: create_encoder(backbone, in_channels[m], pretrained) for m in modalities})
@@ -84,17 +92,56 @@ class TwoStreamConcat(Segmentor):
             nn.Sequential(nn.Conv2d(c * len(modalities), c, 1, bias=False), nn.BatchNorm2d(c),
                           nn.ReLU(inplace=True)) for c in channels)
         self.decoder = build_decoder(decoder, channels, feature_reductions(first), num_classes)
+        self.bmc_weight = float(bmc_weight)
+        self.bmc = nn.ModuleDict()
+        if bmc:
+            if len(modalities) != 2:
+                raise ValueError(f"bmc constrains two streams; data.modalities is {modalities}")
+            levels = list(range(len(channels))) if bmc_levels is None else list(bmc_levels)
+            bad = [lvl for lvl in levels if not 0 <= lvl < len(channels)]
+            if bad or not levels:
+                raise ValueError(f"bmc_levels {bmc_levels} must pick levels in "
+                                 f"0..{len(channels) - 1}")
+            # a ModuleDict keyed by level: `bmc.3` names the heads of the deepest level
+            self.bmc = nn.ModuleDict({str(lvl): BMC(channels[lvl], mode=bmc_mode)
+                                      for lvl in sorted(set(levels))})
 
     def forward(self, batch: dict[str, Tensor]) -> dict:
         inputs = self.inputs(batch)
         per_stream = [self.encoders[m](x) for m, x in zip(self.modalities, inputs, strict=True)]
+        levels = list(zip(*per_stream, strict=True))  # per level: one feature per modality
+        aux = {}
+        if len(self.bmc) and self.training:
+            aux["bmc"] = self.bmc_weight * sum(
+                bmc(*levels[int(lvl)]) for lvl, bmc in self.bmc.items())
         fused = [fuse(torch.cat(level, dim=1))
-                 for fuse, level in zip(self.fuse, zip(*per_stream, strict=True), strict=True)]
-        return output(resize_to(self.decoder(fused), inputs[0].shape[-2:]))
+                 for fuse, level in zip(self.fuse, levels, strict=True)]
+        return output(resize_to(self.decoder(fused), inputs[0].shape[-2:]), aux_losses=aux)
+
+    def training_stats(self) -> dict[str, float]:
+        """The latest BMC estimates per level (`bmc/3/min`, `bmc/3/max`), for the engine's log."""
+        return {f"bmc/{lvl}/{half}": float(value)
+                for lvl, bmc in self.bmc.items() for half, value in bmc.last.items()}
 
 
 @FUSION_METHODS.register("two_stream_concat")
 def two_stream_concat(modalities, in_channels, num_classes, backbone: str = "resnet18",
-                      pretrained: bool | str = False,
-                      decoder: str | dict = "light") -> Segmentor:
-    return TwoStreamConcat(modalities, in_channels, num_classes, backbone, pretrained, decoder)
+                      pretrained: bool | str = False, decoder: str | dict = "light",
+                      bmc: bool | None = None, bmc_weight: float = 0.1, bmc_mode: str = "both",
+                      bmc_levels: list[int] | None = None) -> Segmentor:
+    """The dissection paper's joint model; `bmc: true` adds the BMC auxiliary loss.
+
+    Args:
+        bmc: add BMC (null/false: off).
+        bmc_weight: weight of the BMC loss in `aux_losses["bmc"]`.
+        bmc_mode: "both" (minimise one half's cross-modal MI, maximise the other's), "min" or
+            "max" (one term only, for ablations).
+        bmc_levels: encoder levels (0 = finest) whose features BMC constrains; null = all.
+    """
+    if bmc_mode not in BMC_MODES:
+        raise ValueError(f"bmc_mode must be one of {', '.join(BMC_MODES)}; got {bmc_mode!r}")
+    if bmc and bmc_weight < 0:
+        raise ValueError(f"bmc_weight must be >= 0, got {bmc_weight}")
+    return TwoStreamConcat(modalities, in_channels, num_classes, backbone, pretrained, decoder,
+                           bmc=bmc, bmc_weight=bmc_weight, bmc_mode=bmc_mode,
+                           bmc_levels=bmc_levels)

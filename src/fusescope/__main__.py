@@ -1,0 +1,3 @@
+from fusescope.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,207 @@
+"""The `fusescope` command line.
+
+    fusescope demo                                  the known-answer demo (data, 3 models, table)
+    fusescope data synth --out DIR --num N          generate the known-answer data set
+    fusescope data prepare|hha|inspect ...          real data sets (official files), HHA, stats
+    fusescope train CONFIG --out RUN [key=value]    train (resumes if RUN has a checkpoint)
+    fusescope eval RUN [--tta ...] [--json]         evaluate a run
+    fusescope predict RUN --rgb A --depth B --out M predict on your own frames
+    fusescope bench ...                             benchmarks that print figures
+    fusescope dissect ...                           what each modality contributes
+
+User errors (a bad file, key or value) print one line naming it and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from fusescope import __version__
+from fusescope.errors import FusescopeError
+
+
+def _optional_register(module: str, subparsers) -> None:
+    """Sub-commands contributed by a module (real data, dissection, benchmarks)."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name != module:
+            raise
+        return
+    mod.register(subparsers)
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    import shutil
+
+    from fusescope.data.synthetic import generate
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        if not args.force:
+            raise FusescopeError(f"{out}: exists and is not empty (use --force to replace it)")
+        if not (out / "meta.json").is_file():
+            raise FusescopeError(f"{out}: not a fusescope data folder; refusing to delete it")
+        shutil.rmtree(out)
+    meta = generate(out, num=args.num, seed=args.seed, size=tuple(args.size),
+                    progress=not args.quiet)
+    print(f"wrote {args.num} frames of {args.size[0]}x{args.size[1]} to {out} "
+          f"({meta.num_classes} classes)")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from fusescope.config import load_config
+    from fusescope.engine.train import train
+
+    cfg = load_config(args.config, args.overrides)
+    if args.quiet:
+        cfg.train.progress = False
+    out = train(cfg, args.out, resume=not args.no_resume)
+    if out is not None:  # first process only
+        print(f"run saved to {out}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from fusescope.engine.evaluate import evaluate_run
+    from fusescope.engine.metrics import json_safe
+    from fusescope.io import write_json
+
+    result = evaluate_run(args.run, split=args.split, tta=args.tta, corrupt=args.corrupt,
+                          window=args.window, batch_size=args.batch_size,
+                          data_root=args.data_root, progress=not args.json)
+    result = json_safe(result)
+    suffix = f"_{args.corrupt.replace(':', '')}" if args.corrupt else ""
+    write_json(Path(args.run) / f"eval_{result['split']}_{result['tta']}{suffix}.json", result)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(format_result(result))
+
+
+def format_result(result: dict) -> str:
+    def pct(x):
+        return "  n/a" if x is None else f"{100 * x:5.1f}"
+
+    lines = [f"{result['model']} on {result['split']} (tta {result['tta']}"
+             f"{', ' + result['corrupt'] if result.get('corrupt') else ''}): "
+             f"mIoU {pct(result['miou'])}  pixel acc {pct(result['pixel_acc'])}  "
+             f"mean acc {pct(result['mean_acc'])}"]
+    for name, value in (result.get("cue_group_miou") or {}).items():
+        lines.append(f"  {name + '-cue classes':24s} mIoU {pct(value)}")
+    width = max(len(n) for n in result["class_names"])
+    for name, iou in zip(result["class_names"], result["per_class_iou"], strict=True):
+        lines.append(f"  {name:{width}s} IoU {pct(iou)}")
+    return "\n".join(lines)
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from fusescope.engine.checkpoint import load_run
+    from fusescope.engine.predict import predict
+
+    inputs = {}
+    for item in args.input or []:
+        if "=" not in item:
+            raise FusescopeError(f"--input {item!r} is not NAME=PATH")
+        name, path = item.split("=", 1)
+        inputs[name] = path
+    for name in ("rgb", "depth", "hha"):
+        if getattr(args, name):
+            inputs[name] = getattr(args, name)
+    run = load_run(args.run)
+    written = predict(run, inputs, args.out, tta=args.tta)
+    print(f"wrote {len(written)} mask(s) and overlay(s): {written[0]}"
+          + (" ..." if len(written) > 1 else ""))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from fusescope.bench.known_answer import run_demo
+
+    run_demo(Path(args.out), steps=args.steps, fusion=args.fusion, num=args.num,
+             backbone=args.backbone)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fusescope", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fusescope {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="generate the known-answer data, train RGB-only, "
+                       "depth-only and a fusion model, print the per-cue table, draw a figure")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--steps", type=int, default=None, help="training steps per model")
+    p.add_argument("--fusion", default=None, help="fusion config name under configs/synthetic")
+    p.add_argument("--num", type=int, default=None, help="frames to generate")
+    p.add_argument("--backbone", default=None)
+    p.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="data sets: synth, prepare, hha, inspect")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("synth", help="generate the known-answer RGB-D data set")
+    p.add_argument("--out", required=True)
+    p.add_argument("--num", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, nargs=2, default=[120, 160], metavar=("H", "W"))
+    p.add_argument("--force", action="store_true", help="replace an existing data folder")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_synth)
+    _optional_register("fusescope.data.commands", data_sub)
+
+    p = sub.add_parser("train", help="train a config into a run folder")
+    p.add_argument("config")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", help="dotted overrides: train.max_steps=100 ...")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run folder")
+    p.add_argument("run")
+    p.add_argument("--split", default=None)
+    p.add_argument("--tta", default=None, choices=["none", "flip", "ms-flip"])
+    p.add_argument("--window", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="sliding-window inference with this crop")
+    p.add_argument("--corrupt", default=None, metavar="KIND:SEVERITY",
+                   help="corrupt inputs, e.g. depth_noise:3")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--data-root", default=None, help="evaluate on another data folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="predict masks for your own frames or folders")
+    p.add_argument("run")
+    p.add_argument("--rgb")
+    p.add_argument("--depth")
+    p.add_argument("--hha")
+    p.add_argument("--input", action="append", metavar="NAME=PATH",
+                   help="any other modality of the run")
+    p.add_argument("--out", required=True, help="mask .png (or folder for folder inputs)")
+    p.add_argument("--tta", default="none", choices=["none", "flip", "ms-flip"])
+    p.set_defaults(func=cmd_predict)
+
+    _optional_register("fusescope.bench.commands", sub)
+    _optional_register("fusescope.dissect.cli", sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # overrides may come after --out; argparse leaves those to us
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if getattr(args, "command", None) != "train" or any(a.startswith("-") for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    try:
+        args.func(args)
+    except FusescopeError as err:
+        print(f"fusescope: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fusescope: interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,180 @@
+"""The `fusescope data ...` subcommands: prepare (nyudv2, sunrgbd, cityscapes), hha, inspect.
+
+`register(data_subparsers)` adds them to the `data` command's subparsers; each sets
+`func(args)`, which the CLI calls with the parsed namespace. Errors are `FusescopeError`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fusescope.errors import FusescopeError
+
+
+def _prepare_nyudv2(args: argparse.Namespace) -> None:
+    from fusescope.data.nyudv2 import prepare_nyudv2
+
+    meta = prepare_nyudv2(
+        args.mat,
+        args.splits,
+        args.mapping,
+        args.out,
+        mapping13=args.mapping13,
+        hha=args.hha,
+        overwrite=args.overwrite,
+        progress=True,
+    )
+    print(f"wrote {args.out}: {meta.name}, {meta.num_classes} classes")
+
+
+def _prepare_sunrgbd(args: argparse.Namespace) -> None:
+    from fusescope.data.sunrgbd import prepare_sunrgbd
+
+    meta = prepare_sunrgbd(
+        args.src,
+        args.out,
+        depth_source=args.depth_source,
+        raw_depth=not args.no_raw_depth,
+        check_split_sizes=not args.any_split_size,
+        overwrite=args.overwrite,
+        progress=True,
+    )
+    print(f"wrote {args.out}: {meta.name}, {meta.num_classes} classes")
+
+
+def _prepare_cityscapes(args: argparse.Namespace) -> None:
+    from fusescope.data.cityscapes import prepare_cityscapes
+
+    meta = prepare_cityscapes(
+        args.src,
+        args.out,
+        depth_mode=args.depth_mode,
+        splits=tuple(args.splits),
+        overwrite=args.overwrite,
+        progress=True,
+    )
+    print(f"wrote {args.out}: {meta.name}, {meta.num_classes} classes")
+
+
+def _hha(args: argparse.Namespace) -> None:
+    import time
+
+    import numpy as np
+
+    from fusescope.data.hha import GravityOptions, Intrinsics, hha
+    from fusescope.io import read_image, write_png
+
+    if not args.depth_scale > 0:
+        raise FusescopeError(f"--depth-scale must be positive, got {args.depth_scale}")
+    depth = read_image(args.depth)
+    if depth.ndim != 2:
+        raise FusescopeError(f"{args.depth}: depth must be a single-channel image")
+    raw = None
+    if args.raw_depth is not None:
+        raw = read_image(args.raw_depth)
+        if raw.shape != depth.shape:
+            raise FusescopeError(
+                f"{args.raw_depth}: size {raw.shape} differs from {args.depth}'s {depth.shape}"
+            )
+        raw = raw.astype(np.float64) * args.depth_scale
+    gravity = GravityOptions(
+        direction=tuple(args.gravity) if args.gravity is not None else None,
+        camera_height_m=args.camera_height,
+    )
+    t = time.perf_counter()
+    out = hha(
+        depth.astype(np.float64) * args.depth_scale,
+        Intrinsics(*args.intrinsics),
+        raw,
+        gravity=gravity,
+        one_based=not args.zero_based,
+    )
+    write_png(args.out, out)
+    print(f"wrote {args.out} ({time.perf_counter() - t:.2f} s)")
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from fusescope.data.stats import inspect
+
+    inspect(args.dir, split=args.split, samples=args.samples, num_samples=args.num_samples)
+
+
+def register(data_subparsers: argparse._SubParsersAction) -> None:
+    """Add `prepare`, `hha` and `inspect` to the `fusescope data` subparsers."""
+    prep = data_subparsers.add_parser("prepare", help="convert an official data set")
+    sub = prep.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+
+    p = sub.add_parser("nyudv2", help="NYU Depth V2 from nyu_depth_v2_labeled.mat")
+    p.add_argument("--mat", type=Path, required=True, help="nyu_depth_v2_labeled.mat")
+    p.add_argument("--splits", type=Path, required=True, help="splits.mat (795 / 654)")
+    p.add_argument("--mapping", type=Path, required=True, help="classMapping40.mat")
+    p.add_argument("--mapping13", type=Path, help="class13Mapping.mat: use 13 classes")
+    p.add_argument("--hha", action="store_true", help="also write hha/ (slower)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_prepare_nyudv2)
+
+    p = sub.add_parser("sunrgbd", help="SUN RGB-D, 37 classes, 5285 / 5050")
+    p.add_argument("src", type=Path, help="folder with SUNRGBD/, the two image lists, labels/")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--depth-source", choices=["depth_bfx", "depth"], default="depth_bfx")
+    p.add_argument("--no-raw-depth", action="store_true", help="skip raw_depth/")
+    p.add_argument(
+        "--any-split-size",
+        action="store_true",
+        help="accept lists other than the official 5285 / 5050",
+    )
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_prepare_sunrgbd)
+
+    p = sub.add_parser("cityscapes", help="Cityscapes, 19 classes, with disparity")
+    p.add_argument("src", type=Path, help="folder with leftImg8bit/ disparity/ gtFine/ camera/")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--depth-mode", choices=["depth", "disparity"], default="depth")
+    p.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val"])
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_prepare_cityscapes)
+
+    p = data_subparsers.add_parser("hha", help="HHA encoding of one depth image")
+    p.add_argument("--depth", type=Path, required=True, help="depth image (e.g. uint16 PNG)")
+    p.add_argument(
+        "--raw-depth", type=Path, help="raw sensor depth: its zeros are left out of the normal fits"
+    )
+    p.add_argument(
+        "--intrinsics", type=float, nargs=4, required=True, metavar=("FX", "FY", "CX", "CY")
+    )
+    p.add_argument(
+        "--depth-scale",
+        type=float,
+        required=True,
+        metavar="METRES_PER_UNIT",
+        help="e.g. 0.001 for mm, 0.0001 for the NYU HHA reference frame",
+    )
+    p.add_argument(
+        "--zero-based",
+        action="store_true",
+        help="CX CY count the first pixel as 0 (OpenCV); default 1 (MATLAB, NYU)",
+    )
+    p.add_argument(
+        "--gravity",
+        type=float,
+        nargs=3,
+        metavar=("GX", "GY", "GZ"),
+        help="fixed down direction in camera coordinates instead of estimating it",
+    )
+    p.add_argument(
+        "--camera-height",
+        type=float,
+        metavar="METRES",
+        help="height from a ground plane this far below the camera (outdoor)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output PNG (R/G/B = H/H/A)")
+    p.set_defaults(func=_hha)
+
+    p = data_subparsers.add_parser("inspect", help="class frequencies, weights, depth stats")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--split", default="train")
+    p.add_argument("--samples", type=Path, help="PNG for the sample grid")
+    p.add_argument("--num-samples", type=int, default=4)
+    p.set_defaults(func=_inspect)

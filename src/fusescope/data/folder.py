@@ -1,0 +1,182 @@
+"""The data set over the folder layout (docs/architecture.md): any aligned modalities.
+
+Files are checked when the data set is built (every modality and the label present for every
+id of the split, nothing extra), and each sample is checked as it is read (sizes agree, dtypes
+and units are plausible, label ids in range), so bad data stops with the file named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fusescope.data.meta import LABEL_DIR, DatasetMeta, ModalitySpec, load_meta, read_split
+from fusescope.errors import FusescopeError
+from fusescope.io import read_image
+
+EXTENSIONS = (".png", ".jpg", ".jpeg")
+# metric depth outside this range (median over valid pixels) means the scale is wrong
+PLAUSIBLE_DEPTH_M = (0.05, 200.0)
+
+
+def find_file(folder: Path, sample_id: str) -> Path | None:
+    for ext in EXTENSIONS:
+        path = folder / f"{sample_id}{ext}"
+        if path.is_file():
+            return path
+    return None
+
+
+def load_modality(path: str | os.PathLike, name: str, spec: ModalitySpec) -> np.ndarray:
+    """Read one modality file into float32 (C, H, W): images in [0, 1], depth in metres.
+
+    Raises:
+        FusescopeError: wrong dtype or channel count, or depth in implausible units.
+    """
+    array = read_image(path)
+    if spec.kind == "depth":
+        if array.dtype != np.uint16:
+            raise FusescopeError(f"{path}: depth '{name}' must be a 16-bit PNG (value * "
+                                 f"{spec.scale} = metres), got {array.dtype}")
+        if array.ndim != 2:
+            raise FusescopeError(f"{path}: depth '{name}' must have one channel")
+        metres = array.astype(np.float32) * np.float32(spec.scale)
+        valid = metres[metres > 0]
+        if valid.size:
+            median = float(np.median(valid))
+            lo, hi = PLAUSIBLE_DEPTH_M
+            if not lo <= median <= hi:
+                raise FusescopeError(
+                    f"{path}: depth '{name}' has median {median:.4g} m with scale {spec.scale} "
+                    f"m/unit; expected {lo}-{hi} m: wrong units or scale in meta.json?")
+        return metres[None]
+    if array.dtype != np.uint8:
+        raise FusescopeError(f"{path}: '{name}' must be an 8-bit image, got {array.dtype}")
+    x = array[..., None] if array.ndim == 2 else array
+    if x.shape[-1] != spec.channels:
+        raise FusescopeError(f"{path}: '{name}' has {x.shape[-1]} channels, meta.json says "
+                             f"{spec.channels}")
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32) / 255.0
+
+
+def check_folder(root: Path, meta: DatasetMeta, modalities: list[str], ids: list[str],
+                 with_labels: bool = True) -> dict[str, dict[str, Path]]:
+    """Resolve the file of every (modality, id); errors name what is missing or extra."""
+    unknown = [m for m in modalities if m not in meta.modalities]
+    if unknown:
+        raise FusescopeError(f"{root / 'meta.json'}: no modality {unknown}; this data set has "
+                             f"{sorted(meta.modalities)}")
+    folders = list(modalities) + ([LABEL_DIR] if with_labels else [])
+    files: dict[str, dict[str, Path]] = {}
+    for name in folders:
+        folder = root / name
+        if not folder.is_dir():
+            raise FusescopeError(f"{folder}: folder missing for '{name}'")
+        present = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS}
+        missing = [i for i in ids if i not in present]
+        if missing:
+            raise FusescopeError(f"{folder}: {len(missing)} file(s) of the split missing, e.g. "
+                                 f"{missing[0]}.png")
+        files[name] = {i: present[i] for i in ids}
+    # a file present for one modality but not another is a broken pairing
+    stems = [set(p.stem for p in (root / n).iterdir() if p.suffix.lower() in EXTENSIONS)
+             for n in folders]
+    union = set().union(*stems)
+    for name, have in zip(folders, stems, strict=True):
+        extra = sorted(union - have)
+        if extra:
+            raise FusescopeError(f"{root / name}: no file for id {extra[0]} that other "
+                                 f"modalities have ({len(extra)} such ids): unpaired files")
+    return files
+
+
+class FolderDataset(Dataset):
+    """Samples `{modality: float32 (C,H,W), "label": int64 (H,W), "id": str}` of one split.
+
+    Indexing with an int gives the evaluation view (no augmentation); indexing with
+    (epoch, index) seeds augmentation from (seed, epoch, index), which makes training
+    deterministic and resumable.
+
+    Args:
+        root: data folder.
+        split: split name (a file `splits/<split>.txt`).
+        modalities: modality names to load, in model order.
+        transform: joint augmentation `(sample, rng) -> sample` applied before normalisation.
+        normalize: `(sample) -> sample` with train statistics; None keeps natural units.
+        corruption: `(raw_sample, rng, meta) -> raw_sample` applied first (robustness eval).
+        seed: run seed.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str, modalities: list[str],
+                 transform: Callable | None = None, normalize: Callable | None = None,
+                 corruption: Callable | None = None, seed: int = 0):
+        self.root = Path(root)
+        self.meta = load_meta(self.root)
+        self.split = split
+        self.modalities = list(modalities)
+        self.ids = read_split(self.root, split)
+        self.files = check_folder(self.root, self.meta, self.modalities, self.ids)
+        self.transform = transform
+        self.normalize = normalize
+        self.corruption = corruption
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load_raw(self, index: int) -> dict:
+        """The sample in natural units (images in [0,1], depth in metres), checked."""
+        sample_id = self.ids[index]
+        raw: dict = {"id": sample_id}
+        label_path = self.files[LABEL_DIR][sample_id]
+        label = read_image(label_path)
+        if label.ndim != 2 or label.dtype != np.uint8:
+            raise FusescopeError(f"{label_path}: label must be a single-channel 8-bit PNG")
+        bad = (label >= self.meta.num_classes) & (label != self.meta.ignore_index)
+        if bad.any():
+            raise FusescopeError(f"{label_path}: label id {int(label[bad].max())} out of range "
+                                 f"(0..{self.meta.num_classes - 1} or "
+                                 f"{self.meta.ignore_index} = ignore)")
+        for name in self.modalities:
+            path = self.files[name][sample_id]
+            x = load_modality(path, name, self.meta.modalities[name])
+            if x.shape[-2:] != label.shape:
+                raise FusescopeError(f"{path}: size {x.shape[-2]}x{x.shape[-1]} differs from "
+                                     f"the label's {label.shape[0]}x{label.shape[1]}")
+            raw[name] = x
+        raw["label"] = label.astype(np.int64)
+        return raw
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (None, key)
+        raw = self.load_raw(index)
+        if self.corruption is not None:
+            raw = self.corruption(raw, np.random.default_rng([self.seed, 1, index]), self.meta)
+        sample = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                  for k, v in raw.items()}
+        if self.transform is not None and epoch is not None:
+            sample = self.transform(sample, np.random.default_rng([self.seed, 0, epoch, index]))
+        if self.normalize is not None:
+            sample = self.normalize(sample)
+        return sample
+
+
+def fingerprint(root: str | os.PathLike, modalities: list[str], splits: list[str]) -> str:
+    """A cheap identity of the data a run saw: meta.json, split files, and every file's name and
+    size (not content: hashing gigabytes of images at every start would cost minutes)."""
+    root = Path(root)
+    h = hashlib.sha256((root / "meta.json").read_bytes())
+    for split in sorted(set(splits)):
+        ids = read_split(root, split)
+        h.update(f"{split}:{','.join(ids)}".encode())
+        for name in [*modalities, LABEL_DIR]:
+            for i in ids:
+                path = find_file(root / name, i)
+                h.update(f"{name}/{i}:{path.stat().st_size if path else -1};".encode())
+    return h.hexdigest()[:16]

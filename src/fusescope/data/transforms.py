@@ -1,0 +1,119 @@
+"""Joint transforms: geometry applied identically to every modality and the label, photometry to
+colour modalities only. Each sample gets its own `np.random.Generator` (seeded from the run seed,
+the epoch and the sample index), so augmentation is independent of workers, process count and
+resumption.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fusescope.data.meta import ModalitySpec
+
+
+def resize(x: Tensor, size: tuple[int, int], kind: str) -> Tensor:
+    """Resize a (C,H,W) modality or (H,W) label; depth and labels by nearest (no new values:
+    holes stay holes, ids stay ids), images bilinearly."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if kind in ("depth", "label"):
+        y = F.interpolate(x.reshape(1, -1, *x.shape[-2:]).float(), size=size, mode="nearest")
+        return y.reshape(*x.shape[:-2], *size).to(x.dtype)
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def _kind(name: str, specs: dict[str, ModalitySpec]) -> str:
+    return "label" if name == "label" else specs[name].kind
+
+
+class TrainTransform:
+    """Random scale, random crop (padding with ignore / zeros), horizontal flip, colour jitter.
+
+    Args:
+        specs: modality specs from meta.json (the kind decides interpolation and photometry).
+        crop_size: (H, W) of the output, or None for the input frame's own size (so frames of one
+            size still batch after random rescaling).
+        scale_range: the random rescale factor range.
+        hflip: flip with probability 1/2.
+        color_jitter: strength of brightness / contrast / saturation jitter on colour modalities.
+        ignore_index: label value for padded pixels.
+    """
+
+    def __init__(self, specs: dict[str, ModalitySpec], crop_size: tuple[int, int] | None,
+                 scale_range: tuple[float, float] = (0.75, 1.25), hflip: bool = True,
+                 color_jitter: float = 0.2, ignore_index: int = 255):
+        self.specs = specs
+        self.crop_size = tuple(crop_size) if crop_size else None
+        self.scale_range = tuple(scale_range)
+        self.hflip = hflip
+        self.color_jitter = color_jitter
+        self.ignore_index = ignore_index
+
+    def __call__(self, sample: dict[str, Tensor], rng: np.random.Generator) -> dict[str, Tensor]:
+        names = [k for k in sample if isinstance(sample[k], Tensor)]
+        h, w = sample["label"].shape[-2:]
+        # draw every random number up front, in a fixed order, so the stream is the same
+        # whatever the modalities are
+        scale = rng.uniform(*self.scale_range)
+        u_crop = rng.uniform(size=2)
+        flip = self.hflip and rng.uniform() < 0.5
+        jitter = rng.uniform(-1, 1, size=3) * self.color_jitter
+
+        out = dict(sample)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        for k in names:
+            out[k] = resize(out[k], size, _kind(k, self.specs))
+        ch, cw = self.crop_size or (h, w)
+        ph, pw = max(ch - size[0], 0), max(cw - size[1], 0)
+        top = int(u_crop[0] * (size[0] + ph - ch + 1))
+        left = int(u_crop[1] * (size[1] + pw - cw + 1))
+        for k in names:
+            fill = self.ignore_index if k == "label" else 0
+            x = F.pad(out[k], (0, pw, 0, ph), value=fill) if ph or pw else out[k]
+            out[k] = x[..., top:top + ch, left:left + cw]
+        if flip:
+            for k in names:
+                out[k] = out[k].flip(-1)
+        for k in names:
+            if k != "label" and self.specs[k].kind == "color" and self.color_jitter > 0:
+                out[k] = color_jitter(out[k], *jitter)
+        return out
+
+
+def color_jitter(rgb: Tensor, brightness: float, contrast: float, saturation: float) -> Tensor:
+    """Brightness, contrast and saturation offsets in [-1, 1] * strength on a [0, 1] image."""
+    x = rgb * (1 + brightness)
+    mean = x.mean()
+    x = (x - mean) * (1 + contrast) + mean
+    grey = x.mean(0, keepdim=True)
+    x = (x - grey) * (1 + saturation) + grey
+    return x.clamp(0, 1)
+
+
+class Normalize:
+    """Per-channel (x - mean) / std with train-split statistics; depth holes (0) stay 0."""
+
+    def __init__(self, specs: dict[str, ModalitySpec], stats: dict[str, dict[str, list[float]]]):
+        self.specs = specs
+        self.mean = {k: torch.tensor(v["mean"]).view(-1, 1, 1) for k, v in stats.items()}
+        self.std = {k: torch.tensor(v["std"]).view(-1, 1, 1) for k, v in stats.items()}
+
+    def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = dict(sample)
+        for k, spec in self.specs.items():
+            if k not in out:
+                continue
+            x = (out[k] - self.mean[k]) / self.std[k]
+            if spec.kind == "depth":
+                x = torch.where(out[k] > 0, x, torch.zeros_like(x))
+            out[k] = x
+        return out
+
+
+def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    return max(1, math.floor(size[0] * scale + 0.5)), max(1, math.floor(size[1] * scale + 0.5))

@@ -1,0 +1,504 @@
+"""The dissection paper's protocol over three trained runs: RGB alone, depth alone, and the joint
+two-stream model (separate encoders, concat + 1x1 conv fusion).
+
+Features (the paper's notation), read through taps at encoder level l (0 = stride 4 ... 3 =
+stride 32, "stage l+1"):
+
+    rgb_sep   F_I^S  the RGB-only run's encoder          `encoder[l]`
+    depth_sep F_D^S  the depth-only run's encoder        `encoder[l]`
+    rgb_joint F_I^J  the joint run's RGB encoder         `encoders.<rgb>[l]`
+    depth_joint F_D^J the joint run's depth encoder      `encoders.<depth>[l]`
+    fused     F_C^J  the joint run's fused feature       `fuse.<l>`
+    cat_sep   Cat(F_I^S, F_D^S);  cat_joint  Cat(F_I^J, F_D^J)
+
+One streaming pass over the probe set feeds the CKA accumulator (every feature at every level:
+cross-layer and cross-modal CKA, Fig. 5) and caches the Net2Vec levels' activations (low
+resolution; the probes need several epochs). Net2Vec then gives Set IoU per concept per feature
+(Fig. 3/6/8), SVar compares the Table I pairs, and Grad-CAM draws a few examples per cue group
+(Fig. 4/7). `report.write_report` turns the result into a folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fusescope.dissect.cka import CKAAccumulator
+from fusescope.dissect.gradcam import GradCAM, shared_scale
+from fusescope.dissect.net2vec import Net2Vec, cached_batches
+from fusescope.dissect.svar import concept_variance
+from fusescope.dissect.taps import Tap, find_module, move_batch, stream_features
+from fusescope.errors import FusescopeError
+
+FEATURES = {
+    "rgb_sep": "RGB (separate)",
+    "depth_sep": "Depth (separate)",
+    "rgb_joint": "RGB (joint)",
+    "depth_joint": "Depth (joint)",
+    "fused": "RGB-D (joint)",
+    "cat_sep": "Cat (separate)",
+    "cat_joint": "Cat (joint)",
+}
+STREAMS = ("rgb_sep", "depth_sep", "rgb_joint", "depth_joint", "fused")  # CKA features
+# Table I: (group, old, new); the paper's row "A vs. B" is SVar(B; A)
+TABLE_I = (
+    (1, "depth_sep", "rgb_sep"),
+    (1, "depth_joint", "rgb_joint"),
+    (2, "depth_sep", "depth_joint"),
+    (2, "rgb_sep", "rgb_joint"),
+    (3, "depth_sep", "fused"),
+    (3, "rgb_sep", "fused"),
+    (4, "depth_joint", "fused"),
+    (4, "rgb_joint", "fused"),
+    (5, "cat_sep", "cat_joint"),
+)
+
+
+@dataclass
+class DissectOptions:
+    """What the protocol measures and on which data.
+
+    Attributes:
+        split: the probe split (the paper: 500 test pairs).
+        probe_size: use the first N images of the split (None: all).
+        batch_size: images per streamed batch; also the CKA minibatch (>= 4 for debiased).
+        levels: encoder levels probed with Net2Vec (None: the last level).
+        cka_levels: levels compared with CKA (None: all).
+        epochs: Net2Vec epochs (the paper: 30).
+        lr: Net2Vec learning rate (Adam on standardised channels).
+        cka_method: "minibatch" (bounded memory) or "exact" (full-set value, O(p^2) memory).
+        gradcam_images: Grad-CAM examples per chosen class (one class per cue group).
+        margin: Set IoU lead that counts as a modality specialising in a class.
+        data_root: probe data folder (None: the joint run's `data.root`).
+        device: where models and probes run.
+    """
+
+    split: str = "test"
+    probe_size: int | None = 200
+    batch_size: int = 16
+    levels: list[int] | None = None
+    cka_levels: list[int] | None = None
+    epochs: int = 30
+    lr: float = 0.05
+    cka_method: str = "minibatch"
+    gradcam_images: int = 3
+    margin: float = 0.1
+    data_root: str | None = None
+    device: str = "cpu"
+
+
+@dataclass
+class GradCAMExample:
+    """Grad-CAM panels for one class: inputs, label and maps `(N, H, W)` per stream."""
+
+    class_id: int
+    class_name: str
+    cue: str | None
+    rgb: np.ndarray  # (N, H, W, 3) in [0, 1]
+    depth: np.ndarray  # (N, H, W) in natural units
+    label: np.ndarray  # (N, H, W)
+    maps: dict[str, np.ndarray]  # feature name -> (N, H, W), shared scale within a model pair
+
+
+@dataclass
+class Dissection:
+    """The protocol's output: JSON-able `results` and the Grad-CAM arrays."""
+
+    results: dict[str, Any]
+    gradcam: list[GradCAMExample] = field(default_factory=list)
+
+
+@dataclass
+class Runs:
+    """The three loaded runs and their modality names."""
+
+    rgb: Any
+    depth: Any
+    joint: Any
+    rgb_modality: str
+    depth_modality: str
+
+    @property
+    def models(self) -> dict[str, nn.Module]:
+        return {"rgb": self.rgb.model, "depth": self.depth.model, "joint": self.joint.model}
+
+
+def load_runs(
+    rgb_dir: str | os.PathLike,
+    depth_dir: str | os.PathLike,
+    joint_dir: str | os.PathLike,
+    device: str = "cpu",
+) -> Runs:
+    """Load and cross-check the three runs (one modality each, then both, same classes)."""
+    from fusescope.engine.checkpoint import load_run
+
+    rgb, depth, joint = (load_run(d, device=device) for d in (rgb_dir, depth_dir, joint_dir))
+    for run, what in ((rgb, "RGB"), (depth, "depth")):
+        mods = list(run.cfg.data.modalities)
+        if len(mods) != 1:
+            raise FusescopeError(f"{run.path}: the {what} run must read one modality, reads {mods}")
+    m_rgb, m_depth = rgb.cfg.data.modalities[0], depth.cfg.data.modalities[0]
+    joint_mods = list(joint.cfg.data.modalities)
+    if sorted(joint_mods) != sorted([m_rgb, m_depth]):
+        raise FusescopeError(
+            f"{joint.path}: the joint run reads {joint_mods}; expected [{m_rgb}, {m_depth}] "
+            f"(the modalities of the two unimodal runs)"
+        )
+    names = rgb.meta.class_names
+    for run in (depth, joint):
+        if run.meta.class_names != names:
+            raise FusescopeError(f"{run.path}: classes differ from {rgb.path}'s")
+    for m in (m_rgb, m_depth):
+        for sub in ("encoders", f"encoders.{m}", "fuse"):
+            find_module(joint.model, sub)
+    for run in (rgb, depth):
+        find_module(run.model, "encoder")
+    return Runs(rgb, depth, joint, m_rgb, m_depth)
+
+
+def feature_taps(runs: Runs, levels: Sequence[int]) -> dict[str, tuple[str, Tap]]:
+    """`"{feature}/{level}"` -> (model, Tap) for every CKA stream at every level."""
+    taps = {}
+    for lvl in levels:
+        taps[f"rgb_sep/{lvl}"] = ("rgb", Tap("encoder", index=lvl))
+        taps[f"depth_sep/{lvl}"] = ("depth", Tap("encoder", index=lvl))
+        taps[f"rgb_joint/{lvl}"] = ("joint", Tap(f"encoders.{runs.rgb_modality}", index=lvl))
+        taps[f"depth_joint/{lvl}"] = ("joint", Tap(f"encoders.{runs.depth_modality}", index=lvl))
+        taps[f"fused/{lvl}"] = ("joint", Tap(f"fuse.{lvl}"))
+    return taps
+
+
+class RunInput:
+    """A run's view of the shared raw batch: its modalities, normalised with its statistics."""
+
+    def __init__(self, run: Any, device: str | torch.device):
+        mods = list(run.cfg.data.modalities)
+        self.modalities = mods
+        self.kinds = {m: run.meta.modalities[m].kind for m in mods}
+        stats = run.stats
+        self.mean = {m: torch.tensor(stats[m]["mean"], device=device).view(-1, 1, 1) for m in mods}
+        self.std = {m: torch.tensor(stats[m]["std"], device=device).view(-1, 1, 1) for m in mods}
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for m in self.modalities:
+            x = (batch[m] - self.mean[m]) / self.std[m]
+            if self.kinds[m] == "depth":  # holes stay 0, as in training
+                x = torch.where(batch[m] > 0, x, torch.zeros_like(x))
+            out[m] = x
+        return out
+
+
+def probe_loader(runs: Runs, opts: DissectOptions) -> tuple[Any, torch.utils.data.DataLoader]:
+    """The raw (unnormalised) probe set over both modalities and its loader."""
+    from fusescope.data.folder import FolderDataset
+    from fusescope.engine.train import collate
+
+    root = opts.data_root or runs.joint.cfg.data.root
+    ds = FolderDataset(root, opts.split, [runs.rgb_modality, runs.depth_modality])
+    if ds.meta.class_names != runs.rgb.meta.class_names:
+        raise FusescopeError(f"{root}: classes differ from the runs' classes")
+    n = len(ds) if opts.probe_size is None else min(opts.probe_size, len(ds))
+    if n < 4:
+        raise FusescopeError(f"{root}/splits/{opts.split}.txt: {n} images; the probe needs >= 4")
+    subset = torch.utils.data.Subset(ds, range(n))
+    loader = torch.utils.data.DataLoader(
+        subset, batch_size=opts.batch_size, shuffle=False, collate_fn=collate
+    )
+    return ds, loader
+
+
+def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissection:
+    """Run the whole protocol (see the module docstring)."""
+    if opts.cka_method not in ("minibatch", "exact"):
+        raise FusescopeError(f"cka method must be minibatch or exact, got {opts.cka_method!r}")
+    ds, loader = probe_loader(runs, opts)
+    meta = runs.joint.meta
+    num_levels = len(runs.joint.model.fuse)
+    levels = sorted(set(opts.levels if opts.levels is not None else [num_levels - 1]))
+    cka_levels = sorted(set(opts.cka_levels if opts.cka_levels is not None else range(num_levels)))
+    bad = [lvl for lvl in {*levels, *cka_levels} if not 0 <= lvl < num_levels]
+    if bad:
+        raise FusescopeError(f"levels {bad} out of range 0..{num_levels - 1}")
+    tapped = sorted({*levels, *cka_levels})
+    taps = feature_taps(runs, tapped)
+    concat = {}
+    for lvl in levels:
+        concat[f"cat_sep/{lvl}"] = [f"rgb_sep/{lvl}", f"depth_sep/{lvl}"]
+        concat[f"cat_joint/{lvl}"] = [f"rgb_joint/{lvl}", f"depth_joint/{lvl}"]
+    adapt = {
+        name: RunInput(run, opts.device)
+        for name, run in (("rgb", runs.rgb), ("depth", runs.depth), ("joint", runs.joint))
+    }
+    cka_names = [f"{f}/{lvl}" for f in STREAMS for lvl in cka_levels]
+    cka = CKAAccumulator(cka_names, debiased=True, method=opts.cka_method)
+    probe_features = [f"{f}/{lvl}" for f in FEATURES for lvl in levels]
+    cache: dict[str, list[tuple[Tensor, Tensor]]] = {k: [] for k in probe_features}
+    stream = stream_features(
+        runs.models, taps, loader, concat=concat, device=opts.device, adapt=adapt
+    )
+    if progress:
+        from tqdm import tqdm
+
+        stream = tqdm(stream, total=len(loader), desc="probe pass", leave=False)
+    for batch, feats in stream:
+        cka.update({k: feats[k] for k in cka_names})
+        label = batch["label"].cpu()
+        for k in probe_features:
+            cache[k].append((feats[k].cpu(), label))
+    num_classes = meta.num_classes
+    set_iou: dict[str, dict[str, list[float]]] = {}
+    frequency = None
+    for lvl in levels:
+        set_iou[str(lvl)] = {}
+        for f in FEATURES:
+            net2vec = Net2Vec(
+                num_classes,
+                epochs=opts.epochs,
+                lr=opts.lr,
+                ignore_index=meta.ignore_index,
+                device=opts.device,
+            )
+            result = net2vec.fit(cached_batches(cache.pop(f"{f}/{lvl}")))
+            set_iou[str(lvl)][f] = result.set_iou.tolist()
+            frequency = result.area
+    results = {
+        "runs": {
+            "rgb": str(runs.rgb.path),
+            "depth": str(runs.depth.path),
+            "joint": str(runs.joint.path),
+        },
+        "modalities": {"rgb": runs.rgb_modality, "depth": runs.depth_modality},
+        "probe": {
+            "root": str(ds.root),
+            "split": opts.split,
+            "images": len(loader.dataset),
+            "class_names": meta.class_names,
+            "cues": [c.cue for c in meta.classes],
+            "frequency": frequency.tolist(),
+        },
+        "options": asdict(opts),
+        "levels": {"net2vec": levels, "cka": cka_levels},
+        "features": FEATURES,
+        "set_iou": set_iou,
+        "svar": svar_table(set_iou, frequency, meta.class_names),
+        "cka": cka_summary(cka, cka_levels),
+        "specialisation": specialisation(set_iou[str(levels[-1])], meta, levels[-1], opts.margin),
+    }
+    examples = gradcam_examples(runs, ds, loader, adapt, opts, levels[-1], frequency.tolist())
+    return Dissection(nan_to_none(results), examples)
+
+
+def svar_table(
+    set_iou: dict[str, dict[str, list[float]]], frequency: np.ndarray, class_names: list[str]
+) -> list[dict[str, Any]]:
+    """Table I rows with the per-concept breakdown, for each Net2Vec level."""
+    rows = []
+    for lvl, per_feature in set_iou.items():
+        for group, old, new in TABLE_I:
+            parts = concept_variance(per_feature[new], per_feature[old], frequency)
+            rows.append(
+                {
+                    "group": group,
+                    "level": int(lvl),
+                    "pair": f"{FEATURES[old]} vs. {FEATURES[new]}",
+                    "old": old,
+                    "new": new,
+                    "svar": float(sum(p.contribution for p in parts)),
+                    "concepts": [
+                        {
+                            "class": class_names[p.index],
+                            "state": p.state,
+                            "iou_old": p.iou_old,
+                            "iou_new": p.iou_new,
+                            "contribution": p.contribution,
+                        }
+                        for p in parts
+                    ],
+                }
+            )
+    return rows
+
+
+def cka_summary(cka: CKAAccumulator, levels: list[int]) -> dict[str, Any]:
+    """The full matrix plus Fig. 5's views: cross-layer per stream, cross-modal per layer."""
+    matrix = cka.result()
+    index = {n: i for i, n in enumerate(cka.names)}
+
+    def value(a: str, b: str) -> float:
+        return float(matrix[index[a], index[b]])
+
+    cross_layer = {
+        f: [[value(f"{f}/{i}", f"{f}/{j}") for j in levels] for i in levels] for f in STREAMS
+    }
+    cross_modal = {
+        "separate": [value(f"rgb_sep/{lvl}", f"depth_sep/{lvl}") for lvl in levels],
+        "joint": [value(f"rgb_joint/{lvl}", f"depth_joint/{lvl}") for lvl in levels],
+    }
+    return {
+        "method": cka.method,
+        "debiased": cka.debiased,
+        "batches": cka.batches,
+        "examples": cka.examples,
+        "dropped": cka.dropped,
+        "levels": levels,
+        "names": cka.names,
+        "matrix": matrix.tolist(),
+        "cross_layer": cross_layer,
+        "cross_modal": cross_modal,
+    }
+
+
+def specialisation(
+    per_feature: dict[str, list[float]], meta: Any, level: int, margin: float
+) -> dict[str, Any]:
+    """Which classes each modality (separately trained) identifies better than the other,
+    checked against the cues the data declares, and one sentence per modality."""
+    rgb = np.asarray(per_feature["rgb_sep"], dtype=float)
+    depth = np.asarray(per_feature["depth_sep"], dtype=float)
+    names = meta.class_names
+    cues = [c.cue for c in meta.classes]
+    rgb_f, depth_f = np.nan_to_num(rgb), np.nan_to_num(depth)
+    out: dict[str, Any] = {"level": level, "margin": margin, "cue_mean_iou": {}}
+    for cue in ("appearance", "geometry", "both"):
+        ids = [i for i, c in enumerate(cues) if c == cue and np.isfinite(rgb[i] + depth[i])]
+        if ids:
+            out["cue_mean_iou"][cue] = {
+                "rgb": float(rgb[ids].mean()),
+                "depth": float(depth[ids].mean()),
+            }
+    for who, mine, other, label in (
+        ("rgb", rgb_f, depth_f, "RGB"),
+        ("depth", depth_f, rgb_f, "Depth"),
+    ):
+        lead = [i for i in range(len(names)) if mine[i] - other[i] >= margin]
+        lead.sort(key=lambda i: -(mine[i] - other[i]))
+        by_cue = {cue: sum(1 for i in lead if cues[i] == cue) for cue in set(cues) if cue}
+        if lead:
+            listed = ", ".join(f"{names[i]} ({mine[i]:.2f} vs {other[i]:.2f})" for i in lead)
+            sentence = f"{label} (separately trained, stage {level + 1}) specialises in {listed}"
+            if by_cue:
+                counts = ", ".join(f"{n} {cue}-cue" for cue, n in sorted(by_cue.items()) if n)
+                sentence += f": {counts} class{'es' if len(lead) > 1 else ''}."
+            else:
+                sentence += "."
+        else:
+            sentence = (
+                f"{label} (separately trained, stage {level + 1}) leads the other "
+                f"modality by {margin:.2f} Set IoU on no class."
+            )
+        out[who] = {"classes": [names[i] for i in lead], "by_cue": by_cue, "sentence": sentence}
+    groups = out["cue_mean_iou"]
+    if "appearance" in groups and "geometry" in groups:
+        out["known_answer"] = {
+            "rgb_leads_on_appearance": groups["appearance"]["rgb"] > groups["appearance"]["depth"],
+            "depth_leads_on_geometry": groups["geometry"]["depth"] > groups["geometry"]["rgb"],
+        }
+    return out
+
+
+def pick_classes(meta: Any, frequency: list[float] | None = None) -> list[int]:
+    """One class per cue group (the most frequent on the probe set), or the most frequent
+    classes when the data declares no cues."""
+    freq = np.nan_to_num(
+        np.asarray(frequency if frequency is not None else np.ones(meta.num_classes), dtype=float)
+    )
+    groups = meta.cue_groups()
+    if groups:
+        return [max(ids, key=lambda i: freq[i]) for ids in groups.values() if freq[ids].max() > 0]
+    return [int(i) for i in np.argsort(-freq)[:3] if freq[i] > 0]
+
+
+def gradcam_examples(
+    runs: Runs,
+    ds: Any,
+    loader: Any,
+    adapt: dict[str, RunInput],
+    opts: DissectOptions,
+    level: int,
+    frequency: list[float],
+) -> list[GradCAMExample]:
+    """A few probe images per chosen class, with Grad-CAM at `level` for the four streams."""
+    if opts.gradcam_images <= 0:
+        return []
+    meta = runs.joint.meta
+    cams = {
+        "joint": GradCAM(
+            runs.joint.model,
+            {
+                "rgb_joint": Tap(f"encoders.{runs.rgb_modality}", index=level),
+                "depth_joint": Tap(f"encoders.{runs.depth_modality}", index=level),
+            },
+        ),
+        "rgb": GradCAM(runs.rgb.model, {"rgb_sep": Tap("encoder", index=level)}),
+        "depth": GradCAM(runs.depth.model, {"depth_sep": Tap("encoder", index=level)}),
+    }
+    examples = []
+    for cid in pick_classes(meta, frequency):
+        chosen = [i for i in range(len(loader.dataset)) if (ds[i]["label"] == cid).any()][
+            : opts.gradcam_images
+        ]
+        if not chosen:
+            continue
+        from fusescope.engine.train import collate
+
+        batch = move_batch(collate([ds[i] for i in chosen]), opts.device)
+        joint = cams["joint"](adapt["joint"](batch), cid)
+        separate = {
+            **cams["rgb"](adapt["rgb"](batch), cid),
+            **cams["depth"](adapt["depth"](batch), cid),
+        }
+        # one scale per model: the joint streams share one forward; the two unimodal models
+        # are put on one common scale too so the panel reads left to right
+        maps = {**shared_scale(joint), **shared_scale(separate)}
+        rgb = batch[runs.rgb_modality].cpu()
+        examples.append(
+            GradCAMExample(
+                class_id=int(cid),
+                class_name=meta.class_names[cid],
+                cue=meta.classes[cid].cue,
+                rgb=(
+                    rgb[:, :3].permute(0, 2, 3, 1).clamp(0, 1).numpy()
+                    if rgb.shape[1] >= 3
+                    else rgb[:, 0].numpy()
+                ),
+                depth=batch[runs.depth_modality][:, 0].cpu().numpy(),
+                label=batch["label"].cpu().numpy(),
+                maps={k: v.detach().cpu().numpy() for k, v in maps.items()},
+            )
+        )
+    return examples
+
+
+def nan_to_none(obj: Any) -> Any:
+    """JSON has no NaN: concepts absent from the probe set become null."""
+    if isinstance(obj, float):
+        return None if not np.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {k: nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [nan_to_none(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return nan_to_none(obj.item())
+    return obj
+
+
+def train_runs(
+    configs: Sequence[str], run_dirs: Sequence[str | os.PathLike], overrides: Sequence[str] = ()
+) -> None:
+    """Train (or finish) each config into its run folder with the engine; finished runs
+    (with `model.safetensors`) are left alone."""
+    from fusescope.config import load_config
+    from fusescope.engine.train import train
+
+    for config, run_dir in zip(configs, run_dirs, strict=True):
+        if (Path(run_dir) / "model.safetensors").is_file():
+            continue
+        train(load_config(config, list(overrides)), run_dir)

@@ -1,0 +1,127 @@
+"""Run folders: what a training run writes, and how a run is loaded back.
+
+    RUN/config.yaml           the resolved config
+    RUN/run.json              package version, data fingerprint, normaliser, data meta, classes
+    RUN/checkpoints/last.ckpt model, optimiser, scheduler, step, data position, RNG (atomic)
+    RUN/model.safetensors     final weights (safe to share: no code in the file)
+    RUN/metrics.jsonl         one JSON object per logged step; eval_<split>.json at the end
+
+`load_run(RUN)` needs nothing else: `fusescope eval RUN` and `fusescope predict RUN` work from the
+folder alone (eval also reads the data folder recorded in the config).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from fusescope.config import config_from_dict
+from fusescope.data.meta import DatasetMeta, meta_from_dict
+from fusescope.errors import FusescopeError
+from fusescope.io import atomic_path, read_json
+
+CHECKPOINT = "checkpoints/last.ckpt"
+WEIGHTS = "model.safetensors"
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    with atomic_path(path, suffix=".tmp") as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FusescopeError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated or foreign file
+        raise FusescopeError(f"{path}: cannot read checkpoint ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:200]})") from None
+
+
+def load_weights(model: nn.Module, state: dict, source: str | os.PathLike) -> None:
+    """Strict load with a message that names the file and the first disagreements."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{what}: {keys[:3]}" for what, keys in
+                           (("missing", missing), ("unexpected", unexpected),
+                            ("shape differs", wrong)) if keys)
+        raise FusescopeError(f"{source}: weights do not fit this model (a checkpoint of another "
+                             f"model or config?) - {detail}")
+    model.load_state_dict(state, strict=True)
+
+
+def save_weights(path: str | os.PathLike, model: nn.Module) -> None:
+    from safetensors.torch import save_file
+
+    # clone: safetensors refuses tensors that share storage
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+@dataclass
+class Run:
+    """A trained run loaded from its folder."""
+
+    path: Path
+    cfg: DictConfig
+    info: dict
+    meta: DatasetMeta
+    model: nn.Module
+
+    @property
+    def stats(self) -> dict:
+        return self.info["normalization"]
+
+
+def read_run_info(run_dir: str | os.PathLike) -> tuple[DictConfig, dict, DatasetMeta]:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FusescopeError(f"{run_dir}: run folder not found")
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise FusescopeError(f"{cfg_path}: not found; is {run_dir} a fusescope run folder?")
+    cfg = config_from_dict(OmegaConf.to_container(OmegaConf.load(cfg_path)))
+    info = read_json(run_dir / "run.json")
+    meta = meta_from_dict(info["meta"], where=f"{run_dir / 'run.json'}: meta")
+    return cfg, info, meta
+
+
+def build_run_model(cfg: DictConfig, meta: DatasetMeta) -> nn.Module:
+    from fusescope.models import build_model
+
+    modalities = list(cfg.data.modalities)
+    return build_model(OmegaConf.to_container(cfg.model, resolve=True), modalities,
+                       {m: meta.modalities[m].channels for m in modalities}, meta.num_classes)
+
+
+def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> Run:
+    """Load a run folder: config, info, data meta and the model (eval mode, final weights if the
+    run finished, else its last checkpoint)."""
+    run_dir = Path(run_dir)
+    cfg, info, meta = read_run_info(run_dir)
+    model = build_run_model(cfg, meta)
+    weights = run_dir / WEIGHTS
+    if weights.is_file():
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError) as err:
+            raise FusescopeError(f"{weights}: cannot read weights ({err})") from None
+        load_weights(model, state, weights)
+    else:
+        ckpt = run_dir / CHECKPOINT
+        load_weights(model, load_checkpoint(ckpt)["model"], ckpt)
+    return Run(run_dir, cfg, info, meta, model.to(device).eval())

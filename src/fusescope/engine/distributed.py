@@ -1,0 +1,76 @@
+"""Batch statistics across processes.
+
+PyTorch's SyncBatchNorm runs on GPUs only; on CPU processes (gloo) we use `GlobalBatchNorm2d`,
+which all-reduces per-channel sums with the differentiable collective, so a run on several CPU
+processes matches the one-process run (the test checks it).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes; the gradient of a sum is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the global batch."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1):
+            return super().forward(x)
+        c = x.shape[1]
+        count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
+        packed = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count])  # (2C+1,)
+        packed = _AllReduceSum.apply(packed)
+        n = packed[-1]
+        mean = packed[:c] / n
+        var = (packed[c:2 * c] / n - mean * mean).clamp(min=0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1 / float(
+                    self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(var.detach() * n / (n - 1).clamp(min=1), m)
+        y = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y
+
+
+def convert_batchnorm(model: nn.Module, device_type: str) -> nn.Module:
+    """Make BatchNorms synchronise across processes: torch SyncBatchNorm (timm's converter keeps
+    BatchNormAct2d's activation) on accelerators, GlobalBatchNorm2d for plain BatchNorm2d on CPU.
+    Method-specific norms (per-modality BNs) are left as they are."""
+    if device_type != "cpu":
+        from timm.layers import convert_sync_batchnorm
+
+        return convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if type(child) is nn.BatchNorm2d:
+            new = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                    child.track_running_stats)
+            new.load_state_dict(child.state_dict())
+            setattr(model, name, new)
+        else:
+            convert_batchnorm(child, device_type)
+    return model
+
+

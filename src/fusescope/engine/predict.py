@@ -1,0 +1,104 @@
+"""Prediction on the user's own frames: `fusescope predict RUN --rgb A --depth B --out MASK`.
+
+Each input file is decoded exactly as the training data was (units from the run's data meta,
+normalisation from the run's train statistics). The mask is a palette PNG (pixel = class id,
+shown in the class colours) and an overlay PNG is written beside it. Folders of files are matched
+by file stem across modalities.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fusescope.data.folder import EXTENSIONS, load_modality
+from fusescope.data.transforms import Normalize
+from fusescope.engine.checkpoint import Run
+from fusescope.engine.evaluate import predict_probs
+from fusescope.errors import FusescopeError
+from fusescope.io import atomic_path, write_label_png
+
+
+def overlay_image(run: Run, raw: dict[str, np.ndarray], label: np.ndarray,
+                  alpha: float = 0.5) -> np.ndarray:
+    """Class colours blended over the colour modality (or the first modality in grey)."""
+    colors = np.asarray([c.color for c in run.meta.classes] + [(0, 0, 0)] * 256, dtype=np.float32)
+    colour_mods = [m for m in run.model.modalities if run.meta.modalities[m].kind == "color"]
+    if colour_mods:
+        base = raw[colour_mods[0]].transpose(1, 2, 0) * 255
+    else:
+        x = raw[run.model.modalities[0]][0]
+        base = np.repeat(((x - x.min()) / max(float(np.ptp(x)), 1e-6) * 255)[..., None], 3, -1)
+    mixed = (1 - alpha) * base + alpha * colors[label]
+    return mixed.clip(0, 255).astype(np.uint8)
+
+
+def predict_frame(run: Run, paths: dict[str, Path], tta: str = "none",
+                  device: str = "cpu") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Class ids (H, W) for one frame given one file per modality of the run."""
+    raw = {}
+    for name in run.model.modalities:
+        raw[name] = load_modality(paths[name], name, run.meta.modalities[name])
+    sizes = {name: x.shape[-2:] for name, x in raw.items()}
+    if len(set(sizes.values())) > 1:
+        detail = ", ".join(f"{paths[n]} {s[0]}x{s[1]}" for n, s in sizes.items())
+        raise FusescopeError(f"modalities differ in size: {detail}")
+    normalize = Normalize({m: run.meta.modalities[m] for m in run.model.modalities}, run.stats)
+    sample = normalize({k: torch.from_numpy(v) for k, v in raw.items()})
+    batch = {k: v[None].to(device) for k, v in sample.items()}
+    kinds = {m: run.meta.modalities[m].kind for m in run.model.modalities}
+    probs = predict_probs(run.model, batch, kinds, run.meta.num_classes, tta,
+                          run.cfg.eval.scales, run.cfg.eval.window, run.cfg.eval.stride)
+    return probs.argmax(1)[0].cpu().numpy().astype(np.uint8), raw
+
+
+def write_prediction(run: Run, label: np.ndarray, raw: dict, out: Path) -> Path:
+    write_label_png(out, label, [c.color for c in run.meta.classes])
+    overlay = out.with_name(out.stem + "_overlay.png")
+    from PIL import Image
+
+    with atomic_path(overlay, suffix=".png") as tmp:
+        Image.fromarray(overlay_image(run, raw, label)).save(tmp, format="PNG")
+    return overlay
+
+
+def predict(run: Run, inputs: dict[str, str | os.PathLike], out: str | os.PathLike,
+            tta: str = "none", device: str = "cpu", progress: bool = True) -> list[Path]:
+    """Predict one frame (inputs are files, `out` a .png) or folders (inputs are folders whose
+    files are matched by stem, `out` a folder). Returns the mask paths written."""
+    missing = [m for m in run.model.modalities if m not in inputs]
+    if missing:
+        raise FusescopeError(f"this model reads {run.model.modalities}; give "
+                             f"{' '.join(f'--{m} FILE' for m in missing)}")
+    paths = {m: Path(inputs[m]) for m in run.model.modalities}
+    for p in paths.values():
+        if not p.exists():
+            raise FusescopeError(f"{p}: not found")
+    out = Path(out)
+    if all(p.is_file() for p in paths.values()):
+        label, raw = predict_frame(run, paths, tta, device)
+        write_prediction(run, label, raw, out)
+        return [out]
+    if not all(p.is_dir() for p in paths.values()):
+        raise FusescopeError("give either one file per modality or one folder per modality")
+    stems = {m: {f.stem: f for f in p.iterdir() if f.suffix.lower() in EXTENSIONS}
+             for m, p in paths.items()}
+    common = sorted(set.intersection(*(set(s) for s in stems.values())))
+    unmatched = sorted(set.union(*(set(s) for s in stems.values())) - set(common))
+    if unmatched:
+        raise FusescopeError(f"no match in every modality folder for {unmatched[0]} "
+                             f"({len(unmatched)} unmatched files)")
+    if not common:
+        raise FusescopeError(f"no image files in {', '.join(map(str, paths.values()))}")
+    from tqdm import tqdm
+
+    written = []
+    for stem in tqdm(common, desc="predict", disable=not progress):
+        label, raw = predict_frame(run, {m: stems[m][stem] for m in paths}, tta, device)
+        target = out / f"{stem}.png"
+        write_prediction(run, label, raw, target)
+        written.append(target)
+    return written

@@ -1,0 +1,148 @@
+"""Training engine: resumption, multi-process equivalence, run folders and the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY_MODEL
+from fusescope.cli import main
+from fusescope.config import load_config
+from fusescope.engine.train import GlobalBatchSampler, lr_factor, train
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "synthetic" / "early_concat.yaml"
+
+
+def tiny_cfg(data, *extra):
+    return load_config(CONFIG, [f"data.root={data}", "data.synth=null", *TINY_MODEL, *extra])
+
+
+def weights(run):
+    return load_file(str(Path(run) / "model.safetensors"))
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_killed_and_resumed_run_equals_uninterrupted(tiny_data, tmp_path):
+    cfg = tiny_cfg(tiny_data, "train.max_steps=7", "train.ckpt_every=3")
+    train(cfg, tmp_path / "whole")
+
+    def kill_at_5(step):
+        if step == 5:  # after the checkpoint of step 3, before the one of step 6
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, tmp_path / "broken", on_step=kill_at_5)
+    assert not (tmp_path / "broken" / "model.safetensors").exists()
+    train(cfg, tmp_path / "broken")  # resumes from step 3
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "broken")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs"
+    steps = [json.loads(x)["step"] for x in
+             (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 4, 6, 7]  # logged before the kill, then again after resuming
+
+
+def test_run_folder_records_what_produced_it(tiny_data, tmp_path):
+    train(tiny_cfg(tiny_data), tmp_path / "run")
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["fusescope_version"] and len(info["data_fingerprint"]) == 16
+    assert set(info["normalization"]) == {"rgb", "depth"}
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+def test_folder_of_another_config_is_refused(tiny_data, tmp_path, capsys):
+    train(tiny_cfg(tiny_data), tmp_path / "run")
+    code = main(["train", str(ROOT / "configs/synthetic/late_average.yaml"), "--out",
+                 str(tmp_path / "run"), f"data.root={tiny_data}", "data.synth=null",
+                 *TINY_MODEL])
+    assert code == 2 and "another data/model config" in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tiny_data, tmp_path, capsys):
+    train(tiny_cfg(tiny_data), tmp_path / "run")
+    other = tmp_path / "other"
+    train(tiny_cfg(tiny_data, "model.backbone=resnet34", "train.max_steps=1"), other)
+    os.replace(other / "model.safetensors", tmp_path / "run" / "model.safetensors")
+    assert main(["eval", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors: weights do not fit this model" in err and "Traceback" not in err
+
+
+def test_sampler_shards_one_global_batch():
+    full = list(zip(range(3), GlobalBatchSampler(10, 4, 0, 1, seed=1), strict=False))
+    r0 = list(zip(range(3), GlobalBatchSampler(10, 4, 0, 2, seed=1), strict=False))
+    r1 = list(zip(range(3), GlobalBatchSampler(10, 4, 1, 2, seed=1), strict=False))
+    for (_, f), (_, a), (_, b) in zip(full, r0, r1, strict=True):
+        assert f == a + b
+    resumed = next(iter(GlobalBatchSampler(10, 4, 0, 1, seed=1, start=8)))
+    assert resumed == full[2][1]  # position 8 = epoch 1, first batch
+
+
+def test_lr_schedule():
+    assert lr_factor(0, 4, 100, 0.9) == 0.25
+    assert lr_factor(4, 4, 100, 0.9) == 1.0
+    assert lr_factor(100, 4, 100, 0.9) == 0.0
+
+
+def test_two_processes_match_one(tiny_data, tmp_path):
+    """DDP on 2 CPU processes (gloo) with the global batch split in two: same weights as one
+    process, up to float summation order (BatchNorm statistics are synchronised). Dropout is
+    off: its masks are drawn per process, so they cannot match one process's draw. SGD, not
+    Adam: Adam's first steps are ~sign(gradient) * lr, which turns float summation-order noise
+    in near-zero gradients into full-size steps."""
+    common = [sys.executable, "-m", "fusescope", "train", str(CONFIG), f"data.root={tiny_data}",
+              "data.synth=null", *TINY_MODEL, "train.accelerator=cpu",
+              "model.decoder={name: light, dropout: 0.0}", "train.optimizer=sgd", "train.lr=0.05"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for devices, name in ((1, "one"), (2, "two")):
+        subprocess.run([*common, "--out", str(tmp_path / name), f"train.devices={devices}"],
+                       check=True, env=env, capture_output=True, timeout=300)
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert float(a["encoder.bn1.running_mean"].abs().max()) > 1e-3  # training did happen
+    diffs = {k: float((a[k].float() - b[k].float()).abs().max()) for k in a}
+    worst = max(diffs, key=diffs.get)
+    assert diffs[worst] < 1e-4, (worst, diffs[worst])
+
+
+def test_cli_end_to_end(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(CONFIG), "--out", str(run), f"data.root={tiny_data}",
+                 "data.synth=null", *TINY_MODEL]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json", "--tta", "flip"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"miou", "pixel_acc", "mean_acc", "per_class_iou"} <= set(result)
+    assert len(result["per_class_iou"]) == 3
+    assert main(["eval", str(run), "--json", "--window", "24", "24"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "pred" / "mask.png"
+    assert main(["predict", str(run), "--rgb", str(tiny_data / "rgb/0000.png"), "--depth",
+                 str(tiny_data / "depth/0000.png"), "--out", str(out)]) == 0
+    assert out.is_file() and (tmp_path / "pred" / "mask_overlay.png").is_file()
+    # a depth map of the wrong size is named, nothing is written
+    import numpy as np
+
+    from fusescope.io import write_png
+
+    write_png(tmp_path / "small.png", np.full((10, 10), 1000, np.uint16))
+    bad = tmp_path / "pred" / "bad.png"
+    assert main(["predict", str(run), "--rgb", str(tiny_data / "rgb/0000.png"), "--depth",
+                 str(tmp_path / "small.png"), "--out", str(bad)]) == 2
+    assert "small.png 10x10" in capsys.readouterr().err and not bad.exists()
+
+
+def test_cli_errors_have_no_traceback(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "nope")]) == 2
+    assert main(["train", str(CONFIG), "--out", str(tmp_path / "r"), "train.nope=1"]) == 2
+    err = capsys.readouterr().err
+    assert "run folder not found" in err and "unknown config key train.nope" in err
+    assert "Traceback" not in err
