@@ -48,7 +48,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
             raise FusescopeError(f"{out}: not a fusescope data folder; refusing to delete it")
         shutil.rmtree(out)
     meta = generate(out, num=args.num, seed=args.seed, size=tuple(args.size),
-                    progress=not args.quiet)
+                    progress=not args.quiet, workers=args.workers)
     print(f"wrote {args.num} frames of {args.size[0]}x{args.size[1]} to {out} "
           f"({meta.num_classes} classes)")
 
@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, nargs=2, default=[120, 160], metavar=("H", "W"))
+    p.add_argument("--workers", type=int, default=2, help="processes (same bytes for any)")
     p.add_argument("--force", action="store_true", help="replace an existing data folder")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_synth)

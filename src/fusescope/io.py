@@ -51,8 +51,12 @@ def read_json(path: str | os.PathLike) -> Any:
         raise FusescopeError(f"{path}: not valid JSON ({err})") from None
 
 
-def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write uint8 (H,W) / (H,W,3) or uint16 (H,W) arrays as PNG, atomically."""
+def write_png(path: str | os.PathLike, array: np.ndarray, compress_level: int = 6) -> None:
+    """Write uint8 (H,W) / (H,W,3) or uint16 (H,W) arrays as PNG, atomically.
+
+    `compress_level` (zlib, 0-9) trades size for speed: generated data sets use 1, which writes
+    several times faster for ~10% larger files.
+    """
     if array.dtype == np.uint16:
         image = Image.fromarray(array)  # mode "I;16"
     elif array.dtype == np.uint8:
@@ -60,7 +64,7 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
     else:
         raise TypeError(f"write_png takes uint8 or uint16 arrays, got {array.dtype}")
     with atomic_path(path, suffix=".png") as tmp:
-        image.save(tmp, format="PNG")
+        image.save(tmp, format="PNG", compress_level=compress_level)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

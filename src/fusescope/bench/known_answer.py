@@ -150,7 +150,14 @@ def prediction_figure(run_dirs: list[Path], labels: list[str], out: Path, num: i
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    from matplotlib.patches import Patch
+
+    meta = runs[0].meta
+    handles = [Patch(color=np.asarray(c.color) / 255,
+                     label=f"{c.name} ({c.cue})" if c.cue else c.name) for c in meta.classes]
+    fig.legend(handles=handles, loc="lower center", ncol=min(7, len(handles)), fontsize=7,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     from fusescope.io import atomic_path
 
     with atomic_path(out, suffix=".png") as tmp:

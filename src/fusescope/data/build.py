@@ -27,7 +27,8 @@ def ensure_data(data_cfg: DictConfig, progress: bool = True) -> Path:
         from fusescope.data.synthetic import generate
 
         s = data_cfg.synth
-        generate(root, num=s.num, seed=s.seed, size=tuple(s.size), progress=progress)
+        generate(root, num=s.num, seed=s.seed, size=tuple(s.size), progress=progress,
+                 workers=2)
     return root
 
 

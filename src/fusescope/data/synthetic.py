@@ -1272,9 +1272,9 @@ def frame_id(index: int) -> str:
 
 def _write_frame(root: Path, index: int, frame: Frame) -> None:
     name = f"{frame_id(index)}.png"
-    write_png(root / "rgb" / name, frame.rgb)
-    write_png(root / "depth" / name, frame.depth)
-    write_png(root / "label" / name, frame.label)
+    write_png(root / "rgb" / name, frame.rgb, compress_level=1)
+    write_png(root / "depth" / name, frame.depth, compress_level=1)
+    write_png(root / "label" / name, frame.label, compress_level=1)
 
 
 def _split_counts(num: int, splits: tuple[float, float, float]) -> list[int]:

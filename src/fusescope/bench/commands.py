@@ -1,0 +1,49 @@
+"""`fusescope bench ...`: benchmarks that print figures (never pass/fail tests).
+
+    fusescope bench known-answer CONFIG... --out DIR [--steps N]   per-cue-group mIoU table
+    fusescope bench robustness RUN... --kind depth_noise --out DIR  mIoU vs severity, AUC, plot
+
+Speed benchmarks that need no trained run live in benchmarks/*.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_known_answer(args: argparse.Namespace) -> None:
+    from fusescope.bench.known_answer import run_benchmark
+
+    run_benchmark(args.configs, Path(args.out), steps=args.steps, num=args.num,
+                  data_root=Path(args.data) if args.data else None,
+                  extra=args.set or [])
+
+
+def cmd_robustness(args: argparse.Namespace) -> None:
+    from fusescope.bench.robustness import robustness
+
+    for kind in args.kind:
+        robustness(args.runs, kind, out=args.out, split=args.split)
+
+
+def register(subparsers) -> None:
+    bench = subparsers.add_parser("bench", help="benchmarks: known-answer table, robustness")
+    sub = bench.add_subparsers(dest="bench_command", required=True)
+    p = sub.add_parser("known-answer", help="train configs under one budget on the known-answer "
+                       "data; print mIoU overall and per cue group")
+    p.add_argument("configs", nargs="+", help="config names under configs/synthetic or paths")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--num", type=int, default=600, help="frames to generate")
+    p.add_argument("--data", default=None, help="existing data folder (default OUT/data)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override for every config, e.g. train.batch_size=8")
+    p.set_defaults(func=cmd_known_answer)
+    p = sub.add_parser("robustness", help="mIoU of runs under growing corruption severity")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--kind", action="append", required=True,
+                   help="corruption kind (repeatable), e.g. depth_noise")
+    p.add_argument("--out", default=None)
+    p.add_argument("--split", default="test")
+    p.set_defaults(func=cmd_robustness)

@@ -1,0 +1,191 @@
+"""The fusion-baseline matrix of CEN Table 2, and the plain multi-stream model.
+
+`baseline` (one registered name): `fusion` x `position` x `shared`.
+
+* `fusion: concat`: the modalities' stage outputs are concatenated and reduced by a 1x1 conv
+  (M*C -> C) + BN + ReLU.
+* `fusion: attention`: self-attention fusion in the style of SSMA [CEN ref. 44]: a channel gate on
+  the concatenation (1x1 conv M*C -> M*C/r, ReLU, 1x1 conv -> M*C, sigmoid) re-weights it, then a
+  3x3 conv (M*C -> C) + BN + ReLU.
+* `fusion: align`: no feature mixing; an MMD loss between the modalities' stage outputs (aux loss
+  `align_mmd`, weight `align_weight`) pulls their distributions together [CEN eq. 3].
+
+Like CEN's "same setting" (Table 2, right), every modality keeps its own stream to the end (its
+own decoder pass, supervised as `per_modality`, combined by the learned ensemble): the fused
+feature is added to every modality's stream (`x_m + fused`) before the next stage and the
+decoder. `shared: true` shares the convolutions with private BNs (CEN's setting); `shared: false`
+gives each modality its own convolutions (Table 2's "commonly used setting" in its parameters;
+the streams still run to the end instead of merging after the fusion point).
+
+Positions, stages numbered 1-4 (strides 4-32): `early` = stage 2, `middle` = stage 3, `late` =
+stage 4, `all` = stages 1-4; a list of stages is accepted too. The mapping follows the fusion
+parameter counts of CEN Table 2 for ResNet101 (widths 256/512/1024/2048): concat uses 0.6M / 2.1M /
+8.4M / 11.2M parameters for early / middle / late / all, i.e. 2C^2 with C = 512 / 1024 / 2048 and
+the sum over all four stages.
+
+`multistream`: the same network with no fusion at all (CEN Table 1, "shared convs, unshared BNs":
+the reference the fused methods are measured against).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fusescope.models.multistream import FusionPoint, MultiStreamSegmentor, Where
+from fusescope.models.registry import FUSION_METHODS
+
+FUSIONS = ("concat", "align", "attention")
+POSITIONS = {"early": (2,), "middle": (3,), "late": (4,), "all": (1, 2, 3, 4)}
+
+
+def stack_channels(x5: Tensor) -> Tensor:
+    """(M, B, C, H, W) -> (B, M*C, H, W): the modalities' features side by side."""
+    M, B, C, H, W = x5.shape
+    return x5.transpose(0, 1).reshape(B, M * C, H, W)
+
+
+def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ConcatFusion(nn.Module):
+    """Concat + 1x1 conv-BN-ReLU; the fused feature is added to every stream."""
+
+    def __init__(self, channels: int, num_modalities: int):
+        super().__init__()
+        self.reduce = conv_bn_relu(num_modalities * channels, channels, 1)
+
+    def forward(self, x5: Tensor, site: str) -> Tensor:
+        return x5 + self.reduce(stack_channels(x5)).unsqueeze(0)  # (M, B, C, H, W)
+
+
+class AttentionFusion(nn.Module):
+    """SSMA-style self-attention: channel gate on the concatenation, then 3x3 conv-BN-ReLU."""
+
+    def __init__(self, channels: int, num_modalities: int, reduction: int = 16):
+        super().__init__()
+        width = num_modalities * channels
+        hidden = max(width // reduction, 8)
+        self.gate = nn.Sequential(
+            nn.Conv2d(width, hidden, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, width, 1),
+            nn.Sigmoid(),
+        )
+        self.reduce = conv_bn_relu(width, channels, 3)
+
+    def forward(self, x5: Tensor, site: str) -> Tensor:
+        cat = stack_channels(x5)  # (B, M*C, H, W)
+        return x5 + self.reduce(cat * self.gate(cat)).unsqueeze(0)
+
+
+def pairwise_mmd(samples: Tensor, scales: tuple[float, ...] = (0.5, 1.0, 2.0)) -> Tensor:
+    """Mean over modality pairs of the biased (V-statistic) squared MMD.
+
+    Args:
+        samples: (M, N, D), N samples per modality.
+        scales: Gaussian kernel bandwidths, as multiples of the mean pairwise squared distance
+            (detached, so the bandwidth does not chase the loss).
+    """
+    M, N, D = samples.shape
+    z = samples.reshape(M * N, D)
+    d2 = torch.cdist(z, z).pow(2)  # (M*N, M*N), every pair of samples at once
+    base = d2.detach().mean().clamp_min(1e-6)
+    k = sum(torch.exp(-d2 / (s * base)) for s in scales)
+    block = k.view(M, N, M, N).mean(dim=(1, 3))  # (M, M): mean kernel between modalities
+    diag = block.diagonal()
+    per_pair = diag[:, None] + diag[None, :] - 2 * block  # MMD^2 of modality i vs j
+    upper = torch.triu(torch.ones(M, M, dtype=torch.bool, device=z.device), diagonal=1)
+    return per_pair[upper].mean()
+
+
+class AlignFusion(nn.Module):
+    """MMD between each pair of modalities' features; features pass unchanged.
+
+    Samples are the feature vectors of an 8x8 average-pooled grid per image (B*64 samples of
+    dimension C), enough to estimate a distribution with small batches at a small cost.
+    """
+
+    def __init__(self, weight: float, grid: int = 8):
+        super().__init__()
+        self.weight = weight
+        self.grid = grid
+        self._loss: Tensor | None = None
+
+    def forward(self, x5: Tensor, site: str) -> Tensor:
+        M, B, C, H, W = x5.shape
+        pooled = F.adaptive_avg_pool2d(x5.reshape(M * B, C, H, W), self.grid)
+        samples = pooled.view(M, B, C, -1).transpose(2, 3).reshape(M, -1, C)  # (M, N, C)
+        self._loss = self.weight * pairwise_mmd(samples)
+        return x5
+
+    def aux_losses(self) -> dict[str, Tensor]:
+        loss, self._loss = self._loss, None  # do not keep the graph past its step
+        return {} if loss is None else {"align_mmd": loss}
+
+
+@FUSION_METHODS.register("baseline")
+def baseline(
+    modalities,
+    in_channels,
+    num_classes,
+    backbone: str = "resnet18",
+    pretrained: bool | str = False,
+    decoder: str | dict = "light",
+    fusion: str = "concat",
+    position: str | list[int] = "all",
+    shared: bool = True,
+    align_weight: float = 0.1,
+    attention_reduction: int = 16,
+) -> MultiStreamSegmentor:
+    """CEN Table 2 baselines: `fusion` concat | align | attention, at `position` early |
+    middle | late | all (or a list of stages 1-4), `shared` convolutions or not."""
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
+    if isinstance(position, str):
+        if position not in POSITIONS:
+            raise ValueError(
+                f"position must be one of {', '.join(POSITIONS)} or a list of "
+                f"stages, not {position!r}"
+            )
+        stages = POSITIONS[position]
+    else:
+        stages = tuple(int(s) for s in position)
+        if not stages or any(s not in (1, 2, 3, 4) for s in stages):
+            raise ValueError(f"position stages must be in 1-4, got {list(position)}")
+    model = MultiStreamSegmentor(
+        modalities, in_channels, num_classes, backbone, pretrained, decoder, shared=shared
+    )
+    M = len(modalities)
+
+    def make(point: FusionPoint) -> nn.Module:
+        if fusion == "concat":
+            return ConcatFusion(point.channels, M)
+        if fusion == "attention":
+            return AttentionFusion(point.channels, M, attention_reduction)
+        return AlignFusion(align_weight)
+
+    model.encoder.insert(Where(("stage_out",), stages=stages), make)
+    return model
+
+
+@FUSION_METHODS.register("multistream")
+def multistream(
+    modalities,
+    in_channels,
+    num_classes,
+    backbone: str = "resnet18",
+    pretrained: bool | str = False,
+    decoder: str | dict = "light",
+    shared: bool = True,
+) -> MultiStreamSegmentor:
+    """Shared convolutions (or not, `shared: false`), private BNs, ensemble; no fusion."""
+    return MultiStreamSegmentor(
+        modalities, in_channels, num_classes, backbone, pretrained, decoder, shared=shared
+    )

@@ -1,0 +1,138 @@
+"""CEN: channel exchanging guided by BN scaling factors (Wang et al., NeurIPS 2020).
+
+Where: right after the BN of every residual block's spatial unit in stages 1-4, before the
+activation (ResNet BasicBlock: bn1, the BN of its first 3x3 conv, which feeds a ReLU as the paper
+requires; Bottleneck: bn2; EfficientNet: the BN of the depthwise conv).
+
+What (eq. 6): the channels are split into M disjoint, nearly equal parts (part m =
+`[floor(m*C/M), floor((m+1)*C/M))`); channel c of modality m is replaced only if c is in part m
+and |gamma_{m,c}| < theta, by the mean of the other modalities' BN outputs. The replaced value is
+dropped from the graph (its gradient is zero, as the paper says), the replacement carries the
+gradient to the other modalities. The l1 penalty (eq. 4) is on the exchangeable gammas only and
+is returned as the aux loss `l1_gamma` = `l1_weight * sum |gamma_hat|` (the paper states
+lambda = 5e-3, the authors' code uses 2e-4; default here 2e-4).
+
+Ablations of CEN section 4 (`mode`): `random` exchanges a fixed random portion of each part,
+drawn once at construction and kept in the state dict (ShuffleNet-like, no gamma guidance);
+`discard` zeroes the channels below theta instead of exchanging them; `none` keeps the model
+(private BNs, l1, ensemble) but exchanges nothing (CEN Table 1, "half-channel l1, no exchange").
+`split=False` makes every channel exchangeable and penalised (Table 1 "all-channel").
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fusescope.models.multistream import FusionPoint, MultiStreamSegmentor, Where, mean_of_others
+from fusescope.models.registry import FUSION_METHODS
+
+MODES = ("exchange", "random", "discard", "none")
+
+
+def own_parts(num_modalities: int, channels: int) -> Tensor:
+    """(M, C) bool: part m of the channels, the only ones modality m may have replaced."""
+    bounds = [m * channels // num_modalities for m in range(num_modalities + 1)]
+    c = torch.arange(channels)
+    return torch.stack([(c >= bounds[m]) & (c < bounds[m + 1]) for m in range(num_modalities)])
+
+
+class ChannelExchange(nn.Module):
+    """Eq. 6 at one BN: acts on the BN output `(M, B, C, H, W)` before the activation.
+
+    Args:
+        point: the fusion point; its ModalityBatchNorm's gammas decide what is exchanged.
+        theta: threshold on |gamma|.
+        l1_weight: weight of the l1 penalty on the exchangeable gammas.
+        mode: exchange | random | discard | none (see module doc).
+        split: restrict modality m to its own part of the channels (the paper's setting).
+        random_portion: fraction of each exchangeable part exchanged in `random` mode.
+    """
+
+    def __init__(
+        self,
+        point: FusionPoint,
+        theta: float,
+        l1_weight: float,
+        mode: str = "exchange",
+        split: bool = True,
+        random_portion: float = 0.3,
+    ):
+        super().__init__()
+        self.stage = point.stage
+        self.theta = theta
+        self.l1_weight = l1_weight
+        self.mode = mode
+        self._bn = (point.bn,)  # tuple: read the gammas without registering the BN twice
+        M, C = point.bn.weight.shape
+        own = own_parts(M, C) if split else torch.ones(M, C, dtype=torch.bool)
+        self.register_buffer("own", own.to(point.bn.weight.device), persistent=False)
+        if mode == "random":
+            draw = torch.rand(M, C, device=own.device) < random_portion
+            self.register_buffer("random_mask", draw & self.own)
+
+    @property
+    def gamma(self) -> Tensor:
+        return self._bn[0].weight  # (M, C)
+
+    def replaced(self) -> Tensor:
+        """(M, C) bool: which channel of which modality is replaced now."""
+        if self.mode == "random":
+            return self.random_mask
+        if self.mode == "none":
+            return torch.zeros_like(self.own)
+        return (self.gamma.detach().abs() < self.theta) & self.own
+
+    def forward(self, x5: Tensor, site: str) -> Tensor:
+        if self.mode == "none":
+            return x5
+        mask = self.replaced()[:, None, :, None, None]  # (M, 1, C, 1, 1)
+        if self.mode == "discard":
+            return x5.masked_fill(mask, 0.0)
+        # where() drops the replaced value from the graph: its gradient is exactly zero
+        return torch.where(mask, mean_of_others(x5), x5)
+
+    def aux_losses(self) -> dict[str, Tensor]:
+        if self.l1_weight == 0:
+            return {}
+        return {"l1_gamma": self.l1_weight * self.gamma.abs().masked_fill(~self.own, 0.0).sum()}
+
+    def stat_parts(self) -> dict[str, tuple[Tensor, float]]:
+        """Exchanged fraction of this stage's exchangeable channels (summed over blocks)."""
+        return {f"exchanged/stage{self.stage}": (self.replaced().sum(), float(self.own.sum()))}
+
+
+@FUSION_METHODS.register("cen")
+def cen(
+    modalities,
+    in_channels,
+    num_classes,
+    backbone: str = "resnet18",
+    pretrained: bool | str = False,
+    decoder: str | dict = "light",
+    theta: float = 2e-2,
+    l1_weight: float = 2e-4,
+    mode: str = "exchange",
+    split: bool = True,
+    random_portion: float = 0.3,
+    shared: bool = True,
+    stages: list[int] | tuple[int, ...] = (1, 2, 3, 4),
+) -> MultiStreamSegmentor:
+    """Channel-Exchanging Network.
+
+    Options: `theta` (|gamma| threshold), `l1_weight` (sparsity weight), `mode`
+    (exchange | random | discard | none), `split` (disjoint exchangeable parts), `random_portion`
+    (random mode), `shared` (share convolutions; False: CEN Table 1 "unshared convs"), `stages`.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if theta < 0 or l1_weight < 0 or not 0 <= random_portion <= 1:
+        raise ValueError("theta and l1_weight must be >= 0, random_portion in [0, 1]")
+    model = MultiStreamSegmentor(
+        modalities, in_channels, num_classes, backbone, pretrained, decoder, shared=shared
+    )
+    model.encoder.insert(
+        Where(("bn_out",), stages=tuple(stages)),
+        lambda point: ChannelExchange(point, theta, l1_weight, mode, split, random_portion),
+    )
+    return model

