@@ -61,8 +61,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.quiet:
         cfg.train.progress = False
     out = train(cfg, args.out, resume=not args.no_resume)
-    if out is not None:  # first process only
-        print(f"run saved to {out}")
+    if out is None:  # not the first process
+        return
+    print(f"run saved to {out}")
+    if not args.no_eval:
+        from fusescope.engine.evaluate import evaluate_run
+        from fusescope.engine.metrics import json_safe
+        from fusescope.io import write_json
+
+        result = json_safe(evaluate_run(out, split=cfg.data.val_split))
+        write_json(out / f"eval_{result['split']}_{result['tta']}.json", result)
+        print(format_result(result))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -157,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-eval", action="store_true", help="skip the validation at the end")
     p.add_argument("overrides", nargs="*", help="dotted overrides: train.max_steps=100 ...")
     p.set_defaults(func=cmd_train)
 

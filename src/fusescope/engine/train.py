@@ -200,6 +200,7 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
         fabric.barrier()
 
     log_file = (out / "metrics.jsonl").open("a") if rank0 else None
+    tensorboard = open_tensorboard(out) if rank0 and t.tensorboard else None
     bar = tqdm(total=t.max_steps, initial=step, desc=f"train {cfg.model.name}", unit="step",
                disable=not (rank0 and t.progress), dynamic_ncols=True)
     batches = iter(loader)
@@ -245,6 +246,10 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
                 if log_file is not None:
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
+                if tensorboard is not None:
+                    for key, value in record.items():
+                        if key != "step":
+                            tensorboard.add_scalar(key, value, step)
                 if not math.isfinite(record["loss"]):
                     raise FusescopeError(f"loss became {record['loss']} at step {step}; lower "
                                          f"train.lr or check the data")
@@ -259,10 +264,22 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
         bar.close()
         if log_file is not None:
             log_file.close()
+        if tensorboard is not None:
+            tensorboard.close()
     if rank0:
         save_weights(out / WEIGHTS, raw_model)
     fabric.barrier()
     return out if rank0 else None
+
+
+def open_tensorboard(out: Path):
+    """A TensorBoard writer under RUN/tensorboard (optional: metrics.jsonl is always written)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise FusescopeError("train.tensorboard=true needs the tensorboard package: pip install "
+                             "'fusescope[tensorboard]'") from None
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def _evaluate_during_training(fabric, model, cfg, stats, meta, step, log_file) -> None:
