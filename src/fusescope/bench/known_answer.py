@@ -165,7 +165,8 @@ def prediction_figure(run_dirs: list[Path], labels: list[str], out: Path, num: i
     plt.close(fig)
 
 
-DEMO_DEFAULTS = {"steps": 300, "fusion": "early_concat", "num": 480, "backbone": None}
+# sized to finish in a few minutes on 2 CPU cores; `fusescope bench known-answer` is the full one
+DEMO_DEFAULTS = {"steps": 250, "fusion": "early_concat", "num": 400, "size": (96, 128)}
 
 
 def run_demo(out: Path, steps: int | None = None, fusion: str | None = None,
@@ -178,7 +179,8 @@ def run_demo(out: Path, steps: int | None = None, fusion: str | None = None,
     extra = [f"model.backbone={backbone}"] if backbone else []
     configs = ["rgb_only", "depth_only", fusion]
     start = time.perf_counter()
-    rows = run_benchmark(configs, out, steps=steps, num=num, extra=extra)
+    rows = run_benchmark(configs, out, steps=steps, num=num, size=DEMO_DEFAULTS["size"],
+                         extra=extra)
     figure = out / "predictions.png"
     prediction_figure([Path(r["run"]) for r in rows], [r["method"] for r in rows], figure)
     print(f"\nfigure: {figure}\nall results: {out / 'results.json'}  "
