@@ -62,7 +62,7 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     base = statistics.median(times["rgb_only"])
     base_params = sum(p.numel() for p in models["rgb_only"][0].parameters())
-    print(f"| method | params (M) | params / unimodal | step time / unimodal |")
+    print("| method | params (M) | params / unimodal | step time / unimodal |")
     print("|---|---|---|---|")
     for name, (model, _) in models.items():
         params = sum(p.numel() for p in model.parameters())

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY_MODEL, write_folder_dataset
 
+from conftest import TINY_MODEL, write_folder_dataset
 from fusescope.config import load_config
 from fusescope.data.folder import FolderDataset
 from fusescope.dissect.net2vec import Net2Vec
@@ -28,8 +28,13 @@ CUES = ["both", "appearance", "geometry"]
 @pytest.mark.slow
 def test_rgb_specialises_in_appearance_and_depth_in_geometry(tmp_path):
     data = write_folder_dataset(tmp_path / "data", n=36, seed=3)
-    common = [f"data.root={data}", "data.synth=null", *TINY_MODEL, "train.max_steps=40",
-              "train.ckpt_every=40"]
+    common = [
+        f"data.root={data}",
+        "data.synth=null",
+        *TINY_MODEL,
+        "train.max_steps=40",
+        "train.ckpt_every=40",
+    ]
     runs = {}
     for modality, config in (("rgb", "rgb_only"), ("depth", "depth_only")):
         cfg = load_config(ROOT / "configs" / "synthetic" / f"{config}.yaml", common)
@@ -40,17 +45,23 @@ def test_rgb_specialises_in_appearance_and_depth_in_geometry(tmp_path):
     taps = {m: (m, Tap("encoder", index=level)) for m in runs}
     adapt = {m: RunInput(run, "cpu") for m, run in runs.items()}
     cache = {m: [] for m in runs}
-    for batch, feats in stream_features({m: r.model for m, r in runs.items()}, taps, loader,
-                                        adapt=adapt):
+    for batch, feats in stream_features(
+        {m: r.model for m, r in runs.items()}, taps, loader, adapt=adapt
+    ):
         for m in runs:
             cache[m].append((feats[m], batch["label"]))
     set_iou = {}
     for m in runs:
         torch.manual_seed(0)
-        set_iou[f"{m}_sep"] = Net2Vec(3, epochs=30, lr=0.05).fit(lambda m=m: iter(cache[m])).set_iou.tolist()
-    meta = SimpleNamespace(class_names=["c0", "c1", "c2"],
-                           classes=[SimpleNamespace(cue=c) for c in CUES])
+        set_iou[f"{m}_sep"] = (
+            Net2Vec(3, epochs=30, lr=0.05).fit(lambda m=m: iter(cache[m])).set_iou.tolist()
+        )
+    meta = SimpleNamespace(
+        class_names=["c0", "c1", "c2"], classes=[SimpleNamespace(cue=c) for c in CUES]
+    )
     spec = specialisation(set_iou, meta, level=level, margin=0.1)
-    assert spec["known_answer"] == {"rgb_leads_on_appearance": True,
-                                    "depth_leads_on_geometry": True}, set_iou
+    assert spec["known_answer"] == {
+        "rgb_leads_on_appearance": True,
+        "depth_leads_on_geometry": True,
+    }, set_iou
     assert spec["rgb"]["classes"] == ["c1"] and spec["depth"]["classes"] == ["c2"], set_iou
