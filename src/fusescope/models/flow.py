@@ -361,7 +361,28 @@ class AffineCoupling(FlowLayer):
         return x, -log_s.sum(dim=(1, 2))
 
 
-class MangoBlock(FlowLayer):
+class SequentialFlow(FlowLayer):
+    """Flow layers applied in order: the inverse runs them backwards, the log-dets add up."""
+
+    def sequence(self) -> nn.ModuleList:
+        return self.layers
+
+    def forward(self, x):
+        logdet = x.new_zeros(x.shape[0])
+        for layer in self.sequence():
+            x, ld = layer(x)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse(self, y):
+        logdet = y.new_zeros(y.shape[0])
+        for layer in reversed(self.sequence()):
+            y, ld = layer.inverse(y)
+            logdet = logdet + ld
+        return y, logdet
+
+
+class MangoBlock(SequentialFlow):
     """One MANGO block: 2 MMCA (A->B, B->A) + 4 IMCA + 2 LICA layers + 1 affine coupling.
 
     Args:
@@ -410,22 +431,9 @@ class MangoBlock(FlowLayer):
             raise ValueError("a flow block needs at least one partition or the coupling")
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, x):
-        logdet = x.new_zeros(x.shape[0])
-        for layer in self.layers:
-            x, ld = layer(x)
-            logdet = logdet + ld
-        return x, logdet
-
-    def inverse(self, y):
-        logdet = y.new_zeros(y.shape[0])
-        for layer in reversed(self.layers):
-            y, ld = layer.inverse(y)
-            logdet = logdet + ld
-        return y, logdet
 
 
-class MangoFlow(FlowLayer):
+class MangoFlow(SequentialFlow):
     """The bijection G: `blocks` MANGO blocks, with a standard normal prior on the output.
 
     Args:
@@ -443,19 +451,8 @@ class MangoFlow(FlowLayer):
             MangoBlock(dim, num_tokens, flip=bool(i % 2), **block_options) for i in range(blocks)
         )
 
-    def forward(self, x):
-        logdet = x.new_zeros(x.shape[0])
-        for block in self.blocks:
-            x, ld = block(x)
-            logdet = logdet + ld
-        return x, logdet
-
-    def inverse(self, y):
-        logdet = y.new_zeros(y.shape[0])
-        for block in reversed(self.blocks):
-            y, ld = block.inverse(y)
-            logdet = logdet + ld
-        return y, logdet
+    def sequence(self) -> nn.ModuleList:
+        return self.blocks
 
     def log_prob(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """`(z, log p(x))`, log p(x) = log N(z; 0, I) + log|det dz/dx| per item (B,)."""
