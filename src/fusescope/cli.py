@@ -134,7 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fusescope", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="fusescope", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"fusescope {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
