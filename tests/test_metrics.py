@@ -4,7 +4,8 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from fusescope.engine.metrics import SegMetrics, group_miou, json_safe, metrics_from_confusion
+from fusescope.engine.metrics import SegMetrics, group_miou, metrics_from_confusion
+from fusescope.io import json_safe
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

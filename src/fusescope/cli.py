@@ -65,26 +65,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     print(f"run saved to {out}")
     if not args.no_eval:
-        from fusescope.engine.evaluate import evaluate_run
-        from fusescope.engine.metrics import json_safe
-        from fusescope.io import write_json
+        from fusescope.engine.evaluate import evaluate_run, save_eval
 
-        result = json_safe(evaluate_run(out, split=cfg.data.val_split))
-        write_json(out / f"eval_{result['split']}_{result['tta']}.json", result)
-        print(format_result(result))
+        print(format_result(save_eval(out, evaluate_run(out, split=cfg.data.val_split))))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from fusescope.engine.evaluate import evaluate_run
-    from fusescope.engine.metrics import json_safe
-    from fusescope.io import write_json
+    from fusescope.engine.evaluate import evaluate_run, save_eval
 
-    result = evaluate_run(args.run, split=args.split, tta=args.tta, corrupt=args.corrupt,
-                          window=args.window, batch_size=args.batch_size,
-                          data_root=args.data_root, progress=not args.json)
-    result = json_safe(result)
-    suffix = f"_{args.corrupt.replace(':', '')}" if args.corrupt else ""
-    write_json(Path(args.run) / f"eval_{result['split']}_{result['tta']}{suffix}.json", result)
+    result = save_eval(args.run, evaluate_run(
+        args.run, split=args.split, tta=args.tta, corrupt=args.corrupt, window=args.window,
+        batch_size=args.batch_size, data_root=args.data_root, progress=not args.json))
     if args.json:
         print(json.dumps(result))
         return

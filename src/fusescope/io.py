@@ -36,6 +36,20 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         tmp.unlink(missing_ok=True)
 
 
+def json_safe(obj: Any) -> Any:
+    """JSON has no NaN or infinity: undefined values (a class absent from the data) become null,
+    NumPy scalars plain Python numbers, recursively."""
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2) + "\n")

@@ -36,6 +36,7 @@ from fusescope.dissect.net2vec import Net2Vec, cached_batches
 from fusescope.dissect.svar import concept_variance
 from fusescope.dissect.taps import Tap, find_module, move_batch, stream_features
 from fusescope.errors import FusescopeError
+from fusescope.io import json_safe
 
 FEATURES = {
     "rgb_sep": "RGB (separate)",
@@ -293,7 +294,7 @@ def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissect
         "specialisation": specialisation(set_iou[str(levels[-1])], meta, levels[-1], opts.margin),
     }
     examples = gradcam_examples(runs, ds, loader, adapt, opts, levels[-1], frequency.tolist())
-    return Dissection(nan_to_none(results), examples)
+    return Dissection(json_safe(results), examples)
 
 
 def svar_table(
@@ -475,19 +476,6 @@ def gradcam_examples(
             )
         )
     return examples
-
-
-def nan_to_none(obj: Any) -> Any:
-    """JSON has no NaN: concepts absent from the probe set become null."""
-    if isinstance(obj, float):
-        return None if not np.isfinite(obj) else obj
-    if isinstance(obj, dict):
-        return {k: nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [nan_to_none(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return nan_to_none(obj.item())
-    return obj
 
 
 def train_runs(

@@ -167,3 +167,13 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, tta: str | None 
     return result
 
 
+
+
+def save_eval(run_dir: str | Path, result: dict) -> dict:
+    """Write `result` as RUN/eval_<split>_<tta>[_<corruption>].json; returns it JSON-safe."""
+    from fusescope.io import json_safe, write_json
+
+    result = json_safe(result)
+    suffix = f"_{result['corrupt'].replace(':', '')}" if result.get("corrupt") else ""
+    write_json(Path(run_dir) / f"eval_{result['split']}_{result['tta']}{suffix}.json", result)
+    return result

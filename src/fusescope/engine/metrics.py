@@ -66,14 +66,3 @@ def group_miou(per_class_iou: list[float], groups: dict[str, list[int]]) -> dict
 def _nanmean(x: Tensor) -> float:
     x = x[~torch.isnan(x)]
     return float(x.mean()) if x.numel() else math.nan
-
-
-def json_safe(obj):
-    """NaN -> None recursively, so results are valid JSON."""
-    if isinstance(obj, float):
-        return None if math.isnan(obj) else obj
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
