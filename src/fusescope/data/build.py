@@ -8,7 +8,6 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from fusescope.data.folder import FolderDataset
-from fusescope.data.meta import load_meta
 from fusescope.data.normalize import compute_stats
 from fusescope.data.transforms import Normalize, TrainTransform
 from fusescope.errors import FusescopeError
@@ -33,15 +32,13 @@ def ensure_data(data_cfg: DictConfig, progress: bool = True) -> Path:
 
 
 def train_dataset(data_cfg: DictConfig, stats: dict, seed: int) -> FolderDataset:
-    meta = load_meta(data_cfg.root)
-    transform = TrainTransform(
-        {m: meta.modalities[m] for m in data_cfg.modalities if m in meta.modalities},
-        crop_size=tuple(data_cfg.crop_size) if data_cfg.crop_size else None,
+    ds = FolderDataset(data_cfg.root, data_cfg.train_split, list(data_cfg.modalities), seed=seed)
+    specs = {m: ds.meta.modalities[m] for m in ds.modalities}
+    ds.transform = TrainTransform(
+        specs, crop_size=tuple(data_cfg.crop_size) if data_cfg.crop_size else None,
         scale_range=tuple(data_cfg.scale_range), hflip=data_cfg.hflip,
-        color_jitter=data_cfg.color_jitter, ignore_index=meta.ignore_index)
-    ds = FolderDataset(data_cfg.root, data_cfg.train_split, list(data_cfg.modalities),
-                       transform=transform, seed=seed)
-    ds.normalize = Normalize({m: ds.meta.modalities[m] for m in ds.modalities}, stats)
+        color_jitter=data_cfg.color_jitter, ignore_index=ds.meta.ignore_index)
+    ds.normalize = Normalize(specs, stats)
     return ds
 
 
