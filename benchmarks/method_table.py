@@ -23,7 +23,7 @@ from fusescope.models import build_model
 
 CONFIGS = ["rgb_only", "early_concat", "late_average", "two_stream_concat", "multistream", "cen",
            "asymfusion", "baseline_concat_all", "baseline_align_all", "baseline_attention_all",
-           "sagate", "mango"]
+           "baseline_concat_early_merged", "sagate", "mango"]
 CHANNELS = {"rgb": 3, "depth": 1}
 
 

@@ -14,8 +14,9 @@ MODALITIES = ["rgb", "depth"]
 IN_CHANNELS = {"rgb": 3, "depth": 1}
 VARIANTS = {  # extra rows beyond each method's defaults
     "baseline": [
-        {"fusion": f, "position": p, "shared": s}
-        for s in (True, False)
+        {"fusion": f, "position": p, **setting}
+        for setting in ({"shared": True}, {"shared": False},
+                        {"shared": False, "streams": "merge"})
         for f in ("concat", "align", "attention")
         for p in ("early", "middle", "late", "all")
     ],

@@ -8,7 +8,8 @@ import torch
 
 from fusescope.errors import FusescopeError
 from fusescope.models import build_model
-from fusescope.models.fusion.baselines import POSITIONS, pairwise_mmd
+from fusescope.models.backbones import create_encoder, encoder_stages
+from fusescope.models.fusion.baselines import POSITIONS, ConcatFusion, pairwise_mmd
 
 MODS = {2: ["rgb", "depth"], 3: ["rgb", "depth", "hha"]}
 CHANS = {"rgb": 3, "depth": 1, "hha": 3}
@@ -97,3 +98,76 @@ def test_rejects_bad_options():
         build_model({"name": "baseline"}, ["rgb"], CHANS, 4)
     with pytest.raises(FusescopeError, match="equal input channels"):
         build_model({"name": "cen"}, ["rgb", "x"], {"rgb": 3, "x": 2}, 4)
+    with pytest.raises(FusescopeError, match="shared: false"):
+        build_model({"name": "baseline", "streams": "merge"}, MODS[2], CHANS, 4)
+    with pytest.raises(FusescopeError, match="streams"):
+        build_model({"name": "baseline", "streams": "fuse"}, MODS[2], CHANS, 4)
+
+
+def merged(M=2, **options):
+    cfg = {"name": "baseline", "shared": False, "streams": "merge", **options}
+    return build_model(cfg, MODS[M], CHANS, 4)
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("M", [2, 3])
+@pytest.mark.parametrize("fusion", ["concat", "align", "attention"])
+@pytest.mark.parametrize("position", ["early", "late", "all", [1, 3]])
+def test_merged_streams_train_and_round_trip(fusion, position, M):
+    model = merged(M, fusion=fusion, position=position)
+    batch = {m: torch.randn(2, CHANS[m], 50, 70) for m in MODS[M]}
+    out = model(batch)
+    assert out["logits"].shape == (2, 4, 50, 70) and out["per_modality"] == {}
+    assert ("align_mmd" in out["aux_losses"]) == (fusion == "align")
+    (out["logits"].mean() + sum(out["aux_losses"].values(), torch.zeros(()))).backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not unused, unused  # no dead weights (DDP would refuse them)
+    model.eval()
+    fresh = merged(M, fusion=fusion, position=position).eval()
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(fresh(batch)["logits"], model(batch)["logits"])
+
+
+@pytest.mark.parametrize("position,merge", [("early", 2), ("middle", 3), ("late", 4)])
+def test_merged_streams_cost_a_stream_copy_up_to_the_merge(position, merge):
+    """Commonly used setting (CEN Table 2 left): the extra parameters over the unimodal model
+    are M-1 copies of the encoder up to the merge stage plus the fusion block."""
+    uni = build_model({"name": "unimodal"}, ["rgb"], CHANS, 4)
+    stages = encoder_stages(create_encoder("resnet18", 3))
+    copy_cost = sum(count(s) for s in stages[:merge])
+    c = (64, 128, 256, 512)[merge - 1]
+    fusion_cost = 2 * c * c + 2 * c
+    assert count(merged(2, position=position)) == count(uni) + copy_cost + fusion_cost
+
+
+@pytest.mark.parametrize("position", ["early", "all", [2, 4]])
+def test_merged_streams_see_other_modalities_only_through_fusion(position):
+    """Zero the concat weights that read the second modality at every fusion point: the
+    prediction no longer depends on depth, so depth reaches the first stream, the trunk and
+    the decoder only through the fusion blocks (and does when the weights are not zero)."""
+    torch.manual_seed(0)
+    model = merged(2, fusion="concat", position=position).eval()
+    rgb = torch.randn(1, 3, 50, 70)
+    depths = torch.randn(2, 1, 50, 70)
+    outs = [model({"rgb": rgb, "depth": d[None]})["logits"] for d in depths]
+    assert not torch.allclose(*outs)
+    with torch.no_grad():
+        for op in model.fuse.values():
+            assert isinstance(op, ConcatFusion)
+            conv = op.reduce[0]
+            conv.weight[:, conv.in_channels // 2:] = 0
+    outs = [model({"rgb": rgb, "depth": d[None]})["logits"] for d in depths]
+    torch.testing.assert_close(*outs)
+
+
+def test_encoder_stages_equal_the_encoder():
+    for name in ("resnet18", "efficientnet_lite0"):
+        encoder = create_encoder(name, 3).eval()
+        x = torch.randn(1, 3, 64, 80)
+        ref = encoder(x)
+        for stage, want in zip(encoder_stages(encoder), ref, strict=True):
+            x = stage(x)
+            assert torch.equal(x, want)

@@ -155,3 +155,31 @@ def test_rejects_bad_options():
         build(mode="swap")
     with pytest.raises(Exception, match="unknown config key"):
         build(thresh=0.1)
+    with pytest.raises(Exception, match="gamma_lr_scale"):
+        build(gamma_lr_scale=0)
+
+
+def test_gamma_lr_scale_gives_the_exchange_gammas_their_own_learning_rate():
+    """The exchange BNs' gammas (and nothing else) train at scale x lr, through the schedule."""
+    from omegaconf import OmegaConf
+
+    from fusescope.engine.train import lr_factor, make_optimizer
+
+    model = build(gamma_lr_scale=10.0)
+    cfg = OmegaConf.create({"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4,
+                            "momentum": 0.9})
+    opt = make_optimizer(model, cfg)
+    gammas = {id(op.gamma) for op in model.modules() if isinstance(op, ChannelExchange)}
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert len(lr_of) == sum(1 for _ in model.parameters())  # every parameter, once
+    assert {lr_of[i] for i in gammas} == {1e-2}
+    assert {lr for i, lr in lr_of.items() if i not in gammas} == {1e-3}
+    assert all(g["weight_decay"] == 0.0 for g in opt.param_groups
+               if any(id(p) in gammas for p in g["params"]))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, 2, 10, 0.9))
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    lrs = sorted({round(g["lr"] / lr_factor(5, 2, 10, 0.9), 12) for g in opt.param_groups})
+    assert lrs == [1e-3, 1e-2]
+    assert make_optimizer(build(), cfg).param_groups[0]["lr"] == 1e-3  # default: one lr

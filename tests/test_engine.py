@@ -87,19 +87,48 @@ def test_sampler_shards_one_global_batch():
     assert resumed == full[2][1]  # position 8 = epoch 1, first batch
 
 
+def test_lr_scales_by_module_prefix_and_no_decay_on_norms():
+    from omegaconf import OmegaConf
+
+    from fusescope.engine.train import make_optimizer
+    from fusescope.errors import FusescopeError
+    from fusescope.models import build_model
+    from fusescope.models.multistream import ModalityBatchNorm
+
+    model = build_model({"name": "multistream", "backbone": "resnet18"}, ["rgb", "depth"],
+                        {"rgb": 3, "depth": 1}, 5)
+    cfg = OmegaConf.create({"optimizer": "sgd", "lr": 0.1, "weight_decay": 1e-4, "momentum": 0.9,
+                            "lr_scales": {"decoder": 6.0, "decoder.classifier": 2.0}})
+    groups = make_optimizer(model, cfg).param_groups
+    setting = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        lr, wd = setting[id(p)]
+        want = 0.2 if name.startswith("decoder.classifier.") else 0.6 if name.startswith(
+            "decoder.") else 0.1
+        assert lr == pytest.approx(want), name
+        owner = model.get_submodule(name.rsplit(".", 1)[0])
+        is_norm = isinstance(owner, ModalityBatchNorm) or p.ndim == 1
+        assert (wd == 0.0) == is_norm, name  # per-modality BN gammas (M, C) are not decayed
+    cfg.lr_scales = {"decoderr": 2.0}
+    with pytest.raises(FusescopeError, match="decoderr.*top-level modules are decoder, "):
+        make_optimizer(model, cfg)
+
+
 def test_lr_schedule():
     assert lr_factor(0, 4, 100, 0.9) == 0.25
     assert lr_factor(4, 4, 100, 0.9) == 1.0
     assert lr_factor(100, 4, 100, 0.9) == 0.0
 
 
-def test_two_processes_match_one(tiny_data, tmp_path):
+@pytest.mark.parametrize("method", ["early_concat", "cen"])
+def test_two_processes_match_one(tiny_data, tmp_path, method):
     """DDP on 2 CPU processes (gloo) with the global batch split in two: same weights as one
     process, up to float summation order (BatchNorm statistics are synchronised). Dropout is
     off: its masks are drawn per process, so they cannot match one process's draw. SGD, not
     Adam: Adam's first steps are ~sign(gradient) * lr, which turns float summation-order noise
-    in near-zero gradients into full-size steps."""
-    common = [sys.executable, "-m", "fusescope", "train", str(CONFIG), f"data.root={tiny_data}",
+    in near-zero gradients into full-size steps. CEN covers the per-modality BNs."""
+    config = CONFIG.with_name(f"{method}.yaml")
+    common = [sys.executable, "-m", "fusescope", "train", str(config), f"data.root={tiny_data}",
               "data.synth=null", *TINY_MODEL, "train.accelerator=cpu",
               "model.decoder={name: light, dropout: 0.0}", "train.optimizer=sgd", "train.lr=0.05"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -107,7 +136,8 @@ def test_two_processes_match_one(tiny_data, tmp_path):
         subprocess.run([*common, "--out", str(tmp_path / name), f"train.devices={devices}"],
                        check=True, env=env, capture_output=True, timeout=300)
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
-    assert float(a["encoder.bn1.running_mean"].abs().max()) > 1e-3  # training did happen
+    stem = "encoder.bn1" if method == "early_concat" else "encoder.body.bn1"
+    assert float(a[f"{stem}.running_mean"].abs().max()) > 1e-3  # training did happen
     diffs = {k: float((a[k].float() - b[k].float()).abs().max()) for k in a}
     worst = max(diffs, key=diffs.get)
     assert diffs[worst] < 1e-4, (worst, diffs[worst])

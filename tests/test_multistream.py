@@ -60,6 +60,34 @@ def test_modality_batchnorm_equals_separate_batchnorms(M, momentum):
     )
 
 
+@pytest.mark.parametrize("M", [2, 3])
+def test_synchronised_modality_batchnorm_sees_the_global_batch(M):
+    """Two processes simulated in one: each half of the batch, with a `reduce_stats` that adds
+    the other half's sums, normalises exactly as the whole batch does, per modality, and the
+    running statistics count the global batch (the all-reduce itself is tested end to end by
+    the two-process training test)."""
+    torch.manual_seed(0)
+    whole = ModalityBatchNorm(6, M).double()
+    halves = [copy.deepcopy(whole) for _ in range(2)]
+    x5 = torch.randn(M, 8, 6, 5, 7, dtype=torch.float64) * 3 + 1  # (M, B, C, H, W)
+    parts = [x5[:, :3], x5[:, 3:]]  # uneven shards, as the last shard of a batch can be
+
+    def sums(p):
+        count = torch.full((M, 1), p[0, :, 0].numel(), dtype=p.dtype)
+        return torch.cat([p.sum((1, 3, 4)), (p * p).sum((1, 3, 4)), count], dim=1)
+
+    ys = []
+    for i, (bn, part) in enumerate(zip(halves, parts, strict=True)):
+        other = sums(parts[1 - i])
+        bn.reduce_stats = lambda packed, other=other: packed + other
+        ys.append(bn(part.reshape(-1, 6, 5, 7)).view(M, -1, 6, 5, 7))
+    ref = whole(x5.reshape(-1, 6, 5, 7)).view(M, 8, 6, 5, 7)
+    torch.testing.assert_close(torch.cat(ys, dim=1), ref)
+    for bn in halves:
+        torch.testing.assert_close(bn.running_mean, whole.running_mean)
+        torch.testing.assert_close(bn.running_var, whole.running_var)
+
+
 def test_modality_conv_equals_separate_convs():
     conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, bias=True)
     mconv = ModalityConv2d(conv, 3)

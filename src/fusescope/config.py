@@ -52,6 +52,9 @@ class TrainConfig:
     momentum: float = 0.9
     warmup_steps: int = 20
     poly_power: float = 0.9
+    # learning-rate multipliers by module name prefix, e.g. {decoder: 6.0} (CEN trains its
+    # decoder at 6x the encoder's lr); the longest matching prefix wins
+    lr_scales: dict[str, float] = field(default_factory=dict)
     grad_accum: int = 1
     per_modality_weight: float = 1.0  # weight of each `per_modality` output's task loss
     class_weights: list[float] | None = None

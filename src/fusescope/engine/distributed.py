@@ -58,11 +58,20 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
 def convert_batchnorm(model: nn.Module, device_type: str) -> nn.Module:
     """Make BatchNorms synchronise across processes: torch SyncBatchNorm (timm's converter keeps
     BatchNormAct2d's activation) on accelerators, GlobalBatchNorm2d for plain BatchNorm2d on CPU.
-    Method-specific norms (per-modality BNs) are left as they are."""
+    Per-modality BNs (multi-stream models) all-reduce their statistics on any device."""
+    from fusescope.models.multistream import ModalityBatchNorm
+
+    for module in model.modules():
+        if isinstance(module, ModalityBatchNorm):
+            module.reduce_stats = _AllReduceSum.apply
     if device_type != "cpu":
         from timm.layers import convert_sync_batchnorm
 
         return convert_sync_batchnorm(model)
+    return _to_global_batchnorm(model)
+
+
+def _to_global_batchnorm(model: nn.Module) -> nn.Module:
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
             new = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
@@ -70,7 +79,5 @@ def convert_batchnorm(model: nn.Module, device_type: str) -> nn.Module:
             new.load_state_dict(child.state_dict())
             setattr(model, name, new)
         else:
-            convert_batchnorm(child, device_type)
+            _to_global_batchnorm(child)
     return model
-
-

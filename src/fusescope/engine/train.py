@@ -92,15 +92,46 @@ def lr_factor(step: int, warmup: int, max_steps: int, power: float) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
-    # no weight decay on norms and biases: decaying BN gammas would fight CEN's sparsity rule
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    other = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": other, "weight_decay": 0.0}]
+    """AdamW or SGD; no weight decay on norms and biases (decaying BN gammas would fight CEN's
+    sparsity rule). A parameter's lr is `lr x` the scale of the longest `train.lr_scales` prefix
+    of its name `x` the scale the model gives it in `lr_scales()` (e.g. CEN's exchange gammas);
+    each distinct scale is its own group, and the scheduler multiplies every group's lr alike."""
+    from fusescope.models.multistream import ModalityBatchNorm
+
+    model_scale = {id(p): s for p, s in getattr(model, "lr_scales", list)()}
+    prefix_scale = {str(k): float(v) for k, v in (cfg.get("lr_scales") or {}).items()}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    for prefix, scale in prefix_scale.items():
+        if scale <= 0:
+            raise FusescopeError(f"train.lr_scales.{prefix} must be > 0, got {scale}")
+        if not any(n == prefix or n.startswith(prefix + ".") for n, _ in named):
+            tops = sorted({n.split(".")[0] for n, _ in named})
+            raise FusescopeError(f"train.lr_scales: no parameter under {prefix!r}; the model's "
+                                 f"top-level modules are {', '.join(tops)}")
+
+    def scale_of(name: str, p: torch.nn.Parameter) -> float:
+        matches = [k for k in prefix_scale if name == k or name.startswith(k + ".")]
+        by_name = prefix_scale[max(matches, key=len)] if matches else 1.0
+        return by_name * model_scale.get(id(p), 1.0)
+
+    # per-modality BN parameters are (M, C): their module, not their shape, marks them as norms
+    norms = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm,
+             ModalityBatchNorm)
+    undecayed = {id(p) for m in model.modules() if isinstance(m, norms)
+                 for p in m.parameters(recurse=False)}
+    groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
+    for name, p in named:
+        decayed = p.ndim > 1 and id(p) not in undecayed
+        groups.setdefault((decayed, scale_of(name, p)), []).append(p)
+    param_groups = [
+        {"params": params, "lr": cfg.lr * scale,
+         "weight_decay": cfg.weight_decay if decayed else 0.0}
+        for (decayed, scale), params in groups.items()
+    ]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.AdamW(param_groups, lr=cfg.lr)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum)
     raise FusescopeError(f"train.optimizer {cfg.optimizer!r} unknown; known: adamw, sgd")
 
 

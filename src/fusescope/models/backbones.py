@@ -126,3 +126,32 @@ def feature_channels(encoder: nn.Module) -> list[int]:
 
 def feature_reductions(encoder: nn.Module) -> list[int]:
     return list(encoder.feature_info.reduction())
+
+
+def encoder_stages(encoder: nn.Module) -> list[nn.Sequential]:
+    """The encoder cut at its feature outputs: stage k maps stage k-1's output (the image for
+    k = 0, so the stem is in stage 0) to feature level k; running them in order equals
+    `encoder(x)`. The stages hold the encoder's own modules (no copies), so a model that keeps
+    both must register only one of them."""
+    from timm.models._features import FeatureListNet
+    from timm.models.efficientnet import EfficientNetFeatures
+
+    if isinstance(encoder, FeatureListNet):
+        units = list(encoder.items())
+        ends = set(encoder.return_layers)
+    elif isinstance(encoder, EfficientNetFeatures):
+        if encoder.feature_hooks is not None:
+            raise ValueError("efficientnet features taken by hooks cannot be cut into stages")
+        units = [("conv_stem", encoder.conv_stem), ("bn1", encoder.bn1)]
+        units += [(f"blocks.{i}", b) for i, b in enumerate(encoder.blocks)]
+        # timm's rule: block i ends a feature level when i + 1 is one of the output stages
+        ends = {f"blocks.{s - 1}" if s else "bn1" for s in encoder._stage_out_idx}
+    else:
+        raise ValueError(f"cannot cut a {type(encoder).__name__} into stages")
+    stages, current = [], []
+    for name, module in units:
+        current.append(module)
+        if name in ends:
+            stages.append(nn.Sequential(*current))
+            current = []
+    return stages

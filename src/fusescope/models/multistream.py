@@ -71,6 +71,10 @@ class ModalityBatchNorm(nn.Module):
         eps, momentum: as `nn.BatchNorm2d` (momentum None: cumulative average).
         act: activation applied after normalisation (timm's BatchNormAct2d carries one).
         drop: drop layer between norm and activation (BatchNormAct2d's `drop`).
+
+    `reduce_stats`, when set (the engine's `convert_batchnorm` does it for multi-process runs),
+    sums a tensor over processes, differentiably; training statistics are then those of the
+    global batch, per modality, as SyncBatchNorm gives a plain BatchNorm.
     """
 
     def __init__(
@@ -98,6 +102,7 @@ class ModalityBatchNorm(nn.Module):
         # (in MultiStreamEncoder.fusion) and the state-dict keys do not depend on the method
         self.after_norm: list[tuple[nn.Module, str]] = []
         self.after_act: list[tuple[nn.Module, str]] = []
+        self.reduce_stats: Callable[[Tensor], Tensor] | None = None
 
     @classmethod
     def from_batchnorm(cls, bn: nn.BatchNorm2d, num_modalities: int) -> ModalityBatchNorm:
@@ -129,7 +134,10 @@ class ModalityBatchNorm(nn.Module):
         M = self.num_modalities
         MB, C, H, W = x.shape
         x5 = x.view(M, MB // M, C, H, W)  # (M, B, C, H, W)
-        if self.training:
+        if self.training and self.reduce_stats is not None:
+            mean, var, n = self._global_moments(x5)
+            self._update_running_stats(mean, var, n)
+        elif self.training:
             var, mean = torch.var_mean(x5, dim=(1, 3, 4), correction=0)  # (M, C) each
             self._update_running_stats(mean, var, n=x5[0].numel() // C)
         else:
@@ -145,15 +153,27 @@ class ModalityBatchNorm(nn.Module):
             y = op(y, site)
         return y.reshape(MB, C, H, W)
 
+    def _global_moments(self, x5: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-modality mean and biased variance over every process's batch, in one all-reduce."""
+        M, B, C, H, W = x5.shape
+        count = torch.full((M, 1), B * H * W, dtype=x5.dtype, device=x5.device)
+        packed = torch.cat([x5.sum((1, 3, 4)), (x5 * x5).sum((1, 3, 4)), count], dim=1)
+        packed = self.reduce_stats(packed)  # (M, 2C + 1)
+        n = packed[:, -1:]
+        mean = packed[:, :C] / n
+        var = (packed[:, C:2 * C] / n - mean * mean).clamp(min=0)
+        return mean, var, n  # n: (M, 1) global count, kept on the device (no host sync)
+
     @torch.no_grad()
-    def _update_running_stats(self, mean: Tensor, var: Tensor, n: int) -> None:
+    def _update_running_stats(self, mean: Tensor, var: Tensor, n: int | Tensor) -> None:
         self.num_batches_tracked.add_(1)
         if self.momentum is None:  # cumulative moving average, as nn.BatchNorm2d (no host sync)
             factor = 1.0 / self.num_batches_tracked.to(mean.dtype)
         else:
             factor = self.momentum
         # BatchNorm2d keeps the unbiased variance in its running estimate
-        unbiased = var * (n / max(n - 1, 1))
+        bessel = n / (n - 1).clamp(min=1) if isinstance(n, Tensor) else n / max(n - 1, 1)
+        unbiased = var * bessel
         self.running_mean.lerp_(mean, factor)
         self.running_var.lerp_(unbiased, factor)
 
@@ -475,7 +495,7 @@ class MultiStreamSegmentor(Segmentor):
     Fusion methods call `self.encoder.insert(where, factory)` after construction. Fusion ops
     may define `aux_losses() -> {name: scalar}` (already weighted; summed over ops by name) and
     `stat_parts() -> {name: (numerator tensor, denominator)}` (summed over ops by name and
-    divided in `training_stats`, with one host transfer).
+    divided in `training_stats`, with one host transfer) and `lr_scales() -> [(param, scale)]`.
 
     Args:
         shared: share convolutions across modalities (encoder and decoder); False: unshared.
@@ -521,6 +541,9 @@ class MultiStreamSegmentor(Segmentor):
             for name, value in getattr(op, "aux_losses", dict)().items():
                 losses[name] = losses[name] + value if name in losses else value
         return losses
+
+    def lr_scales(self) -> list[tuple[nn.Parameter, float]]:
+        return [pair for op in fusion_ops(self) for pair in getattr(op, "lr_scales", list)()]
 
     @torch.no_grad()
     def training_stats(self) -> dict[str, float]:

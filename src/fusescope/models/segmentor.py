@@ -32,6 +32,10 @@ class Segmentor(nn.Module):
             raise KeyError(f"batch lacks modalities {missing}; has {sorted(batch)}")
         return [batch[m] for m in self.modalities]
 
+    def lr_scales(self) -> list[tuple[nn.Parameter, float]]:
+        """Parameters that train at `scale x train.lr` (default: none; all train at lr)."""
+        return []
+
 
 def output(logits: Tensor, per_modality: dict[str, Tensor] | None = None,
            aux_losses: dict[str, Tensor] | None = None) -> dict:

@@ -10,12 +10,20 @@
 * `fusion: align`: no feature mixing; an MMD loss between the modalities' stage outputs (aux loss
   `align_mmd`, weight `align_weight`) pulls their distributions together [CEN eq. 3].
 
-Like CEN's "same setting" (Table 2, right), every modality keeps its own stream to the end (its
-own decoder pass, supervised as `per_modality`, combined by the learned ensemble): the fused
-feature is added to every modality's stream (`x_m + fused`) before the next stage and the
-decoder. `shared: true` shares the convolutions with private BNs (CEN's setting); `shared: false`
-gives each modality its own convolutions (Table 2's "commonly used setting" in its parameters;
-the streams still run to the end instead of merging after the fusion point).
+Two settings, as CEN Table 2:
+
+* `streams: keep` (CEN's "same setting", Table 2 right): every modality keeps its own stream to
+  the end (its own decoder pass, supervised as `per_modality`, combined by the learned
+  ensemble); the fused feature is added to every modality's stream (`x_m + fused`) before the
+  next stage and the decoder. `shared: true` shares the convolutions with private BNs (CEN's
+  setting); `shared: false` gives each modality its own convolutions.
+* `streams: merge` (the "commonly used setting", Table 2 left; needs `shared: false`): unshared
+  streams up to the last fusion stage, where they merge into one stream that runs the rest of
+  the encoder and one decoder. At an earlier fusion stage the fused feature carries on in the
+  first modality's stream (the others stay pure, FuseNet-style) and feeds the decoder; a level
+  without fusion gives the decoder the first modality's feature. This reproduces the paper's
+  parameter totals: early fusion costs one extra stem-to-stage-2 copy, late fusion a second
+  whole encoder. `align` merges by the mean of the streams (its MMD pulls them together).
 
 Positions, stages numbered 1-4 (strides 4-32): `early` = stage 2, `middle` = stage 3, `late` =
 stage 4, `all` = stages 1-4; a list of stages is accepted too. The mapping follows the fusion
@@ -29,12 +37,27 @@ the reference the fused methods are measured against).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fusescope.models.multistream import FusionPoint, MultiStreamSegmentor, Where
+from fusescope.models.backbones import (
+    create_encoder,
+    encoder_stages,
+    feature_channels,
+    feature_reductions,
+)
+from fusescope.models.decoders import build_decoder
+from fusescope.models.multistream import (
+    MultiStreamSegmentor,
+    Where,
+    common_channels,
+    convert_modules,
+)
 from fusescope.models.registry import FUSION_METHODS
+from fusescope.models.segmentor import Segmentor, output, resize_to, tile_channels
 
 FUSIONS = ("concat", "align", "attention")
 POSITIONS = {"early": (2,), "middle": (3,), "late": (4,), "all": (1, 2, 3, 4)}
@@ -55,14 +78,18 @@ def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
 
 
 class ConcatFusion(nn.Module):
-    """Concat + 1x1 conv-BN-ReLU; the fused feature is added to every stream."""
+    """Concat + 1x1 conv-BN-ReLU; `fuse` gives the fused feature, `forward` adds it to every
+    stream."""
 
     def __init__(self, channels: int, num_modalities: int):
         super().__init__()
         self.reduce = conv_bn_relu(num_modalities * channels, channels, 1)
 
+    def fuse(self, x5: Tensor) -> Tensor:  # (M, B, C, H, W) -> (B, C, H, W)
+        return self.reduce(stack_channels(x5))
+
     def forward(self, x5: Tensor, site: str) -> Tensor:
-        return x5 + self.reduce(stack_channels(x5)).unsqueeze(0)  # (M, B, C, H, W)
+        return x5 + self.fuse(x5).unsqueeze(0)  # (M, B, C, H, W)
 
 
 class AttentionFusion(nn.Module):
@@ -80,9 +107,12 @@ class AttentionFusion(nn.Module):
         )
         self.reduce = conv_bn_relu(width, channels, 3)
 
-    def forward(self, x5: Tensor, site: str) -> Tensor:
+    def fuse(self, x5: Tensor) -> Tensor:  # (M, B, C, H, W) -> (B, C, H, W)
         cat = stack_channels(x5)  # (B, M*C, H, W)
-        return x5 + self.reduce(cat * self.gate(cat)).unsqueeze(0)
+        return self.reduce(cat * self.gate(cat))
+
+    def forward(self, x5: Tensor, site: str) -> Tensor:
+        return x5 + self.fuse(x5).unsqueeze(0)
 
 
 def pairwise_mmd(samples: Tensor, scales: tuple[float, ...] = (0.5, 1.0, 2.0)) -> Tensor:
@@ -118,16 +148,76 @@ class AlignFusion(nn.Module):
         self.grid = grid
         self._loss: Tensor | None = None
 
-    def forward(self, x5: Tensor, site: str) -> Tensor:
+    def _measure(self, x5: Tensor) -> None:
         M, B, C, H, W = x5.shape
         pooled = F.adaptive_avg_pool2d(x5.reshape(M * B, C, H, W), self.grid)
         samples = pooled.view(M, B, C, -1).transpose(2, 3).reshape(M, -1, C)  # (M, N, C)
         self._loss = self.weight * pairwise_mmd(samples)
+
+    def fuse(self, x5: Tensor) -> Tensor:  # merging streams: their mean
+        self._measure(x5)
+        return x5.mean(0)
+
+    def forward(self, x5: Tensor, site: str) -> Tensor:
+        self._measure(x5)
         return x5
 
     def aux_losses(self) -> dict[str, Tensor]:
         loss, self._loss = self._loss, None  # do not keep the graph past its step
         return {} if loss is None else {"align_mmd": loss}
+
+
+class MergedStreams(Segmentor):
+    """The "commonly used setting" (see module doc): unshared streams (one grouped conv per
+    layer over the modality-stacked batch, private BNs) up to the merge stage, one trunk after.
+
+    Args:
+        make_fusion: `(channels, M) -> op` with `op.fuse(x5) -> (B, C, H, W)`.
+        stages: the fusion stages (1-4); the last one is where the streams merge.
+    """
+
+    def __init__(self, modalities, in_channels, num_classes, backbone, pretrained, decoder,
+                 make_fusion: Callable[[int, int], nn.Module], stages: tuple[int, ...]):
+        super().__init__(modalities, num_classes)
+        M = len(modalities)
+        if M < 2:
+            raise ValueError(f"merging streams needs >= 2 modalities; data.modalities is "
+                             f"{modalities}")
+        self.in_chans = common_channels(modalities, in_channels)
+        plain = create_encoder(backbone, self.in_chans, pretrained)
+        channels = feature_channels(plain)
+        cut = encoder_stages(plain)  # holds plain's modules; only the cut pieces are registered
+        merge = max(stages)
+        self.streams = nn.ModuleList(convert_modules(st, M, shared=False) for st in cut[:merge])
+        self.trunk = nn.ModuleList(cut[merge:])
+        self.fuse = nn.ModuleDict({str(s): make_fusion(channels[s - 1], M) for s in stages})
+        self.decoder = build_decoder(decoder, channels, feature_reductions(plain), num_classes)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict:
+        inputs = self.inputs(batch)
+        M, (B, _, H, W) = len(inputs), inputs[0].shape
+        x = torch.cat([tile_channels(t, self.in_chans) for t in inputs])  # (M*B, C, H, W)
+        levels = []
+        for index, stage in enumerate(self.streams):
+            x = stage(x)
+            x5 = x.view(M, B, *x.shape[1:])
+            op = self.fuse[str(index + 1)] if str(index + 1) in self.fuse else None
+            if op is None:
+                levels.append(x5[0])
+                continue
+            fused = op.fuse(x5)
+            levels.append(fused)
+            # the first stream carries the fusion on; after the merge stage only it continues
+            x = torch.cat([fused.unsqueeze(0), x5[1:]]).view_as(x)
+        x = levels[-1]
+        for stage in self.trunk:
+            x = stage(x)
+            levels.append(x)
+        return output(resize_to(self.decoder(levels), (H, W)), aux_losses=self.aux_losses())
+
+    def aux_losses(self) -> dict[str, Tensor]:
+        losses = [op.aux_losses() for op in self.fuse.values() if hasattr(op, "aux_losses")]
+        return {k: sum(d[k] for d in losses if k in d) for k in {k for d in losses for k in d}}
 
 
 @FUSION_METHODS.register("baseline")
@@ -141,13 +231,21 @@ def baseline(
     fusion: str = "concat",
     position: str | list[int] = "all",
     shared: bool = True,
+    streams: str = "keep",
     align_weight: float = 0.1,
     attention_reduction: int = 16,
-) -> MultiStreamSegmentor:
+) -> Segmentor:
     """CEN Table 2 baselines: `fusion` concat | align | attention, at `position` early |
-    middle | late | all (or a list of stages 1-4), `shared` convolutions or not."""
+    middle | late | all (or a list of stages 1-4), `shared` convolutions or not, `streams`
+    keep (CEN's setting: every stream to the end, ensemble) | merge (the commonly used setting:
+    unshared streams merge into one after the last fusion stage; needs `shared: false`)."""
     if fusion not in FUSIONS:
         raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
+    if streams not in ("keep", "merge"):
+        raise ValueError(f"streams must be keep or merge, not {streams!r}")
+    if streams == "merge" and shared:
+        raise ValueError("streams: merge is the commonly used setting, whose streams do not "
+                         "share convolutions: set shared: false")
     if isinstance(position, str):
         if position not in POSITIONS:
             raise ValueError(
@@ -156,22 +254,27 @@ def baseline(
             )
         stages = POSITIONS[position]
     else:
-        stages = tuple(int(s) for s in position)
+        stages = tuple(sorted({int(s) for s in position}))
         if not stages or any(s not in (1, 2, 3, 4) for s in stages):
             raise ValueError(f"position stages must be in 1-4, got {list(position)}")
+
+    def make(channels: int, M: int) -> nn.Module:
+        if fusion == "concat":
+            return ConcatFusion(channels, M)
+        if fusion == "attention":
+            return AttentionFusion(channels, M, attention_reduction)
+        return AlignFusion(align_weight)
+
+    if streams == "merge":
+        return MergedStreams(modalities, in_channels, num_classes, backbone, pretrained,
+                             decoder, make, stages)
     model = MultiStreamSegmentor(
         modalities, in_channels, num_classes, backbone, pretrained, decoder, shared=shared
     )
     M = len(modalities)
-
-    def make(point: FusionPoint) -> nn.Module:
-        if fusion == "concat":
-            return ConcatFusion(point.channels, M)
-        if fusion == "attention":
-            return AttentionFusion(point.channels, M, attention_reduction)
-        return AlignFusion(align_weight)
-
-    model.encoder.insert(Where(("stage_out",), stages=stages), make)
+    model.encoder.insert(
+        Where(("stage_out",), stages=stages), lambda point: make(point.channels, M)
+    )
     return model
 
 

@@ -47,6 +47,7 @@ class ChannelExchange(nn.Module):
         mode: exchange | random | discard | none (see module doc).
         split: restrict modality m to its own part of the channels (the paper's setting).
         random_portion: fraction of each exchangeable part exchanged in `random` mode.
+        gamma_lr_scale: this BN's gammas train at `gamma_lr_scale x train.lr` (see `cen`).
     """
 
     def __init__(
@@ -57,9 +58,11 @@ class ChannelExchange(nn.Module):
         mode: str = "exchange",
         split: bool = True,
         random_portion: float = 0.3,
+        gamma_lr_scale: float = 1.0,
     ):
         super().__init__()
         self.stage = point.stage
+        self.gamma_lr_scale = gamma_lr_scale
         self.theta = theta
         self.l1_weight = l1_weight
         self.mode = mode
@@ -97,6 +100,9 @@ class ChannelExchange(nn.Module):
             return {}
         return {"l1_gamma": self.l1_weight * self.gamma.abs().masked_fill(~self.own, 0.0).sum()}
 
+    def lr_scales(self) -> list[tuple[nn.Parameter, float]]:
+        return [] if self.gamma_lr_scale == 1.0 else [(self.gamma, self.gamma_lr_scale)]
+
     def stat_parts(self) -> dict[str, tuple[Tensor, float]]:
         """Exchanged fraction of this stage's exchangeable channels (summed over blocks)."""
         return {f"exchanged/stage{self.stage}": (self.replaced().sum(), float(self.own.sum()))}
@@ -117,22 +123,34 @@ def cen(
     random_portion: float = 0.3,
     shared: bool = True,
     stages: list[int] | tuple[int, ...] = (1, 2, 3, 4),
+    gamma_lr_scale: float = 1.0,
 ) -> MultiStreamSegmentor:
     """Channel-Exchanging Network.
 
     Options: `theta` (|gamma| threshold), `l1_weight` (sparsity weight), `mode`
     (exchange | random | discard | none), `split` (disjoint exchangeable parts), `random_portion`
-    (random mode), `shared` (share convolutions; False: CEN Table 1 "unshared convs"), `stages`.
+    (random mode), `shared` (share convolutions; False: CEN Table 1 "unshared convs"), `stages`,
+    `gamma_lr_scale` (learning-rate multiplier for the gammas of the exchange BNs).
+
+    Why `gamma_lr_scale`: the paper trains a pretrained ResNet-101 for ~40k SGD steps, where many
+    pretrained gammas already sit near theta. From scratch every gamma starts at 1, and AdamW
+    moves a parameter by at most ~lr per step whatever the l1 weight, so in a few hundred steps
+    no gamma can reach theta and CEN degenerates to "no exchange". Scaling the gammas' step lets
+    the l1 term and the task gradient settle which channels fall below theta on a short budget.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    if theta < 0 or l1_weight < 0 or not 0 <= random_portion <= 1:
-        raise ValueError("theta and l1_weight must be >= 0, random_portion in [0, 1]")
+    if theta < 0 or l1_weight < 0 or not 0 <= random_portion <= 1 or gamma_lr_scale <= 0:
+        raise ValueError(
+            "theta and l1_weight must be >= 0, random_portion in [0, 1], gamma_lr_scale > 0"
+        )
     model = MultiStreamSegmentor(
         modalities, in_channels, num_classes, backbone, pretrained, decoder, shared=shared
     )
     model.encoder.insert(
         Where(("bn_out",), stages=tuple(stages)),
-        lambda point: ChannelExchange(point, theta, l1_weight, mode, split, random_portion),
+        lambda point: ChannelExchange(
+            point, theta, l1_weight, mode, split, random_portion, gamma_lr_scale
+        ),
     )
     return model
