@@ -13,6 +13,7 @@ from fusescope.models.multistream import (
     ModalityBatchNorm,
     ModalityConv2d,
     MultiStreamEncoder,
+    combine_moments,
     mean_of_others,
 )
 
@@ -62,30 +63,45 @@ def test_modality_batchnorm_equals_separate_batchnorms(M, momentum):
 
 @pytest.mark.parametrize("M", [2, 3])
 def test_synchronised_modality_batchnorm_sees_the_global_batch(M):
-    """Two processes simulated in one: each half of the batch, with a `reduce_stats` that adds
-    the other half's sums, normalises exactly as the whole batch does, per modality, and the
-    running statistics count the global batch (the all-reduce itself is tested end to end by
-    the two-process training test)."""
+    """Two processes simulated in one: each shard of the batch, with a `gather_stats` that
+    stacks its moments with the other shard's, normalises exactly as the whole batch does, per
+    modality, and the running statistics count the global batch (the collective itself is
+    tested end to end by the two-process training test). Large means against small spreads:
+    the combination must not lose the variance to cancellation."""
     torch.manual_seed(0)
-    whole = ModalityBatchNorm(6, M).double()
-    halves = [copy.deepcopy(whole) for _ in range(2)]
-    x5 = torch.randn(M, 8, 6, 5, 7, dtype=torch.float64) * 3 + 1  # (M, B, C, H, W)
+    whole = ModalityBatchNorm(6, M)
+    shards = [copy.deepcopy(whole) for _ in range(2)]
+    x5 = torch.randn(M, 8, 6, 5, 7) * 0.5 + 40  # (M, B, C, H, W)
     parts = [x5[:, :3], x5[:, 3:]]  # uneven shards, as the last shard of a batch can be
 
-    def sums(p):
-        count = torch.full((M, 1), p[0, :, 0].numel(), dtype=p.dtype)
-        return torch.cat([p.sum((1, 3, 4)), (p * p).sum((1, 3, 4)), count], dim=1)
+    def moments(part):
+        var, mean = torch.var_mean(part, dim=(1, 3, 4), correction=0)
+        count = torch.full((M, 1), part[0, :, 0].numel(), dtype=part.dtype)
+        return torch.cat([mean, var, count], dim=1)
 
     ys = []
-    for i, (bn, part) in enumerate(zip(halves, parts, strict=True)):
-        other = sums(parts[1 - i])
-        bn.reduce_stats = lambda packed, other=other: packed + other
+    for rank, (bn, part) in enumerate(zip(shards, parts, strict=True)):
+        other = moments(parts[1 - rank])
+        bn.gather_stats = lambda local, other=other, rank=rank: torch.stack(
+            [local, other] if rank == 0 else [other, local])
         ys.append(bn(part.reshape(-1, 6, 5, 7)).view(M, -1, 6, 5, 7))
     ref = whole(x5.reshape(-1, 6, 5, 7)).view(M, 8, 6, 5, 7)
-    torch.testing.assert_close(torch.cat(ys, dim=1), ref)
-    for bn in halves:
+    torch.testing.assert_close(torch.cat(ys, dim=1), ref, atol=2e-5, rtol=1e-5)
+    for bn in shards:
         torch.testing.assert_close(bn.running_mean, whole.running_mean)
-        torch.testing.assert_close(bn.running_var, whole.running_var)
+        torch.testing.assert_close(bn.running_var, whole.running_var, atol=1e-6, rtol=1e-4)
+
+
+def test_combine_moments_equals_the_whole():
+    x = torch.randn(10, 3, dtype=torch.float64) * 2 + 5
+    parts = [x[:4], x[4:5], x[5:]]
+    stats = [torch.var_mean(p, dim=0, correction=0) for p in parts]
+    mean, var, n = combine_moments(
+        torch.stack([m for _, m in stats]), torch.stack([v for v, _ in stats]),
+        torch.tensor([[4.0], [1.0], [5.0]], dtype=torch.float64))
+    torch.testing.assert_close(mean, x.mean(0))
+    torch.testing.assert_close(var, x.var(0, correction=0))
+    assert n.item() == 10
 
 
 def test_modality_conv_equals_separate_convs():

@@ -1,8 +1,9 @@
 """Batch statistics across processes.
 
 PyTorch's SyncBatchNorm runs on GPUs only; on CPU processes (gloo) we use `GlobalBatchNorm2d`,
-which all-reduces per-channel sums with the differentiable collective, so a run on several CPU
-processes matches the one-process run (the test checks it).
+which gathers every process's per-channel mean, variance and count with a differentiable
+collective and combines them exactly (`combine_moments`), so a run on several CPU processes
+matches the one-process run (the test checks it). Per-modality BNs do the same on any device.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from fusescope.models.multistream import combine_moments
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -28,6 +31,15 @@ class _AllReduceSum(torch.autograd.Function):
         return grad
 
 
+def gather_stack(x: Tensor) -> Tensor:
+    """(...) -> (P, ...): this tensor from every process, stacked by rank; differentiable (an
+    all-reduce of a tensor that is zero outside this process's slot)."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    slots = [torch.zeros_like(x)] * world
+    slots[rank] = x
+    return _AllReduceSum.apply(torch.stack(slots))
+
+
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are those of the global batch."""
 
@@ -36,12 +48,11 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
                 and dist.get_world_size() > 1):
             return super().forward(x)
         c = x.shape[1]
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
         count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
-        packed = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count])  # (2C+1,)
-        packed = _AllReduceSum.apply(packed)
-        n = packed[-1]
-        mean = packed[:c] / n
-        var = (packed[c:2 * c] / n - mean * mean).clamp(min=0)
+        stacked = gather_stack(torch.cat([mean, var, count]))  # (P, 2C + 1)
+        mean, var, n = combine_moments(stacked[:, :c], stacked[:, c:2 * c], stacked[:, 2 * c:])
+        n = n[0]
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
@@ -63,7 +74,7 @@ def convert_batchnorm(model: nn.Module, device_type: str) -> nn.Module:
 
     for module in model.modules():
         if isinstance(module, ModalityBatchNorm):
-            module.reduce_stats = _AllReduceSum.apply
+            module.gather_stats = gather_stack
     if device_type != "cpu":
         from timm.layers import convert_sync_batchnorm
 

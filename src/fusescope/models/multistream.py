@@ -59,6 +59,16 @@ SPATIAL_UNITS: dict[type, tuple[str, str, str | None]] = {
 # per-modality layers
 
 
+def combine_moments(mean: Tensor, var: Tensor, count: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean and biased variance of the union of P parts from each part's (P, ...) mean, biased
+    variance and count (Chan et al.): every term is non-negative, so unlike E[x^2] - E[x]^2 it
+    loses no precision when the mean is large against the spread. Returns (mean, var, total)."""
+    total = count.sum(0)
+    joint = (count * mean).sum(0) / total
+    spread = (count * (var + (mean - joint) ** 2)).sum(0) / total
+    return joint, spread, total
+
+
 class ModalityBatchNorm(nn.Module):
     """M BatchNorms over a modality-stacked batch, with fusion slots between norm and activation.
 
@@ -72,9 +82,9 @@ class ModalityBatchNorm(nn.Module):
         act: activation applied after normalisation (timm's BatchNormAct2d carries one).
         drop: drop layer between norm and activation (BatchNormAct2d's `drop`).
 
-    `reduce_stats`, when set (the engine's `convert_batchnorm` does it for multi-process runs),
-    sums a tensor over processes, differentiably; training statistics are then those of the
-    global batch, per modality, as SyncBatchNorm gives a plain BatchNorm.
+    `gather_stats`, when set (the engine's `convert_batchnorm` does it for multi-process runs),
+    stacks a tensor from every process, differentiably; training statistics are then those of
+    the global batch, per modality, as SyncBatchNorm gives a plain BatchNorm.
     """
 
     def __init__(
@@ -102,7 +112,7 @@ class ModalityBatchNorm(nn.Module):
         # (in MultiStreamEncoder.fusion) and the state-dict keys do not depend on the method
         self.after_norm: list[tuple[nn.Module, str]] = []
         self.after_act: list[tuple[nn.Module, str]] = []
-        self.reduce_stats: Callable[[Tensor], Tensor] | None = None
+        self.gather_stats: Callable[[Tensor], Tensor] | None = None
 
     @classmethod
     def from_batchnorm(cls, bn: nn.BatchNorm2d, num_modalities: int) -> ModalityBatchNorm:
@@ -134,7 +144,7 @@ class ModalityBatchNorm(nn.Module):
         M = self.num_modalities
         MB, C, H, W = x.shape
         x5 = x.view(M, MB // M, C, H, W)  # (M, B, C, H, W)
-        if self.training and self.reduce_stats is not None:
+        if self.training and self.gather_stats is not None:
             mean, var, n = self._global_moments(x5)
             self._update_running_stats(mean, var, n)
         elif self.training:
@@ -154,14 +164,13 @@ class ModalityBatchNorm(nn.Module):
         return y.reshape(MB, C, H, W)
 
     def _global_moments(self, x5: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-modality mean and biased variance over every process's batch, in one all-reduce."""
+        """Per-modality mean and biased variance over every process's batch (one gather)."""
         M, B, C, H, W = x5.shape
+        var, mean = torch.var_mean(x5, dim=(1, 3, 4), correction=0)  # (M, C) each
         count = torch.full((M, 1), B * H * W, dtype=x5.dtype, device=x5.device)
-        packed = torch.cat([x5.sum((1, 3, 4)), (x5 * x5).sum((1, 3, 4)), count], dim=1)
-        packed = self.reduce_stats(packed)  # (M, 2C + 1)
-        n = packed[:, -1:]
-        mean = packed[:, :C] / n
-        var = (packed[:, C:2 * C] / n - mean * mean).clamp(min=0)
+        stacked = self.gather_stats(torch.cat([mean, var, count], dim=1))  # (P, M, 2C + 1)
+        mean, var, n = combine_moments(stacked[..., :C], stacked[..., C:2 * C],
+                                       stacked[..., 2 * C:])
         return mean, var, n  # n: (M, 1) global count, kept on the device (no host sync)
 
     @torch.no_grad()
