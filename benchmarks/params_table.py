@@ -31,7 +31,7 @@ def count(model: torch.nn.Module) -> int:
 
 def main() -> None:
     uni = count(build_model({"name": "unimodal", "backbone": "resnet18"}, ["rgb"], IN_CHANNELS, 14))
-    print(f"{'method':<56}{'params':>12}{'vs unimodal':>13}")
+    print(f"{'method':<72}{'params':>12}{'vs unimodal':>13}")
     for name in FUSION_METHODS.names():
         modalities = ["rgb"] if name == "unimodal" else MODALITIES
         for options in VARIANTS.get(name, [{}]):
@@ -41,10 +41,10 @@ def main() -> None:
                     {"name": name, "backbone": "resnet18", **options}, modalities, IN_CHANNELS, 14
                 )
             except Exception as err:  # a method that cannot take these settings: say so
-                print(f"{label:<56}{'n/a':>12}  ({type(err).__name__}: {err})")
+                print(f"{label:<72}{'n/a':>12}  ({type(err).__name__}: {err})")
                 continue
             n = count(model)
-            print(f"{label:<56}{n / 1e6:>11.3f}M{n / uni:>12.4f}x")
+            print(f"{label:<72}{n / 1e6:>11.3f}M{n / uni:>12.4f}x")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,25 @@ def test_killed_and_resumed_run_equals_uninterrupted(tiny_data, tmp_path):
     assert steps == [2, 4, 4, 6, 7]  # logged before the kill, then again after resuming
 
 
+def test_checkpoint_with_other_optimiser_groups(tiny_data, tmp_path):
+    """A finished run evaluates without its optimiser state; resuming an unfinished one whose
+    optimiser groups do not fit (another version, other train.lr_scales) is a clear error."""
+    from fusescope.engine.checkpoint import load_checkpoint, save_checkpoint
+    from fusescope.errors import FusescopeError
+
+    run = tmp_path / "run"
+    train(tiny_cfg(tiny_data), run)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    state = load_checkpoint(ckpt)
+    state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:1]
+    save_checkpoint(ckpt, state)
+    before = (run / "run.json").read_bytes()
+    train(tiny_cfg(tiny_data), run)  # finished: nothing to resume
+    assert (run / "run.json").read_bytes() == before  # the record of what trained it stays
+    with pytest.raises(FusescopeError, match="optimiser state does not fit"):
+        train(tiny_cfg(tiny_data, "train.max_steps=8"), run)
+
+
 def test_run_folder_records_what_produced_it(tiny_data, tmp_path):
     train(tiny_cfg(tiny_data), tmp_path / "run")
     info = json.loads((tmp_path / "run" / "run.json").read_text())

@@ -181,7 +181,8 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
         stats = normalisation_stats(cfg.data, progress=t.progress and rank0)
     dataset = train_dataset(cfg.data, stats, t.seed)
 
-    if rank0:
+    # a resumed run keeps the record of what started it (version, fingerprint, statistics)
+    if rank0 and not (state is not None and (out / "run.json").is_file()):
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "config.yaml") as tmp:
             tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -204,9 +205,16 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
     step, consumed = 0, 0
     if state is not None:
         load_weights(model, state["model"], ckpt_path)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         step, consumed = state["step"], state["samples_consumed"]
+        if step < t.max_steps:  # a finished run needs no optimiser state to be evaluated
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+            except ValueError as err:
+                raise FusescopeError(
+                    f"{ckpt_path}: its optimiser state does not fit this model's parameter "
+                    f"groups ({err}); it was saved by another fusescope version or with other "
+                    f"train.lr_scales: resume it with those, or start a new --out") from None
+            scheduler.load_state_dict(state["scheduler"])
         if rank0:
             print(f"resuming {out} from step {step}")
     raw_model = model
