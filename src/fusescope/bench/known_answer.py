@@ -54,9 +54,10 @@ def train_and_evaluate(config: Path, run_dir: Path, overrides: list[str],
     from fusescope.engine.train import train
 
     cfg = load_config(config, overrides)
+    finished = (run_dir / "model.safetensors").is_file()  # trained before: time not measured
     start = time.perf_counter()
     train(cfg, run_dir)
-    seconds = time.perf_counter() - start
+    seconds = None if finished else time.perf_counter() - start
     result = evaluate_run(run_dir, split=split)
     from fusescope.engine.checkpoint import load_run
 
@@ -72,13 +73,15 @@ def format_table(rows: list[dict]) -> str:
     def pct(x):
         return "  n/a" if x is None or x != x else f"{100 * x:5.1f}"
 
-    head = (f"| {'method':22s} | mIoU  | appearance-only | geometry-only | both-cue | "
+    width = max([22, *(len(r["method"]) for r in rows)])
+    head = (f"| {'method':{width}s} | mIoU  | appearance-only | geometry-only | both-cue | "
             f"params (M) | train (s) |")
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
     for r in rows:
-        lines.append(f"| {r['method']:22s} | {pct(r['miou'])} | {pct(r['appearance']):>15s} | "
-                     f"{pct(r['geometry']):>13s} | {pct(r['both']):>8s} | "
-                     f"{r['params_m']:10.2f} | {r['train_s']:9.0f} |")
+        seconds = "earlier" if r["train_s"] is None else f"{r['train_s']:.0f}"
+        lines.append(f"| {r['method']:{width}s} | {pct(r['miou'])} | "
+                     f"{pct(r['appearance']):>15s} | {pct(r['geometry']):>13s} | "
+                     f"{pct(r['both']):>8s} | {r['params_m']:10.2f} | {seconds:>9s} |")
     return "\n".join(lines)
 
 
