@@ -181,11 +181,12 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
         stats = normalisation_stats(cfg.data, progress=t.progress and rank0)
     dataset = train_dataset(cfg.data, stats, t.seed)
 
-    # a resumed run keeps the record of what started it (version, fingerprint, statistics)
-    if rank0 and not (state is not None and (out / "run.json").is_file()):
+    if rank0:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "config.yaml") as tmp:
             tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    # a resumed run keeps the record of what started it (version, fingerprint, statistics)
+    if rank0 and not (state is not None and (out / "run.json").is_file()):
         write_json(out / "run.json", {
             "fusescope_version": fusescope.__version__,
             "torch_version": torch.__version__,

@@ -144,12 +144,12 @@ class ModalityBatchNorm(nn.Module):
         M = self.num_modalities
         MB, C, H, W = x.shape
         x5 = x.view(M, MB // M, C, H, W)  # (M, B, C, H, W)
-        if self.training and self.gather_stats is not None:
-            mean, var, n = self._global_moments(x5)
-            self._update_running_stats(mean, var, n)
-        elif self.training:
+        if self.training:
             var, mean = torch.var_mean(x5, dim=(1, 3, 4), correction=0)  # (M, C) each
-            self._update_running_stats(mean, var, n=x5[0].numel() // C)
+            n = x5[0].numel() // C
+            if self.gather_stats is not None:  # several processes: the global batch's moments
+                mean, var, n = self._global_moments(mean, var, n)
+            self._update_running_stats(mean, var, n)
         else:
             mean, var = self.running_mean, self.running_var
         # y = (x - mean) / sqrt(var + eps) * gamma + beta, folded to one multiply-add
@@ -163,15 +163,14 @@ class ModalityBatchNorm(nn.Module):
             y = op(y, site)
         return y.reshape(MB, C, H, W)
 
-    def _global_moments(self, x5: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-modality mean and biased variance over every process's batch (one gather)."""
-        M, B, C, H, W = x5.shape
-        var, mean = torch.var_mean(x5, dim=(1, 3, 4), correction=0)  # (M, C) each
-        count = torch.full((M, 1), B * H * W, dtype=x5.dtype, device=x5.device)
+    def _global_moments(self, mean: Tensor, var: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """This process's (M, C) moments over n values each -> those of every process's batch."""
+        C = mean.shape[1]
+        count = torch.full((mean.shape[0], 1), n, dtype=mean.dtype, device=mean.device)
         stacked = self.gather_stats(torch.cat([mean, var, count], dim=1))  # (P, M, 2C + 1)
-        mean, var, n = combine_moments(stacked[..., :C], stacked[..., C:2 * C],
-                                       stacked[..., 2 * C:])
-        return mean, var, n  # n: (M, 1) global count, kept on the device (no host sync)
+        mean, var, total = combine_moments(stacked[..., :C], stacked[..., C:2 * C],
+                                           stacked[..., 2 * C:])
+        return mean, var, total  # total: (M, 1), kept on the device (no host sync)
 
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var: Tensor, n: int | Tensor) -> None:
@@ -456,6 +455,15 @@ def fusion_ops(module: nn.Module) -> Iterable[nn.Module]:
 # helpers for fusion ops
 
 
+def sum_aux_losses(ops: Iterable[nn.Module]) -> dict[str, Tensor]:
+    """The ops' `aux_losses()` summed by name, in a fixed order (the loss sums its parts)."""
+    losses: dict[str, Tensor] = {}
+    for op in ops:
+        for name, value in getattr(op, "aux_losses", dict)().items():
+            losses[name] = losses[name] + value if name in losses else value
+    return losses
+
+
 def mean_of_others(x5: Tensor) -> Tensor:
     """(M, ...) -> (M, ...): entry m is the mean over the other modalities (CEN eq. 6).
 
@@ -545,11 +553,7 @@ class MultiStreamSegmentor(Segmentor):
         return output(self.ensemble(logits5), per_modality, self.aux_losses())
 
     def aux_losses(self) -> dict[str, Tensor]:
-        losses: dict[str, Tensor] = {}
-        for op in fusion_ops(self):
-            for name, value in getattr(op, "aux_losses", dict)().items():
-                losses[name] = losses[name] + value if name in losses else value
-        return losses
+        return sum_aux_losses(fusion_ops(self))
 
     def lr_scales(self) -> list[tuple[nn.Parameter, float]]:
         return [pair for op in fusion_ops(self) for pair in getattr(op, "lr_scales", list)()]

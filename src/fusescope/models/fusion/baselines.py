@@ -55,6 +55,7 @@ from fusescope.models.multistream import (
     Where,
     common_channels,
     convert_modules,
+    sum_aux_losses,
 )
 from fusescope.models.registry import FUSION_METHODS
 from fusescope.models.segmentor import Segmentor, output, resize_to, tile_channels
@@ -216,8 +217,7 @@ class MergedStreams(Segmentor):
         return output(resize_to(self.decoder(levels), (H, W)), aux_losses=self.aux_losses())
 
     def aux_losses(self) -> dict[str, Tensor]:
-        losses = [op.aux_losses() for op in self.fuse.values() if hasattr(op, "aux_losses")]
-        return {k: sum(d[k] for d in losses if k in d) for k in {k for d in losses for k in d}}
+        return sum_aux_losses(self.fuse.values())
 
 
 @FUSION_METHODS.register("baseline")
