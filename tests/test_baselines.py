@@ -171,3 +171,19 @@ def test_encoder_stages_equal_the_encoder():
         for stage, want in zip(encoder_stages(encoder), ref, strict=True):
             x = stage(x)
             assert torch.equal(x, want)
+
+
+def test_merged_streams_of_one_input_equal_the_plain_pretrained_network():
+    """Both modalities fed the same image, align (mean) at the last stage: every stream is the
+    pretrained encoder, so the model equals the plain unimodal network with those weights
+    (efficientnet_lite0: its BatchNormAct2d activations survive the conversion and the cut)."""
+    torch.manual_seed(0)
+    model = merged(2, backbone="efficientnet_lite0", pretrained=True, fusion="align",
+                   position="late").eval()
+    plain = build_model({"name": "unimodal", "backbone": "efficientnet_lite0", "pretrained": True},
+                        ["rgb"], CHANS, 4).eval()
+    plain.decoder.load_state_dict(model.decoder.state_dict())
+    gray = torch.randn(2, 1, 50, 70)
+    rgb = gray.expand(-1, 3, -1, -1)
+    torch.testing.assert_close(model({"rgb": rgb, "depth": gray})["logits"],
+                               plain({"rgb": rgb})["logits"], atol=1e-5, rtol=1e-4)

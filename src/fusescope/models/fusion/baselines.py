@@ -208,9 +208,9 @@ class MergedStreams(Segmentor):
                 continue
             fused = op.fuse(x5)
             levels.append(fused)
-            # the first stream carries the fusion on; after the merge stage only it continues
-            x = torch.cat([fused.unsqueeze(0), x5[1:]]).view_as(x)
-        x = levels[-1]
+            if index + 1 < len(self.streams):  # the first stream carries the fusion on
+                x = torch.cat([fused.unsqueeze(0), x5[1:]]).view_as(x)
+        x = levels[-1]  # fused at the merge stage: from here on one stream
         for stage in self.trunk:
             x = stage(x)
             levels.append(x)
