@@ -69,7 +69,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
 def convert_batchnorm(model: nn.Module, device_type: str) -> nn.Module:
     """Make BatchNorms synchronise across processes: torch SyncBatchNorm (timm's converter keeps
     BatchNormAct2d's activation) on accelerators, GlobalBatchNorm2d for plain BatchNorm2d on CPU.
-    Per-modality BNs (multi-stream models) all-reduce their statistics on any device."""
+    Per-modality BNs (multi-stream models) gather and combine their statistics on any device."""
     from fusescope.models.multistream import ModalityBatchNorm
 
     for module in model.modules():

@@ -132,8 +132,8 @@ def cen(
     (random mode), `shared` (share convolutions; False: CEN Table 1 "unshared convs"), `stages`,
     `gamma_lr_scale` (learning-rate multiplier for the gammas of the exchange BNs).
 
-    Why `gamma_lr_scale`: the paper trains a pretrained ResNet-101 for ~40k SGD steps, where many
-    pretrained gammas already sit near theta. From scratch every gamma starts at 1, and AdamW
+    Why `gamma_lr_scale`: the paper trains an ImageNet-pretrained ResNet-101 for ~40k SGD steps,
+    starting from the pretrained gammas. From scratch every gamma starts at 1, and AdamW
     moves a parameter by at most ~lr per step whatever the l1 weight, so in a few hundred steps
     no gamma can reach theta and CEN degenerates to "no exchange". Scaling the gammas' step lets
     the l1 term and the task gradient settle which channels fall below theta on a short budget.
