@@ -46,6 +46,15 @@ def count_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _trained_to(run_dir: Path, max_steps: int) -> bool:
+    """Whether the run folder already holds final weights for at least `max_steps` steps."""
+    from omegaconf import OmegaConf
+
+    saved = run_dir / "config.yaml"
+    return ((run_dir / "model.safetensors").is_file() and saved.is_file()
+            and OmegaConf.load(saved).train.max_steps >= max_steps)
+
+
 def train_and_evaluate(config: Path, run_dir: Path, overrides: list[str],
                        split: str = "test") -> dict:
     """Train one config (or resume a finished run) and evaluate it; returns a table row."""
@@ -54,7 +63,7 @@ def train_and_evaluate(config: Path, run_dir: Path, overrides: list[str],
     from fusescope.engine.train import train
 
     cfg = load_config(config, overrides)
-    finished = (run_dir / "model.safetensors").is_file()  # trained before: time not measured
+    finished = _trained_to(run_dir, cfg.train.max_steps)  # then train() only resumes: no time
     start = time.perf_counter()
     train(cfg, run_dir)
     seconds = None if finished else time.perf_counter() - start
