@@ -133,6 +133,14 @@ def test_lr_scales_by_module_prefix_and_no_decay_on_norms():
         make_optimizer(model, cfg)
 
 
+def test_bad_lr_scales_leave_no_run_folder(tiny_data, tmp_path):
+    from fusescope.errors import FusescopeError
+
+    with pytest.raises(FusescopeError, match="no parameter under 'decoderr'"):
+        train(tiny_cfg(tiny_data, "train.lr_scales={decoderr: 2.0}"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_lr_schedule():
     assert lr_factor(0, 4, 100, 0.9) == 0.25
     assert lr_factor(4, 4, 100, 0.9) == 1.0

@@ -181,6 +181,14 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
         stats = normalisation_stats(cfg.data, progress=t.progress and rank0)
     dataset = train_dataset(cfg.data, stats, t.seed)
 
+    torch.manual_seed(t.seed)  # same initial weights on every process
+    model = build_run_model(cfg, meta)
+    if fabric.world_size > 1 and t.sync_bn:
+        model = convert_batchnorm(model, fabric.device.type)
+    optimizer = make_optimizer(model, t)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.poly_power))
+    # the run folder is written only once the model and optimiser are known to build
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "config.yaml") as tmp:
@@ -196,13 +204,6 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
             "meta": meta.to_dict(),
         })
 
-    torch.manual_seed(t.seed)  # same initial weights on every process
-    model = build_run_model(cfg, meta)
-    if fabric.world_size > 1 and t.sync_bn:
-        model = convert_batchnorm(model, fabric.device.type)
-    optimizer = make_optimizer(model, t)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.poly_power))
     step, consumed = 0, 0
     if state is not None:
         load_weights(model, state["model"], ckpt_path)
