@@ -39,12 +39,16 @@ def resolve_device(spec: str | None = None) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             why = "torch was built without CUDA" if torch.version.cuda is None else "no GPU found"
-            raise FusescopeError(f"--device {spec}: CUDA is not available here ({why}, torch "
-                                 f"{torch.__version__}); use --device cpu")
+            raise FusescopeError(
+                f"--device {spec}: CUDA is not available here ({why}, torch "
+                f"{torch.__version__}); use --device cpu"
+            )
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise FusescopeError(f"--device {spec}: this machine has {count} CUDA device(s), "
-                                 f"cuda:0 to cuda:{count - 1}")
+            raise FusescopeError(
+                f"--device {spec}: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
     elif device.type == "mps":
         if not torch.backends.mps.is_available():
             raise FusescopeError(f"--device {spec}: MPS is not available here; use --device cpu")
