@@ -35,7 +35,7 @@ def cmd_robustness(args: argparse.Namespace) -> None:
 
 
 def register(subparsers) -> None:
-    from fusescope.engine.device import DEVICE_HELP, add_device_argument, positive_int
+    from fusescope.engine.device import DEVICES, add_device_argument, positive_int
 
     bench = subparsers.add_parser("bench", help="benchmarks: known-answer table, robustness")
     sub = bench.add_subparsers(dest="bench_command", required=True)
@@ -49,7 +49,7 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override for every config, e.g. train.batch_size=8")
     p.add_argument("--device", default=None,
-                   help=f"evaluation device: {DEVICE_HELP.split(' (')[0]} (default: where each "
+                   help=f"evaluation device: {DEVICES} (default: where each "
                    f"run trained, see train.accelerator)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="evaluation batch (default: the config's eval.batch_size)")

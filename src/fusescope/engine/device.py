@@ -16,7 +16,8 @@ from fusescope.errors import FusescopeError
 if TYPE_CHECKING:  # torch is imported where a device is resolved, not when the CLI parses
     import torch
 
-DEVICE_HELP = "cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)"
+DEVICES = "cpu, cuda, cuda:N or mps"
+DEVICE_HELP = f"{DEVICES} (default: cuda when available, else cpu)"
 
 
 def resolve_device(spec: str | None = None) -> torch.device:
@@ -35,7 +36,7 @@ def resolve_device(spec: str | None = None) -> torch.device:
     try:
         device = torch.device(spec)
     except (RuntimeError, ValueError):
-        raise FusescopeError(f"--device {spec!r} is not a device; use {DEVICE_HELP}") from None
+        raise FusescopeError(f"--device {spec!r} is not a device; use {DEVICES}") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             why = "torch was built without CUDA" if torch.version.cuda is None else "no GPU found"
@@ -53,7 +54,7 @@ def resolve_device(spec: str | None = None) -> torch.device:
         if not torch.backends.mps.is_available():
             raise FusescopeError(f"--device {spec}: MPS is not available here; use --device cpu")
     elif device.type != "cpu":
-        raise FusescopeError(f"--device {spec}: unsupported device type; use {DEVICE_HELP}")
+        raise FusescopeError(f"--device {spec}: unsupported device type; use {DEVICES}")
     return device
 
 

