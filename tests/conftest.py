@@ -1,11 +1,27 @@
-"""Shared test setup: one thread per test process (the suite runs in parallel on 2 cores), and
-fixed seeds so every test is repeatable."""
+"""Shared test setup: one thread per test process (the suite runs in parallel on 2 cores),
+fixed seeds so every test is repeatable, and no downloads."""
 
+import os
 import random
+import tempfile
 
-import numpy as np
-import pytest
-import torch
+# Tests never download weights: the Hugging Face hub is offline and its cache (and torch hub's)
+# an empty folder of this process, so a developer's own cached weights cannot change what
+# `pretrained=True` loads. Set before anything imports huggingface_hub, which reads these once;
+# subprocesses of tests inherit them.
+_EMPTY_CACHE = tempfile.TemporaryDirectory(prefix="fusescope-test-cache-")
+os.environ.update(HF_HUB_OFFLINE="1", HF_HOME=_EMPTY_CACHE.name,
+                  HF_HUB_CACHE=os.path.join(_EMPTY_CACHE.name, "hub"),
+                  TORCH_HOME=os.path.join(_EMPTY_CACHE.name, "torch"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from huggingface_hub import constants as _hub_constants  # noqa: E402
+
+# in case a plugin imported huggingface_hub before this file
+_hub_constants.HF_HUB_OFFLINE = True
+_hub_constants.HF_HUB_CACHE = os.environ["HF_HUB_CACHE"]
 
 torch.set_num_threads(1)
 

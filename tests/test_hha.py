@@ -1,6 +1,5 @@
 """HHA: known geometry, defined output on holes, and the MATLAB reference frame."""
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,8 @@ from fusescope.data.hha import GravityOptions, Intrinsics, hha
 from fusescope.errors import FusescopeError
 from fusescope.io import read_image
 
-REF = Path("/work/shared/data/hha_reference")
+# a real NYUDv2 frame and the original MATLAB code's HHA of it (see the README and licence there)
+REF = Path(__file__).resolve().parent / "fixtures" / "hha_reference"
 NYU_K = Intrinsics(518.857901174502, 519.469611121275, 325.582449411190, 253.736166334005)
 
 
@@ -91,17 +91,14 @@ def test_bad_inputs():
         hha(np.zeros((20, 20)), K)
 
 
-@pytest.mark.skipif(not REF.is_dir(), reason="reference frame not available")
 def test_matches_matlab_reference():
     depth = read_image(REF / "depth.png") / 1e4  # units of 0.1 mm
     ref = read_image(REF / "hha_matlab.png").astype(int)
-    t = time.perf_counter()
+    assert depth.shape == (480, 640) and ref.shape == (480, 640, 3)
     # The reference was made as Depth2HHA's main.m does: RD = D (no raw-depth mask).
     out = hha(depth, NYU_K).astype(int)
-    elapsed = time.perf_counter() - t
     diff = np.abs(out - ref)
     assert diff.max() == 0, [diff[..., c].mean() for c in range(3)]
-    assert elapsed < 5.0
     # With the raw-depth mask the angle channel changes inside holes (the reference did not use
     # it); the disparity stays exact and the height within one level.
     raw = read_image(REF / "raw_depth.png") / 1e4

@@ -9,7 +9,7 @@ import torch
 
 from fusescope.config import load_config
 from fusescope.errors import FusescopeError
-from fusescope.models import DECODERS, FUSION_METHODS, build_model
+from fusescope.models import FUSION_METHODS, build_model
 from fusescope.models.flow import AffineCoupling, InvertibleCrossAttention, LearnableInterModality
 
 MODALITIES = ["rgb", "depth"]
@@ -165,7 +165,6 @@ def test_flow_runs_in_float32_under_autocast():
     assert torch.isfinite(out["aux_losses"]["flow_nll"])
 
 
-@pytest.mark.skipif("deeplabv3plus" not in DECODERS, reason="deeplabv3plus not yet available")
 def test_deeplabv3plus_decoder():
     check_contract(build(decoder="deeplabv3plus"), batch(45, 61))
 

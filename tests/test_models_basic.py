@@ -61,7 +61,8 @@ def test_pretrained_with_four_channels_adapts_the_stem():
 
 
 def test_weights_that_cannot_be_had_are_an_error():
-    with pytest.raises(FusescopeError, match="no offline pretrained weights"):
+    # the hub is offline with an empty cache in tests (conftest.py)
+    with pytest.raises(FusescopeError, match="'resnet18': timm's ImageNet weights are not in"):
         create_encoder("resnet18", pretrained=True)
 
 

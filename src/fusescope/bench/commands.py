@@ -14,20 +14,29 @@ from pathlib import Path
 
 def cmd_known_answer(args: argparse.Namespace) -> None:
     from fusescope.bench.known_answer import run_benchmark
+    from fusescope.engine.device import resolve_device
 
+    # an explicit --device is checked before any training; by default each run is evaluated
+    # where it trained
+    device = str(resolve_device(args.device)) if args.device else None
     run_benchmark(args.configs, Path(args.out), steps=args.steps, num=args.num,
                   data_root=Path(args.data) if args.data else None,
-                  extra=args.set or [])
+                  extra=args.set or [], device=device, batch_size=args.batch_size)
 
 
 def cmd_robustness(args: argparse.Namespace) -> None:
     from fusescope.bench.robustness import robustness
+    from fusescope.engine.device import resolve_device
 
+    device = str(resolve_device(args.device))
     for kind in args.kind:
-        robustness(args.runs, kind, out=args.out, split=args.split)
+        robustness(args.runs, kind, out=args.out, split=args.split, device=device,
+                   batch_size=args.batch_size)
 
 
 def register(subparsers) -> None:
+    from fusescope.engine.device import DEVICES, add_device_argument, positive_int
+
     bench = subparsers.add_parser("bench", help="benchmarks: known-answer table, robustness")
     sub = bench.add_subparsers(dest="bench_command", required=True)
     p = sub.add_parser("known-answer", help="train configs under one budget on the known-answer "
@@ -39,6 +48,11 @@ def register(subparsers) -> None:
     p.add_argument("--data", default=None, help="existing data folder (default OUT/data)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override for every config, e.g. train.batch_size=8")
+    p.add_argument("--device", default=None,
+                   help=f"evaluation device: {DEVICES} (default: where each "
+                   f"run trained, see train.accelerator)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="evaluation batch (default: the config's eval.batch_size)")
     p.set_defaults(func=cmd_known_answer)
     p = sub.add_parser("robustness", help="mIoU of runs under growing corruption severity")
     p.add_argument("runs", nargs="+")
@@ -46,4 +60,7 @@ def register(subparsers) -> None:
                    help="corruption kind (repeatable), e.g. depth_noise")
     p.add_argument("--out", default=None)
     p.add_argument("--split", default="test")
+    add_device_argument(p)
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="evaluation batch (default: each run's eval.batch_size)")
     p.set_defaults(func=cmd_robustness)

@@ -56,9 +56,14 @@ def _trained_to(run_dir: Path, max_steps: int) -> bool:
 
 
 def train_and_evaluate(config: Path, run_dir: Path, overrides: list[str],
-                       split: str = "test") -> dict:
-    """Train one config (or resume a finished run) and evaluate it; returns a table row."""
+                       split: str = "test", device: str | None = None,
+                       batch_size: int | None = None) -> dict:
+    """Train one config (or resume a finished run) and evaluate it; returns a table row.
+
+    The evaluation runs on `device` (default: where the training ran) with `batch_size`
+    (default: the config's eval.batch_size)."""
     from fusescope.config import load_config
+    from fusescope.engine.device import training_device
     from fusescope.engine.evaluate import evaluate_run
     from fusescope.engine.train import train
 
@@ -67,7 +72,8 @@ def train_and_evaluate(config: Path, run_dir: Path, overrides: list[str],
     start = time.perf_counter()
     train(cfg, run_dir)
     seconds = None if finished else time.perf_counter() - start
-    result = evaluate_run(run_dir, split=split)
+    device = device or str(training_device(cfg.train.accelerator))
+    result = evaluate_run(run_dir, split=split, device=device, batch_size=batch_size)
     from fusescope.engine.checkpoint import load_run
 
     params = count_params(load_run(run_dir).model)
@@ -96,9 +102,11 @@ def format_table(rows: list[dict]) -> str:
 
 def run_benchmark(configs: list[str], out: Path, steps: int | None = None,
                   data_root: Path | None = None, num: int = 600, size=(120, 160),
-                  extra: list[str] = ()) -> list[dict]:
+                  extra: list[str] = (), device: str | None = None,
+                  batch_size: int | None = None) -> list[dict]:
     """Train and evaluate every config on one data set with one budget; writes results.json
-    and results.md in `out` and returns the rows."""
+    and results.md in `out` and returns the rows (evaluation device and batch size as in
+    `train_and_evaluate`)."""
     from fusescope.io import atomic_path, write_json
 
     out.mkdir(parents=True, exist_ok=True)
@@ -111,7 +119,8 @@ def run_benchmark(configs: list[str], out: Path, steps: int | None = None,
     for name in configs:
         config = resolve_config(name)
         print(f"\n== {config.stem} ==", flush=True)
-        rows.append(train_and_evaluate(config, out / config.stem, common))
+        rows.append(train_and_evaluate(config, out / config.stem, common, device=device,
+                                       batch_size=batch_size))
     table = format_table(rows)
     write_json(out / "results.json", rows)
     with atomic_path(out / "results.md") as tmp:

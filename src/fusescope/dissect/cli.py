@@ -10,6 +10,8 @@ from fusescope.errors import FusescopeError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from fusescope.engine.device import add_device_argument
+
     p = subparsers.add_parser(
         "dissect",
         help="what each modality contributes: Set IoU, SVar, CKA, Grad-CAM, as a report",
@@ -44,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data-root", default=None, help="probe data folder (default: the joint run's data.root)"
     )
-    p.add_argument("--device", default="cpu")
+    add_device_argument(p)
     p.add_argument(
         "--train",
         nargs=3,
@@ -65,9 +67,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_dissect(args: argparse.Namespace) -> None:
     from fusescope.dissect.protocol import DissectOptions, dissect, load_runs, train_runs
     from fusescope.dissect.report import write_report
+    from fusescope.engine.device import resolve_device
 
     if args.batch_size < 4:
         raise FusescopeError("--batch-size must be >= 4 (debiased CKA per batch)")
+    device = str(resolve_device(args.device))  # before any training or loading
     runs_dirs = [args.run_rgb, args.run_depth, args.run_joint]
     if args.train:
         train_runs(args.train, runs_dirs, args.set)
@@ -81,9 +85,9 @@ def cmd_dissect(args: argparse.Namespace) -> None:
         cka_method=args.cka,
         gradcam_images=args.gradcam_images,
         data_root=args.data_root,
-        device=args.device,
+        device=device,
     )
-    runs = load_runs(*runs_dirs, device=args.device)
+    runs = load_runs(*runs_dirs, device=device)
     result = dissect(runs, opts, progress=not args.quiet)
     index = write_report(result, Path(args.out))
     spec = result.results["specialisation"]

@@ -97,11 +97,16 @@ def read_run_info(run_dir: str | os.PathLike) -> tuple[DictConfig, dict, Dataset
     return cfg, info, meta
 
 
-def build_run_model(cfg: DictConfig, meta: DatasetMeta) -> nn.Module:
+def build_run_model(cfg: DictConfig, meta: DatasetMeta, pretrained: bool = True) -> nn.Module:
+    """The run's model; `pretrained=False` skips `model.pretrained` (for a model whose weights
+    are loaded next from a run or checkpoint: no download, no need for the original file)."""
     from fusescope.models import build_model
 
     modalities = list(cfg.data.modalities)
-    return build_model(OmegaConf.to_container(cfg.model, resolve=True), modalities,
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    if not pretrained and "pretrained" in model_cfg:
+        model_cfg["pretrained"] = False
+    return build_model(model_cfg, modalities,
                        {m: meta.modalities[m].channels for m in modalities}, meta.num_classes)
 
 
@@ -110,7 +115,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     run finished, else its last checkpoint)."""
     run_dir = Path(run_dir)
     cfg, info, meta = read_run_info(run_dir)
-    model = build_run_model(cfg, meta)
+    model = build_run_model(cfg, meta, pretrained=False)
     weights = run_dir / WEIGHTS
     if weights.is_file():
         from safetensors import SafetensorError

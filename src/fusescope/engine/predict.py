@@ -36,9 +36,8 @@ def overlay_image(run: Run, raw: dict[str, np.ndarray], label: np.ndarray,
     return mixed.clip(0, 255).astype(np.uint8)
 
 
-def predict_frame(run: Run, paths: dict[str, Path], tta: str = "none",
-                  device: str = "cpu") -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Class ids (H, W) for one frame given one file per modality of the run."""
+def load_frame(run: Run, paths: dict[str, Path]) -> tuple[dict, dict[str, np.ndarray]]:
+    """One frame (one file per modality of the run): the normalised sample and the raw arrays."""
     raw = {}
     for name in run.model.modalities:
         raw[name] = load_modality(paths[name], name, run.meta.modalities[name])
@@ -47,12 +46,24 @@ def predict_frame(run: Run, paths: dict[str, Path], tta: str = "none",
         detail = ", ".join(f"{paths[n]} {s[0]}x{s[1]}" for n, s in sizes.items())
         raise FusescopeError(f"modalities differ in size: {detail}")
     normalize = Normalize({m: run.meta.modalities[m] for m in run.model.modalities}, run.stats)
-    sample = normalize({k: torch.from_numpy(v) for k, v in raw.items()})
-    batch = {k: v[None].to(device) for k, v in sample.items()}
+    return normalize({k: torch.from_numpy(v) for k, v in raw.items()}), raw
+
+
+def predict_samples(run: Run, samples: list[dict], tta: str = "none",
+                    device: str = "cpu") -> list[np.ndarray]:
+    """Class ids (H, W) for normalised samples of one size, run as one batch."""
+    batch = {m: torch.stack([s[m] for s in samples]).to(device) for m in run.model.modalities}
     kinds = {m: run.meta.modalities[m].kind for m in run.model.modalities}
     probs = predict_probs(run.model, batch, kinds, run.meta.num_classes, tta,
                           run.cfg.eval.scales, run.cfg.eval.window, run.cfg.eval.stride)
-    return probs.argmax(1)[0].cpu().numpy().astype(np.uint8), raw
+    return list(probs.argmax(1).cpu().numpy().astype(np.uint8))
+
+
+def predict_frame(run: Run, paths: dict[str, Path], tta: str = "none",
+                  device: str = "cpu") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Class ids (H, W) for one frame given one file per modality of the run."""
+    sample, raw = load_frame(run, paths)
+    return predict_samples(run, [sample], tta, device)[0], raw
 
 
 def write_prediction(run: Run, label: np.ndarray, raw: dict, out: Path) -> Path:
@@ -66,9 +77,11 @@ def write_prediction(run: Run, label: np.ndarray, raw: dict, out: Path) -> Path:
 
 
 def predict(run: Run, inputs: dict[str, str | os.PathLike], out: str | os.PathLike,
-            tta: str = "none", device: str = "cpu", progress: bool = True) -> list[Path]:
+            tta: str = "none", device: str = "cpu", progress: bool = True,
+            batch_size: int = 1) -> list[Path]:
     """Predict one frame (inputs are files, `out` a .png) or folders (inputs are folders whose
-    files are matched by stem, `out` a folder). Returns the mask paths written."""
+    files are matched by stem, `out` a folder; up to `batch_size` frames of one size go through
+    the model together). Returns the mask paths written."""
     missing = [m for m in run.model.modalities if m not in inputs]
     if missing:
         raise FusescopeError(f"this model reads {run.model.modalities}; give "
@@ -96,9 +109,22 @@ def predict(run: Run, inputs: dict[str, str | os.PathLike], out: str | os.PathLi
     from tqdm import tqdm
 
     written = []
-    for stem in tqdm(common, desc="predict", disable=not progress):
-        label, raw = predict_frame(run, {m: stems[m][stem] for m in paths}, tta, device)
-        target = out / f"{stem}.png"
-        write_prediction(run, label, raw, target)
-        written.append(target)
+    bar = tqdm(total=len(common), desc="predict", disable=not progress)
+    for start in range(0, len(common), batch_size):
+        chunk = common[start:start + batch_size]
+        frames = [load_frame(run, {m: stems[m][stem] for m in paths}) for stem in chunk]
+        by_size: dict[tuple[int, int], list[int]] = {}  # a batch needs frames of one size
+        for i, (sample, _) in enumerate(frames):
+            by_size.setdefault(tuple(next(iter(sample.values())).shape[-2:]), []).append(i)
+        labels: list[np.ndarray | None] = [None] * len(chunk)
+        for members in by_size.values():
+            for i, label in zip(members, predict_samples(run, [frames[i][0] for i in members],
+                                                         tta, device), strict=True):
+                labels[i] = label
+        for stem, (_, raw), label in zip(chunk, frames, labels, strict=True):
+            target = out / f"{stem}.png"
+            write_prediction(run, label, raw, target)
+            written.append(target)
+        bar.update(len(chunk))
+    bar.close()
     return written

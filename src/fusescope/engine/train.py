@@ -182,7 +182,8 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
     dataset = train_dataset(cfg.data, stats, t.seed)
 
     torch.manual_seed(t.seed)  # same initial weights on every process
-    model = build_run_model(cfg, meta)
+    # a resumed run's checkpoint replaces the pretrained weights: don't fetch them
+    model = build_run_model(cfg, meta, pretrained=state is None)
     if fabric.world_size > 1 and t.sync_bn:
         model = convert_batchnorm(model, fabric.device.type)
     optimizer = make_optimizer(model, t)

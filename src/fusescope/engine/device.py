@@ -1,0 +1,91 @@
+"""Where evaluation, prediction, benchmarks and dissection run: the `--device` option.
+
+The default is the GPU when there is one (CUDA), else the CPU. A device that does not exist here
+is a one-line error before anything is loaded, never a silent fallback to the CPU. Training
+places itself through Lightning Fabric (`train.accelerator`); `training_device` says where that
+was, so the evaluation at the end of a run uses the same device.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from fusescope.errors import FusescopeError
+
+if TYPE_CHECKING:  # torch is imported where a device is resolved, not when the CLI parses
+    import torch
+
+DEVICES = "cpu, cuda, cuda:N or mps"
+DEVICE_HELP = f"{DEVICES} (default: cuda when available, else cpu)"
+
+
+def resolve_device(spec: str | None = None) -> torch.device:
+    """The torch device for a `--device` value.
+
+    Args:
+        spec: None or "auto" (CUDA when available, else the CPU), or a torch device string.
+
+    Raises:
+        FusescopeError: the string is not a device, or that device is not available here.
+    """
+    import torch
+
+    if spec is None or spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        raise FusescopeError(f"--device {spec!r} is not a device; use {DEVICES}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "torch was built without CUDA" if torch.version.cuda is None else "no GPU found"
+            raise FusescopeError(
+                f"--device {spec}: CUDA is not available here ({why}, torch "
+                f"{torch.__version__}); use --device cpu"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise FusescopeError(
+                f"--device {spec}: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise FusescopeError(f"--device {spec}: MPS is not available here; use --device cpu")
+    elif device.type != "cpu":
+        raise FusescopeError(f"--device {spec}: unsupported device type; use {DEVICES}")
+    return device
+
+
+def training_device(accelerator: str) -> torch.device:
+    """The device a one-process Fabric run with this `train.accelerator` trained on (the first
+    process's, for several): "auto" and "gpu" pick CUDA, then MPS, then the CPU, as Fabric does."""
+    import torch
+
+    accelerator = str(accelerator).lower()
+    if accelerator in ("auto", "gpu"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if accelerator in ("cuda", "mps"):
+        return torch.device(accelerator)
+    return torch.device("cpu")  # cpu, and accelerators fusescope does not evaluate on
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts such as --batch-size."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """`--device` with the common default and help."""
+    parser.add_argument("--device", default=None, help=DEVICE_HELP)
