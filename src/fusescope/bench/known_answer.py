@@ -102,9 +102,12 @@ def run_benchmark(configs: list[str], out: Path, steps: int | None = None,
     from fusescope.io import atomic_path, write_json
 
     out.mkdir(parents=True, exist_ok=True)
-    data_root = data_root or out / "data"
-    common = [f"data.root={data_root}", f"data.synth.num={num}",
-              f"data.synth.size=[{size[0]},{size[1]}]", *extra]
+    if data_root is not None and (data_root / "meta.json").is_file():
+        common = [f"data.root={data_root}", "data.synth=null", *extra]  # the folder as it is
+    else:
+        data_root = data_root or out / "data"
+        common = [f"data.root={data_root}", f"data.synth.num={num}",
+                  f"data.synth.size=[{size[0]},{size[1]}]", *extra]
     if steps is not None:
         common.append(f"train.max_steps={steps}")
     rows = []

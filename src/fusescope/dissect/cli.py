@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data-root", default=None, help="probe data folder (default: the joint run's data.root)"
     )
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="where models and probes run, e.g. cuda")
     p.add_argument(
         "--train",
         nargs=3,
@@ -58,11 +58,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="config override for --train (repeatable)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or stage lines")
     p.set_defaults(func=cmd_dissect)
 
 
 def cmd_dissect(args: argparse.Namespace) -> None:
+    from fusescope.console import stage
     from fusescope.dissect.protocol import DissectOptions, dissect, load_runs, train_runs
     from fusescope.dissect.report import write_report
 
@@ -83,8 +84,10 @@ def cmd_dissect(args: argparse.Namespace) -> None:
         data_root=args.data_root,
         device=args.device,
     )
+    stage("loading the three runs", not args.quiet)
     runs = load_runs(*runs_dirs, device=args.device)
     result = dissect(runs, opts, progress=not args.quiet)
+    stage(f"writing the report to {args.out}", not args.quiet)
     index = write_report(result, Path(args.out))
     spec = result.results["specialisation"]
     print(spec["rgb"]["sentence"])
