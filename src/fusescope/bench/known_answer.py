@@ -120,6 +120,7 @@ def run_benchmark(configs: list[str], out: Path, steps: int | None = None,
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text(table + "\n")
     print("\n" + table)
+    print(f"table and per-class IoU: {out / 'results.md'}, {out / 'results.json'}")
     return rows
 
 
@@ -198,7 +199,6 @@ def run_demo(out: Path, steps: int | None = None, fusion: str | None = None,
                          extra=extra)
     figure = out / "predictions.png"
     prediction_figure([Path(r["run"]) for r in rows], [r["method"] for r in rows], figure)
-    print(f"\nfigure: {figure}\nall results: {out / 'results.json'}  "
-          f"({time.perf_counter() - start:.0f} s in all)")
+    print(f"\nfigure: {figure}  ({time.perf_counter() - start:.0f} s in all)")
     print(json.dumps({r["method"]: round(100 * r["miou"], 1) for r in rows}))
     return rows

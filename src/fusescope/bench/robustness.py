@@ -249,6 +249,8 @@ def robustness(
         from fusescope.io import write_json
 
         out = Path(out)
-        result.plot(out / f"robustness_{kind}.png")
+        plot = result.plot(out / f"robustness_{kind}.png")
         write_json(out / f"robustness_{kind}.json", result.to_dict())
+        if echo is not None:
+            echo(f"wrote {plot} and {plot.with_suffix('.json')}")
     return result
