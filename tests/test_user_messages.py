@@ -232,3 +232,18 @@ def test_specialisation_sentence_without_a_lead_reads_plainly():
     assert out["rgb"]["sentence"] == (
         "RGB (separately trained, stage 4) identifies no class clearly better than depth: on "
         "every class its Set IoU is less than 0.10 above depth's.")
+
+
+def test_a_small_probe_set_warns(tiny_data):
+    from types import SimpleNamespace
+
+    from fusescope.data.meta import load_meta
+    from fusescope.dissect.protocol import DissectOptions, probe_loader
+
+    meta = load_meta(tiny_data)
+    run = SimpleNamespace(cfg=SimpleNamespace(data=SimpleNamespace(root=str(tiny_data))),
+                          meta=meta)
+    runs = SimpleNamespace(joint=run, rgb=run, rgb_modality="rgb", depth_modality="depth")
+    with pytest.warns(FusescopeWarning, match=r"the probe set has only 4 images .*split test"):
+        _, loader = probe_loader(runs, DissectOptions(batch_size=4))
+    assert len(loader.dataset) == 4

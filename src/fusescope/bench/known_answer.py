@@ -67,7 +67,7 @@ def train_and_evaluate(config: Path, run_dir: Path, overrides: list[str],
     start = time.perf_counter()
     train(cfg, run_dir)
     seconds = None if finished else time.perf_counter() - start
-    result = evaluate_run(run_dir, split=split)
+    result = evaluate_run(run_dir, split=split, progress=True)
     from fusescope.engine.checkpoint import load_run
 
     params = count_params(load_run(run_dir).model)

@@ -71,6 +71,7 @@ def cmd_dissect(args: argparse.Namespace) -> None:
         raise FusescopeError("--batch-size must be >= 4 (debiased CKA per batch)")
     runs_dirs = [args.run_rgb, args.run_depth, args.run_joint]
     if args.train:
+        stage("training the three runs (finished ones are kept)", not args.quiet)
         train_runs(args.train, runs_dirs, args.set)
     opts = DissectOptions(
         split=args.split,

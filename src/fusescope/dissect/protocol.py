@@ -215,7 +215,8 @@ def probe_loader(runs: Runs, opts: DissectOptions) -> tuple[Any, torch.utils.dat
         raise FusescopeError(f"{root}/splits/{opts.split}.txt: {n} images; the probe needs >= 4")
     if n < FEW_PROBE_IMAGES:
         warn(f"the probe set has only {n} images ({root}, split {opts.split}): Set IoU, SVar "
-             f"and CKA from so few are noisy (the paper probes 500); use a larger split")
+             f"and CKA from so few are noisy (the paper probes 500); use a larger split "
+             f"or --probe-size")
     subset = torch.utils.data.Subset(ds, range(n))
     loader = torch.utils.data.DataLoader(
         subset, batch_size=opts.batch_size, shuffle=False, collate_fn=collate

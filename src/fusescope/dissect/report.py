@@ -187,8 +187,9 @@ def blank_gradcam_note(example: GradCAMExample) -> str | None:
         f"Blank panels: {', '.join(listed)}. Grad-CAM explains the '{example.class_name}' "
         f"logit over the pixels the model predicts as '{example.class_name}', so a model that "
         f"predicts no such pixel in an image has nothing to explain there and its map is empty "
-        f"(as expected for a modality that cannot see this class). A panel also looks blank when "
-        f"its map is under {BLANK_PEAK:.0%} of the strongest map it shares a scale with."
+        f"(e.g. a model whose modality cannot see this class, or an undertrained one). A "
+        f"panel also looks blank when its map is under {BLANK_PEAK:.0%} of the strongest map "
+        f"it shares a scale with."
     )
 
 
