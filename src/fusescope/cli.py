@@ -9,7 +9,9 @@
     fusescope bench ...                             benchmarks that print figures
     fusescope dissect ...                           what each modality contributes
 
-User errors (a bad file, key or value) print one line naming it and exit with status 2.
+User errors (a bad file, key or value) print one line naming it and exit with status 2; warnings
+(input that is probably not what was meant) print one line `fusescope: warning: ...` and go on.
+`fusescope COMMAND --help` describes every option with its default.
 """
 
 from __future__ import annotations
