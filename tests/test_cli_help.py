@@ -21,8 +21,19 @@ PARSERS = list(all_parsers(build_parser()))
 
 def test_walk_reaches_every_command():
     commands = {" ".join(path[1:]) for path, _ in PARSERS}
-    assert {"demo", "data synth", "data hha", "data inspect", "data prepare nyudv2", "train",
-            "eval", "predict", "bench robustness", "bench known-answer", "dissect"} <= commands
+    assert {
+        "demo",
+        "data synth",
+        "data hha",
+        "data inspect",
+        "data prepare nyudv2",
+        "train",
+        "eval",
+        "predict",
+        "bench robustness",
+        "bench known-answer",
+        "dissect",
+    } <= commands
 
 
 @pytest.mark.parametrize("path,parser", PARSERS, ids=[" ".join(p[1:]) or "-" for p, _ in PARSERS])
@@ -34,13 +45,17 @@ def test_every_option_is_described_with_its_default(path, parser):
         name = action.option_strings[0] if action.option_strings else action.dest
         assert action.help, f"{' '.join(path)} {name}: no description"
         default = action.default
-        if (action.option_strings and default not in (None, False, [], argparse.SUPPRESS)
-                and not isinstance(action, argparse._VersionAction)):
+        if (
+            action.option_strings
+            and default not in (None, False, [], argparse.SUPPRESS)
+            and not isinstance(action, argparse._VersionAction)
+        ):
             shown = " ".join(map(str, default)) if isinstance(default, list) else str(default)
             # the formatter appends it, or the help states it in words
             expanded = HelpFormatter("x")._expand_help(action)
             assert "default" in expanded and (shown in expanded or "default:" in expanded), (
-                f"{' '.join(path)} {name}: default {shown!r} not shown")
+                f"{' '.join(path)} {name}: default {shown!r} not shown"
+            )
     assert parser.format_usage()  # nothing in the help breaks formatting
     assert "%(" not in text
 

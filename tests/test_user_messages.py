@@ -31,12 +31,18 @@ def test_unknown_override_names_the_override_lists_keys_and_suggests():
 def test_unknown_key_in_a_file_names_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data:\n  synth: {nm: 3}\n")
-    with pytest.raises(FusescopeError, match=r"bad\.yaml: unknown config key data\.synth\.nm; "
-                                             r"did you mean data\.synth\.num\? \(section "
-                                             r"data\.synth accepts: num, seed, size\)"):
+    with pytest.raises(
+        FusescopeError,
+        match=r"bad\.yaml: unknown config key data\.synth\.nm; "
+        r"did you mean data\.synth\.num\? \(section "
+        r"data\.synth accepts: num, seed, size\)",
+    ):
         load_config(bad)
-    with pytest.raises(FusescopeError, match=r"`trian\.seed=1`.*did you mean train\?.*the top "
-                                             r"level accepts: data, model, train, eval"):
+    with pytest.raises(
+        FusescopeError,
+        match=r"`trian\.seed=1`.*did you mean train\?.*the top "
+        r"level accepts: data, model, train, eval",
+    ):
         load_config(None, ["trian.seed=1"])
 
 
@@ -61,8 +67,7 @@ def test_synthetic_folder_of_another_spec_is_refused(tmp_path):
 
     root = tmp_path / "synthetic"
     generate(root, num=12, seed=0, size=(16, 20), progress=False)
-    cfg = load_config(CONFIG, [f"data.root={root}", "data.synth.num=12",
-                               "data.synth.size=[16,20]"])
+    cfg = load_config(CONFIG, [f"data.root={root}", "data.synth.num=12", "data.synth.size=[16,20]"])
     assert ensure_data(cfg.data, progress=False) == root  # the folder it asks for: used
     cfg = load_config(CONFIG, [f"data.root={root}"])  # the config's 600 frames of 120x160
     with pytest.raises(FusescopeError) as err:
@@ -90,8 +95,9 @@ class Interrupt(Exception):
 def test_eval_of_an_unfinished_run_says_so(tiny_data, tmp_path, capsys):
     from fusescope.engine.train import train
 
-    cfg = load_config(CONFIG, [f"data.root={tiny_data}", "data.synth=null", *TINY_MODEL,
-                               "train.ckpt_every=3"])
+    cfg = load_config(
+        CONFIG, [f"data.root={tiny_data}", "data.synth=null", *TINY_MODEL, "train.ckpt_every=3"]
+    )
 
     def kill_at_4(step):
         if step == 4:
@@ -126,14 +132,40 @@ def test_eval_of_an_unfinished_run_says_so(tiny_data, tmp_path, capsys):
     # folder inputs with --out an existing file: one line, no traceback
     out_file = tmp_path / "taken.png"
     out_file.write_bytes(b"x")
-    assert main(["predict", str(run), "--rgb", str(tiny_data / "rgb"), "--depth",
-                 str(tiny_data / "depth"), "--out", str(out_file)]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                "--rgb",
+                str(tiny_data / "rgb"),
+                "--depth",
+                str(tiny_data / "depth"),
+                "--out",
+                str(out_file),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith(f"fusescope: error: --out {out_file} is a file; with folder inputs")
     assert len(err.strip().splitlines()) == 1 and out_file.read_bytes() == b"x"
     # and one frame with --out an existing folder
-    assert main(["predict", str(run), "--rgb", str(tiny_data / "rgb/0000.png"), "--depth",
-                 str(tiny_data / "depth/0000.png"), "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                "--rgb",
+                str(tiny_data / "rgb/0000.png"),
+                "--depth",
+                str(tiny_data / "depth/0000.png"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "is a folder; for one frame give the mask's file name" in capsys.readouterr().err
 
 
@@ -161,8 +193,19 @@ def test_hha_command_prints_the_warning(tmp_path, capsys):
     depth = np.full((24, 32), 30000, np.uint16)  # 3 m in 0.1 mm units
     depth[12:] = 20000
     write_png(tmp_path / "d.png", depth)
-    args = ["data", "hha", "--depth", str(tmp_path / "d.png"), "--intrinsics", "30", "30", "16",
-            "12", "--out", str(tmp_path / "h.png")]
+    args = [
+        "data",
+        "hha",
+        "--depth",
+        str(tmp_path / "d.png"),
+        "--intrinsics",
+        "30",
+        "30",
+        "16",
+        "12",
+        "--out",
+        str(tmp_path / "h.png"),
+    ]
     with pytest.warns(FusescopeWarning, match="use --depth-scale 0.0001"):
         assert main([*args, "--depth-scale", "0.001"]) == 0
     assert (tmp_path / "h.png").is_file()
@@ -197,8 +240,7 @@ def test_robustness_table_explains_its_columns_and_shows_progress(capsys):
         return {"miou": 0.5 if corrupt is None else 0.4}
 
     printed = []
-    robustness(["runs/late", "runs/early"], "depth_noise", evaluate=evaluate,
-               echo=printed.append)
+    robustness(["runs/late", "runs/early"], "depth_noise", evaluate=evaluate, echo=printed.append)
     table = printed[0]
     assert "eff: effective robustness against late, in mIoU points" in table
     assert "> 0: the run loses less under corruption than late" in table
@@ -210,10 +252,18 @@ def test_blank_gradcam_panels_are_explained():
     from fusescope.dissect.protocol import GradCAMExample
     from fusescope.dissect.report import blank_gradcam_note
 
-    maps = {k: np.full((2, 4, 4), 0.5) for k in ("rgb_sep", "depth_sep", "rgb_joint",
-                                                 "depth_joint")}
-    example = GradCAMExample(3, "pillar", "geometry", np.zeros((2, 4, 4, 3)),
-                             np.zeros((2, 4, 4)), np.zeros((2, 4, 4), int), maps)
+    maps = {
+        k: np.full((2, 4, 4), 0.5) for k in ("rgb_sep", "depth_sep", "rgb_joint", "depth_joint")
+    }
+    example = GradCAMExample(
+        3,
+        "pillar",
+        "geometry",
+        np.zeros((2, 4, 4, 3)),
+        np.zeros((2, 4, 4)),
+        np.zeros((2, 4, 4), int),
+        maps,
+    )
     assert blank_gradcam_note(example) is None
     maps["rgb_sep"] = np.zeros((2, 4, 4))
     maps["rgb_joint"][1] = 0.0
@@ -231,7 +281,8 @@ def test_specialisation_sentence_without_a_lead_reads_plainly():
     out = specialisation({"rgb_sep": [0.5, 0.5], "depth_sep": [0.45, 0.52]}, meta, 3, 0.1)
     assert out["rgb"]["sentence"] == (
         "RGB (separately trained, stage 4) identifies no class clearly better than depth: on "
-        "every class its Set IoU is less than 0.10 above depth's.")
+        "every class its Set IoU is less than 0.10 above depth's."
+    )
 
 
 def test_a_small_probe_set_warns(tiny_data):
@@ -241,8 +292,7 @@ def test_a_small_probe_set_warns(tiny_data):
     from fusescope.dissect.protocol import DissectOptions, probe_loader
 
     meta = load_meta(tiny_data)
-    run = SimpleNamespace(cfg=SimpleNamespace(data=SimpleNamespace(root=str(tiny_data))),
-                          meta=meta)
+    run = SimpleNamespace(cfg=SimpleNamespace(data=SimpleNamespace(root=str(tiny_data))), meta=meta)
     runs = SimpleNamespace(joint=run, rgb=run, rgb_modality="rgb", depth_modality="depth")
     with pytest.warns(FusescopeWarning, match=r"the probe set has only 4 images .*split test"):
         _, loader = probe_loader(runs, DissectOptions(batch_size=4))
