@@ -9,7 +9,9 @@
     fusescope bench ...                             benchmarks that print figures
     fusescope dissect ...                           what each modality contributes
 
-User errors (a bad file, key or value) print one line naming it and exit with status 2.
+User errors (a bad file, key or value) print one line naming it and exit with status 2; warnings
+(input that is probably not what was meant) print one line `fusescope: warning: ...` and go on.
+`fusescope COMMAND --help` describes every option with its default.
 """
 
 from __future__ import annotations
@@ -18,10 +20,50 @@ import argparse
 import importlib
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from fusescope import __version__
+from fusescope.console import format_warning
 from fusescope.errors import FusescopeError
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions as written, and every option's default after its help.
+
+    argparse's ArgumentDefaultsHelpFormatter, except that a default of None, False or [] (a
+    flag, nothing, or "taken from the run / config", which the help then says in words) is not
+    printed, and lists print as `120 160`, the way they are typed.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is False
+                or default == argparse.SUPPRESS or (isinstance(default, list) and not default)
+                or (not action.option_strings
+                    and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else default
+        return f"{text} (default: {str(shown).replace('%', '%%')})"
+
+
+class _SubParsers(argparse._SubParsersAction):
+    """Sub-commands whose own --help starts with the line shown in the parent's list."""
+
+    def add_parser(self, name: str, **kwargs):
+        if "help" in kwargs and "description" not in kwargs:
+            kwargs["description"] = kwargs["help"]
+        return super().add_parser(name, **kwargs)
+
+
+class Parser(argparse.ArgumentParser):
+    """The fusescope parser: every sub-command (added by any module) inherits its formatter."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _SubParsers)
 
 
 def _optional_register(module: str, subparsers) -> None:
@@ -71,7 +113,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         # on the device the run trained on (a GPU run is not evaluated on the CPU)
         device = str(training_device(cfg.train.accelerator))
         print(format_result(save_eval(out, evaluate_run(out, split=cfg.data.val_split,
-                                                        device=device))))
+                                                        device=device, progress=not args.quiet)),
+                                  str(out)))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -84,12 +127,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
         batch_size=args.batch_size, data_root=args.data_root, device=device,
         progress=not args.json))
     if args.json:
+        if not result.get("finished", True):
+            print(f"fusescope: warning: {unfinished_note(result, args.run)}", file=sys.stderr)
         print(json.dumps(result))
         return
-    print(format_result(result))
+    print(format_result(result, args.run))
 
 
-def format_result(result: dict) -> str:
+def unfinished_note(result: dict, run: str) -> str:
+    return (f"unfinished run: these weights were trained for {result['step']} of "
+            f"{result['max_steps']} steps (`fusescope train` with the same config and "
+            f"--out {run} resumes it)")
+
+
+def format_result(result: dict, run: str = "RUN") -> str:
     def pct(x):
         return "  n/a" if x is None else f"{100 * x:5.1f}"
 
@@ -97,6 +148,8 @@ def format_result(result: dict) -> str:
              f"{', ' + result['corrupt'] if result.get('corrupt') else ''}): "
              f"mIoU {pct(result['miou'])}  pixel acc {pct(result['pixel_acc'])}  "
              f"mean acc {pct(result['mean_acc'])}"]
+    if not result.get("finished", True):
+        lines.append(f"  {unfinished_note(result, run)}")
     for name, value in (result.get("cue_group_miou") or {}).items():
         lines.append(f"  {name + '-cue classes':24s} mIoU {pct(value)}")
     width = max(len(n) for n in result["class_names"])
@@ -137,66 +190,87 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from fusescope.engine.device import add_device_argument, positive_int
 
-    parser = argparse.ArgumentParser(prog="fusescope", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"fusescope {__version__}")
+    parser = Parser(prog="fusescope", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fusescope {__version__}",
+                        help="print the package version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    from fusescope.bench.known_answer import DEMO_DEFAULTS
 
     p = sub.add_parser("demo", help="generate the known-answer data, train RGB-only, "
                        "depth-only and a fusion model, print the per-cue table, draw a figure")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--steps", type=int, default=None, help="training steps per model")
-    p.add_argument("--fusion", default=None, help="fusion config name under configs/synthetic")
-    p.add_argument("--num", type=int, default=None, help="frames to generate")
-    p.add_argument("--backbone", default=None)
+    p.add_argument("--out", default="runs/demo",
+                   help="folder for the data, the three runs, results.json/.md and the figure")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"training steps per model (default: {DEMO_DEFAULTS['steps']})")
+    p.add_argument("--fusion", default=None, help="fusion config name under configs/synthetic, "
+                   f"e.g. cen, late_average (default: {DEMO_DEFAULTS['fusion']})")
+    p.add_argument("--num", type=int, default=None,
+                   help=f"frames to generate (default: {DEMO_DEFAULTS['num']})")
+    p.add_argument("--backbone", default=None,
+                   help="encoder of all three models, e.g. resnet34 (default: each config's, "
+                   "resnet18)")
     p.set_defaults(func=cmd_demo)
 
     data = sub.add_parser("data", help="data sets: synth, prepare, hha, inspect")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     p = data_sub.add_parser("synth", help="generate the known-answer RGB-D data set")
-    p.add_argument("--out", required=True)
-    p.add_argument("--num", type=int, default=600)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, nargs=2, default=[120, 160], metavar=("H", "W"))
+    p.add_argument("--out", required=True, help="data folder to create (new or empty)")
+    p.add_argument("--num", type=int, default=600, help="frames (70/15/15%% train/val/test)")
+    p.add_argument("--seed", type=int, default=0, help="frame i is drawn from (seed, i)")
+    p.add_argument("--size", type=int, nargs=2, default=[120, 160], metavar=("H", "W"),
+                   help="frame height and width in pixels")
     p.add_argument("--workers", type=int, default=2, help="processes (same bytes for any)")
     p.add_argument("--force", action="store_true", help="replace an existing data folder")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
     _optional_register("fusescope.data.commands", data_sub)
 
     p = sub.add_parser("train", help="train a config into a run folder")
-    p.add_argument("config")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("config", help="YAML config, e.g. configs/synthetic/cen.yaml")
+    p.add_argument("--out", required=True,
+                   help="run folder (a folder with a checkpoint of this config is resumed)")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-eval", action="store_true", help="skip the validation at the end")
-    p.add_argument("overrides", nargs="*", help="dotted overrides: train.max_steps=100 ...")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted config overrides, e.g. train.max_steps=100 model.backbone=resnet34")
     p.set_defaults(func=cmd_train)
 
+    from fusescope.data.corruptions import KINDS, MAX_SEVERITY
+
     p = sub.add_parser("eval", help="evaluate a run folder")
-    p.add_argument("run")
-    p.add_argument("--split", default=None)
-    p.add_argument("--tta", default=None, choices=["none", "flip", "ms-flip"])
+    p.add_argument("run", help="run folder written by `fusescope train`")
+    p.add_argument("--split", default=None,
+                   help="split to evaluate (default: the run's eval.split, which is val unless "
+                   "the config says otherwise; the README's tables use --split test)")
+    p.add_argument("--tta", default=None, choices=["none", "flip", "ms-flip"],
+                   help="test-time augmentation: flip averages with the mirrored image, "
+                   "ms-flip also over eval.scales (default: the run's eval.tta, none)")
     p.add_argument("--window", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="sliding-window inference with this crop")
+                   help="sliding-window inference with this crop (default: the run's "
+                   "eval.window, normally none: whole images)")
     p.add_argument("--corrupt", default=None, metavar="KIND:SEVERITY",
-                   help="corrupt inputs, e.g. depth_noise:3")
+                   help=f"corrupt the inputs, e.g. depth_noise:3; SEVERITY 1-{MAX_SEVERITY}, "
+                   f"KIND one of {', '.join(sorted(KINDS))}")
     p.add_argument("--batch-size", type=positive_int, default=None,
-                   help="frames per forward pass (default: the run's eval.batch_size)")
+                   help="images per forward pass (default: the run's eval.batch_size, 8)")
     add_device_argument(p)
-    p.add_argument("--data-root", default=None, help="evaluate on another data folder")
+    p.add_argument("--data-root", default=None,
+                   help="evaluate on another data folder (default: the run's data.root)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="predict masks for your own frames or folders")
-    p.add_argument("run")
-    p.add_argument("--rgb")
-    p.add_argument("--depth")
-    p.add_argument("--hha")
+    p.add_argument("run", help="run folder written by `fusescope train`")
+    p.add_argument("--rgb", help="colour image, or a folder of them")
+    p.add_argument("--depth", help="depth image in the run's data units, or a folder of them")
+    p.add_argument("--hha", help="HHA image, or a folder of them")
     p.add_argument("--input", action="append", metavar="NAME=PATH",
                    help="any other modality of the run")
     p.add_argument("--out", required=True, help="mask .png (or folder for folder inputs)")
-    p.add_argument("--tta", default="none", choices=["none", "flip", "ms-flip"])
+    p.add_argument("--tta", default="none", choices=["none", "flip", "ms-flip"],
+                   help="test-time augmentation (see `fusescope eval --help`)")
     p.add_argument("--batch-size", type=positive_int, default=1,
                    help="frames per forward pass for folders (frames of one size are batched)")
     add_device_argument(p)
@@ -208,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = format_warning
     parser = build_parser()
     # overrides may come after --out; argparse leaves those to us
     args, extra = parser.parse_known_args(argv)

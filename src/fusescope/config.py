@@ -7,7 +7,10 @@ anywhere is an error naming it.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,23 +100,28 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Di
     """Read a YAML config over the defaults, then apply `key=value` overrides.
 
     Raises:
-        FusescopeError: missing file, bad YAML, unknown key or a value of the wrong type.
+        FusescopeError: missing file, bad YAML, unknown key or a value of the wrong type; the
+            message names where the key came from (the file or the override) and, for an
+            unknown key, lists the keys its section accepts and the closest one.
     """
     cfg = _structured()
-    try:
-        if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise FusescopeError(f"{path}: config file not found")
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FusescopeError(f"{path}: config file not found")
+        try:
             cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-        for item in overrides:
-            if "=" not in item:
-                raise FusescopeError(f"override {item!r} is not key=value")
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as err:
-        where = f"{path}: " if path is not None else ""
-        raise FusescopeError(f"{where}{_explain(err)}") from None
+        except (OmegaConfBaseException, TypeError) as err:
+            raise FusescopeError(f"{path}: {_explain(err)}") from None
+    for item in overrides:
+        if "=" not in item:
+            raise FusescopeError(f"override {item!r} is not key=value")
+    # one override at a time, so an error names the override that caused it
+    for item in overrides:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+        except (OmegaConfBaseException, TypeError) as err:
+            raise FusescopeError(f"command-line override `{item}`: {_explain(err)}") from None
     return cfg
 
 
@@ -125,11 +133,44 @@ def config_from_dict(d: dict[str, Any]) -> DictConfig:
         raise FusescopeError(_explain(err)) from None
 
 
-def _explain(err: OmegaConfBaseException) -> str:
+def section_keys(section: str) -> list[str] | None:
+    """The keys a config section accepts (`""` for the top level, `"data.synth"` nested), or
+    None for a free-form section (`model`) or a path that is not a section."""
+    node: Any = RunConfig
+    for part in [p for p in section.split(".") if p]:
+        if not dataclasses.is_dataclass(node):
+            return None
+        hints = typing.get_type_hints(node)
+        if part not in hints:
+            return None
+        node = hints[part]
+        # `SynthSpec | None`: the section's schema is the dataclass member
+        members = [a for a in typing.get_args(node) if dataclasses.is_dataclass(a)]
+        if members:
+            node = members[0]
+    if not dataclasses.is_dataclass(node):
+        return None
+    return [f.name for f in dataclasses.fields(node)]
+
+
+def _unknown_key(key: str) -> str:
+    section, _, name = key.rpartition(".")
+    accepted = section_keys(section)
+    msg = f"unknown config key {key}"
+    if accepted is None:
+        return msg
+    close = difflib.get_close_matches(name, accepted, n=1)
+    if close:
+        msg += f"; did you mean {section + '.' if section else ''}{close[0]}?"
+    where = f"section {section}" if section else "the top level"
+    return msg + f" ({where} accepts: {', '.join(accepted)})"
+
+
+def _explain(err: Exception) -> str:
     key = getattr(err, "full_key", None)
     msg = str(err).splitlines()[0]
     if "not in struct" in msg or "Key '" in msg and "not in" in msg:
-        return f"unknown config key {key}" if key else msg
+        return _unknown_key(key) if key else msg
     return f"config key {key}: {msg}" if key else msg
 
 

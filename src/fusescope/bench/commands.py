@@ -42,10 +42,13 @@ def register(subparsers) -> None:
     p = sub.add_parser("known-answer", help="train configs under one budget on the known-answer "
                        "data; print mIoU overall and per cue group")
     p.add_argument("configs", nargs="+", help="config names under configs/synthetic or paths")
-    p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--out", required=True,
+                   help="folder for the data, one run per config, results.json and results.md")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps of every config (default: each config's train.max_steps)")
     p.add_argument("--num", type=int, default=600, help="frames to generate")
-    p.add_argument("--data", default=None, help="existing data folder (default OUT/data)")
+    p.add_argument("--data", default=None, help="existing data folder, used as it is (default: "
+                   "OUT/data, generated with --num frames of 120x160)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override for every config, e.g. train.batch_size=8")
     p.add_argument("--device", default=None,
@@ -54,12 +57,16 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="evaluation batch (default: the config's eval.batch_size)")
     p.set_defaults(func=cmd_known_answer)
+    from fusescope.data.corruptions import KINDS
+
     p = sub.add_parser("robustness", help="mIoU of runs under growing corruption severity")
-    p.add_argument("runs", nargs="+")
-    p.add_argument("--kind", action="append", required=True,
-                   help="corruption kind (repeatable), e.g. depth_noise")
-    p.add_argument("--out", default=None)
-    p.add_argument("--split", default="test")
+    p.add_argument("runs", nargs="+", help="trained run folders; the first is the reference of "
+                   "the eff column (put a late-fusion baseline first, as MultiBench does)")
+    p.add_argument("--kind", action="append", required=True, choices=sorted(KINDS),
+                   metavar="KIND", help="corruption kind (repeatable), one of %(choices)s")
+    p.add_argument("--out", default=None,
+                   help="folder for robustness_<kind>.json and .png (default: print only)")
+    p.add_argument("--split", default="test", help="split to evaluate")
     add_device_argument(p)
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="evaluation batch (default: each run's eval.batch_size)")

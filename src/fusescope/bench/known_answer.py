@@ -73,7 +73,8 @@ def train_and_evaluate(config: Path, run_dir: Path, overrides: list[str],
     train(cfg, run_dir)
     seconds = None if finished else time.perf_counter() - start
     device = device or str(training_device(cfg.train.accelerator))
-    result = evaluate_run(run_dir, split=split, device=device, batch_size=batch_size)
+    result = evaluate_run(run_dir, split=split, device=device, batch_size=batch_size,
+                          progress=True)
     from fusescope.engine.checkpoint import load_run
 
     params = count_params(load_run(run_dir).model)
@@ -110,9 +111,12 @@ def run_benchmark(configs: list[str], out: Path, steps: int | None = None,
     from fusescope.io import atomic_path, write_json
 
     out.mkdir(parents=True, exist_ok=True)
-    data_root = data_root or out / "data"
-    common = [f"data.root={data_root}", f"data.synth.num={num}",
-              f"data.synth.size=[{size[0]},{size[1]}]", *extra]
+    if data_root is not None and (data_root / "meta.json").is_file():
+        common = [f"data.root={data_root}", "data.synth=null", *extra]  # the folder as it is
+    else:
+        data_root = data_root or out / "data"
+        common = [f"data.root={data_root}", f"data.synth.num={num}",
+                  f"data.synth.size=[{size[0]},{size[1]}]", *extra]
     if steps is not None:
         common.append(f"train.max_steps={steps}")
     rows = []
@@ -126,6 +130,7 @@ def run_benchmark(configs: list[str], out: Path, steps: int | None = None,
     with atomic_path(out / "results.md") as tmp:
         tmp.write_text(table + "\n")
     print("\n" + table)
+    print(f"table and per-class IoU: {out / 'results.md'}, {out / 'results.json'}")
     return rows
 
 
@@ -204,7 +209,6 @@ def run_demo(out: Path, steps: int | None = None, fusion: str | None = None,
                          extra=extra)
     figure = out / "predictions.png"
     prediction_figure([Path(r["run"]) for r in rows], [r["method"] for r in rows], figure)
-    print(f"\nfigure: {figure}\nall results: {out / 'results.json'}  "
-          f"({time.perf_counter() - start:.0f} s in all)")
+    print(f"\nfigure: {figure}  ({time.perf_counter() - start:.0f} s in all)")
     print(json.dumps({r["method"]: round(100 * r["miou"], 1) for r in rows}))
     return rows

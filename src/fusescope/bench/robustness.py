@@ -126,11 +126,24 @@ class RobustnessResult:
                 + " ".join(f"{100 * v:6.1f}" for v in m)
                 + f" {100 * a:6.1f} {rel:5.2f} {100 * e:+6.1f}"
             )
-        lines.append(
-            f"AUC: mean mIoU over severities 0..{self.severities[-1]}; rel: AUC min-max "
-            f"normalised over these runs; eff: vs {self.runs[0]} (mIoU points)"
-        )
+        lines += self.legend()
         return "\n".join(lines)
+
+    def legend(self) -> list[str]:
+        """What each summary column means, for a reader who has not read this module."""
+        ref, last = self.runs[0], self.severities[-1]
+        return [
+            f"s0..s{last}: mIoU (%) at each severity (s0: clean inputs).",
+            f"AUC: the area under the run's mIoU curve with severities 0..{last} scaled to "
+            "0..1, i.e. its mIoU averaged over the severities (trapezoid rule).",
+            "rel: AUC rescaled over the runs compared here (1 = the most robust of them, "
+            "0 = the least).",
+            f"eff: effective robustness against {ref}, in mIoU points: how far, on average over "
+            f"the severities, the run's curve stays above {ref}'s curve shifted to start at "
+            f"the run's clean score; "
+            f"> 0: the run loses less under corruption than {ref}, < 0: it loses more "
+            f"({ref} itself is 0).",
+        ]
 
     def plot(self, path: str | os.PathLike) -> Path:
         """Save mIoU-vs-severity curves (one line per run) as an image (matplotlib, Agg)."""
@@ -200,7 +213,7 @@ def robustness(
         out: folder for `robustness_<kind>.png` and `.json`; None writes nothing.
         evaluate: `(run_dir, corrupt=spec|None, **eval_kwargs) -> {"miou": ...}`; default
             `fusescope.engine.evaluate.evaluate_run`. Tests pass a fake.
-        echo: where the table goes (None: nowhere).
+        echo: where the table goes (None: nowhere, and no progress bar either).
         **eval_kwargs: passed to `evaluate` (split, device, batch_size, ...).
     """
     severities = [int(s) for s in severities]
@@ -212,7 +225,23 @@ def robustness(
         raise ValueError(
             f"severities must start at 0 (clean) and have two or more, got {severities}"
         )
-    curves = [severity_curve(r, kind, severities, evaluate, **eval_kwargs) for r in run_dirs]
+    if evaluate is None:
+        from fusescope.engine.evaluate import evaluate_run as evaluate
+    from tqdm import tqdm
+
+    # one evaluation per run and severity, each a pass over the split: say which one is running
+    bar = tqdm(total=len(run_dirs) * len(severities), desc=f"robustness {kind}", unit="eval",
+               disable=echo is None)
+
+    def evaluate_counted(run_dir, **kwargs):
+        bar.set_postfix_str(f"{Path(run_dir).name} {kwargs.get('corrupt') or 'clean'}")
+        result = evaluate(run_dir, **kwargs)
+        bar.update()
+        return result
+
+    with bar:
+        curves = [severity_curve(r, kind, severities, evaluate_counted, **eval_kwargs)
+                  for r in run_dirs]
     result = RobustnessResult.from_curves(kind, severities, run_names(run_dirs), curves)
     if echo is not None:
         echo(result.table())
@@ -220,6 +249,8 @@ def robustness(
         from fusescope.io import write_json
 
         out = Path(out)
-        result.plot(out / f"robustness_{kind}.png")
+        plot = result.plot(out / f"robustness_{kind}.png")
         write_json(out / f"robustness_{kind}.json", result.to_dict())
+        if echo is not None:
+            echo(f"wrote {plot} and {plot.with_suffix('.json')}")
     return result

@@ -62,7 +62,8 @@ def _hha(args: argparse.Namespace) -> None:
 
     import numpy as np
 
-    from fusescope.data.hha import GravityOptions, Intrinsics, hha
+    from fusescope.console import warn
+    from fusescope.data.hha import GravityOptions, Intrinsics, depth_input_warnings, hha
     from fusescope.io import read_image, write_png
 
     if not args.depth_scale > 0:
@@ -70,6 +71,9 @@ def _hha(args: argparse.Namespace) -> None:
     depth = read_image(args.depth)
     if depth.ndim != 2:
         raise FusescopeError(f"{args.depth}: depth must be a single-channel image")
+    outdoor = args.gravity is not None or args.camera_height is not None
+    for message in depth_input_warnings(depth, args.depth_scale, outdoor=outdoor):
+        warn(f"{args.depth}: {message}")
     raw = None
     if args.raw_depth is not None:
         raw = read_image(args.raw_depth)
@@ -111,38 +115,63 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mapping", type=Path, required=True, help="classMapping40.mat")
     p.add_argument("--mapping13", type=Path, help="class13Mapping.mat: use 13 classes")
     p.add_argument("--hha", action="store_true", help="also write hha/ (slower)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", type=Path, required=True, help="data folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
     p.set_defaults(func=_prepare_nyudv2)
 
     p = sub.add_parser("sunrgbd", help="SUN RGB-D, 37 classes, 5285 / 5050")
     p.add_argument("src", type=Path, help="folder with SUNRGBD/, the two image lists, labels/")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--depth-source", choices=["depth_bfx", "depth"], default="depth_bfx")
+    p.add_argument("--out", type=Path, required=True, help="data folder to write")
+    p.add_argument(
+        "--depth-source",
+        choices=["depth_bfx", "depth"],
+        default="depth_bfx",
+        help="depth/ from the filled depth (depth_bfx) or the raw sensor depth (depth)",
+    )
     p.add_argument("--no-raw-depth", action="store_true", help="skip raw_depth/")
     p.add_argument(
         "--any-split-size",
         action="store_true",
         help="accept lists other than the official 5285 / 5050",
     )
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
     p.set_defaults(func=_prepare_sunrgbd)
 
     p = sub.add_parser("cityscapes", help="Cityscapes, 19 classes, with disparity")
     p.add_argument("src", type=Path, help="folder with leftImg8bit/ disparity/ gtFine/ camera/")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--depth-mode", choices=["depth", "disparity"], default="depth")
-    p.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val"])
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", type=Path, required=True, help="data folder to write")
+    p.add_argument(
+        "--depth-mode",
+        choices=["depth", "disparity"],
+        default="depth",
+        help="metric depth from the disparity and camera calibration, or the disparity PNGs "
+        "unchanged",
+    )
+    p.add_argument(
+        "--splits",
+        nargs="+",
+        default=["train", "val"],
+        choices=["train", "val"],
+        help="official splits to convert",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
     p.set_defaults(func=_prepare_cityscapes)
 
     p = data_subparsers.add_parser("hha", help="HHA encoding of one depth image")
     p.add_argument("--depth", type=Path, required=True, help="depth image (e.g. uint16 PNG)")
     p.add_argument(
-        "--raw-depth", type=Path, help="raw sensor depth: its zeros are left out of the normal fits"
+        "--raw-depth",
+        type=Path,
+        help="raw sensor depth: its zeros are left out of the normal fits (leave it out to "
+        "reproduce the published NYUDv2 HHA images, made from the filled depth alone)",
     )
     p.add_argument(
-        "--intrinsics", type=float, nargs=4, required=True, metavar=("FX", "FY", "CX", "CY")
+        "--intrinsics",
+        type=float,
+        nargs=4,
+        required=True,
+        metavar=("FX", "FY", "CX", "CY"),
+        help="pinhole intrinsics of the depth image in pixels",
     )
     p.add_argument(
         "--depth-scale",
@@ -173,8 +202,12 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_hha)
 
     p = data_subparsers.add_parser("inspect", help="class frequencies, weights, depth stats")
-    p.add_argument("dir", type=Path)
-    p.add_argument("--split", default="train")
-    p.add_argument("--samples", type=Path, help="PNG for the sample grid")
-    p.add_argument("--num-samples", type=int, default=4)
+    p.add_argument("dir", type=Path, help="data folder (with meta.json)")
+    p.add_argument("--split", default="train", help="split to measure")
+    p.add_argument(
+        "--samples",
+        type=Path,
+        help="PNG for the sample grid (default: DIR/inspect_samples_<split>.png)",
+    )
+    p.add_argument("--num-samples", type=int, default=4, help="rows in the sample grid")
     p.set_defaults(func=_inspect)

@@ -206,8 +206,9 @@ def inspect(
     Args:
         root: data folder.
         split: split to measure (the normalisation statistics come from train).
-        samples: PNG to render samples to; default ./<folder name>_samples.png (not inside
-            the data folder, which `inspect` leaves unchanged).
+        samples: PNG to render samples to; default `root/inspect_samples_<split>.png` (next to
+            meta.json, outside every modality folder and split list, so the data set and its
+            fingerprint do not change).
         num_samples: rows in the sample grid.
         print_fn: where lines go.
 
@@ -243,8 +244,12 @@ def inspect(
             f"{name}: mean {[round(m, 4) for m in st.mean]}{unit}, "
             f"std {[round(s, 4) for s in st.std]}{unit}{extra}"
         )
-    samples = Path(samples) if samples is not None else Path(f"{root.name}_samples.png")
-    render_samples(root, samples, split, num_samples, meta)
+    samples = Path(samples) if samples is not None else root / f"inspect_samples_{split}.png"
+    try:
+        render_samples(root, samples, split, num_samples, meta)
+    except PermissionError as err:
+        raise FusescopeError(f"{samples}: cannot write the sample sheet ({err.strerror}); "
+                             f"give --samples PATH") from None
     print_fn(f"samples: {samples}")
     return {
         "splits": sizes,

@@ -60,11 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="config override for --train (repeatable)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or stage lines")
     p.set_defaults(func=cmd_dissect)
 
 
 def cmd_dissect(args: argparse.Namespace) -> None:
+    from fusescope.console import stage
     from fusescope.dissect.protocol import DissectOptions, dissect, load_runs, train_runs
     from fusescope.dissect.report import write_report
     from fusescope.engine.device import resolve_device
@@ -74,6 +75,7 @@ def cmd_dissect(args: argparse.Namespace) -> None:
     device = str(resolve_device(args.device))  # before any training or loading
     runs_dirs = [args.run_rgb, args.run_depth, args.run_joint]
     if args.train:
+        stage("training the three runs (finished ones are kept)", not args.quiet)
         train_runs(args.train, runs_dirs, args.set)
     opts = DissectOptions(
         split=args.split,
@@ -87,8 +89,10 @@ def cmd_dissect(args: argparse.Namespace) -> None:
         data_root=args.data_root,
         device=device,
     )
+    stage("loading the three runs", not args.quiet)
     runs = load_runs(*runs_dirs, device=device)
     result = dissect(runs, opts, progress=not args.quiet)
+    stage(f"writing the report to {args.out}", not args.quiet)
     index = write_report(result, Path(args.out))
     spec = result.results["specialisation"]
     print(spec["rgb"]["sentence"])

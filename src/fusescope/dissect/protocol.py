@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fusescope.console import stage, warn
 from fusescope.dissect.cka import CKAAccumulator
 from fusescope.dissect.gradcam import GradCAM, shared_scale
 from fusescope.dissect.net2vec import Net2Vec, cached_batches
@@ -197,6 +198,9 @@ class RunInput:
         return out
 
 
+FEW_PROBE_IMAGES = 50  # below this, probe results are noisy enough to warn
+
+
 def probe_loader(runs: Runs, opts: DissectOptions) -> tuple[Any, torch.utils.data.DataLoader]:
     """The raw (unnormalised) probe set over both modalities and its loader."""
     from fusescope.data.folder import FolderDataset
@@ -209,6 +213,10 @@ def probe_loader(runs: Runs, opts: DissectOptions) -> tuple[Any, torch.utils.dat
     n = len(ds) if opts.probe_size is None else min(opts.probe_size, len(ds))
     if n < 4:
         raise FusescopeError(f"{root}/splits/{opts.split}.txt: {n} images; the probe needs >= 4")
+    if n < FEW_PROBE_IMAGES:
+        warn(f"the probe set has only {n} images ({root}, split {opts.split}): Set IoU, SVar "
+             f"and CKA from so few are noisy (the paper probes 500); use a larger split "
+             f"or --probe-size")
     subset = torch.utils.data.Subset(ds, range(n))
     loader = torch.utils.data.DataLoader(
         subset, batch_size=opts.batch_size, shuffle=False, collate_fn=collate
@@ -245,6 +253,7 @@ def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissect
     stream = stream_features(
         runs.models, taps, loader, concat=concat, device=opts.device, adapt=adapt
     )
+    stage(f"feature pass over {len(loader.dataset)} probe images (CKA, Net2Vec inputs)", progress)
     if progress:
         from tqdm import tqdm
 
@@ -260,6 +269,9 @@ def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissect
     for lvl in levels:
         set_iou[str(lvl)] = {}
         for f in FEATURES:
+            k = levels.index(lvl) * len(FEATURES) + list(FEATURES).index(f) + 1
+            stage(f"Net2Vec probe {k}/{len(levels) * len(FEATURES)}: {FEATURES[f]}, stage "
+                  f"{lvl + 1} ({opts.epochs} epochs)", progress)
             net2vec = Net2Vec(
                 num_classes,
                 epochs=opts.epochs,
@@ -270,6 +282,7 @@ def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissect
             result = net2vec.fit(cached_batches(cache.pop(f"{f}/{lvl}")))
             set_iou[str(lvl)][f] = result.set_iou.tolist()
             frequency = result.area
+    stage("SVar, CKA and specialisation summaries", progress)
     results = {
         "runs": {
             "rgb": str(runs.rgb.path),
@@ -293,6 +306,7 @@ def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissect
         "cka": cka_summary(cka, cka_levels),
         "specialisation": specialisation(set_iou[str(levels[-1])], meta, levels[-1], opts.margin),
     }
+    stage("Grad-CAM examples", progress)
     examples = gradcam_examples(runs, ds, loader, adapt, opts, levels[-1], frequency.tolist())
     return Dissection(json_safe(results), examples)
 
@@ -391,9 +405,11 @@ def specialisation(
             else:
                 sentence += "."
         else:
+            rival = "depth" if who == "rgb" else "RGB"
             sentence = (
-                f"{label} (separately trained, stage {level + 1}) leads the other "
-                f"modality by {margin:.2f} Set IoU on no class."
+                f"{label} (separately trained, stage {level + 1}) identifies no class clearly "
+                f"better than {rival}: on every class its Set IoU is less than {margin:.2f} "
+                f"above {rival}'s."
             )
         out[who] = {"classes": [names[i] for i in lead], "by_cue": by_cue, "sentence": sentence}
     groups = out["cue_mean_iou"]

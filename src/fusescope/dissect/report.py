@@ -168,6 +168,31 @@ def plot_gradcam(example: GradCAMExample, path: Path) -> Path:
     return _save(fig, path)
 
 
+BLANK_PEAK = 0.02  # a map whose peak is under 2% of the shared scale shows no colour
+
+
+def blank_gradcam_note(example: GradCAMExample) -> str | None:
+    """A sentence explaining the blank Grad-CAM panels of an example, if it has any."""
+    n = example.label.shape[0]
+    blank = {
+        key: int((example.maps[key].reshape(n, -1).max(1) < BLANK_PEAK).sum())
+        for key in GRADCAM_COLUMNS
+        if key in example.maps
+    }
+    listed = [f"{FEATURES[k]} in {b} of {n} image{'s' if n > 1 else ''}"
+              for k, b in blank.items() if b]
+    if not listed:
+        return None
+    return (
+        f"Blank panels: {', '.join(listed)}. Grad-CAM explains the '{example.class_name}' "
+        f"logit over the pixels the model predicts as '{example.class_name}', so a model that "
+        f"predicts no such pixel in an image has nothing to explain there and its map is empty "
+        f"(e.g. a model whose modality cannot see this class, or an undertrained one). A "
+        f"panel also looks blank when its map is under {BLANK_PEAK:.0%} of the strongest map "
+        f"it shares a scale with."
+    )
+
+
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
@@ -212,6 +237,12 @@ def write_report(dissection: Dissection, out: str | os.PathLike) -> Path:
         "<h2>What each modality specialises in</h2><ul>",
         f"<li>{html.escape(spec['rgb']['sentence'])}</li>",
         f"<li>{html.escape(spec['depth']['sentence'])}</li></ul>",
+        f"<p>A modality <em>specialises</em> in a class when the Net2Vec probe on its "
+        f"separately trained encoder (stage {spec['level'] + 1}) finds the class with a Set IoU "
+        f"at least {spec['margin']:.2f} higher than the other modality's. Set IoU is the "
+        f"intersection over union (0 to 1), over all probe images, of the class's pixels and "
+        f"the mask a linear probe predicts from the features; the brackets give this "
+        f"modality's Set IoU, then the other's.</p>",
     ]
     if spec.get("cue_mean_iou"):
         parts.append("<table><tr><th>cue group</th><th>RGB Set IoU</th><th>depth Set IoU</th></tr>")
@@ -279,6 +310,9 @@ def write_report(dissection: Dissection, out: str | os.PathLike) -> Path:
         )
         for ex, path in cam_paths:
             parts.append(_img(path, ex.class_name))
+            note = blank_gradcam_note(ex)
+            if note:
+                parts.append(f"<p>{html.escape(note)}</p>")
     parts.append("</body></html>")
     index = out / "index.html"
     with atomic_path(index) as tmp:

@@ -60,28 +60,50 @@ def load_weights(model: nn.Module, state: dict, source: str | os.PathLike) -> No
     model.load_state_dict(state, strict=True)
 
 
-def save_weights(path: str | os.PathLike, model: nn.Module) -> None:
+def save_weights(path: str | os.PathLike, model: nn.Module, step: int | None = None) -> None:
+    """Final weights as safetensors; `step` (the optimiser steps they were trained for) goes in
+    the file's metadata."""
     from safetensors.torch import save_file
 
     # clone: safetensors refuses tensors that share storage
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"step": str(int(step))} if step is not None else None
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def weights_step(path: str | os.PathLike) -> int | None:
+    """The step recorded in a weights file's metadata (None: written before steps were kept)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        step = (f.metadata() or {}).get("step")
+    return int(step) if step is not None else None
 
 
 @dataclass
 class Run:
-    """A trained run loaded from its folder."""
+    """A trained run loaded from its folder.
+
+    `step` is the number of optimiser steps the loaded weights were trained for; the run is
+    `finished` when that reaches the config's `train.max_steps` (a run killed early, or extended
+    with a larger `train.max_steps` and not resumed yet, is not).
+    """
 
     path: Path
     cfg: DictConfig
     info: dict
     meta: DatasetMeta
     model: nn.Module
+    step: int | None = None
 
     @property
     def stats(self) -> dict:
         return self.info["normalization"]
+
+    @property
+    def finished(self) -> bool:
+        return self.step is not None and self.step >= self.cfg.train.max_steps
 
 
 def read_run_info(run_dir: str | os.PathLike) -> tuple[DictConfig, dict, DatasetMeta]:
@@ -126,7 +148,13 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
         except (SafetensorError, OSError) as err:
             raise FusescopeError(f"{weights}: cannot read weights ({err})") from None
         load_weights(model, state, weights)
+        # final weights are written only when training reaches max_steps; files from before
+        # the step was recorded are taken as finished at their config's max_steps
+        step = weights_step(weights)
+        step = cfg.train.max_steps if step is None else step
     else:
         ckpt = run_dir / CHECKPOINT
-        load_weights(model, load_checkpoint(ckpt)["model"], ckpt)
-    return Run(run_dir, cfg, info, meta, model.to(device).eval())
+        state = load_checkpoint(ckpt)
+        load_weights(model, state["model"], ckpt)
+        step = int(state["step"])
+    return Run(run_dir, cfg, info, meta, model.to(device).eval(), step)

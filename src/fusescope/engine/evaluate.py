@@ -163,7 +163,8 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, tta: str | None 
                              f"trained on {run.meta.num_classes}")
     result = evaluate(run.model, ds, cfg.eval, device=device, progress=progress)
     result.update({"split": cfg.eval.split, "tta": cfg.eval.tta, "corrupt": corrupt,
-                   "model": cfg.model.name})
+                   "model": cfg.model.name, "step": run.step,
+                   "max_steps": int(cfg.train.max_steps), "finished": run.finished})
     return result
 
 

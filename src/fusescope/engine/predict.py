@@ -92,11 +92,17 @@ def predict(run: Run, inputs: dict[str, str | os.PathLike], out: str | os.PathLi
             raise FusescopeError(f"{p}: not found")
     out = Path(out)
     if all(p.is_file() for p in paths.values()):
+        if out.is_dir():
+            raise FusescopeError(f"--out {out} is a folder; for one frame give the mask's "
+                                 f"file name, e.g. {out / 'mask.png'}")
         label, raw = predict_frame(run, paths, tta, device)
         write_prediction(run, label, raw, out)
         return [out]
     if not all(p.is_dir() for p in paths.values()):
         raise FusescopeError("give either one file per modality or one folder per modality")
+    if out.exists() and not out.is_dir():
+        raise FusescopeError(f"--out {out} is a file; with folder inputs --out is the folder "
+                             f"the masks are written to")
     stems = {m: {f.stem: f for f in p.iterdir() if f.suffix.lower() in EXTENSIONS}
              for m, p in paths.items()}
     common = sorted(set.intersection(*(set(s) for s in stems.values())))

@@ -309,7 +309,7 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
         if tensorboard is not None:
             tensorboard.close()
     if rank0:
-        save_weights(out / WEIGHTS, raw_model)
+        save_weights(out / WEIGHTS, raw_model, step=step)
     fabric.barrier()
     return out if rank0 else None
 
