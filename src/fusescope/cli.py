@@ -15,6 +15,7 @@ User errors (a bad file, key or value) print one line naming it and exit with st
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import sys
@@ -112,7 +113,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         if getattr(args, name):
             inputs[name] = getattr(args, name)
     run = load_run(args.run)
-    written = predict(run, inputs, args.out, tta=args.tta)
+    written = predict(run, inputs, args.out, tta=args.tta, overwrite=args.overwrite)
     print(f"wrote {len(written)} mask(s) and overlay(s): {written[0]}"
           + (" ..." if len(written) > 1 else ""))
 
@@ -183,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any other modality of the run")
     p.add_argument("--out", required=True, help="mask .png (or folder for folder inputs)")
     p.add_argument("--tta", default="none", choices=["none", "flip", "ms-flip"])
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow --out to be, or be inside, an input (replacing input files)")
     p.set_defaults(func=cmd_predict)
 
     _optional_register("fusescope.bench.commands", sub)
@@ -206,4 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fusescope: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # a full disk outside fusescope's atomic writes (logs, plots)
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"fusescope: error: {err.filename or 'a file'}: no space left on the device",
+              file=sys.stderr)
+        return 2
     return 0
