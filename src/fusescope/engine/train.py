@@ -311,23 +311,28 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
     Returns:
         The run folder on the first process, None on the others.
     """
-    from lightning_fabric import Fabric
-
     check_config(cfg)
     out = Path(out)
-    t = cfg.train
-    try:
-        fabric = Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-                        strategy=t.strategy, precision=t.precision)
-    except (ValueError, RuntimeError) as err:
-        raise FusescopeError(f"train.accelerator / devices / strategy / precision: "
-                             f"{str(err).splitlines()[0]}") from None
+    fabric = make_fabric(cfg.train)
     fabric.launch()
     rank0 = fabric.global_rank == 0
     with contextlib.ExitStack() as lock:
         if rank0 and out.is_dir():
             lock.enter_context(run_folder_lock(out))
         return _train_locked(cfg, out, resume, on_step, fabric, lock)
+
+
+def make_fabric(t: DictConfig):
+    """Lightning Fabric for `train.accelerator / devices / num_nodes / strategy / precision`;
+    a value it does not accept is a one-line error."""
+    from lightning_fabric import Fabric
+
+    try:
+        return Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+                      strategy=t.strategy, precision=t.precision)
+    except (ValueError, RuntimeError) as err:
+        raise FusescopeError(f"train.accelerator / devices / strategy / precision: "
+                             f"{str(err).splitlines()[0]}") from None
 
 
 def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
