@@ -24,6 +24,7 @@ FUZZ = settings(
     max_examples=60,
     deadline=None,
     derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
@@ -110,6 +111,19 @@ class _ModelReached(Exception):
     """The config passed every check made before the model is built."""
 
 
+class _OneProcess:
+    """Stands in for Fabric after its arguments are checked: train.devices=4 must not make
+    this test process launch copies of itself."""
+
+    global_rank, world_size = 0, 1
+
+    def launch(self):
+        pass
+
+    def barrier(self):
+        pass
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_folder_dataset(tmp_path_factory.mktemp("fuzz") / "data", n=9)
@@ -142,7 +156,14 @@ def test_any_override_works_or_is_a_one_line_error(data, monkeypatch, key, value
     def stop(*args, **kwargs):
         raise _ModelReached
 
+    real_make_fabric = train_module.make_fabric
+
+    def one_process(t):
+        real_make_fabric(t)  # the values are checked, but no process is launched
+        return _OneProcess()
+
     monkeypatch.setattr(train_module, "build_run_model", stop)
+    monkeypatch.setattr(train_module, "make_fabric", one_process)
     out = Path(tempfile.mkdtemp()) / "run"
     try:
         code, stderr = _run_cli(

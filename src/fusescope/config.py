@@ -111,18 +111,28 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Di
             path = Path(path)
             if not path.is_file():
                 raise FusescopeError(f"{path}: config file not found")
-            cfg = OmegaConf.merge(cfg, _read_yaml(path))
+            cfg = _merge(cfg, _read_yaml(path), str(path))
         for item in overrides:
             if "=" not in item:
                 raise FusescopeError(f"override {item!r} is not key=value")
-        if overrides:
-            cfg = OmegaConf.merge(cfg, _parse_overrides(overrides))
+        for item in overrides:
+            cfg = _merge(cfg, _parse_overrides([item]), f"override {item!r}")
         OmegaConf.to_container(cfg, resolve=True)  # ${...} interpolations fail here, not later
     except OmegaConfBaseException as err:
         where = f"{path}: " if path is not None else ""
         raise FusescopeError(f"{where}{_explain(err)}") from None
     check_config(cfg)
     return cfg
+
+
+def _merge(cfg: DictConfig, other: DictConfig, where: str) -> DictConfig:
+    """OmegaConf.merge, with its plain TypeError / ValueError (e.g. a mapping where a list
+    belongs) as a one-line error naming `where`."""
+    try:
+        return OmegaConf.merge(cfg, other)
+    except (TypeError, ValueError) as err:
+        raise FusescopeError(f"{where}: {str(err).splitlines()[0]} (a value of the wrong "
+                             f"shape for its key?)") from None
 
 
 def _read_yaml(path: Path) -> DictConfig:

@@ -114,9 +114,10 @@ def remove_stale_temps(folder: str | os.PathLike, names: list[str]) -> list[Path
 
 def is_plain_name(value: Any) -> bool:
     """Whether `value` names one file or folder inside its parent: not empty, no separator, no
-    NUL, not `.` or `..`, so joining it to a folder can never leave that folder."""
+    control character, not `.` or `..`, so joining it to a folder can never leave that folder
+    (and an error message naming it stays one line)."""
     return (isinstance(value, str) and value not in ("", ".", "..")
-            and not re.search(r"[/\\\x00]", value))
+            and not re.search(r"[/\\\x00-\x1f\x7f]", value))
 
 
 def json_safe(obj: Any) -> Any:
