@@ -252,6 +252,17 @@ def test_resume_refuses_changed_settings_and_records_an_extension(tiny_data, tmp
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))  # no step logged twice
 
+    # starting over with other settings is allowed; the old weights do not stay beside them
+    def stop(step):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg(tiny_data, "train.lr=0.0001"), run, resume=False, on_step=stop)
+    assert OmegaConf.load(run / "config.yaml").train.lr == 0.0001
+    assert not (run / "model.safetensors").exists()
+    assert not (run / "checkpoints" / "last.ckpt").exists()
+    assert (run / "metrics.jsonl").read_text() == ""
+
 
 # 5. files as readable as the umask says ----------------------------------------------------------
 

@@ -397,6 +397,11 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
         # under the lock no other process writes here: temp files are a killed run's leftovers
         remove_stale_temps(out, ["config.yaml", "run.json", WEIGHTS, "metrics.jsonl"])
         remove_stale_temps(ckpt_path.parent, [ckpt_path.name])
+        if state is None:
+            # starting over (--no-resume): the previous run's checkpoint and weights would
+            # otherwise sit beside a config that no longer describes them
+            ckpt_path.unlink(missing_ok=True)
+            (out / WEIGHTS).unlink(missing_ok=True)
         with atomic_path(saved_cfg) as tmp:
             tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
         if info is None:
