@@ -17,6 +17,7 @@ User errors (a bad file, key or value) print one line naming it and exit with st
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import sys
@@ -175,7 +176,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     device = str(resolve_device(args.device))
     run = load_run(args.run, device=device)
     written = predict(run, inputs, args.out, tta=args.tta, device=device,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, overwrite=args.overwrite)
     print(f"wrote {len(written)} mask(s) and overlay(s): {written[0]}"
           + (" ..." if len(written) > 1 else ""))
 
@@ -230,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config, e.g. configs/synthetic/cen.yaml")
     p.add_argument("--out", required=True,
                    help="run folder (a folder with a checkpoint of this config is resumed)")
-    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--no-resume", action="store_true", 
+                   help="start over: delete the folder's old checkpoint and weights instead of "
+                   "resuming")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-eval", action="store_true", help="skip the validation at the end")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -274,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=1,
                    help="frames per forward pass for folders (frames of one size are batched)")
     add_device_argument(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow --out to be, or be inside, an input (replacing input files)")
     p.set_defaults(func=cmd_predict)
 
     _optional_register("fusescope.bench.commands", sub)
@@ -298,4 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fusescope: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # a full disk outside fusescope's atomic writes (logs, plots)
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"fusescope: error: {err.filename or 'a file'}: no space left on the device",
+              file=sys.stderr)
+        return 2
     return 0

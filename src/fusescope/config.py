@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fusescope.errors import FusescopeError
+from fusescope.io import is_plain_name
 
 
 @dataclass
@@ -62,6 +65,9 @@ class TrainConfig:
     per_modality_weight: float = 1.0  # weight of each `per_modality` output's task loss
     class_weights: list[float] | None = None
     ckpt_every: int = 200
+    # also checkpoint when this many minutes passed since the last one (0: by steps only), so a
+    # run killed before its first `ckpt_every` step does not restart from 0
+    ckpt_minutes: float = 10.0
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate on data.val_split at the end only
     precision: str = "32-true"  # any Lightning Fabric precision, e.g. bf16-mixed
@@ -109,20 +115,154 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Di
         path = Path(path)
         if not path.is_file():
             raise FusescopeError(f"{path}: config file not found")
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
-        except (OmegaConfBaseException, TypeError) as err:
-            raise FusescopeError(f"{path}: {_explain(err)}") from None
+        cfg = _merge(cfg, _read_yaml(path), str(path))
     for item in overrides:
         if "=" not in item:
             raise FusescopeError(f"override {item!r} is not key=value")
     # one override at a time, so an error names the override that caused it
     for item in overrides:
-        try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
-        except (OmegaConfBaseException, TypeError) as err:
-            raise FusescopeError(f"command-line override `{item}`: {_explain(err)}") from None
+        cfg = _merge(cfg, _parse_overrides([item]), f"command-line override `{item}`")
+    try:
+        OmegaConf.to_container(cfg, resolve=True)  # ${...} interpolations fail here, not later
+    except OmegaConfBaseException as err:
+        where = f"{path}: " if path is not None else ""
+        raise FusescopeError(f"{where}{_explain(err)}") from None
+    check_config(cfg)
     return cfg
+
+
+def _merge(cfg: DictConfig, other: DictConfig, where: str) -> DictConfig:
+    """OmegaConf.merge, with its errors (an unknown key, a value of the wrong type, a mapping
+    where a list belongs) as a one-line error naming `where`."""
+    try:
+        return OmegaConf.merge(cfg, other)
+    except OmegaConfBaseException as err:
+        raise FusescopeError(f"{where}: {_explain(err)}") from None
+    except (TypeError, ValueError) as err:
+        raise FusescopeError(f"{where}: {str(err).splitlines()[0]} (a value of the wrong "
+                             f"shape for its key?)") from None
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    """A config file's mapping; a file that does not parse, is not UTF-8 or is not a mapping is
+    an error naming it."""
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        raise FusescopeError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    except UnicodeDecodeError as err:
+        raise FusescopeError(f"{path}: not UTF-8 text ({err})") from None
+    if not isinstance(loaded, DictConfig):
+        raise FusescopeError(f"{path}: a config must be a mapping of sections (data, model, "
+                             f"train, eval), not a {type(loaded).__name__}")
+    return loaded
+
+
+def _parse_overrides(overrides) -> DictConfig:
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if not key or any(not part for part in key.split(".")):
+            raise FusescopeError(f"override {item!r}: {key!r} is not a dotted key")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except yaml.YAMLError as err:
+        bad = next((o for o in overrides if _yaml_fails(o.split("=", 1)[1])), overrides[0])
+        raise FusescopeError(f"override {bad!r}: the value is not valid YAML "
+                             f"({str(err).splitlines()[0]})") from None
+
+
+def _yaml_fails(text: str) -> bool:
+    try:
+        yaml.safe_load(text)
+    except yaml.YAMLError:
+        return True
+    return False
+
+
+def check_plain_name(value: Any, what: str) -> None:
+    """A split or modality name is a name inside the data root, never a path."""
+    if not is_plain_name(value):
+        raise FusescopeError(f"{what}={value!r} must be a plain name, not a path (no / or \\, "
+                             f"not . or ..)")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Check every value the engine uses before anything is built or written: numbers in range,
+    sizes as pairs of positive integers, names without path separators.
+
+    Raises:
+        FusescopeError: naming the first key whose value is unusable.
+    """
+    t, d, e = cfg.train, cfg.data, cfg.eval
+
+    def number(key: str, value: Any, low: float, low_ok: bool = True,
+               integer: bool = False) -> None:
+        kind = int if integer else (int, float)
+        ok = isinstance(value, kind) and not isinstance(value, bool)
+        if ok and not integer:
+            ok = math.isfinite(value)
+        ok = ok and (value >= low if low_ok else value > low)
+        if not ok:
+            bound = f"{'>=' if low_ok else '>'} {low}"
+            kind_name = "an integer" if integer else "a number"
+            raise FusescopeError(f"{key}={value!r} must be {kind_name} {bound}")
+
+    def pair(key: str, value: Any, integer: bool = True) -> None:
+        if value is None:
+            return
+        if not (len(value) == 2):
+            raise FusescopeError(f"{key}={list(value)!r} must be two values [H, W]")
+        for v in value:
+            number(key, v, 1 if integer else 0, low_ok=integer, integer=integer)
+
+    for key in ("max_steps", "batch_size", "grad_accum", "ckpt_every", "log_every", "devices",
+                "num_nodes"):
+        number(f"train.{key}", t[key], 1, integer=True)
+    for key in ("eval_every", "warmup_steps"):
+        number(f"train.{key}", t[key], 0, integer=True)
+    number("train.seed", t.seed, 0, integer=True)
+    if t.seed >= 2**63:
+        raise FusescopeError(f"train.seed={t.seed} must be < 2**63")
+    number("train.lr", t.lr, 0, low_ok=False)
+    for key in ("weight_decay", "momentum", "poly_power", "per_modality_weight", "ckpt_minutes"):
+        number(f"train.{key}", t[key], 0)
+    if t.optimizer not in ("adamw", "sgd"):
+        raise FusescopeError(f"train.optimizer={t.optimizer!r} unknown; known: adamw, sgd")
+    for prefix, scale in (t.lr_scales or {}).items():
+        number(f"train.lr_scales.{prefix}", scale, 0, low_ok=False)
+    if t.class_weights is not None:
+        for w in t.class_weights:
+            number("train.class_weights", w, 0)
+
+    if not d.root:
+        raise FusescopeError("data.root is empty")
+    if not d.modalities:
+        raise FusescopeError("data.modalities is empty")
+    for m in d.modalities:
+        check_plain_name(m, "data.modalities")
+    if len(set(d.modalities)) != len(d.modalities):
+        raise FusescopeError(f"data.modalities={list(d.modalities)} names one twice")
+    check_plain_name(d.train_split, "data.train_split")
+    check_plain_name(d.val_split, "data.val_split")
+    pair("data.crop_size", d.crop_size)
+    pair("data.scale_range", d.scale_range, integer=False)
+    if d.scale_range[0] > d.scale_range[1]:
+        raise FusescopeError(f"data.scale_range={list(d.scale_range)}: low above high")
+    number("data.color_jitter", d.color_jitter, 0)
+    if d.color_jitter > 1:
+        raise FusescopeError(f"data.color_jitter={d.color_jitter} must be at most 1")
+    number("data.num_workers", d.num_workers, 0, integer=True)
+
+    check_plain_name(e.split, "eval.split")
+    if e.tta not in ("none", "flip", "ms-flip"):
+        raise FusescopeError(f"eval.tta={e.tta!r} unknown; known: none, flip, ms-flip")
+    if not e.scales:
+        raise FusescopeError("eval.scales is empty")
+    for s in e.scales:
+        number("eval.scales", s, 0, low_ok=False)
+    pair("eval.window", e.window)
+    pair("eval.stride", e.stride)
+    number("eval.batch_size", e.batch_size, 1, integer=True)
 
 
 def config_from_dict(d: dict[str, Any]) -> DictConfig:

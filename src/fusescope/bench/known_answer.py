@@ -69,6 +69,12 @@ def train_and_evaluate(config: Path, run_dir: Path, overrides: list[str],
 
     cfg = load_config(config, overrides)
     finished = _trained_to(run_dir, cfg.train.max_steps)  # then train() only resumes: no time
+    if finished:
+        from omegaconf import OmegaConf
+
+        # a run trained further than asked is used as it is: resuming it with a smaller
+        # max_steps would be refused, so resume it with its own (train() still checks the rest)
+        cfg.train.max_steps = OmegaConf.load(run_dir / "config.yaml").train.max_steps
     start = time.perf_counter()
     train(cfg, run_dir)
     seconds = None if finished else time.perf_counter() - start

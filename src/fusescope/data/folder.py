@@ -40,6 +40,21 @@ def load_modality(path: str | os.PathLike, name: str, spec: ModalitySpec) -> np.
         FusescopeError: wrong dtype or channel count, or depth in implausible units.
     """
     array = read_image(path)
+    check_modality_array(array, path, name, spec)
+    if spec.kind == "depth":
+        return (array.astype(np.float32) * np.float32(spec.scale))[None]
+    x = array[..., None] if array.ndim == 2 else array
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32) / 255.0
+
+
+def check_modality_array(array: np.ndarray, path: str | os.PathLike, name: str,
+                         spec: ModalitySpec) -> None:
+    """The checks every reader of a modality file makes (training, evaluation, `data inspect`):
+    dtype, channels and, for depth, plausible units.
+
+    Raises:
+        FusescopeError: naming the file and what is wrong with it.
+    """
     if spec.kind == "depth":
         if array.dtype != np.uint16:
             raise FusescopeError(f"{path}: depth '{name}' must be a 16-bit PNG (value * "
@@ -55,14 +70,23 @@ def load_modality(path: str | os.PathLike, name: str, spec: ModalitySpec) -> np.
                 raise FusescopeError(
                     f"{path}: depth '{name}' has median {median:.4g} m with scale {spec.scale} "
                     f"m/unit; expected {lo}-{hi} m: wrong units or scale in meta.json?")
-        return metres[None]
+        return
     if array.dtype != np.uint8:
         raise FusescopeError(f"{path}: '{name}' must be an 8-bit image, got {array.dtype}")
-    x = array[..., None] if array.ndim == 2 else array
-    if x.shape[-1] != spec.channels:
-        raise FusescopeError(f"{path}: '{name}' has {x.shape[-1]} channels, meta.json says "
+    channels = 1 if array.ndim == 2 else array.shape[-1]
+    if channels != spec.channels:
+        raise FusescopeError(f"{path}: '{name}' has {channels} channels, meta.json says "
                              f"{spec.channels}")
-    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32) / 255.0
+
+
+def check_label_array(label: np.ndarray, path: str | os.PathLike, meta: DatasetMeta) -> None:
+    """A label is a single-channel 8-bit image of class ids or `ignore_index`."""
+    if label.ndim != 2 or label.dtype != np.uint8:
+        raise FusescopeError(f"{path}: label must be a single-channel 8-bit PNG")
+    bad = (label >= meta.num_classes) & (label != meta.ignore_index)
+    if bad.any():
+        raise FusescopeError(f"{path}: label id {int(label[bad].max())} out of range "
+                             f"(0..{meta.num_classes - 1} or {meta.ignore_index} = ignore)")
 
 
 def check_folder(root: Path, meta: DatasetMeta, modalities: list[str], ids: list[str],
@@ -136,13 +160,7 @@ class FolderDataset(Dataset):
         raw: dict = {"id": sample_id}
         label_path = self.files[LABEL_DIR][sample_id]
         label = read_image(label_path)
-        if label.ndim != 2 or label.dtype != np.uint8:
-            raise FusescopeError(f"{label_path}: label must be a single-channel 8-bit PNG")
-        bad = (label >= self.meta.num_classes) & (label != self.meta.ignore_index)
-        if bad.any():
-            raise FusescopeError(f"{label_path}: label id {int(label[bad].max())} out of range "
-                                 f"(0..{self.meta.num_classes - 1} or "
-                                 f"{self.meta.ignore_index} = ignore)")
+        check_label_array(label, label_path, self.meta)
         for name in self.modalities:
             path = self.files[name][sample_id]
             x = load_modality(path, name, self.meta.modalities[name])

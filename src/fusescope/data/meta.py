@@ -15,13 +15,14 @@ Modality kinds say how a file becomes a float tensor:
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fusescope.errors import FusescopeError
-from fusescope.io import read_json, write_json
+from fusescope.io import is_plain_name, read_json, write_json
 
 MODALITY_KINDS = ("color", "image", "depth")
 CUES = ("appearance", "geometry", "both")
@@ -96,49 +97,100 @@ def _require(d: dict, key: str, where: str) -> Any:
     return d[key]
 
 
+def _integer(value: Any, where: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (
+            high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        raise FusescopeError(f"{where}: expected an integer {bound}, got {value!r}")
+    return value
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise FusescopeError(f"{where}: expected a non-empty string, got {value!r}")
+    return value
+
+
 def meta_from_dict(d: dict[str, Any], where: str = "meta.json") -> DatasetMeta:
-    """Validate and convert a parsed meta.json; errors name the file and the key."""
+    """Validate and convert a parsed meta.json; errors name the file and the key.
+
+    Modality names become folder names under the data root, so each must be a plain name (no
+    separator, not `..`): no meta.json can point fusescope outside its data folder.
+    """
     if not isinstance(d, dict):
         raise FusescopeError(f"{where}: expected a JSON object")
+    raw_classes = _require(d, "classes", where)
+    if not isinstance(raw_classes, list):
+        raise FusescopeError(f"{where}: 'classes' must be a list")
     classes = []
-    for i, c in enumerate(_require(d, "classes", where)):
+    for i, c in enumerate(raw_classes):
         here = f"{where}: classes[{i}]"
         if not isinstance(c, dict):
             raise FusescopeError(f"{here}: expected an object with name, id, color")
         cid = _require(c, "id", here)
-        if cid != i:
-            raise FusescopeError(f"{here}: class ids must be 0..K-1 in order, got id {cid}")
+        if isinstance(cid, bool) or cid != i:
+            raise FusescopeError(f"{here}: class ids must be 0..K-1 in order, got id {cid!r}")
         color = _require(c, "color", here)
         if not (isinstance(color, list | tuple) and len(color) == 3):
             raise FusescopeError(f"{here}: color must be [r, g, b]")
+        color = tuple(_integer(v, f"{here}.color", 0, 255) for v in color)
         cue = c.get("cue")
         if cue is not None and cue not in CUES:
             raise FusescopeError(f"{here}: cue {cue!r} is not one of {', '.join(CUES)}")
-        classes.append(ClassInfo(str(_require(c, "name", here)), int(cid),
-                                 tuple(int(v) for v in color), cue))
+        name = _require(c, "name", here)
+        if not isinstance(name, str | int | float) or isinstance(name, bool):
+            raise FusescopeError(f"{here}: name must be a string, got {name!r}")
+        classes.append(ClassInfo(str(name), i, color, cue))
     if not classes:
         raise FusescopeError(f"{where}: 'classes' is empty")
+    raw_modalities = _require(d, "modalities", where)
+    if not isinstance(raw_modalities, dict) or not raw_modalities:
+        raise FusescopeError(f"{where}: 'modalities' must be a non-empty object "
+                             f"{{name: {{kind, channels, ...}}}}")
     modalities = {}
-    for name, spec in _require(d, "modalities", where).items():
+    for name, spec in raw_modalities.items():
         here = f"{where}: modalities.{name}"
+        if not is_plain_name(name):
+            raise FusescopeError(f"{where}: modality name {name!r} must be a folder name inside "
+                                 f"the data folder, not a path (no / or \\, not . or ..)")
+        if not isinstance(spec, dict):
+            raise FusescopeError(f"{here}: expected an object with kind and channels")
         kind = _require(spec, "kind", here)
         if kind not in MODALITY_KINDS:
             raise FusescopeError(f"{here}: kind {kind!r} is not one of {', '.join(MODALITY_KINDS)}")
         if name == LABEL_DIR:
             raise FusescopeError(f"{here}: 'label' is reserved for the label folder")
+        channels = _integer(_require(spec, "channels", here), f"{here}.channels", 1)
+        if kind == "depth" and channels != 1 or kind != "depth" and channels not in (1, 3):
+            raise FusescopeError(f"{here}: {channels} channels; a {kind} modality has "
+                                 f"{'1' if kind == 'depth' else '1 or 3'}")
         scale = spec.get("scale")
-        if kind == "depth" and not (isinstance(scale, int | float) and scale > 0):
+        if kind == "depth" and not (isinstance(scale, int | float) and not isinstance(scale, bool)
+                                    and math.isfinite(scale) and scale > 0):
             raise FusescopeError(f"{here}: depth needs a positive 'scale' (metres per unit)")
-        modalities[name] = ModalitySpec(kind, int(_require(spec, "channels", here)),
-                                        float(scale) if scale is not None else None,
-                                        spec.get("units"))
-    ignore_index = int(d.get("ignore_index", 255))
+        if kind != "depth":
+            scale = None  # only depth has units
+        units = spec.get("units")
+        if units is not None and not isinstance(units, str):
+            raise FusescopeError(f"{here}: units must be a string, got {units!r}")
+        modalities[name] = ModalitySpec(kind, channels,
+                                        float(scale) if scale is not None else None, units)
+    ignore_index = _integer(d.get("ignore_index", 255), f"{where}: ignore_index", 0, 255)
     if ignore_index < len(classes):
         raise FusescopeError(f"{where}: ignore_index {ignore_index} collides with a class id")
+    intrinsics = d.get("intrinsics")
+    if intrinsics is not None and not (
+            isinstance(intrinsics, dict) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                for v in intrinsics.values())):
+        raise FusescopeError(f"{where}: intrinsics must be an object of numbers (fx, fy, cx, cy)")
+    name = d.get("name", "dataset")
+    if not isinstance(name, str):
+        raise FusescopeError(f"{where}: name must be a string, got {name!r}")
     known = {"name", "classes", "modalities", "ignore_index", "intrinsics"}
-    return DatasetMeta(name=str(d.get("name", "dataset")), classes=classes,
+    return DatasetMeta(name=name, classes=classes,
                        modalities=modalities, ignore_index=ignore_index,
-                       intrinsics=d.get("intrinsics"),
+                       intrinsics=intrinsics,
                        extra={k: v for k, v in d.items() if k not in known})
 
 
@@ -150,11 +202,32 @@ def load_meta(root: str | os.PathLike) -> DatasetMeta:
 
 
 def read_split(root: str | os.PathLike, split: str) -> list[str]:
+    """The sample ids of `ROOT/splits/<split>.txt`, one per line.
+
+    Raises:
+        FusescopeError: the split name is a path, the file is missing, empty or not UTF-8
+            text, or an id is not a plain file name (`../x` or `/abs` would read outside
+            the data folder).
+    """
+    if not is_plain_name(split):
+        raise FusescopeError(f"split {split!r} must be a plain name, not a path")
     path = Path(root) / "splits" / f"{split}.txt"
     if not path.is_file():
         available = sorted(p.stem for p in (Path(root) / "splits").glob("*.txt"))
         raise FusescopeError(f"{path}: split file not found (available: {available or 'none'})")
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise FusescopeError(f"{path}: not UTF-8 text ({err})") from None
+    ids = []
+    for number, line in enumerate(text.splitlines(), 1):
+        sample_id = line.strip()
+        if not sample_id:
+            continue
+        if not is_plain_name(sample_id):
+            raise FusescopeError(f"{path}: line {number}: {sample_id!r} is not a sample id (a "
+                                 f"file name without extension, no / or \\, not . or ..)")
+        ids.append(sample_id)
     if not ids:
         raise FusescopeError(f"{path}: split is empty")
     return ids

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fusescope.errors import FusescopeError
-from fusescope.io import read_image
+from fusescope.io import give_default_mode, read_image
 
 
 @contextlib.contextmanager
@@ -32,6 +32,7 @@ def staged_output(out: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         raise FusescopeError(f"{out}: output folder exists (pass overwrite to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    give_default_mode(tmp, folder=True)  # mkdtemp makes it 0700; the data set is for others too
     try:
         yield tmp
         if out.exists():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusescope.data.folder import check_folder, check_modality_array
 from fusescope.data.meta import LABEL_DIR, DatasetMeta, load_meta, read_split
 from fusescope.errors import FusescopeError
 from fusescope.io import read_image
@@ -56,11 +57,13 @@ def class_frequencies(
     images = np.zeros(K, dtype=np.int64)
     image_pixels = np.zeros(K, dtype=np.int64)
     ignored = 0
-    for sid in read_split(root, split):
-        path = root / LABEL_DIR / f"{sid}.png"
+    ids = read_split(root, split)
+    files = check_folder(root, meta, [], ids)[LABEL_DIR]
+    for sid in ids:
+        path = files[sid]
         lab = read_image(path)
-        if lab.ndim != 2:
-            raise FusescopeError(f"{path}: a label must be a single-channel image")
+        if lab.ndim != 2 or lab.dtype != np.uint8:
+            raise FusescopeError(f"{path}: a label must be a single-channel 8-bit image")
         counts = np.bincount(lab.ravel(), minlength=256)
         bad = np.flatnonzero(counts[K:])
         bad = [int(b) + K for b in bad if b + K != meta.ignore_index]
@@ -119,9 +122,13 @@ def modality_stats(
     spec = meta.modalities[modality]
     n = s = ss = None
     total = 0
-    for sid in read_split(root, split):
-        path = root / modality / f"{sid}.png"
-        a = read_image(path).astype(np.float64)
+    ids = read_split(root, split)
+    files = check_folder(root, meta, [modality], ids, with_labels=False)[modality]
+    for sid in ids:
+        path = files[sid]
+        a = read_image(path)
+        check_modality_array(a, path, modality, spec)  # what training checks, e.g. 16-bit depth
+        a = a.astype(np.float64)
         a = a.reshape(a.shape[0], a.shape[1], -1)  # (H, W, C)
         total += a.shape[0] * a.shape[1]
         if spec.kind == "depth":
@@ -164,6 +171,7 @@ def render_samples(
     ids = read_split(root, split)
     ids = [ids[i] for i in np.linspace(0, len(ids) - 1, min(num, len(ids))).astype(int)]
     cols = list(meta.modalities) + [LABEL_DIR]
+    files = check_folder(root, meta, list(meta.modalities), ids)
     colors = np.zeros((256, 3), dtype=np.uint8)
     for c in meta.classes:
         colors[c.id] = c.color
@@ -172,7 +180,7 @@ def render_samples(
     )
     for r, sid in enumerate(ids):
         for c, name in enumerate(cols):
-            a = read_image(root / name / f"{sid}.png")
+            a = read_image(files[name][sid])
             ax = axes[r, c]
             if name == LABEL_DIR:
                 ax.imshow(colors[a])
@@ -219,6 +227,8 @@ def inspect(
     meta = load_meta(root)
     splits = sorted(p.stem for p in (root / "splits").glob("*.txt"))
     sizes = {s: len(read_split(root, s)) for s in splits}
+    # the same file checks as training: every modality and the label present and paired
+    check_folder(root, meta, list(meta.modalities), read_split(root, split))
     freq = class_frequencies(root, split, meta)
     weights = median_frequency_weights(freq)
     print_fn(

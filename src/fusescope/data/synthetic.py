@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from fusescope.data.meta import ClassInfo, DatasetMeta, ModalitySpec, write_split
 from fusescope.errors import FusescopeError
-from fusescope.io import write_png
+from fusescope.io import give_default_mode, write_png
 
 GENERATOR_VERSION = 1
 IGNORE_INDEX = 255
@@ -1388,6 +1388,7 @@ def generate(
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    give_default_mode(tmp, folder=True)  # mkdtemp makes it 0700; the data set is for others too
     try:
         meta = dataset_meta(num, seed, size, splits)
         for sub in ("rgb", "depth", "label", "splits"):

@@ -4,7 +4,8 @@
     RUN/run.json              package version, data fingerprint, normaliser, data meta, classes
     RUN/checkpoints/last.ckpt model, optimiser, scheduler, step, data position, RNG (atomic)
     RUN/model.safetensors     final weights (safe to share: no code in the file)
-    RUN/metrics.jsonl         one JSON object per logged step; eval_<split>.json at the end
+    RUN/metrics.jsonl         one JSON object per logged step; eval_<split>_<tta>...json
+    RUN/.lock                 held (flock) by the one `fusescope train` writing the folder
 
 `load_run(RUN)` needs nothing else: `fusescope eval RUN` and `fusescope predict RUN` work from the
 folder alone (eval also reads the data folder recorded in the config).
@@ -12,7 +13,10 @@ folder alone (eval also reads the data folder recorded in the config).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +33,23 @@ CHECKPOINT = "checkpoints/last.ckpt"
 WEIGHTS = "model.safetensors"
 
 
+def _tensor_bytes(obj) -> int:
+    """Bytes of the tensors in a nested state (the bulk of a checkpoint's size)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    with atomic_path(path, suffix=".tmp") as tmp:
-        torch.save(state, tmp)
+    # through a Python file object, so a full disk is an OSError (ENOSPC) that atomic_path
+    # names, not torch's "unexpected pos" RuntimeError
+    with atomic_path(path, suffix=".tmp", size_hint=_tensor_bytes(state)) as tmp, \
+            open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -39,10 +57,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FusescopeError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated or foreign file
-        raise FusescopeError(f"{path}: cannot read checkpoint ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0][:200]})") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # weights_only refused an object: the file is foreign or holds code
+        raise FusescopeError(f"{path} is not a fusescope checkpoint or holds code; refusing to "
+                             f"load it") from None
+    except Exception as err:  # truncated or not a torch file at all
+        raise FusescopeError(f"{path}: cannot read checkpoint, truncated or not a fusescope "
+                             f"checkpoint ({type(err).__name__})") from None
+    if not (isinstance(state, dict) and {"model", "step"} <= set(state)):
+        raise FusescopeError(f"{path} is not a fusescope checkpoint (no model and step in it); "
+                             f"refusing to load it")
+    return state
 
 
 def load_weights(model: nn.Module, state: dict, source: str | os.PathLike) -> None:
@@ -63,13 +89,14 @@ def load_weights(model: nn.Module, state: dict, source: str | os.PathLike) -> No
 def save_weights(path: str | os.PathLike, model: nn.Module, step: int | None = None) -> None:
     """Final weights as safetensors; `step` (the optimiser steps they were trained for) goes in
     the file's metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     # clone: safetensors refuses tensors that share storage
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-    metadata = {"step": str(int(step))} if step is not None else None
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    data = save(tensors, metadata={"step": str(int(step))} if step is not None else None)
+    # written from Python, so a full disk is an OSError that atomic_path reports
+    with atomic_path(path, size_hint=len(data)) as tmp:
+        tmp.write_bytes(data)
 
 
 def weights_step(path: str | os.PathLike) -> int | None:
@@ -79,6 +106,37 @@ def weights_step(path: str | os.PathLike) -> int | None:
     with safe_open(str(path), framework="pt") as f:
         step = (f.metadata() or {}).get("step")
     return int(step) if step is not None else None
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold RUN/.lock (an exclusive `flock`) while the block runs: one process per run folder.
+
+    The lock belongs to the open file, so the kernel drops it when the process ends, however
+    it ends (kill -9 included): a stale lock file never blocks the next run.
+
+    Raises:
+        FusescopeError: another process holds the folder.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    run_dir = Path(run_dir)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FusescopeError(f"{run_dir}: another fusescope process is training in this run "
+                                 f"folder; wait for it to end or choose another --out") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @dataclass

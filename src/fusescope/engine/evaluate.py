@@ -136,11 +136,14 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, tta: str | None 
                  data_root: str | None = None, device: str = "cpu",
                  progress: bool = False) -> dict:
     """Evaluate a run folder; arguments left None take the run's `eval` config."""
+    from fusescope.config import check_config
     from fusescope.data.build import eval_dataset
+    from fusescope.data.folder import fingerprint
     from fusescope.engine.checkpoint import load_run
 
     run = load_run(run_dir, device=device)
     cfg = run.cfg
+    trained_root = cfg.data.root
     if split is not None:
         cfg.eval.split = split
     if tta is not None:
@@ -151,6 +154,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, tta: str | None 
         cfg.eval.batch_size = batch_size
     if data_root is not None:
         cfg.data.root = data_root
+    check_config(cfg)  # the options given here, e.g. a window of positive sizes
     corruption = None
     if corrupt:
         from fusescope.data.corruptions import make_corruption
@@ -162,19 +166,48 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, tta: str | None 
         raise FusescopeError(f"{cfg.data.root}: {ds.meta.num_classes} classes, the run was "
                              f"trained on {run.meta.num_classes}")
     result = evaluate(run.model, ds, cfg.eval, device=device, progress=progress)
-    result.update({"split": cfg.eval.split, "tta": cfg.eval.tta, "corrupt": corrupt,
-                   "model": cfg.model.name, "step": run.step,
-                   "max_steps": int(cfg.train.max_steps), "finished": run.finished})
+    # every option that changes the numbers, so a result file says what it measured
+    result.update({
+        "split": cfg.eval.split, "tta": cfg.eval.tta, "corrupt": corrupt,
+        "model": cfg.model.name, "step": run.step,
+        "max_steps": int(cfg.train.max_steps), "finished": run.finished,
+        "scales": list(cfg.eval.scales) if cfg.eval.tta == "ms-flip" else None,
+        "window": list(cfg.eval.window) if cfg.eval.window else None,
+        "stride": list(cfg.eval.stride) if cfg.eval.window and cfg.eval.stride else None,
+        "data_root": str(Path(cfg.data.root).resolve()),
+        "data_fingerprint": fingerprint(cfg.data.root, list(cfg.data.modalities),
+                                        [cfg.eval.split]),
+        "own_data": Path(cfg.data.root).resolve() == Path(trained_root).resolve(),
+    })
     return result
 
 
+def eval_file_name(result: dict) -> str:
+    """`eval_<split>_<tta>[_<corruption>][_win<H>x<W>[s<H>x<W>]][_data-<fingerprint>].json`.
+
+    Named by every option that changes the numbers, so evaluating on other data, windows or
+    corruptions never replaces the run's own result (the ms-flip scales are the run's own
+    config). The data tag appears only for data other than the run's own (another --data-root).
+    """
+    parts = [f"eval_{result['split']}_{result['tta']}"]
+    if result.get("corrupt"):
+        parts.append(result["corrupt"].replace(":", ""))
+    if result.get("window"):
+        tag = "win{}x{}".format(*result["window"])
+        if result.get("stride"):
+            tag += "s{}x{}".format(*result["stride"])
+        parts.append(tag)
+    if result.get("own_data") is False:
+        parts.append(f"data-{result['data_fingerprint']}")
+    name = "_".join(parts)
+    return "".join(c if c.isalnum() or c in "_-." else "-" for c in name) + ".json"
 
 
 def save_eval(run_dir: str | Path, result: dict) -> dict:
-    """Write `result` as RUN/eval_<split>_<tta>[_<corruption>].json; returns it JSON-safe."""
+    """Write `result` as RUN/<eval_file_name(result)> (the options are recorded inside too);
+    returns it JSON-safe."""
     from fusescope.io import json_safe, write_json
 
     result = json_safe(result)
-    suffix = f"_{result['corrupt'].replace(':', '')}" if result.get("corrupt") else ""
-    write_json(Path(run_dir) / f"eval_{result['split']}_{result['tta']}{suffix}.json", result)
+    write_json(Path(run_dir) / eval_file_name(result), result)
     return result

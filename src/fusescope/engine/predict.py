@@ -68,7 +68,7 @@ def predict_frame(run: Run, paths: dict[str, Path], tta: str = "none",
 
 def write_prediction(run: Run, label: np.ndarray, raw: dict, out: Path) -> Path:
     write_label_png(out, label, [c.color for c in run.meta.classes])
-    overlay = out.with_name(out.stem + "_overlay.png")
+    overlay = overlay_path(out)
     from PIL import Image
 
     with atomic_path(overlay, suffix=".png") as tmp:
@@ -76,12 +76,48 @@ def write_prediction(run: Run, label: np.ndarray, raw: dict, out: Path) -> Path:
     return overlay
 
 
+def overlay_path(mask: Path) -> Path:
+    return mask.with_name(mask.stem + "_overlay.png")
+
+
+def check_output(inputs: dict[str, Path], out: Path, folders: bool, overwrite: bool) -> None:
+    """Refuse an output that would overwrite an input: a mask or overlay file that is an input
+    file, or an output folder that is, or is inside, an input folder (paths resolved, so
+    `a/../a/rgb.png` and symbolic links count), unless `overwrite`. Also refuse an output of
+    the wrong type (a file where a folder is needed, and the reverse).
+
+    Raises:
+        FusescopeError: naming the output and the input it would overwrite.
+    """
+    if folders:
+        if out.exists() and not out.is_dir():
+            raise FusescopeError(f"--out {out} is a file; with folder inputs --out is the folder "
+                                 f"the masks are written to")
+        targets = [out.resolve()]
+    else:
+        if out.is_dir():
+            raise FusescopeError(f"--out {out} is a folder; for one frame give the mask's "
+                                 f"file name, e.g. {out / 'mask.png'}")
+        targets = [out.resolve(), overlay_path(out).resolve()]
+    if overwrite:
+        return
+    for name, path in inputs.items():
+        source = path.resolve()
+        for target in targets:
+            if target == source or (folders and source in target.parents):
+                raise FusescopeError(
+                    f"--out {out}: {'is, or is inside,' if folders else 'would overwrite'} the "
+                    f"{name} input {path}; choose another --out (or pass --overwrite)")
+
+
 def predict(run: Run, inputs: dict[str, str | os.PathLike], out: str | os.PathLike,
             tta: str = "none", device: str = "cpu", progress: bool = True,
-            batch_size: int = 1) -> list[Path]:
+            batch_size: int = 1, overwrite: bool = False) -> list[Path]:
     """Predict one frame (inputs are files, `out` a .png) or folders (inputs are folders whose
     files are matched by stem, `out` a folder; up to `batch_size` frames of one size go through
-    the model together). Returns the mask paths written."""
+    the model together). Returns the mask paths written.
+
+    An output that would overwrite an input is refused unless `overwrite` (`check_output`)."""
     missing = [m for m in run.model.modalities if m not in inputs]
     if missing:
         raise FusescopeError(f"this model reads {run.model.modalities}; give "
@@ -92,17 +128,13 @@ def predict(run: Run, inputs: dict[str, str | os.PathLike], out: str | os.PathLi
             raise FusescopeError(f"{p}: not found")
     out = Path(out)
     if all(p.is_file() for p in paths.values()):
-        if out.is_dir():
-            raise FusescopeError(f"--out {out} is a folder; for one frame give the mask's "
-                                 f"file name, e.g. {out / 'mask.png'}")
+        check_output(paths, out, folders=False, overwrite=overwrite)
         label, raw = predict_frame(run, paths, tta, device)
         write_prediction(run, label, raw, out)
         return [out]
     if not all(p.is_dir() for p in paths.values()):
         raise FusescopeError("give either one file per modality or one folder per modality")
-    if out.exists() and not out.is_dir():
-        raise FusescopeError(f"--out {out} is a file; with folder inputs --out is the folder "
-                             f"the masks are written to")
+    check_output(paths, out, folders=True, overwrite=overwrite)
     stems = {m: {f.stem: f for f in p.iterdir() if f.suffix.lower() in EXTENSIONS}
              for m, p in paths.items()}
     common = sorted(set.intersection(*(set(s) for s in stems.values())))

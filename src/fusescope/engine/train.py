@@ -9,11 +9,15 @@ processes matches the one-process run.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +26,7 @@ from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
 import fusescope
-from fusescope.config import to_container
+from fusescope.config import check_config, to_container
 from fusescope.data.build import ensure_data, normalisation_stats, train_dataset
 from fusescope.data.folder import fingerprint
 from fusescope.data.meta import load_meta
@@ -32,13 +36,14 @@ from fusescope.engine.checkpoint import (
     build_run_model,
     load_checkpoint,
     load_weights,
+    run_folder_lock,
     save_checkpoint,
     save_weights,
 )
 from fusescope.engine.distributed import convert_batchnorm
 from fusescope.engine.loss import label_weight, total_loss
 from fusescope.errors import FusescopeError
-from fusescope.io import atomic_path, read_json, write_json
+from fusescope.io import atomic_path, disk_full_error, read_json, remove_stale_temps, write_json
 
 
 class GlobalBatchSampler:
@@ -135,14 +140,166 @@ def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optim
     raise FusescopeError(f"train.optimizer {cfg.optimizer!r} unknown; known: adamw, sgd")
 
 
+# settings a resumed run may change: they do not alter the weights' trajectory (logging,
+# checkpoint cadence, hardware: `train.batch_size` is the global batch) or they only describe
+# evaluation; train.max_steps may grow (extending a run) and is recorded like these
+RESUME_FREE_KEYS = ("train.progress", "train.tensorboard", "train.log_every", "train.ckpt_every",
+                    "train.ckpt_minutes", "train.eval_every", "train.accelerator",
+                    "train.devices", "train.num_nodes", "train.strategy", "data.num_workers")
+RESUME_FREE_SECTIONS = ("eval.",)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def config_differences(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+    """`{dotted key: (saved value, current value)}` for every leaf that differs."""
+    a, b = _flatten(saved), _flatten(current)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def _describe(changes: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{k} ({old} -> {new})" for k, (old, new) in changes.items())
+
+
 def _same_run(saved: dict, current: dict) -> bool:
     """A folder may be resumed only by the same data and model config."""
-    return all(saved.get(k) == current.get(k) for k in ("data", "model"))
+    return not _run_identity_changes(saved, current)
+
+
+def _run_identity_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+    changes = config_differences({k: saved.get(k) or {} for k in ("data", "model")},
+                                 {k: current.get(k) or {} for k in ("data", "model")})
+    return {k: v for k, v in changes.items() if k not in RESUME_FREE_KEYS}
+
+
+def resume_changes(out: Path, saved: dict, current: dict, step: int) -> dict[str, tuple]:
+    """The settings that differ between a run folder's config and this command's.
+
+    Raises:
+        FusescopeError: a setting that decides the weights (lr, batch size, schedule, seed ...)
+            differs, which the resumed optimiser and schedule would not honour, or
+            train.max_steps is below the checkpoint's step.
+    """
+    changes = config_differences(saved, current)
+    refused = {k: v for k, v in changes.items() if k not in RESUME_FREE_KEYS
+               and k != "train.max_steps" and not k.startswith(RESUME_FREE_SECTIONS)}
+    if refused:
+        raise FusescopeError(f"{out}: resuming with changed settings {_describe(refused)}; the "
+                             f"checkpoint's optimiser and schedule were made with the saved "
+                             f"values: use those, a new --out, or --no-resume to start over")
+    if current["train"]["max_steps"] < step:
+        raise FusescopeError(f"{out}: its checkpoint is at step {step}, past "
+                             f"train.max_steps={current['train']['max_steps']}; give "
+                             f"train.max_steps>={step} (or a new --out)")
+    return changes
+
+
+def check_training_data(cfg: DictConfig, meta, world_size: int = 1) -> None:
+    """Everything about the data that would otherwise fail after the run folder is written:
+    both splits present and non-empty with their files, the global batch no larger than the
+    train split, class weights for every class, and a batch that fits in memory.
+
+    Raises:
+        FusescopeError: naming the split, key or file.
+    """
+    from fusescope.data.folder import FolderDataset
+    from fusescope.data.meta import LABEL_DIR
+
+    t, d = cfg.train, cfg.data
+    modalities = list(d.modalities)
+    train_set = FolderDataset(d.root, d.train_split, modalities)
+    FolderDataset(d.root, d.val_split, modalities)  # read at the end: check it now
+    global_batch = t.batch_size * t.grad_accum
+    if global_batch > len(train_set):
+        raise FusescopeError(f"train.batch_size={t.batch_size} x train.grad_accum={t.grad_accum} "
+                             f"exceeds the {len(train_set)} samples of split "
+                             f"{d.train_split!r} (the last partial batch of an epoch is dropped)")
+    if global_batch % world_size:
+        raise FusescopeError(f"train.batch_size={t.batch_size} x train.grad_accum="
+                             f"{t.grad_accum} must be divisible by the number of processes "
+                             f"({world_size})")
+    if t.class_weights is not None and len(t.class_weights) != meta.num_classes:
+        raise FusescopeError(f"train.class_weights has {len(t.class_weights)} values; the data "
+                             f"set has {meta.num_classes} classes")
+    from PIL import Image
+
+    first = train_set.files[LABEL_DIR][train_set.ids[0]]
+    try:
+        with Image.open(first) as image:
+            width, height = image.size
+    except OSError as err:
+        raise FusescopeError(f"{first}: cannot read image ({err})") from None
+    check_batch_memory(cfg, meta, (height, width), world_size)
+
+
+def physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_batch_memory(cfg: DictConfig, meta, frame: tuple[int, int],
+                       world_size: int = 1) -> None:
+    """Refuse a crop or rescale so large that one batch of inputs alone (a lower bound of what
+    a step needs) exceeds this machine's memory, before anything is allocated."""
+    t, d = cfg.train, cfg.data
+    total = physical_memory()
+    if total is None:
+        return
+    per_pixel = 4 * sum(meta.modalities[m].channels for m in d.modalities) + 8  # float32, int64
+    top = max(d.scale_range)
+    resized = (round(frame[0] * top), round(frame[1] * top))
+    crop = tuple(d.crop_size) if d.crop_size else tuple(frame)
+    one = max(resized[0], crop[0]) * max(resized[1], crop[1]) * per_pixel  # before the crop
+    batch = t.batch_size * t.grad_accum // world_size * crop[0] * crop[1] * per_pixel
+    needed = one + batch
+    if needed > total:
+        raise FusescopeError(
+            f"data.crop_size={list(crop)} (frames {frame[0]}x{frame[1]}, data.scale_range up to "
+            f"{top}) with train.batch_size={t.batch_size} x grad_accum={t.grad_accum}: one batch "
+            f"of inputs alone needs {needed / 2**30:.1f} GiB, more than this machine's "
+            f"{total / 2**30:.1f} GiB of memory; lower them")
+
+
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """Drop the rows of metrics.jsonl logged after `step` (a killed run logged them before its
+    last checkpoint was overwritten; the resumed run logs those steps again), and a row cut
+    short by a kill."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line + "\n")
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(kept))
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, MemoryError | torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
 
 
 def train(cfg: DictConfig, out: str | Path, resume: bool = True,
           on_step: Callable[[int], None] | None = None) -> Path | None:
     """Train `cfg` into the run folder `out` (resuming from its checkpoint if there is one).
+
+    Every check (config values, data, model, a resume's settings) runs before the first write,
+    so a refused run leaves no folder behind. One process at a time trains into a folder (it
+    holds RUN/.lock).
 
     Args:
         cfg: a config from `fusescope.config.load_config`.
@@ -154,31 +311,58 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
     Returns:
         The run folder on the first process, None on the others.
     """
+    check_config(cfg)
+    out = Path(out)
+    fabric = make_fabric(cfg.train)
+    fabric.launch()
+    rank0 = fabric.global_rank == 0
+    with contextlib.ExitStack() as lock:
+        if rank0 and out.is_dir():
+            lock.enter_context(run_folder_lock(out))
+        return _train_locked(cfg, out, resume, on_step, fabric, lock)
+
+
+def make_fabric(t: DictConfig):
+    """Lightning Fabric for `train.accelerator / devices / num_nodes / strategy / precision`;
+    a value it does not accept is a one-line error."""
     from lightning_fabric import Fabric
 
-    out = Path(out)
+    try:
+        return Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+                      strategy=t.strategy, precision=t.precision)
+    except (ValueError, RuntimeError) as err:
+        raise FusescopeError(f"train.accelerator / devices / strategy / precision: "
+                             f"{str(err).splitlines()[0]}") from None
+
+
+def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
+                  lock: contextlib.ExitStack) -> Path | None:
     t = cfg.train
-    fabric = Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-                    strategy=t.strategy, precision=t.precision)
-    fabric.launch()
     rank0 = fabric.global_rank == 0
     resolved = to_container(cfg)
 
     if rank0:
         ensure_data(cfg.data, progress=t.progress)
-        saved_cfg = out / "config.yaml"
-        if saved_cfg.is_file() and not _same_run(
-                OmegaConf.to_container(OmegaConf.load(saved_cfg)), resolved):
-            raise FusescopeError(f"{out}: holds a run of another data/model config; choose a "
-                                 f"new --out")
     fabric.barrier()
     meta = load_meta(cfg.data.root)
+    check_training_data(cfg, meta, fabric.world_size)
+    saved_cfg = out / "config.yaml"
+    saved = _read_saved_config(saved_cfg) if saved_cfg.is_file() else None
+    if saved is not None and not _same_run(saved, resolved):
+        raise FusescopeError(f"{out}: holds a run of another data/model config "
+                             f"({_describe(_run_identity_changes(saved, resolved))}); choose a "
+                             f"new --out")
     ckpt_path = out / CHECKPOINT
     state = load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
+    changes = {}
+    if state is not None and saved is not None:
+        changes = resume_changes(out, saved, resolved, state["step"])
     if state is not None and (out / "run.json").is_file():
-        stats = read_json(out / "run.json")["normalization"]
+        info = read_json(out / "run.json")
+        stats = info["normalization"]
     else:
-        stats = normalisation_stats(cfg.data, progress=t.progress and rank0)
+        info = None
+        stats = normalisation_stats(cfg.data, progress=t.progress and fabric.global_rank == 0)
     dataset = train_dataset(cfg.data, stats, t.seed)
 
     torch.manual_seed(t.seed)  # same initial weights on every process
@@ -189,22 +373,6 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
     optimizer = make_optimizer(model, t)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.poly_power))
-    # the run folder is written only once the model and optimiser are known to build
-    if rank0:
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "config.yaml") as tmp:
-            tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    # a resumed run keeps the record of what started it (version, fingerprint, statistics)
-    if rank0 and not (state is not None and (out / "run.json").is_file()):
-        write_json(out / "run.json", {
-            "fusescope_version": fusescope.__version__,
-            "torch_version": torch.__version__,
-            "data_fingerprint": fingerprint(cfg.data.root, list(cfg.data.modalities),
-                                            [cfg.data.train_split, cfg.data.val_split]),
-            "normalization": stats,
-            "meta": meta.to_dict(),
-        })
-
     step, consumed = 0, 0
     if state is not None:
         load_weights(model, state["model"], ckpt_path)
@@ -218,8 +386,45 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
                     f"groups ({err}); it was saved by another fusescope version or with other "
                     f"train.lr_scales: resume it with those, or start a new --out") from None
             scheduler.load_state_dict(state["scheduler"])
-        if rank0:
-            print(f"resuming {out} from step {step}")
+
+    # everything is checked: only now is the run folder written
+    if rank0:
+        if not out.is_dir():
+            out.mkdir(parents=True, exist_ok=True)
+            lock.enter_context(run_folder_lock(out))
+            if saved_cfg.exists() or ckpt_path.exists():
+                raise FusescopeError(f"{out}: another process started a run in this folder "
+                                     f"meanwhile; choose another --out")
+        # under the lock no other process writes here: temp files are a killed run's leftovers
+        remove_stale_temps(out, ["config.yaml", "run.json", WEIGHTS, "metrics.jsonl"])
+        remove_stale_temps(ckpt_path.parent, [ckpt_path.name])
+        if state is None:
+            # starting over (--no-resume): the previous run's checkpoint and weights would
+            # otherwise sit beside a config that no longer describes them
+            ckpt_path.unlink(missing_ok=True)
+            (out / WEIGHTS).unlink(missing_ok=True)
+        with atomic_path(saved_cfg) as tmp:
+            tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if info is None:
+            write_json(out / "run.json", {
+                "fusescope_version": fusescope.__version__,
+                "torch_version": torch.__version__,
+                "data_fingerprint": fingerprint(cfg.data.root, list(cfg.data.modalities),
+                                                [cfg.data.train_split, cfg.data.val_split]),
+                "normalization": stats,
+                "meta": meta.to_dict(),
+            })
+        elif changes or step < t.max_steps:
+            # a resumed run keeps the record of what started it (version, fingerprint,
+            # statistics) and adds when it resumed and which settings changed there
+            info.setdefault("resumed", []).append(
+                {"step": step, "fusescope_version": fusescope.__version__,
+                 "changed": {k: list(v) for k, v in changes.items()}})
+            write_json(out / "run.json", info)
+        _keep_metrics_until(out / "metrics.jsonl", step)
+        if state is not None:
+            print(f"resuming {out} from step {step}"
+                  + (f" with {_describe(changes)}" if changes else ""))
     raw_model = model
     model, optimizer = fabric.setup(model, optimizer)
 
@@ -231,8 +436,10 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
     class_weights = (torch.tensor(list(t.class_weights), device=fabric.device)
                      if t.class_weights is not None else None)
     stats_fn = getattr(raw_model, "training_stats", None)
+    last_save = time.monotonic()
 
     def save(path_step: int) -> None:
+        nonlocal last_save
         if rank0:
             save_checkpoint(ckpt_path, {
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -240,6 +447,17 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
                 "samples_consumed": consumed, "torch_rng": torch.get_rng_state(),
                 "fusescope_version": fusescope.__version__})
         fabric.barrier()
+        last_save = time.monotonic()
+
+    def save_is_due() -> bool:
+        """train.ckpt_minutes passed since the last checkpoint (asked once per log interval;
+        every process must agree, as saving ends with a barrier)."""
+        if not t.ckpt_minutes:
+            return False
+        due = time.monotonic() - last_save >= 60 * t.ckpt_minutes
+        if fabric.world_size > 1:
+            due = bool(fabric.broadcast(due, src=0))
+        return due
 
     log_file = (out / "metrics.jsonl").open("a") if rank0 else None
     tensorboard = open_tensorboard(out) if rank0 and t.tensorboard else None
@@ -274,7 +492,8 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
             step += 1
             consumed += t.batch_size * t.grad_accum
             bar.update(1)
-            if step % t.log_every == 0 or step == t.max_steps:
+            logged = step % t.log_every == 0 or step == t.max_steps
+            if logged:
                 # the only host sync of the loop, once per log interval
                 record = {"step": step, "loss": float(loss.detach()),
                           **{k: float(v) for k, v in parts.items()},
@@ -295,13 +514,24 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
                 if not math.isfinite(record["loss"]):
                     raise FusescopeError(f"loss became {record['loss']} at step {step}; lower "
                                          f"train.lr or check the data")
-            if step % t.ckpt_every == 0 or step == t.max_steps:
+            if (step % t.ckpt_every == 0 or step == t.max_steps
+                    or (logged and save_is_due())):
                 save(step)
             if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
                 _evaluate_during_training(fabric, raw_model, cfg, stats, meta, step, log_file)
                 model.train()
             if on_step is not None:
                 on_step(step)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise disk_full_error(Path(err.filename or out / "metrics.jsonl")) from None
+    except (MemoryError, RuntimeError) as err:
+        if not _is_out_of_memory(err):
+            raise
+        raise FusescopeError(f"out of memory at step {step + 1} with train.batch_size="
+                             f"{t.batch_size}, data.crop_size={cfg.data.crop_size}: lower them "
+                             f"(or raise train.grad_accum)") from None
     finally:
         bar.close()
         if log_file is not None:
@@ -312,6 +542,19 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
         save_weights(out / WEIGHTS, raw_model, step=step)
     fabric.barrier()
     return out if rank0 else None
+
+
+def _read_saved_config(path: Path) -> dict:
+    from fusescope.config import config_from_dict
+
+    try:
+        loaded = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        raise FusescopeError(f"{path}: cannot read the run's config ({type(err).__name__}); "
+                             f"choose a new --out") from None
+    if not isinstance(loaded, dict):
+        raise FusescopeError(f"{path}: not a run config; choose a new --out")
+    return to_container(config_from_dict(loaded))
 
 
 def open_tensorboard(out: Path):

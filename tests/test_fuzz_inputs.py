@@ -1,0 +1,305 @@
+"""Fuzzing what users type and write (issue 14): any config override, meta.json or split file
+either works or is a one-line error (exit status 2), never a traceback, and a refused run
+writes nothing. No model is trained here: a valid config stops where the model would be built."""
+
+import contextlib
+import io
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import TINY_MODEL, write_folder_dataset
+from fusescope.cli import main
+from fusescope.config import _structured, to_container
+from fusescope.errors import FusescopeError
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "synthetic" / "early_concat.yaml"
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def _leaves(d: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            keys += _leaves(v, f"{prefix}{k}.")
+        else:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+# every key of the data, train and eval sections (the model section is each builder's schema)
+KEYS = [k for k in _leaves(to_container(_structured())) if not k.startswith("model.")]
+KEYS += [
+    "data.synth.num",
+    "data.synth.size",
+    "train.lr_scales.decoder",
+    "train.no_such_key",
+    "train",
+    "data",
+]
+TRICKY = [
+    "",
+    "null",
+    "true",
+    "[",
+    "]",
+    "{",
+    "[1",
+    "[1,2]",
+    "[0,0]",
+    "[-1,5]",
+    "[32]",
+    "[8,8,8]",
+    "[100000,100000]",
+    "{a: 1}",
+    "${x}",
+    "${train.lr}",
+    "'..'",
+    "../x",
+    "/abs",
+    "a/b",
+    "[rgb,depth]",
+    "[rgb,rgb]",
+    "[rgb,hha]",
+    "[]",
+    "{}",
+    "1e999",
+    "-0.0",
+    "0x10",
+    "~",
+    "&a",
+    "*a",
+    "%x",
+    "`",
+    "test",
+    "val",
+    "train",
+    "ddp",
+    "cuda",
+    "tpu",
+    "cpu",
+    "bf16-mixed",
+    "16-mixed",
+    "64-true",
+    "sgd",
+    "adamw",
+    "flip",
+    "ms-flip",
+]
+VALUES = st.one_of(
+    st.integers(-(10**20), 10**20).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(TRICKY),
+    st.text(max_size=10),
+    st.lists(st.integers(-5, 50), max_size=3).map(lambda v: "[" + ",".join(map(str, v)) + "]"),
+)
+
+
+class _ModelReached(Exception):
+    """The config passed every check made before the model is built."""
+
+
+class _OneProcess:
+    """Stands in for Fabric after its arguments are checked: train.devices=4 must not make
+    this test process launch copies of itself."""
+
+    global_rank, world_size = 0, 1
+
+    def launch(self):
+        pass
+
+    def barrier(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_folder_dataset(tmp_path_factory.mktemp("fuzz") / "data", n=9)
+
+
+def _run_cli(argv: list[str]) -> tuple[int | None, str]:
+    """`main(argv)` -> (exit status or None if it reached the model, stderr)."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(argv)
+        except _ModelReached:
+            code = None
+    return code, err.getvalue()
+
+
+def _assert_one_line_error(code, stderr: str) -> None:
+    assert "Traceback" not in stderr
+    if code is not None:
+        assert code == 2, stderr
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith("fusescope: error: ") and len(last) > len("fusescope: error: ")
+
+
+@FUZZ
+@given(key=st.sampled_from(KEYS), value=VALUES)
+def test_any_override_works_or_is_a_one_line_error(data, monkeypatch, key, value):
+    from fusescope.engine import train as train_module
+
+    def stop(*args, **kwargs):
+        raise _ModelReached
+
+    real_make_fabric = train_module.make_fabric
+
+    def one_process(t):
+        real_make_fabric(t)  # the values are checked, but no process is launched
+        return _OneProcess()
+
+    monkeypatch.setattr(train_module, "build_run_model", stop)
+    monkeypatch.setattr(train_module, "make_fabric", one_process)
+    out = Path(tempfile.mkdtemp()) / "run"
+    try:
+        code, stderr = _run_cli(
+            [
+                "train",
+                str(CONFIG),
+                "--out",
+                str(out),
+                f"data.root={data}",
+                "data.synth=null",
+                *TINY_MODEL,
+                f"{key}={value}",
+            ]
+        )
+        _assert_one_line_error(code, stderr)
+        assert not out.exists()  # checks come before the first write
+    finally:
+        shutil.rmtree(out.parent)
+
+
+def _json_values():
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-300, 300),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=6),
+        st.sampled_from(
+            ["..", ".", "/", "a/b", "depth", "rgb", "label", "color", "image", "depth", "geometry"]
+        ),
+    )
+    return st.recursive(
+        scalars,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)
+        ),
+        max_leaves=8,
+    )
+
+
+META_PATHS = [
+    ("name",),
+    ("classes",),
+    ("classes", 0),
+    ("classes", 0, "id"),
+    ("classes", 1, "color"),
+    ("classes", 2, "name"),
+    ("classes", 0, "cue"),
+    ("modalities",),
+    ("modalities", "depth"),
+    ("modalities", "depth", "scale"),
+    ("modalities", "depth", "kind"),
+    ("modalities", "rgb", "channels"),
+    ("modalities", "rgb", "kind"),
+    ("ignore_index",),
+    ("intrinsics",),
+    ("modalities", "new"),
+    ("classes", 0, "color", 1),
+]
+
+
+@FUZZ
+@given(
+    path=st.sampled_from(META_PATHS),
+    value=_json_values(),
+    rename=st.one_of(st.none(), st.text(max_size=5), st.sampled_from(["..", ".", "/x", "a/b"])),
+)
+def test_any_meta_json_works_or_is_a_one_line_error(data, path, value, rename):
+    """meta.json read by every reader: training's data set (one sample), inspect's statistics,
+    and the run-folder record (meta_from_dict)."""
+    from fusescope.data.folder import FolderDataset
+    from fusescope.data.meta import load_meta
+    from fusescope.data.stats import class_frequencies, modality_stats
+
+    original = (data / "meta.json").read_text()
+    meta = json.loads(original)
+    target = meta
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    if (
+        rename is not None
+        and isinstance(meta.get("modalities"), dict)
+        and "depth" in meta["modalities"]
+    ):
+        meta["modalities"][rename] = meta["modalities"].pop("depth")
+    try:
+        (data / "meta.json").write_text(json.dumps(meta))
+        try:
+            loaded = load_meta(data)
+            names = [m for m in ("rgb", "depth") if m in loaded.modalities]
+            if names:
+                FolderDataset(data, "train", names)[0]
+            class_frequencies(data, "train", loaded)
+            for name in loaded.modalities:
+                modality_stats(data, name, "train", loaded)
+        except FusescopeError as err:
+            assert str(err) and "\n" not in str(err)
+    finally:
+        (data / "meta.json").write_text(original)
+
+
+@FUZZ
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.text(max_size=8).map(lambda t: t.encode("utf-8", "surrogatepass")),
+            st.binary(max_size=8),
+            st.sampled_from(
+                [
+                    b"0000",
+                    b"0001",
+                    b"../0000",
+                    b"/etc/passwd",
+                    b"..",
+                    b".",
+                    b"rgb/0000",
+                    b"0000.png",
+                    b" 0002 ",
+                    b"\xff\xfe",
+                ]
+            ),
+        ),
+        max_size=5,
+    )
+)
+def test_any_split_file_works_or_is_a_one_line_error(data, lines):
+    from fusescope.data.folder import FolderDataset
+
+    split = data / "splits" / "fuzz.txt"
+    split.write_bytes(b"\n".join(lines))
+    try:
+        ds = FolderDataset(data, "fuzz", ["rgb", "depth"])
+        for i in range(len(ds)):
+            ds[i]
+    except FusescopeError as err:
+        assert str(err) and "\n" not in str(err)
+    finally:
+        split.unlink()
