@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
 import timm
@@ -23,24 +24,50 @@ SUPPORTED = ("resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_lite
 DEFAULT_OUT_INDICES = (1, 2, 3, 4)  # strides 4, 8, 16, 32
 
 
-def create_encoder(name: str, in_chans: int = 3, pretrained: bool | str = False,
+def create_encoder(name: str | Mapping, in_chans: int = 3, pretrained: bool | str = False,
                    out_indices: tuple[int, ...] = DEFAULT_OUT_INDICES) -> nn.Module:
     """A timm `features_only` encoder; `.feature_info` gives channels and reductions.
 
     Args:
-        name: a timm model name (resnet18/34/50/101 and efficientnet_lite0 are tested).
+        name: a timm model name (resnet18/34/50/101 and efficientnet_lite0 are tested), or a
+            backbone spec `{name: resnet50, output_stride: 16}` (see `backbone_spec`).
         in_chans: input channels; pretrained first-conv weights are adapted (timm's rule).
         pretrained: False, True (offline weights for efficientnet_lite0 only) or a file path.
         out_indices: which stages to return.
     """
+    name, output_stride = backbone_spec(name)
     if name not in timm.list_models():
         raise FusescopeError(f"unknown backbone {name!r}; tested: {', '.join(SUPPORTED)}")
     encoder = timm.create_model(name, pretrained=False, features_only=True,
-                                out_indices=out_indices, in_chans=in_chans)
+                                out_indices=out_indices, in_chans=in_chans,
+                                output_stride=output_stride)
     if pretrained:
         state = pretrained_state_dict(name, pretrained)
         load_into_encoder(encoder, state, in_chans, source=str(pretrained))
     return encoder
+
+
+def backbone_spec(spec: str | Mapping) -> tuple[str, int]:
+    """`model.backbone` as (timm name, output stride).
+
+    A plain name is the undilated network (output stride 32). `{name: resnet101, output_stride:
+    16}` (or 8) dilates the last stage (last two) instead of striding, as DeepLabV3+ and the
+    SA-Gate code run ResNets; weights and parameter count are unchanged, so pretrained weights
+    still fit, while feature maps (and FLOPs) of the dilated stages grow.
+    """
+    if isinstance(spec, str):
+        return spec, 32
+    if not isinstance(spec, Mapping) or "name" not in spec:
+        raise FusescopeError(f"model.backbone must be a name or {{name: ..., output_stride: "
+                             f"8|16|32}}, got {spec!r}")
+    unknown = sorted(set(spec) - {"name", "output_stride"})
+    if unknown:
+        raise FusescopeError(f"model.backbone: unknown keys {unknown}; accepted: name, "
+                             f"output_stride")
+    stride = spec.get("output_stride", 32)
+    if stride not in (8, 16, 32):
+        raise FusescopeError(f"model.backbone.output_stride must be 8, 16 or 32, got {stride!r}")
+    return str(spec["name"]), int(stride)
 
 
 def pretrained_state_dict(name: str, pretrained: bool | str) -> OrderedDict:
