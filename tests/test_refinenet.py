@@ -45,8 +45,7 @@ def authors_forward(dec: RefineNetDecoder, feats: list[torch.Tensor]) -> torch.T
         y = rcu(lvl.out, crp(lvl.crp, y))
         if i > 0:
             y = lvl.to_finer(y)
-            x = F.interpolate(y, size=feats[i - 1].shape[-2:], mode="bilinear",
-                              align_corners=True)
+            x = F.interpolate(y, size=feats[i - 1].shape[-2:], mode="bilinear", align_corners=True)
         else:
             x = y
     return dec.classifier(x)
@@ -78,10 +77,18 @@ def test_refinenet_resnet101_parameters_are_cen_table_2():
     """CEN Table 2: the uni-modal RefineNet (ResNet-101) has 118.1 M parameters and CEN 118.2 M
     (the authors' decoder: 75.6 M; ResNet-101 features: 42.5 M)."""
     with torch.device("meta"):
-        uni = build_model({"name": "unimodal", "backbone": "resnet101", "decoder": "refinenet"},
-                          ["rgb"], {"rgb": 3}, 40)
-        cen = build_model({"name": "cen", "backbone": "resnet101", "decoder": "refinenet"},
-                          ["rgb", "depth"], {"rgb": 3, "depth": 1}, 40)
+        uni = build_model(
+            {"name": "unimodal", "backbone": "resnet101", "decoder": "refinenet"},
+            ["rgb"],
+            {"rgb": 3},
+            40,
+        )
+        cen = build_model(
+            {"name": "cen", "backbone": "resnet101", "decoder": "refinenet"},
+            ["rgb", "depth"],
+            {"rgb": 3, "depth": 1},
+            40,
+        )
     assert round(count_params(uni) / 1e6, 1) == 118.1
     assert round(count_params(cen) / 1e6, 1) == 118.2
     assert round(count_params(uni.decoder) / 1e6, 1) == 75.6
@@ -92,8 +99,12 @@ def test_refinenet_shared_by_the_modalities(method):
     """Multi-stream models run one decoder on every stream (the authors' ModuleParallel): each
     per-modality output is the decoder applied to that stream's features alone."""
     torch.manual_seed(0)
-    model = build_model({"name": method, "backbone": "resnet18", "decoder": "refinenet"},
-                        ["rgb", "depth"], {"rgb": 3, "depth": 1}, 4).eval()
+    model = build_model(
+        {"name": method, "backbone": "resnet18", "decoder": "refinenet"},
+        ["rgb", "depth"],
+        {"rgb": 3, "depth": 1},
+        4,
+    ).eval()
     batch = {"rgb": torch.randn(2, 3, 32, 40), "depth": torch.randn(2, 1, 32, 40)}
     with torch.no_grad():
         out = model(batch)
@@ -101,10 +112,12 @@ def test_refinenet_shared_by_the_modalities(method):
         feats = model.encoder(x)
         depth_alone = model.decoder([f[2:] for f in feats])
     assert count_params(model.decoder) == count_params(
-        RefineNetDecoder([64, 128, 256, 512], 4))  # no per-modality copy
+        RefineNetDecoder([64, 128, 256, 512], 4)
+    )  # no per-modality copy
     torch.testing.assert_close(
         out["per_modality"]["depth"],
-        F.interpolate(depth_alone, size=(32, 40), mode="bilinear", align_corners=False))
+        F.interpolate(depth_alone, size=(32, 40), mode="bilinear", align_corners=False),
+    )
 
 
 def test_dilated_backbone():
@@ -116,19 +129,34 @@ def test_dilated_backbone():
     feats = dilated(torch.randn(1, 3, 64, 64))
     assert [f.shape[-1] for f in feats] == [16, 8, 4, 4]
     assert feature_reductions(create_encoder({"name": "resnet18", "output_stride": 8})) == [
-        4, 8, 8, 8]
+        4,
+        8,
+        8,
+        8,
+    ]
     # the SA-Gate configuration: DeepLabV3+ at output stride 16 gets the paper's rates
-    model = build_model({"name": "sagate", "backbone": {"name": "resnet18", "output_stride": 16},
-                         "decoder": "deeplabv3plus"}, ["rgb", "depth"], {"rgb": 3, "depth": 1}, 4)
+    model = build_model(
+        {
+            "name": "sagate",
+            "backbone": {"name": "resnet18", "output_stride": 16},
+            "decoder": "deeplabv3plus",
+        },
+        ["rgb", "depth"],
+        {"rgb": 3, "depth": 1},
+        4,
+    )
     assert model.decoder.rates == [6, 12, 18]
     assert backbone_spec("resnet50") == ("resnet50", 32)
 
 
-@pytest.mark.parametrize("spec, match", [
-    ({"name": "resnet18", "output_stride": 12}, "output_stride must be 8, 16 or 32"),
-    ({"name": "resnet18", "stride": 16}, "unknown keys \\['stride'\\]"),
-    ({"output_stride": 16}, "model.backbone must be"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ({"name": "resnet18", "output_stride": 12}, "output_stride must be 8, 16 or 32"),
+        ({"name": "resnet18", "stride": 16}, "unknown keys \\['stride'\\]"),
+        ({"output_stride": 16}, "model.backbone must be"),
+    ],
+)
 def test_bad_backbone_spec(spec, match):
     with pytest.raises(FusescopeError, match=match):
         create_encoder(spec)
@@ -154,6 +182,21 @@ def test_meta_cost_equals_real_cost():
     chans = {"rgb": 3, "depth": 1}
     params, flops = meta_cost(cfg, ["rgb", "depth"], chans, 5, (32, 40))
     model = build_model(cfg, ["rgb", "depth"], chans, 5)
-    real = count_flops(model, {"rgb": torch.zeros(1, 3, 32, 40),
-                               "depth": torch.zeros(1, 1, 32, 40)})
+    real = count_flops(
+        model, {"rgb": torch.zeros(1, 3, 32, 40), "depth": torch.zeros(1, 1, 32, 40)}
+    )
     assert params == count_params(model) and flops == real
+
+
+@pytest.mark.parametrize("method, paper_gflops", [("late_average", 269.6), ("sagate", 204.9)])
+def test_flops_of_sagate_table_1(method, paper_gflops):
+    """SA-Gate Table 1 (ResNet-50 with the authors' deep stem, output stride 16, DeepLabV3+,
+    RGB + HHA at 3 x 480 x 480): our count is within 1% of the paper's, so its "FLOPs" are
+    2 x multiply-adds, as FlopCounterMode counts them."""
+    cfg = {
+        "name": method,
+        "backbone": {"name": "resnet50s", "output_stride": 16},
+        "decoder": "deeplabv3plus",
+    }
+    _, flops = meta_cost(cfg, ["rgb", "hha"], {"rgb": 3, "hha": 3}, 40, (480, 480))
+    assert abs(flops / 1e9 - paper_gflops) / paper_gflops < 0.01

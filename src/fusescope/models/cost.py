@@ -38,16 +38,24 @@ def count_flops(model: nn.Module, batch: Mapping[str, Tensor]) -> int:
     try:
         # on the meta device boolean-mask indexing (e.g. the MMD's upper-triangle pick) needs a
         # size; the mask only selects a few scalars, so "all selected" changes no counted FLOP
-        with (fx_config.patch(meta_nonzero_assume_all_nonzero=True),
-              FlopCounterMode(display=False) as counter, torch.no_grad()):
+        with (
+            fx_config.patch(meta_nonzero_assume_all_nonzero=True),
+            FlopCounterMode(display=False) as counter,
+            torch.no_grad(),
+        ):
             model(dict(batch))
     finally:
         model.train(was_training)
     return counter.get_total_flops()
 
 
-def meta_cost(model_cfg: Mapping[str, Any], modalities: list[str], in_channels: dict[str, int],
-              num_classes: int, size: tuple[int, int]) -> tuple[int, int]:
+def meta_cost(
+    model_cfg: Mapping[str, Any],
+    modalities: list[str],
+    in_channels: dict[str, int],
+    num_classes: int,
+    size: tuple[int, int],
+) -> tuple[int, int]:
     """(parameters, FLOPs) of `build_model(model_cfg, ...)` on one frame of `size`, counted on
     the meta device (pretrained weights are not loaded: they change neither count)."""
     from fusescope.models import build_model

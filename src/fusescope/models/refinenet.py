@@ -82,8 +82,16 @@ class RefineBlock(nn.Module):
         crp_stages, adapt_blocks, out_blocks: the authors' 4, 2 and 3.
     """
 
-    def __init__(self, cin: int, width: int, finer_width: int | None, has_coarser: bool,
-                 crp_stages: int, adapt_blocks: int, out_blocks: int):
+    def __init__(
+        self,
+        cin: int,
+        width: int,
+        finer_width: int | None,
+        has_coarser: bool,
+        crp_stages: int,
+        adapt_blocks: int,
+        out_blocks: int,
+    ):
         super().__init__()
         self.dimred = conv3x3(cin, width)
         self.adapt = ResidualConvUnit(width, adapt_blocks)
@@ -114,18 +122,31 @@ class RefineNetDecoder(nn.Module):
         dropout: element-wise dropout on the two coarsest features and before the classifier.
     """
 
-    def __init__(self, channels: list[int], num_classes: int, width: int = 256,
-                 top_width: int = 512, crp_stages: int = 4, adapt_blocks: int = 2,
-                 out_blocks: int = 3, dropout: float = 0.5):
+    def __init__(
+        self,
+        channels: list[int],
+        num_classes: int,
+        width: int = 256,
+        top_width: int = 512,
+        crp_stages: int = 4,
+        adapt_blocks: int = 2,
+        out_blocks: int = 3,
+        dropout: float = 0.5,
+    ):
         super().__init__()
         if not channels:
             raise ValueError("refinenet needs at least one feature level")
         widths = [width] * (len(channels) - 1) + [top_width]
         self.levels = nn.ModuleList(
             RefineBlock(
-                channels[i], widths[i], widths[i - 1] if i > 0 else None,
-                has_coarser=i < len(channels) - 1, crp_stages=crp_stages,
-                adapt_blocks=adapt_blocks, out_blocks=out_blocks)
+                channels[i],
+                widths[i],
+                widths[i - 1] if i > 0 else None,
+                has_coarser=i < len(channels) - 1,
+                crp_stages=crp_stages,
+                adapt_blocks=adapt_blocks,
+                out_blocks=out_blocks,
+            )
             for i in range(len(channels))
         )
         self.dropout = nn.Dropout(dropout)
@@ -138,15 +159,31 @@ class RefineNetDecoder(nn.Module):
             feat = self.dropout(features[i]) if i >= n - 2 else features[i]
             x = self.levels[i](feat, coarser)
             if i > 0:
-                coarser = F.interpolate(x, size=features[i - 1].shape[-2:], mode="bilinear",
-                                        align_corners=True)
+                coarser = F.interpolate(
+                    x, size=features[i - 1].shape[-2:], mode="bilinear", align_corners=True
+                )
         return self.classifier(self.dropout(x))
 
 
 @DECODERS.register("refinenet")
-def refinenet(channels: list[int], reductions: list[int], num_classes: int, width: int = 256,
-              top_width: int = 512, crp_stages: int = 4, adapt_blocks: int = 2,
-              out_blocks: int = 3, dropout: float = 0.5) -> nn.Module:
-    return RefineNetDecoder(channels, num_classes, width=width, top_width=top_width,
-                            crp_stages=crp_stages, adapt_blocks=adapt_blocks,
-                            out_blocks=out_blocks, dropout=dropout)
+def refinenet(
+    channels: list[int],
+    reductions: list[int],
+    num_classes: int,
+    width: int = 256,
+    top_width: int = 512,
+    crp_stages: int = 4,
+    adapt_blocks: int = 2,
+    out_blocks: int = 3,
+    dropout: float = 0.5,
+) -> nn.Module:
+    return RefineNetDecoder(
+        channels,
+        num_classes,
+        width=width,
+        top_width=top_width,
+        crp_stages=crp_stages,
+        adapt_blocks=adapt_blocks,
+        out_blocks=out_blocks,
+        dropout=dropout,
+    )
