@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from fusescope.errors import FusescopeError
-from fusescope.models import build_model
+from fusescope.models import FUSION_METHODS, build_model
 from fusescope.models.backbones import backbone_spec, create_encoder, feature_reductions
 from fusescope.models.cost import count_flops, count_params, meta_cost
 from fusescope.models.refinenet import RefineNetDecoder
@@ -200,3 +200,20 @@ def test_flops_of_sagate_table_1(method, paper_gflops):
     }
     _, flops = meta_cost(cfg, ["rgb", "hha"], {"rgb": 3, "hha": 3}, 40, (480, 480))
     assert abs(flops / 1e9 - paper_gflops) / paper_gflops < 0.01
+
+
+@pytest.mark.parametrize("method", sorted(FUSION_METHODS.names()))
+def test_every_method_takes_refinenet(method):
+    modalities = ["rgb"] if method == "unimodal" else ["rgb", "depth"]
+    decoder = {"name": "refinenet", "width": 8, "top_width": 16}
+    model = build_model(
+        {"name": method, "backbone": "resnet18", "decoder": decoder},
+        modalities,
+        {"rgb": 3, "depth": 1},
+        4,
+    )
+    batch = {"rgb": torch.randn(2, 3, 32, 32), "depth": torch.randn(2, 1, 32, 32)}
+    out = model({m: batch[m] for m in modalities})
+    assert out["logits"].shape == (2, 4, 32, 32)
+    assert all(v.shape == (2, 4, 32, 32) for v in out["per_modality"].values())
+    assert torch.isfinite(out["logits"]).all()
