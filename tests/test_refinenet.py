@@ -96,8 +96,9 @@ def test_refinenet_resnet101_parameters_are_cen_table_2():
 
 @pytest.mark.parametrize("method", ["cen", "asymfusion"])
 def test_refinenet_shared_by_the_modalities(method):
-    """Multi-stream models run one decoder on every stream (the authors' ModuleParallel): each
-    per-modality output is the decoder applied to that stream's features alone."""
+    """Multi-stream models run one decoder on every stream (the authors' ModuleParallel): the
+    decoder holds one copy of its weights, treats each stacked sample on its own, and every
+    per-modality output is the decoder's output for one of the streams."""
     torch.manual_seed(0)
     model = build_model(
         {"name": method, "backbone": "resnet18", "decoder": "refinenet"},
@@ -105,19 +106,20 @@ def test_refinenet_shared_by_the_modalities(method):
         {"rgb": 3, "depth": 1},
         4,
     ).eval()
+    assert count_params(model.decoder) == count_params(RefineNetDecoder([64, 128, 256, 512], 4))
+    seen = []
+    model.decoder.register_forward_hook(lambda m, args, out: seen.append(args[0]))
     batch = {"rgb": torch.randn(2, 3, 32, 40), "depth": torch.randn(2, 1, 32, 40)}
     with torch.no_grad():
         out = model(batch)
-        x = torch.cat([batch["rgb"], batch["depth"].expand(-1, 3, -1, -1)])
-        feats = model.encoder(x)
-        depth_alone = model.decoder([f[2:] for f in feats])
-    assert count_params(model.decoder) == count_params(
-        RefineNetDecoder([64, 128, 256, 512], 4)
-    )  # no per-modality copy
-    torch.testing.assert_close(
-        out["per_modality"]["depth"],
-        F.interpolate(depth_alone, size=(32, 40), mode="bilinear", align_corners=False),
-    )
+        feats = seen[0]  # the stacked streams, in whatever order the model stacks them
+        stacked = model.decoder(feats)
+        alone = torch.cat([model.decoder([f[j : j + 1] for f in feats]) for j in range(4)])
+    torch.testing.assert_close(alone, stacked)
+    streams = F.interpolate(stacked, size=(32, 40), mode="bilinear", align_corners=False)
+    for m in ("rgb", "depth"):
+        for b in range(2):
+            assert any(torch.allclose(out["per_modality"][m][b], s, atol=1e-5) for s in streams)
 
 
 def test_dilated_backbone():
