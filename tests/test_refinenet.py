@@ -64,13 +64,13 @@ def test_refinenet_matches_the_authors_forward():
 
 
 def test_refinenet_dropout_on_the_two_coarsest_levels_and_before_the_classifier():
-    """In training, zeroing the two coarsest inputs changes nothing more than dropout does:
-    checked by the count of dropout calls (3) during one forward pass."""
-    dec = RefineNetDecoder([4, 4, 4, 4], num_classes=3, width=4, top_width=4).train()
+    """As the authors' code: dropout on features of levels 4 and 3 and on the classifier's input
+    (told apart by their channels), nowhere else."""
+    dec = RefineNetDecoder([3, 5, 7, 9], num_classes=3, width=4, top_width=6).train()
     calls = []
     dec.dropout.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[1]))
-    dec([torch.randn(1, 4, 8 >> i, 8 >> i) for i in range(4)])
-    assert calls == [4, 4, 4]  # level 4, level 3, classifier input
+    dec([torch.randn(1, c, 8 >> i, 8 >> i) for i, c in enumerate([3, 5, 7, 9])])
+    assert calls == [9, 7, 4]  # level 4, level 3, the classifier's input (width 4)
 
 
 def test_refinenet_resnet101_parameters_are_cen_table_2():
