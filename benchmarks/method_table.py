@@ -1,9 +1,10 @@
-"""Parameters and training-step time of every fusion method, next to each other.
+"""Parameters, FLOPs and training-step time of every fusion method, next to each other.
 
 Each model: resnet18, its config's decoder, batch 8, 120x160, 2 modalities (1 for the unimodal
 row), 14 classes, forward + backward + SGD step. Steps of all models are interleaved round by
 round so machine-load drift hits them alike; the median per model is reported as a ratio to the
-unimodal model, all from one run (absolute times depend on the machine; ratios travel).
+unimodal model, all from one run (absolute times depend on the machine; ratios travel). GFLOPs:
+one inference forward pass of one 120x160 frame (FlopCounterMode: 1 multiply-add = 2 FLOPs).
 
 Run: python benchmarks/method_table.py [--steps 8] [--threads 2]
 """
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 from fusescope.config import load_config
 from fusescope.models import build_model
+from fusescope.models.cost import count_flops
 
 CONFIGS = ["rgb_only", "early_concat", "late_average", "two_stream_concat", "multistream", "cen",
            "asymfusion", "baseline_concat_all", "baseline_align_all", "baseline_attention_all",
@@ -62,12 +64,14 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
     base = statistics.median(times["rgb_only"])
     base_params = sum(p.numel() for p in models["rgb_only"][0].parameters())
-    print("| method | params (M) | params / unimodal | step time / unimodal |")
-    print("|---|---|---|---|")
-    for name, (model, _) in models.items():
+    frame = {m: batch[m][:1] for m in ("rgb", "depth")}
+    print("| method | params (M) | params / unimodal | GFLOPs | step time / unimodal |")
+    print("|---|---|---|---|---|")
+    for name, (model, mods) in models.items():
         params = sum(p.numel() for p in model.parameters())
+        flops = count_flops(model, {m: frame[m] for m in mods})
         print(f"| {name} | {params / 1e6:.2f} | {params / base_params:.2f} | "
-              f"{statistics.median(times[name]) / base:.2f} |")
+              f"{flops / 1e9:.2f} | {statistics.median(times[name]) / base:.2f} |")
     print(f"\n(unimodal step: {1000 * base:.0f} ms median over {args.steps} steps, "
           f"{args.threads} threads)")
 

@@ -1,14 +1,24 @@
 """Parameters of every registered fusion method: resnet18, 2 modalities (rgb + 1-channel depth),
 14 classes, light decoder. Multi-stream methods also get their CEN Table 2 variants.
 
-Run: python benchmarks/params_table.py
+With --paper: each configuration of CEN Table 2 (RefineNet, ResNet-101, 40 classes, NYUDv2) and
+SA-Gate Table 1 (DeepLabV3+, ResNet-50, 3 x 480 x 480) at the papers' sizes, our parameters and
+GFLOPs (FlopCounterMode: 1 multiply-add = 2 FLOPs, the papers' unit) beside the papers' numbers.
+Counted on the meta device (about a minute in all).
+
+Run: python benchmarks/params_table.py [--paper]
 """
 
 from __future__ import annotations
 
+import argparse
+import time
+
 import torch
 
 from fusescope.models import FUSION_METHODS, build_model
+from fusescope.models.backbones import create_encoder
+from fusescope.models.cost import meta_cost
 
 MODALITIES = ["rgb", "depth"]
 IN_CHANNELS = {"rgb": 3, "depth": 1}
@@ -47,6 +57,85 @@ def main() -> None:
             print(f"{label:<72}{n / 1e6:>11.3f}M{n / uni:>12.4f}x")
 
 
+# CEN Table 2: (label, model options, modalities, paper params in the commonly-used setting,
+# paper params in CEN's setting); None where the paper has no such row
+CEN = {"backbone": "resnet101", "decoder": "refinenet"}
+CEN_ROWS = [
+    ("RGB uni-modal", {"name": "unimodal"}, ["rgb"], 118.1, 118.1),
+    ("Depth uni-modal", {"name": "unimodal"}, ["depth"], 118.1, 118.1),
+    *[(f"{label} ({pos})", {"name": "baseline", "fusion": fusion, "position": pos},
+       ["rgb", "depth"], common, ours)
+      for fusion, label, numbers in (
+          ("concat", "Concat", [(120.1, 118.8), (147.7, 120.3), (169.0, 126.6), (171.7, 129.4)]),
+          ("align", "Align", [(238.8, 120.8), (246.7, 128.7), (278.1, 160.1), (291.9, 173.9)]),
+          ("attention", "Self-att.", [(124.9, 123.6), (166.9, 139.4), (245.5, 203.2),
+                                      (272.3, 231.0)]))
+      for pos, (common, ours) in zip(("early", "middle", "late", "all"), numbers, strict=True)],
+    ("CEN (ours in the paper)", {"name": "cen"}, ["rgb", "depth"], None, 118.2),
+]
+# settings of CEN Table 2's two column groups, as model options of the `baseline` method
+COMMON = {"shared": False, "streams": "merge"}
+SAME = {"shared": True}
+# SA-Gate Table 1: the authors' ResNet-50 has a deep stem of width 64 (timm's resnet50s) and
+# output stride 16; RGB + HHA (3 channels each)
+SAGATE_BACKBONE = {"name": "resnet50s", "output_stride": 16}
+SAGATE_ROWS = [
+    ("RGB-D baseline (two DeepLabV3+, averaged)", {"name": "late_average"}, 78.2, 269.6),
+    ("SA-Gate", {"name": "sagate", "aux_weight": 0.0}, 63.4, 204.9),
+]
+
+
+def diff(ours: float, paper: float | None) -> str:
+    return "" if paper is None else f"{100 * (ours - paper) / paper:+.1f}%"
+
+
+def paper_tables() -> None:
+    chans = {"rgb": 3, "depth": 3}  # CEN tiles depth to 3 channels; so does its uni-modal net
+    size = (480, 640)
+    print("CEN Table 2: RefineNet (ResNet-101), 40 classes; GFLOPs of one 480x640 frame "
+          "(the paper gives none)")
+    print("| approach | paper params, commonly-used (M) | ours (M) | diff | GFLOPs | "
+          "paper params, CEN's setting (M) | ours (M) | diff | GFLOPs |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, options, mods, common, same in CEN_ROWS:
+        cells = []
+        for setting, paper in ((COMMON, common), (SAME, same)):
+            if paper is None:
+                cells.append("- | - | - | -")
+                continue
+            extra = setting if options["name"] == "baseline" else {}
+            params, flops = meta_cost({**CEN, **options, **extra}, mods, chans, 40, size)
+            cells.append(f"{paper} | {params / 1e6:.1f} | {diff(params / 1e6, paper)} | "
+                         f"{flops / 1e9:.0f}")
+        print(f"| {label} | {' | '.join(cells)} |")
+    # the authors' dual ResNet hands one `downsample` module to both streams
+    # (`self.hha_downsample = downsample`), so each stage's projection shortcut is shared
+    with torch.device("meta"):
+        encoder = create_encoder(SAGATE_BACKBONE)
+    shared = sum(p.numel() for n, p in encoder.named_parameters() if ".downsample." in n)
+    print("\nSA-Gate Table 1: DeepLabV3+ (ResNet-50), 40 classes, 3 x 480 x 480; 'shared "
+          f"shortcuts': minus the second stream's projection shortcuts ({shared / 1e6:.2f} M), "
+          "which the authors' code shares between the streams")
+    print("| method | paper params (M) | ours (M) | diff | ours, shared shortcuts (M) | diff | "
+          "paper GFLOPs | ours | diff |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, options, paper_params, paper_flops in SAGATE_ROWS:
+        params, flops = meta_cost(
+            {"backbone": SAGATE_BACKBONE, "decoder": "deeplabv3plus", **options},
+            ["rgb", "hha"], {"rgb": 3, "hha": 3}, 40, (480, 480))
+        authors = (params - shared) / 1e6
+        print(f"| {label} | {paper_params} | {params / 1e6:.1f} | "
+              f"{diff(params / 1e6, paper_params)} | {authors:.1f} | "
+              f"{diff(authors, paper_params)} | {paper_flops} | {flops / 1e9:.1f} | "
+              f"{diff(flops / 1e9, paper_flops)} |")
+
+
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--paper", action="store_true",
+                        help="the papers' configurations beside their tables")
+    args = parser.parse_args()
     torch.set_num_threads(1)
-    main()
+    start = time.perf_counter()
+    paper_tables() if args.paper else main()
+    print(f"\n({time.perf_counter() - start:.0f} s)")

@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config, e.g. configs/synthetic/cen.yaml")
     p.add_argument("--out", required=True,
                    help="run folder (a folder with a checkpoint of this config is resumed)")
-    p.add_argument("--no-resume", action="store_true", 
+    p.add_argument("--no-resume", action="store_true",
                    help="start over: delete the folder's old checkpoint and weights instead of "
                    "resuming")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

