@@ -69,7 +69,8 @@ def test_report_folder(report):
         "cka_cross_modal.png",
         "cka_matrix.png",
     } <= names
-    assert sum(n.startswith("setiou_") for n in names) == len(TABLE_I)
+    # default levels: stage 2 and the last
+    assert sum(n.startswith("setiou_") for n in names) == 2 * len(TABLE_I)
     assert any(n.startswith("gradcam_") for n in names)
     page = (report / "index.html").read_text()
     assert "data:image/png;base64," in page
@@ -81,7 +82,9 @@ def test_report_folder(report):
 def test_results_json(report):
     res = json.loads((report / "results.json").read_text())
     assert res["probe"]["cues"] == CUES and res["probe"]["images"] == 4
-    assert len(res["svar"]) == len(TABLE_I)
+    assert res["levels"]["net2vec"] == [1, 3]
+    assert len(res["svar"]) == 2 * len(TABLE_I)
+    assert set(res["specialisation_by_level"]) == {"1", "3"}
     row = res["svar"][0]
     assert row["pair"] == "Depth (separate) vs. RGB (separate)"
     assert {c["state"] for r in res["svar"] for c in r["concepts"]} <= {

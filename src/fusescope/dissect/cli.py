@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         dest="levels",
         metavar="L",
-        help="encoder level for Net2Vec/SVar, 0 = stride 4 (repeatable; default: the last)",
+        help="encoder level for Net2Vec/SVar, 0 = stride 4 (repeatable; default: 1 and the last)",
     )
     p.add_argument("--epochs", type=int, default=30, help="Net2Vec epochs (paper: 30)")
     p.add_argument("--lr", type=float, default=0.05, help="Net2Vec learning rate")

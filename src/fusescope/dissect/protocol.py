@@ -83,7 +83,7 @@ class DissectOptions:
         split: the probe split (the paper: 500 test pairs).
         probe_size: use the first N images of the split (None: all).
         batch_size: images per streamed batch; also the CKA minibatch (>= 4 for debiased).
-        levels: encoder levels probed with Net2Vec (None: the last level).
+        levels: encoder levels probed with Net2Vec (None: `default_levels`, stages 2 and 4).
         cka_levels: levels compared with CKA (None: all).
         epochs: Net2Vec epochs (the paper: 30).
         lr: Net2Vec learning rate (Adam on standardised channels).
@@ -241,6 +241,14 @@ def probe_loader(runs: Runs, opts: DissectOptions) -> tuple[Any, torch.utils.dat
     return ds, loader
 
 
+def default_levels(num_levels: int) -> list[int]:
+    """Stage 2 (stride 8) and the last stage. On small known-answer runs the last stage alone
+    could miss the known answer that stage 2 shows (seed 7: stage 4 RGB 0.200 vs depth 0.220 on
+    the appearance-only classes, stage 2 0.197 vs 0.155), so both are read, each with its own
+    verdict; stage 1 costs the most (stride 4) and carries little beyond the input."""
+    return sorted({min(1, num_levels - 1), num_levels - 1})
+
+
 def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissection:
     """Run the whole protocol (see the module docstring)."""
     if opts.cka_method not in ("minibatch", "exact"):
@@ -254,7 +262,7 @@ def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissect
     ds, loader = probe_loader(runs, opts)
     meta = runs.joint.meta
     num_levels = len(runs.joint.model.fuse)
-    levels = sorted(set(opts.levels if opts.levels is not None else [num_levels - 1]))
+    levels = sorted(set(opts.levels if opts.levels is not None else default_levels(num_levels)))
     cka_levels = sorted(set(opts.cka_levels if opts.cka_levels is not None else range(num_levels)))
     bad = [lvl for lvl in {*levels, *cka_levels} if not 0 <= lvl < num_levels]
     if bad:

@@ -313,6 +313,26 @@ def write_report(dissection: Dissection, out: str | os.PathLike) -> Path:
                 cells += ["", "", "", ""]
             parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     parts.append("</table>")
+    unresolved = []
+    for lvl, by_level in sorted(res["specialisation_by_level"].items(), key=lambda t: int(t[0])):
+        for key, verdict in by_level.get("known_answer", {}).items():
+            if verdict == "yes":
+                continue
+            d = by_level["known_answer_detail"][key]
+            what = (
+                "contradicts the known answer"
+                if verdict == "no"
+                else "neither confirms nor contradicts the known answer: the separately "
+                "trained features of this stage do not tell the cue group apart beyond the "
+                "probes' noise (check the models' own per-class IoU with fusescope eval)"
+            )
+            unresolved.append(
+                f"<li>stage {int(lvl) + 1}, {key.replace('_', ' ')}: {verdict} "
+                f"({html.escape(d['reason'])}; lead {d['lead']:+.3f} \u00b1 "
+                f"{d['lead_sd']:.3f}, threshold {d['threshold']:.3f}). This stage {what}.</li>"
+            )
+    if unresolved:
+        parts.append("<ul>" + "".join(unresolved) + "</ul>")
     parts.append(
         "<h2>Semantic variance (Table I)</h2><p>Row \u201cA vs. B\u201d is SVar(B; A):"
         " positive when B carries more concept semantics than A (eq. 4-6, "
