@@ -203,3 +203,9 @@ def test_wrong_runs_fail_clearly(report, tmp_path):
         )
         == 2
     )
+    # 4 probe images cannot make 5 folds; one fold is no held-out split: a clear error, exit 2
+    for folds in ("5", "1"):
+        args = [str(runs / n) for n in ("rgb", "depth", "joint")]
+        out = tmp_path / f"folds{folds}"
+        assert main(["dissect", *args, "--out", str(out), "--folds", folds, "--quiet"]) == 2
+        assert not out.exists()
