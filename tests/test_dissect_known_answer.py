@@ -1,14 +1,22 @@
-"""Known answer, on a small fixed run: RGB features carry the appearance-only class and depth
-features the geometry-only class.
+"""Known answer, guarded against wiring-only passes: training must produce the specialisation.
 
 The tiny data set of conftest is a known-answer set: class 1 is red in RGB and flat in depth
 (appearance-only), class 2 is closer in depth and painted like the background (geometry-only).
-An RGB-only and a depth-only model are trained briefly; Net2Vec probes their stride-8 features;
-the protocol's reading of the Set IoUs must name class 1 for RGB and class 2 for depth.
+Even an untrained network passes colour and depth through its first stages, so "RGB features
+carry class 1 better than depth features" holds before any training. What training must add is
+a larger lead: on two data seeds, an RGB-only and a depth-only model are trained briefly, and
+the held-out Set IoU lead of each modality on its own cue group (above the noise floor, read by
+the protocol's `specialisation`) must exceed that of untrained models of the same architecture
+by a margin, with the protocol's verdict "yes" for the trained ones.
+
+Measured while writing it (48x64 frames, 80 steps, stage 3): specialisation (appearance lead +
+geometry lead) 0.47 and 0.39 trained vs 0.29 and 0.22 untrained on data seeds 3 and 4.
 """
 
+import dataclasses
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,31 +26,25 @@ from fusescope.data.folder import FolderDataset
 from fusescope.dissect.net2vec import Net2Vec
 from fusescope.dissect.protocol import RunInput, specialisation
 from fusescope.dissect.taps import Tap, stream_features
-from fusescope.engine.checkpoint import load_run
+from fusescope.engine.checkpoint import build_run_model, load_run
 from fusescope.engine.train import collate, train
 from test_engine import ROOT
 
 CUES = ["both", "appearance", "geometry"]
+META = SimpleNamespace(
+    class_names=["c0", "c1", "c2"], classes=[SimpleNamespace(cue=c) for c in CUES]
+)
+SIZE = (48, 64)
+LEVEL = 2  # stage 3, stride 16: 3x4 cells; stages 1-2 carry the answer untrained too
+MARGIN = 0.1  # trained minus untrained specialisation
 
 
-@pytest.mark.slow
-def test_rgb_specialises_in_appearance_and_depth_in_geometry(tmp_path):
-    data = write_folder_dataset(tmp_path / "data", n=36, seed=3)
-    common = [
-        f"data.root={data}",
-        "data.synth=null",
-        *TINY_MODEL,
-        "train.max_steps=40",
-        "train.ckpt_every=40",
-    ]
-    runs = {}
-    for modality, config in (("rgb", "rgb_only"), ("depth", "depth_only")):
-        cfg = load_config(ROOT / "configs" / "synthetic" / f"{config}.yaml", common)
-        runs[modality] = load_run(train(cfg, tmp_path / modality))
+def held_out(runs, data):
+    """`specialisation` of the separately trained features: held-out Set IoU over 2-fold
+    splits (3 of them) and the noise floor, as the protocol computes them."""
     probe = FolderDataset(data, "test", ["rgb", "depth"])
-    loader = torch.utils.data.DataLoader(probe, batch_size=6, collate_fn=collate)
-    level = 1  # stride 8: 4x5 cells on 32x40 frames
-    taps = {m: (m, Tap("encoder", index=level)) for m in runs}
+    loader = torch.utils.data.DataLoader(probe, batch_size=9, collate_fn=collate)
+    taps = {m: (m, Tap("encoder", index=LEVEL)) for m in runs}
     adapt = {m: RunInput(run, "cpu") for m, run in runs.items()}
     cache = {m: [] for m in runs}
     for batch, feats in stream_features(
@@ -50,18 +52,57 @@ def test_rgb_specialises_in_appearance_and_depth_in_geometry(tmp_path):
     ):
         for m in runs:
             cache[m].append((feats[m], batch["label"]))
-    set_iou = {}
+    splits, floors = {}, {}
+    net2vec = Net2Vec(3, epochs=30, lr=0.05)
     for m in runs:
-        torch.manual_seed(0)
-        set_iou[f"{m}_sep"] = (
-            Net2Vec(3, epochs=30, lr=0.05).fit(lambda m=m: iter(cache[m])).set_iou.tolist()
+        acts = torch.cat([a for a, _ in cache[m]])
+        labels = torch.cat([lab for _, lab in cache[m]])
+        splits[f"{m}_sep"] = np.array(
+            [net2vec.cross_validated(acts, labels, seed=s) for s in range(3)]
         )
-    meta = SimpleNamespace(
-        class_names=["c0", "c1", "c2"], classes=[SimpleNamespace(cue=c) for c in CUES]
+        floors[f"{m}_sep"] = np.array(
+            [net2vec.cross_validated(acts, labels, seed=s, noise_floor=True) for s in range(3)]
+        )
+    return specialisation(splits, floors, META, level=LEVEL, margin=0.1)
+
+
+def lead(spec):
+    """Appearance lead of RGB plus geometry lead of depth, above the noise floor."""
+    return sum(d["lead"] for d in spec["known_answer_detail"].values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data_seed", [3, 4])
+def test_training_makes_rgb_specialise_in_appearance_and_depth_in_geometry(tmp_path, data_seed):
+    ids = [f"{i:04d}" for i in range(36)]
+    data = write_folder_dataset(
+        tmp_path / "data",
+        n=36,
+        size=SIZE,
+        seed=data_seed,
+        splits={"train": ids[:18], "val": ids[18:], "test": ids[18:]},
     )
-    spec = specialisation(set_iou, meta, level=level, margin=0.1)
-    assert spec["known_answer"] == {
-        "rgb_leads_on_appearance": True,
-        "depth_leads_on_geometry": True,
-    }, set_iou
-    assert spec["rgb"]["classes"] == ["c1"] and spec["depth"]["classes"] == ["c2"], set_iou
+    common = [
+        f"data.root={data}",
+        "data.synth=null",
+        *TINY_MODEL,
+        f"data.crop_size=[{SIZE[0]},{SIZE[1]}]",
+        "train.max_steps=80",
+        "train.ckpt_every=80",
+    ]
+    trained = {}
+    for modality, config in (("rgb", "rgb_only"), ("depth", "depth_only")):
+        cfg = load_config(ROOT / "configs" / "synthetic" / f"{config}.yaml", common)
+        trained[modality] = load_run(train(cfg, tmp_path / modality))
+    torch.manual_seed(data_seed)
+    untrained = {
+        m: dataclasses.replace(run, model=build_run_model(run.cfg, run.meta).eval())
+        for m, run in trained.items()
+    }
+    after, before = held_out(trained, data), held_out(untrained, data)
+    assert after["known_answer"] == {
+        "rgb_leads_on_appearance": "yes",
+        "depth_leads_on_geometry": "yes",
+    }, after["known_answer_detail"]
+    assert lead(after) > lead(before) + MARGIN, (after["known_answer_detail"],
+                                                 before["known_answer_detail"])

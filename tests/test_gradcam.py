@@ -103,3 +103,18 @@ def test_split_tap_on_stacked_streams():
     assert torch.allclose(maps["body@rgb"], torch.relu((g_rgb * act[:2]).sum(1)), atol=1e-6)
     with pytest.raises(ValueError, match="region"):
         GradCAM(model, {"body": "body"})(b, concept=0, region="nope")
+
+
+def test_label_region_explains_a_class_the_model_never_predicts():
+    """The paper sums the class score over the labelled pixels: a model that never predicts
+    the class (RGB-only on pillars) still gets a map; over its (empty) predicted region, none."""
+    model = TwoStream(use_depth=True).eval()
+    with torch.no_grad():
+        model.head_rgb.bias[1] = -100.0  # class 1 never wins the argmax
+    b = batch()
+    b["label"][:, :4] = 1  # but it is labelled
+    cam = GradCAM(model, {"rgb": "rgb", "depth": "depth"})
+    predicted = cam(b, concept=1, region="predicted")
+    labelled = cam(b, concept=1, region="label")
+    assert all(m.abs().max() == 0 for m in predicted.values())
+    assert all(m.amax((1, 2)).min() > 0 for m in labelled.values())

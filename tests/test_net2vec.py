@@ -81,3 +81,68 @@ def test_set_iou_pools_over_images_containing_the_concept():
     # concept 1: union = the 16 pixels of image 0 only (image 1 is not in X_c), intersection 8
     assert iou[1] == pytest.approx(8 / 16)
     assert iou[0] == 0.0
+
+
+def planted_layer(n=30, channels=64, size=16, stride=1, planted=True, seed=0):
+    """Labels with concept 1 (an 8x8 square in every image) and a rare concept 2 (a 3x3 square in
+    every third image) on background 0. Activations: `channels` Gaussian noise channels at
+    `stride`; with `planted`, channels 1 and 2 are exactly +1 on the concept and -1 elsewhere,
+    so a linear probe can decode both concepts perfectly (best possible Set IoU: 1)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.zeros(n, size, size, dtype=torch.long)
+    for i in range(n):
+        y, x = torch.randint(0, size - 8, (2,), generator=g).tolist()
+        labels[i, y : y + 8, x : x + 8] = 1
+        if i % 3 == 0:
+            y, x = torch.randint(0, size - 3, (2,), generator=g).tolist()
+            labels[i, y : y + 3, x : x + 3] = 2
+    acts = torch.randn(n, channels, size, size, generator=g)
+    if planted:
+        acts[:, 1:3] = torch.stack([(labels == c).float() * 2 - 1 for c in (1, 2)], 1)
+    return F.avg_pool2d(acts, stride) * stride, labels
+
+
+def test_alpha_follows_the_official_code():
+    """alpha_c = 1 - mean, over the images containing c, of c's share of the image's labelled
+    pixels (ruthcfong/net2vec); not the share over all images."""
+    labels = torch.zeros(3, 4, 4, dtype=torch.long)
+    labels[0, 0, :2] = 1  # 2 of 16 pixels
+    labels[1, :2] = 1  # 8 of 16 pixels; image 2 lacks concept 1
+    labels[1, 3, :] = 255  # 4 ignored pixels: 8 of 12 labelled
+    stats = probe_stats(cached_batches([(torch.ones(3, 1, 4, 4), labels)]), 2)
+    assert stats.alpha[1].item() == pytest.approx(1 - (2 / 16 + 8 / 12) / 2)
+    assert stats.alpha[0].item() == pytest.approx(1 - (14 / 16 + 4 / 12 + 16 / 16) / 3)
+    assert stats.area[1].item() == pytest.approx(10 / 44)  # SVar's frequency: pooled
+    assert stats.images.tolist() == [3, 2]
+
+
+def test_planted_concepts_are_found_on_held_out_images():
+    acts, labels = planted_layer()
+    net2vec = Net2Vec(3, epochs=30, lr=0.05)
+    held = np.array([net2vec.cross_validated(acts, labels, folds=2, seed=s) for s in range(3)])
+    floor = np.array(
+        [net2vec.cross_validated(acts, labels, seed=s, noise_floor=True) for s in range(3)]
+    )
+    # the best possible Set IoU is 1 for both the common and the rare concept
+    assert held[:, 1].min() > 0.97 and held[:, 2].mean() > 0.85, held
+    assert (held.mean(0)[1:] > floor.mean(0)[1:] + 0.4).all(), (held, floor)
+
+
+def test_noise_features_score_at_the_noise_floor_held_out_not_in_sample():
+    """512 noise channels on a 4x4 grid: in sample, a probe fits the labels; held out, it does
+    no better than the same probe on features paired with other images' labels."""
+    acts, labels = planted_layer(n=16, channels=512, stride=4, planted=False)
+    net2vec = Net2Vec(3, epochs=30, lr=0.05)
+    in_sample = net2vec.fit(cached_batches([(acts, labels)], 8)).set_iou
+    held = np.mean([net2vec.cross_validated(acts, labels, seed=s) for s in range(3)], 0)
+    floor = np.mean(
+        [net2vec.cross_validated(acts, labels, seed=s, noise_floor=True) for s in range(3)], 0
+    )
+    assert np.abs(held - floor).max() < 0.08, (held, floor)
+    assert (in_sample[1:] > held[1:] + 0.2).all(), (in_sample, held)
+
+
+def test_cross_validation_checks_its_folds():
+    acts, labels = planted_layer(n=4)
+    with pytest.raises(ValueError, match="folds"):
+        Net2Vec(3, epochs=1).cross_validated(acts, labels, folds=5)

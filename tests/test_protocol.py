@@ -69,18 +69,22 @@ def test_report_folder(report):
         "cka_cross_modal.png",
         "cka_matrix.png",
     } <= names
-    assert sum(n.startswith("setiou_") for n in names) == len(TABLE_I)
+    # default levels: stage 2 and the last
+    assert sum(n.startswith("setiou_") for n in names) == 2 * len(TABLE_I)
     assert any(n.startswith("gradcam_") for n in names)
     page = (report / "index.html").read_text()
     assert "data:image/png;base64," in page
     assert "specialises" in page or "leads" in page
+    assert "held out" in page and "noise floor" in page and "known_answer.png" in names
 
 
 @pytest.mark.slow
 def test_results_json(report):
     res = json.loads((report / "results.json").read_text())
     assert res["probe"]["cues"] == CUES and res["probe"]["images"] == 4
-    assert len(res["svar"]) == len(TABLE_I)
+    assert res["levels"]["net2vec"] == [1, 3]
+    assert len(res["svar"]) == 2 * len(TABLE_I)
+    assert set(res["specialisation_by_level"]) == {"1", "3"}
     row = res["svar"][0]
     assert row["pair"] == "Depth (separate) vs. RGB (separate)"
     assert {c["state"] for r in res["svar"] for c in r["concepts"]} <= {
@@ -98,21 +102,84 @@ def test_results_json(report):
     assert len(res["cka"]["cross_modal"]["separate"]) == 4
     for who in ("rgb", "depth"):
         assert res["specialisation"][who]["sentence"]
+    # held-out scores with their spread and noise floor, per split too
+    assert res["probe"]["folds"] == 2 and res["probe"]["seeds"] == 3
+    for key in ("set_iou_sd", "noise_floor", "noise_floor_sd"):
+        assert set(res[key][level]) == set(res["features"])
+    per_split = np.array(res["set_iou_splits"][level]["rgb_sep"], dtype=float)
+    assert per_split.shape == (3, 3)
+    assert np.allclose(np.nanmean(per_split, 0), np.array(res["set_iou"][level]["rgb_sep"],
+                                                           dtype=float), equal_nan=True)
+    assert all(len(r["svar_splits"]) == 3 and r["svar_sd"] >= 0 for r in res["svar"])
+    assert set(res["specialisation"]["known_answer"].values()) <= {"yes", "no", "not resolved"}
+    assert res["gradcam"]["region"] == "label"  # the paper's region by default
+
+
+META = SimpleNamespace(
+    class_names=["wall", "poster", "pillar"], classes=[SimpleNamespace(cue=c) for c in CUES]
+)
+
+
+def splits(rgb, depth, jitter=0.01, n=4):
+    """Per-split Set IoUs: the given means, +-jitter alternating over n splits."""
+    offsets = jitter * np.array([(-1) ** s for s in range(n)])[:, None]
+    return {
+        "rgb_sep": np.array(rgb)[None] + offsets,
+        "depth_sep": np.array(depth)[None] - offsets,
+    }
 
 
 def test_specialisation_reads_the_known_answer():
-    meta = SimpleNamespace(
-        class_names=["wall", "poster", "pillar"], classes=[SimpleNamespace(cue=c) for c in CUES]
-    )
+    floor = splits([0.3, 0.02, 0.02], [0.3, 0.02, 0.02], jitter=0.0)
     spec = specialisation(
-        {"rgb_sep": [0.8, 0.7, 0.05], "depth_sep": [0.75, 0.02, 0.6]}, meta, level=3, margin=0.1
+        splits([0.8, 0.7, 0.05], [0.75, 0.02, 0.6]), floor, META, level=3, margin=0.1
     )
     assert spec["rgb"]["classes"] == ["poster"] and spec["depth"]["classes"] == ["pillar"]
     assert spec["known_answer"] == {
-        "rgb_leads_on_appearance": True,
-        "depth_leads_on_geometry": True,
+        "rgb_leads_on_appearance": "yes",
+        "depth_leads_on_geometry": "yes",
     }
     assert "poster" in spec["rgb"]["sentence"] and "appearance-cue" in spec["rgb"]["sentence"]
+    assert spec["cue_mean_iou"]["appearance"]["rgb"] == pytest.approx(0.7)
+    assert spec["cue_mean_iou"]["appearance"]["rgb_floor"] == pytest.approx(0.02)
+    # the other way round: "no"
+    spec = specialisation(
+        splits([0.8, 0.02, 0.6], [0.75, 0.7, 0.05]), floor, META, level=3, margin=0.1
+    )
+    assert spec["known_answer"] == {
+        "rgb_leads_on_appearance": "no",
+        "depth_leads_on_geometry": "no",
+    }
+
+
+def test_small_or_noisy_leads_are_not_resolved():
+    floor = splits([0.3, 0.2, 0.2], [0.3, 0.2, 0.2], jitter=0.0)
+    # a 0.005 lead: below margin_known
+    spec = specialisation(
+        splits([0.5, 0.405, 0.4], [0.5, 0.4, 0.405], jitter=0.0), floor, META, 3, margin=0.1
+    )
+    assert set(spec["known_answer"].values()) == {"not resolved"}
+    assert spec["rgb"]["classes"] == [] and "no class" in spec["rgb"]["sentence"]
+    # a 0.1 lead whose spread over splits is larger (rgb +-0.1, depth -+0.1 per split)
+    spec = specialisation(
+        splits([0.5, 0.5, 0.3], [0.5, 0.4, 0.4], jitter=0.1), floor, META, 3, margin=0.05
+    )
+    detail = spec["known_answer_detail"]["rgb_leads_on_appearance"]
+    assert detail["lead"] == pytest.approx(0.1) and detail["threshold"] > 0.1
+    assert spec["known_answer"]["rgb_leads_on_appearance"] == "not resolved"
+    assert spec["rgb"]["classes"] == []
+    # a clear lead on one split only: no spread to judge by
+    spec = specialisation(
+        splits([0.8, 0.7, 0.05], [0.75, 0.02, 0.6], n=1), None, META, 3, margin=0.1
+    )
+    assert set(spec["known_answer"].values()) == {"not resolved"}
+    # a clear lead over a floor that is as high: the leader holds nothing above chance
+    high_floor = splits([0.3, 0.7, 0.02], [0.3, 0.02, 0.02], jitter=0.0)
+    spec = specialisation(
+        splits([0.8, 0.7, 0.05], [0.75, 0.02, 0.6]), high_floor, META, 3, margin=0.1
+    )
+    assert spec["known_answer"]["rgb_leads_on_appearance"] == "not resolved"
+    assert spec["known_answer"]["depth_leads_on_geometry"] == "yes"
 
 
 @pytest.mark.slow
@@ -136,3 +203,9 @@ def test_wrong_runs_fail_clearly(report, tmp_path):
         )
         == 2
     )
+    # 4 probe images cannot make 5 folds; one fold is no held-out split: a clear error, exit 2
+    for folds in ("5", "1"):
+        args = [str(runs / n) for n in ("rgb", "depth", "joint")]
+        out = tmp_path / f"folds{folds}"
+        assert main(["dissect", *args, "--out", str(out), "--folds", folds, "--quiet"]) == 2
+        assert not out.exists()

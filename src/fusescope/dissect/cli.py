@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         dest="levels",
         metavar="L",
-        help="encoder level for Net2Vec/SVar, 0 = stride 4 (repeatable; default: the last)",
+        help="encoder level for Net2Vec/SVar, 0 = stride 4 (repeatable; default: 1 and the last)",
     )
     p.add_argument("--epochs", type=int, default=30, help="Net2Vec epochs (paper: 30)")
     p.add_argument("--lr", type=float, default=0.05, help="Net2Vec learning rate")
@@ -43,6 +43,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="minibatch (bounded memory) or exact full-set CKA",
     )
     p.add_argument("--gradcam-images", type=int, default=3, help="examples per cue group")
+    p.add_argument(
+        "--gradcam-region",
+        choices=["label", "predicted"],
+        default="label",
+        help="sum the class score over the labelled pixels (the paper) or the predicted ones",
+    )
+    p.add_argument(
+        "--folds", type=int, default=2, help="k-fold held-out Set IoU over the probe images"
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="k-fold splits drawn; Set IoU, noise floor and SVar are reported as mean and spread",
+    )
     p.add_argument(
         "--data-root", default=None, help="probe data folder (default: the joint run's data.root)"
     )
@@ -86,6 +101,9 @@ def cmd_dissect(args: argparse.Namespace) -> None:
         lr=args.lr,
         cka_method=args.cka,
         gradcam_images=args.gradcam_images,
+        gradcam_region=args.gradcam_region,
+        folds=args.folds,
+        seeds=args.seeds,
         data_root=args.data_root,
         device=device,
     )
@@ -97,6 +115,16 @@ def cmd_dissect(args: argparse.Namespace) -> None:
     spec = result.results["specialisation"]
     print(spec["rgb"]["sentence"])
     print(spec["depth"]["sentence"])
+    for lvl, by_level in result.results["specialisation_by_level"].items():
+        for key, verdict in by_level.get("known_answer", {}).items():
+            d = by_level["known_answer_detail"][key]
+            print(
+                f"  stage {int(lvl) + 1}  {key.replace('_', ' ')}: {verdict} "
+                f"(lead {d['lead']:+.3f} +- {d['lead_sd']:.3f}, threshold {d['threshold']:.3f})"
+            )
     for row in result.results["svar"]:
-        print(f"  group {row['group']}  {row['pair']:<40s} SVar {row['svar']:+9.2f}")
+        print(
+            f"  group {row['group']}  {row['pair']:<40s} stage {row['level'] + 1}"
+            f"  SVar {row['svar']:+9.2f} +- {row['svar_sd']:.2f}"
+        )
     print(f"report: {index}")

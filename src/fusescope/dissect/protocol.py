@@ -16,6 +16,19 @@ cross-layer and cross-modal CKA, Fig. 5) and caches the Net2Vec levels' activati
 resolution; the probes need several epochs). Net2Vec then gives Set IoU per concept per feature
 (Fig. 3/6/8), SVar compares the Table I pairs, and Grad-CAM draws a few examples per cue group
 (Fig. 4/7). `report.write_report` turns the result into a folder.
+
+What a reviewer needs to trust the Set IoUs (the paper reports single in-sample numbers):
+- Held out: each probe image is scored by a probe trained on the other folds (k-fold,
+  `Net2Vec.cross_validated`); in sample, a 512-channel probe fits a few dozen images whatever
+  the features hold.
+- A noise floor beside every Set IoU: the same k-fold probe on features paired with another
+  image's labels, i.e. what the label statistics alone give.
+- A spread: the k-fold split is drawn `seeds` times; every Set IoU, floor and SVar is reported
+  as the mean and standard deviation over those splits. (The spread is that of the probe
+  split, not of training the models again.)
+- The known-answer check ("RGB leads on appearance-only classes, depth on geometry-only ones")
+  compares Set IoUs above the floor and says "yes" or "no" only when the lead is beyond
+  `margin_known` and twice the spread of the lead over splits; otherwise "not resolved".
 """
 
 from __future__ import annotations
@@ -33,8 +46,8 @@ from torch import Tensor, nn
 from fusescope.console import stage, warn
 from fusescope.dissect.cka import CKAAccumulator
 from fusescope.dissect.gradcam import GradCAM, shared_scale
-from fusescope.dissect.net2vec import Net2Vec, cached_batches
-from fusescope.dissect.svar import concept_variance
+from fusescope.dissect.net2vec import Net2Vec, concept_pixels
+from fusescope.dissect.svar import concept_variance, semantic_variance
 from fusescope.dissect.taps import Tap, find_module, move_batch, stream_features
 from fusescope.errors import FusescopeError
 from fusescope.io import json_safe
@@ -71,13 +84,20 @@ class DissectOptions:
         split: the probe split (the paper: 500 test pairs).
         probe_size: use the first N images of the split (None: all).
         batch_size: images per streamed batch; also the CKA minibatch (>= 4 for debiased).
-        levels: encoder levels probed with Net2Vec (None: the last level).
+        levels: encoder levels probed with Net2Vec (None: `default_levels`, stages 2 and 4).
         cka_levels: levels compared with CKA (None: all).
         epochs: Net2Vec epochs (the paper: 30).
         lr: Net2Vec learning rate (Adam on standardised channels).
         cka_method: "minibatch" (bounded memory) or "exact" (full-set value, O(p^2) memory).
         gradcam_images: Grad-CAM examples per chosen class (one class per cue group).
-        margin: Set IoU lead that counts as a modality specialising in a class.
+        margin: Set IoU lead that counts as a modality specialising in a class (it must also
+            be beyond twice its spread over probe splits).
+        margin_known: the least lead (above the noise floor, mean over a cue group) that
+            resolves the known-answer check; twice the lead's spread counts if larger.
+        folds: k of the k-fold held-out scoring of Set IoU.
+        seeds: how many k-fold splits are drawn (mean and spread over them; >= 2 for a spread).
+        gradcam_region: "label" (the paper: the class logit summed over labelled pixels) or
+            "predicted" (over the pixels the model assigns to the class).
         data_root: probe data folder (None: the joint run's `data.root`).
         device: where models and probes run.
     """
@@ -92,6 +112,10 @@ class DissectOptions:
     cka_method: str = "minibatch"
     gradcam_images: int = 3
     margin: float = 0.1
+    margin_known: float = 0.02
+    folds: int = 2
+    seeds: int = 3
+    gradcam_region: str = "label"
     data_root: str | None = None
     device: str = "cpu"
 
@@ -106,7 +130,8 @@ class GradCAMExample:
     rgb: np.ndarray  # (N, H, W, 3) in [0, 1]
     depth: np.ndarray  # (N, H, W) in natural units
     label: np.ndarray  # (N, H, W)
-    maps: dict[str, np.ndarray]  # feature name -> (N, H, W), shared scale within a model pair
+    maps: dict[str, np.ndarray]  # feature name -> (N, H, W), one scale over all four streams
+    region: str = "label"  # where the class score was summed: "label" or "predicted"
 
 
 @dataclass
@@ -224,14 +249,30 @@ def probe_loader(runs: Runs, opts: DissectOptions) -> tuple[Any, torch.utils.dat
     return ds, loader
 
 
+def default_levels(num_levels: int) -> list[int]:
+    """Stage 2 (stride 8) and the last stage. On small known-answer runs the last stage alone
+    was seen to miss the known answer that stage 2 showed (a 120-frame, 80-step run of data
+    seed 7, scored in sample: stage 4 RGB 0.200 vs depth 0.220 on the appearance-only classes,
+    stage 2 0.197 vs 0.155), so both are read, each with its own verdict. Stage 1 is left out:
+    even untrained networks pass colour and depth through it (see
+    tests/test_dissect_known_answer.py), and its cached activations are the largest."""
+    return sorted({min(1, num_levels - 1), num_levels - 1})
+
+
 def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissection:
     """Run the whole protocol (see the module docstring)."""
     if opts.cka_method not in ("minibatch", "exact"):
         raise FusescopeError(f"cka method must be minibatch or exact, got {opts.cka_method!r}")
+    if opts.gradcam_region not in ("label", "predicted"):
+        raise FusescopeError(
+            f"gradcam region must be label or predicted, got {opts.gradcam_region!r}"
+        )
+    if opts.folds < 2 or opts.seeds < 1:
+        raise FusescopeError(f"folds must be >= 2 and seeds >= 1, got {opts.folds}, {opts.seeds}")
     ds, loader = probe_loader(runs, opts)
     meta = runs.joint.meta
     num_levels = len(runs.joint.model.fuse)
-    levels = sorted(set(opts.levels if opts.levels is not None else [num_levels - 1]))
+    levels = sorted(set(opts.levels if opts.levels is not None else default_levels(num_levels)))
     cka_levels = sorted(set(opts.cka_levels if opts.cka_levels is not None else range(num_levels)))
     bad = [lvl for lvl in {*levels, *cka_levels} if not 0 <= lvl < num_levels]
     if bad:
@@ -264,24 +305,38 @@ def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissect
         for k in probe_features:
             cache[k].append((feats[k].cpu(), label))
     num_classes = meta.num_classes
-    set_iou: dict[str, dict[str, list[float]]] = {}
-    frequency = None
+    if len(loader.dataset) < opts.folds:
+        raise FusescopeError(
+            f"{len(loader.dataset)} probe images are fewer than --folds {opts.folds}"
+        )
+    net2vec = Net2Vec(
+        num_classes, epochs=opts.epochs, lr=opts.lr, ignore_index=meta.ignore_index,
+        device=opts.device,
+    )
+    splits: dict[str, dict[str, np.ndarray]] = {}  # level -> feature -> (seeds, C)
+    floors: dict[str, dict[str, np.ndarray]] = {}
+    labels = None
     for lvl in levels:
-        set_iou[str(lvl)] = {}
+        splits[str(lvl)], floors[str(lvl)] = {}, {}
         for f in FEATURES:
             k = levels.index(lvl) * len(FEATURES) + list(FEATURES).index(f) + 1
             stage(f"Net2Vec probe {k}/{len(levels) * len(FEATURES)}: {FEATURES[f]}, stage "
-                  f"{lvl + 1} ({opts.epochs} epochs)", progress)
-            net2vec = Net2Vec(
-                num_classes,
-                epochs=opts.epochs,
-                lr=opts.lr,
-                ignore_index=meta.ignore_index,
-                device=opts.device,
-            )
-            result = net2vec.fit(cached_batches(cache.pop(f"{f}/{lvl}")))
-            set_iou[str(lvl)][f] = result.set_iou.tolist()
-            frequency = result.area
+                  f"{lvl + 1} ({opts.seeds} splits x {opts.folds} folds, held-out and noise "
+                  f"floor)", progress)
+            pairs = cache.pop(f"{f}/{lvl}")
+            acts = torch.cat([a for a, _ in pairs])  # (N, K, h, w)
+            labels = torch.cat([lab for _, lab in pairs])  # (N, H, W)
+            del pairs
+            held, floor = [], []
+            for seed in range(opts.seeds):
+                kw = {"folds": opts.folds, "seed": seed, "batch_size": opts.batch_size}
+                held.append(net2vec.cross_validated(acts, labels, **kw))
+                floor.append(net2vec.cross_validated(acts, labels, noise_floor=True, **kw))
+            splits[str(lvl)][f], floors[str(lvl)][f] = np.array(held), np.array(floor)
+    valid = (labels != meta.ignore_index) & (labels >= 0) & (labels < num_classes)
+    pixels = concept_pixels(labels, num_classes, valid).sum(0).double()  # (C,)
+    frequency = (pixels / valid.sum().clamp_min(1)).numpy()
+    set_iou = mean_over_splits(splits)
     stage("SVar, CKA and specialisation summaries", progress)
     results = {
         "runs": {
@@ -297,28 +352,91 @@ def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissect
             "class_names": meta.class_names,
             "cues": [c.cue for c in meta.classes],
             "frequency": frequency.tolist(),
+            "scoring": f"held out: {opts.folds}-fold over probe images, {opts.seeds} split(s)",
+            "folds": opts.folds,
+            "seeds": opts.seeds,
         },
         "options": asdict(opts),
         "levels": {"net2vec": levels, "cka": cka_levels},
         "features": FEATURES,
         "set_iou": set_iou,
-        "svar": svar_table(set_iou, frequency, meta.class_names),
+        "set_iou_sd": sd_over_splits(splits),
+        "noise_floor": mean_over_splits(floors),
+        "noise_floor_sd": sd_over_splits(floors),
+        "set_iou_splits": {lvl: {f: v.tolist() for f, v in d.items()} for lvl, d in splits.items()},
+        "noise_floor_splits": {
+            lvl: {f: v.tolist() for f, v in d.items()} for lvl, d in floors.items()
+        },
+        "svar": svar_table(splits, frequency, meta.class_names),
         "cka": cka_summary(cka, cka_levels),
-        "specialisation": specialisation(set_iou[str(levels[-1])], meta, levels[-1], opts.margin),
+        "specialisation_by_level": {
+            str(lvl): specialisation(
+                splits[str(lvl)], floors[str(lvl)], meta, lvl, opts.margin, opts.margin_known
+            )
+            for lvl in levels
+        },
+        "gradcam": {"level": levels[-1], "region": opts.gradcam_region},
     }
+    # the last level's reading is the headline (and what the CLI prints)
+    results["specialisation"] = results["specialisation_by_level"][str(levels[-1])]
     stage("Grad-CAM examples", progress)
     examples = gradcam_examples(runs, ds, loader, adapt, opts, levels[-1], frequency.tolist())
     return Dissection(json_safe(results), examples)
 
 
+def mean_over_splits(values: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, list]]:
+    """level -> feature -> `(seeds, C)` array  ->  the per-class mean over splits (NaN kept)."""
+    return {lvl: {f: _nanmean(v).tolist() for f, v in d.items()} for lvl, d in values.items()}
+
+
+def sd_over_splits(values: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, list]]:
+    """The per-class standard deviation over splits (0 with one split)."""
+    return {lvl: {f: _sd(v).tolist() for f, v in d.items()} for lvl, d in values.items()}
+
+
+def _nanmean(v: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(v)
+    total = np.where(finite, v, 0).sum(0)
+    count = finite.sum(0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _sd(v: np.ndarray) -> np.ndarray:
+    """Sample standard deviation over axis 0 (ddof 1; 0 for a single row)."""
+    v = np.asarray(v, dtype=float)
+    if v.shape[0] < 2:
+        return np.zeros(v.shape[1:])
+    return np.nan_to_num(np.std(v, axis=0, ddof=1))
+
+
+# a concept whose term is more than this share of sum |terms| "dominates" an SVar value
+DOMINANT_SHARE = 0.5
+
+
 def svar_table(
-    set_iou: dict[str, dict[str, list[float]]], frequency: np.ndarray, class_names: list[str]
+    splits: dict[str, dict[str, np.ndarray]], frequency: np.ndarray, class_names: list[str]
 ) -> list[dict[str, Any]]:
-    """Table I rows with the per-concept breakdown, for each Net2Vec level."""
+    """Table I rows for each Net2Vec level: SVar of the mean Set IoUs with its per-concept
+    breakdown, SVar on each probe split and their spread, and the concept (if any) whose
+    1/frequency-weighted term dominates the sum."""
     rows = []
-    for lvl, per_feature in set_iou.items():
+    for lvl, per_feature in splits.items():
         for group, old, new in TABLE_I:
-            parts = concept_variance(per_feature[new], per_feature[old], frequency)
+            mean_new, mean_old = _nanmean(per_feature[new]), _nanmean(per_feature[old])
+            parts = concept_variance(mean_new, mean_old, frequency)
+            per_split = [
+                semantic_variance(n, o, frequency)
+                for n, o in zip(per_feature[new], per_feature[old], strict=True)
+            ]
+            terms = np.array([abs(p.contribution) for p in parts])
+            dominant = None
+            if terms.sum() > 0 and terms.max() > DOMINANT_SHARE * terms.sum():
+                j = int(terms.argmax())
+                dominant = {
+                    "class": class_names[j],
+                    "share": float(terms[j] / terms.sum()),
+                    "frequency": float(frequency[j]),
+                }
             rows.append(
                 {
                     "group": group,
@@ -327,6 +445,9 @@ def svar_table(
                     "old": old,
                     "new": new,
                     "svar": float(sum(p.contribution for p in parts)),
+                    "svar_splits": per_split,
+                    "svar_sd": float(_sd(np.array(per_split)[:, None])[0]),
+                    "dominated_by": dominant,
                     "concepts": [
                         {
                             "class": class_names[p.index],
@@ -371,33 +492,84 @@ def cka_summary(cka: CKAAccumulator, levels: list[int]) -> dict[str, Any]:
     }
 
 
+KNOWN_ANSWER = (  # (key, cue group, the modality that should lead, the other)
+    ("rgb_leads_on_appearance", "appearance", "rgb", "depth"),
+    ("depth_leads_on_geometry", "geometry", "depth", "rgb"),
+)
+
+
 def specialisation(
-    per_feature: dict[str, list[float]], meta: Any, level: int, margin: float
+    splits: dict[str, Any],
+    floors: dict[str, Any] | None,
+    meta: Any,
+    level: int,
+    margin: float,
+    margin_known: float = 0.02,
 ) -> dict[str, Any]:
     """Which classes each modality (separately trained) identifies better than the other,
-    checked against the cues the data declares, and one sentence per modality."""
-    rgb = np.asarray(per_feature["rgb_sep"], dtype=float)
-    depth = np.asarray(per_feature["depth_sep"], dtype=float)
+    checked against the cues the data declares, and one sentence per modality.
+
+    Args:
+        splits: "rgb_sep" / "depth_sep" -> `(seeds, C)` held-out Set IoU per probe split.
+        floors: the same for the noise floor (None: a floor of 0).
+        meta: the data's classes (names, cues).
+        level: the encoder level read (for the sentences).
+        margin: a class counts for a modality when its mean lead is at least this and twice
+            its spread over splits.
+        margin_known: the least mean lead, above the floor, that resolves a known-answer check.
+
+    Returns:
+        Per modality the classes it leads on and a sentence; per cue group the mean Set IoU,
+        its spread and floor; and `known_answer`: per check "yes", "no" or "not resolved",
+        with the numbers behind it in `known_answer_detail`.
+    """
+    iou = {m: np.atleast_2d(np.asarray(splits[f"{m}_sep"], dtype=float)) for m in MODS}
+    floor = {
+        m: np.atleast_2d(np.asarray(floors[f"{m}_sep"], dtype=float))
+        if floors is not None
+        else np.zeros_like(iou[m])
+        for m in MODS
+    }
     names = meta.class_names
     cues = [c.cue for c in meta.classes]
-    rgb_f, depth_f = np.nan_to_num(rgb), np.nan_to_num(depth)
-    out: dict[str, Any] = {"level": level, "margin": margin, "cue_mean_iou": {}}
+    mean = {m: np.nan_to_num(_nanmean(iou[m])) for m in MODS}
+    mean_floor = {m: np.nan_to_num(_nanmean(floor[m])) for m in MODS}
+    diff = np.nan_to_num(iou["rgb"]) - np.nan_to_num(iou["depth"])  # (seeds, C)
+    diff_mean, diff_sd = diff.mean(0), _sd(diff)
+    out: dict[str, Any] = {
+        "level": level,
+        "margin": margin,
+        "margin_known": margin_known,
+        "splits": int(iou["rgb"].shape[0]),
+        "cue_mean_iou": {},
+    }
+    per_split: dict[str, tuple[dict, dict]] = {}  # cue -> (IoU, floor) per modality, (seeds,)
+    finite = np.isfinite(iou["rgb"]).all(0) & np.isfinite(iou["depth"]).all(0)
     for cue in ("appearance", "geometry", "both"):
-        ids = [i for i, c in enumerate(cues) if c == cue and np.isfinite(rgb[i] + depth[i])]
+        ids = [i for i, c in enumerate(cues) if c == cue and finite[i]]
         if ids:
+            group = {m: iou[m][:, ids].mean(1) for m in MODS}  # (seeds,)
+            group_floor = {m: np.nan_to_num(floor[m][:, ids]).mean(1) for m in MODS}
             out["cue_mean_iou"][cue] = {
-                "rgb": float(rgb[ids].mean()),
-                "depth": float(depth[ids].mean()),
+                **{m: float(group[m].mean()) for m in MODS},
+                **{f"{m}_sd": float(_sd(group[m][:, None])[0]) for m in MODS},
+                **{f"{m}_floor": float(group_floor[m].mean()) for m in MODS},
             }
-    for who, mine, other, label in (
-        ("rgb", rgb_f, depth_f, "RGB"),
-        ("depth", depth_f, rgb_f, "Depth"),
-    ):
-        lead = [i for i in range(len(names)) if mine[i] - other[i] >= margin]
-        lead.sort(key=lambda i: -(mine[i] - other[i]))
+            per_split[cue] = (group, group_floor)
+    for who, sign, label in (("rgb", 1.0, "RGB"), ("depth", -1.0, "Depth")):
+        other = "depth" if who == "rgb" else "rgb"
+        lead_of = sign * diff_mean
+        need = np.maximum(margin, 2 * diff_sd)
+        lead = [
+            i
+            for i in range(len(names))
+            if lead_of[i] >= need[i] and mean[who][i] - mean_floor[who][i] >= margin
+        ]
+        lead.sort(key=lambda i: -lead_of[i])
+        mine, theirs = mean[who], mean[other]
         by_cue = {cue: sum(1 for i in lead if cues[i] == cue) for cue in set(cues) if cue}
         if lead:
-            listed = ", ".join(f"{names[i]} ({mine[i]:.2f} vs {other[i]:.2f})" for i in lead)
+            listed = ", ".join(f"{names[i]} ({mine[i]:.2f} vs {theirs[i]:.2f})" for i in lead)
             sentence = f"{label} (separately trained, stage {level + 1}) specialises in {listed}"
             if by_cue:
                 counts = ", ".join(f"{n} {cue}-cue" for cue, n in sorted(by_cue.items()) if n)
@@ -414,11 +586,51 @@ def specialisation(
         out[who] = {"classes": [names[i] for i in lead], "by_cue": by_cue, "sentence": sentence}
     groups = out["cue_mean_iou"]
     if "appearance" in groups and "geometry" in groups:
-        out["known_answer"] = {
-            "rgb_leads_on_appearance": groups["appearance"]["rgb"] > groups["appearance"]["depth"],
-            "depth_leads_on_geometry": groups["geometry"]["depth"] > groups["geometry"]["rgb"],
-        }
+        out["known_answer"], out["known_answer_detail"] = {}, {}
+        for key, cue, leader, other in KNOWN_ANSWER:
+            group, group_floor = per_split[cue]
+            verdict, detail = known_answer_verdict(
+                group[leader] - group_floor[leader], group[other] - group_floor[other], margin_known
+            )
+            out["known_answer"][key] = verdict
+            out["known_answer_detail"][key] = {"cue": cue, "leader": leader, **detail}
     return out
+
+
+MODS = ("rgb", "depth")
+
+
+def known_answer_verdict(
+    gain_leader: np.ndarray, gain_other: np.ndarray, margin_known: float
+) -> tuple[str, dict[str, Any]]:
+    """Does the expected modality lead? From per-split group means of Set IoU above the floor.
+
+    "yes" when the mean lead is beyond `threshold = max(margin_known, 2 sd of the lead over
+    splits)` and the leader is itself that far above its floor; "no" when the other modality
+    leads by the same threshold; "not resolved" otherwise, and always with a single split (no
+    spread to judge a lead by).
+    """
+    lead = np.asarray(gain_leader, dtype=float) - np.asarray(gain_other, dtype=float)
+    n = lead.shape[0]
+    sd = float(_sd(lead[:, None])[0])
+    threshold = max(margin_known, 2 * sd)
+    detail = {
+        "lead": float(lead.mean()),
+        "lead_sd": sd,
+        "threshold": threshold,
+        "above_floor": {"leader": float(np.mean(gain_leader)), "other": float(np.mean(gain_other))},
+    }
+    if n < 2:
+        return "not resolved", {**detail, "reason": "one probe split: no spread to judge by"}
+    if lead.mean() > threshold and np.mean(gain_leader) > threshold:
+        return "yes", {**detail, "reason": "lead beyond the threshold"}
+    if lead.mean() < -threshold:
+        return "no", {**detail, "reason": "the other modality leads beyond the threshold"}
+    if lead.mean() > threshold:
+        reason = "the leader is within the threshold of its noise floor"
+    else:
+        reason = "lead within the threshold (noise floor, spread over probe splits)"
+    return "not resolved", {**detail, "reason": reason}
 
 
 def pick_classes(meta: Any, frequency: list[float] | None = None) -> list[int]:
@@ -467,14 +679,14 @@ def gradcam_examples(
         from fusescope.engine.train import collate
 
         batch = move_batch(collate([ds[i] for i in chosen]), opts.device)
-        joint = cams["joint"](adapt["joint"](batch), cid)
-        separate = {
-            **cams["rgb"](adapt["rgb"](batch), cid),
-            **cams["depth"](adapt["depth"](batch), cid),
-        }
-        # one scale per model: the joint streams share one forward; the two unimodal models
-        # are put on one common scale too so the panel reads left to right
-        maps = {**shared_scale(joint), **shared_scale(separate)}
+        raw = {}
+        for name in ("joint", "rgb", "depth"):
+            model_batch = {**adapt[name](batch), "label": batch["label"]}
+            raw.update(cams[name](model_batch, cid, region=opts.gradcam_region,
+                                  ignore_index=meta.ignore_index))
+        # one scale per image over all four streams: each map is sum_k alpha_k A_k, a
+        # first-order share of the class score (logit units), so the four compare directly
+        maps = shared_scale(raw)
         rgb = batch[runs.rgb_modality].cpu()
         examples.append(
             GradCAMExample(
@@ -489,6 +701,7 @@ def gradcam_examples(
                 depth=batch[runs.depth_modality][:, 0].cpu().numpy(),
                 label=batch["label"].cpu().numpy(),
                 maps={k: v.detach().cpu().numpy() for k, v in maps.items()},
+                region=opts.gradcam_region,
             )
         )
     return examples

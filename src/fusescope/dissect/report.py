@@ -2,6 +2,7 @@
 
 REPORT/index.html            the page (every image embedded as base64: the file alone works)
 REPORT/results.json          all numbers (Set IoU, SVar table with per-concept states, CKA)
+REPORT/known_answer.png      cue-group Set IoU of RGB vs depth per level, spread and noise floor
 REPORT/setiou_<old>__<new>_l<level>.png   Set IoU bars per Table I pair (Fig. 3/6/8 style)
 REPORT/cka_cross_layer.png   cross-layer CKA per stream (Fig. 5a/b)
 REPORT/cka_cross_modal.png   cross-modal CKA per level, separate vs joint (Fig. 5c)
@@ -18,7 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fusescope.dissect.protocol import FEATURES, STREAMS, Dissection, GradCAMExample
+from fusescope.dissect.protocol import (
+    FEATURES,
+    KNOWN_ANSWER,
+    STREAMS,
+    Dissection,
+    GradCAMExample,
+)
 from fusescope.io import atomic_path, write_json
 
 MARKERS = {"new": "\u2191", "vanished": "\u2193", "increased": "\u2197", "decreased": "\u2198"}
@@ -48,36 +55,79 @@ def class_ticks(names: list[str], cues: list[str | None]) -> list[str]:
     ]
 
 
-def plot_set_iou(row: dict, names: list[str], cues: list[str | None], path: Path) -> Path:
-    """The old feature's Set IoU as the baseline bar; the gain (red) or loss (green) on top;
-    arrows for new / vanished / increased / decreased concepts."""
+def plot_set_iou(
+    row: dict, names: list[str], cues: list[str | None], spread: dict, path: Path
+) -> Path:
+    """Held-out Set IoU of the old and the new feature side by side, per concept, with the
+    spread over probe splits as error bars and each feature's noise floor as a black tick;
+    arrows for new / vanished / increased / decreased concepts.
+
+    Args:
+        spread: {"sd": {feature: (C,)}, "floor": {feature: (C,)}} at the row's level.
+    """
     plt = _pyplot()
     concepts = row["concepts"]
-    old = np.array([c["iou_old"] if c["iou_old"] is not None else np.nan for c in concepts])
-    new = np.array([c["iou_new"] if c["iou_new"] is not None else np.nan for c in concepts])
-    old0, new0 = np.nan_to_num(old), np.nan_to_num(new)
     x = np.arange(len(concepts))
-    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(concepts)), 3.6))
-    ax.bar(x, np.minimum(old0, new0), color="#4477aa", label=FEATURES[row["old"]])
-    gain = np.clip(new0 - old0, 0, None)
-    loss = np.clip(old0 - new0, 0, None)
-    ax.bar(x, gain, bottom=old0, color="#cc3311", label=f"{FEATURES[row['new']]}: higher")
-    ax.bar(x, loss, bottom=new0, color="#228833", label=f"{FEATURES[row['new']]}: lower")
+    width = 0.4
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(concepts)), 3.8))
+    top = np.zeros(len(concepts))
+    for side, key, color in ((-1, "old", "#4477aa"), (1, "new", "#ee7733")):
+        feature = row[key]
+        iou = np.array([np.nan if c[f"iou_{key}"] is None else c[f"iou_{key}"] for c in concepts])
+        sd = np.nan_to_num(np.array(spread["sd"][feature], dtype=float))
+        floor = np.array(spread["floor"][feature], dtype=float)
+        xs = x + side * width / 2
+        ax.bar(xs, np.nan_to_num(iou), width, yerr=sd, color=color, capsize=2,
+               error_kw={"elinewidth": 0.8}, label=FEATURES[feature])
+        ax.hlines(floor, xs - width / 2, xs + width / 2, colors="black", linewidth=1.6)
+        top = np.maximum(top, np.nan_to_num(iou) + sd)
+    ax.plot([], [], color="black", linewidth=1.6, label="noise floor (shuffled features)")
     for i, c in enumerate(concepts):
         if c["state"] in MARKERS:
-            ax.text(
-                i,
-                max(old0[i], new0[i]) + 0.02,
-                MARKERS[c["state"]],
-                ha="center",
-                va="bottom",
-                fontsize=11,
-            )
+            ax.text(i, top[i] + 0.02, MARKERS[c["state"]], ha="center", va="bottom", fontsize=11)
     ax.set_xticks(x, class_ticks(names, cues), rotation=60, ha="right", fontsize=8)
-    ax.set_ylim(0, 1.12)
-    ax.set_ylabel("Set IoU")
-    ax.set_title(f"{row['pair']} (stage {row['level'] + 1}): SVar {row['svar']:+.2f}", fontsize=10)
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("held-out Set IoU")
+    ax.set_title(
+        f"{row['pair']} (stage {row['level'] + 1}): SVar {row['svar']:+.2f} "
+        f"\u00b1 {row['svar_sd']:.2f}",
+        fontsize=10,
+    )
     ax.legend(fontsize=7, loc="upper right", ncols=3)
+    return _save(fig, path)
+
+
+VERDICT_COLOURS = {"yes": "#228833", "no": "#cc3311", "not resolved": "#777777"}
+
+
+def plot_known_answer(by_level: dict, path: Path) -> Path:
+    """Per Net2Vec level: mean held-out Set IoU of each cue group for RGB (separate) and depth
+    (separate), spread over probe splits as error bars, noise floor as black ticks, and the
+    known-answer verdict in the panel title."""
+    plt = _pyplot()
+    levels = sorted(by_level, key=int)
+    fig, axes = plt.subplots(1, len(levels), figsize=(3.6 * len(levels), 3.2), squeeze=False)
+    for ax, lvl in zip(axes[0], levels, strict=True):
+        spec = by_level[lvl]
+        groups = list(spec["cue_mean_iou"])
+        x = np.arange(len(groups))
+        for side, m, color in ((-1, "rgb", "#cc6677"), (1, "depth", "#117733")):
+            v = np.array([spec["cue_mean_iou"][g][m] for g in groups])
+            sd = np.array([spec["cue_mean_iou"][g][f"{m}_sd"] for g in groups])
+            floor = np.array([spec["cue_mean_iou"][g][f"{m}_floor"] for g in groups])
+            xs = x + side * 0.2
+            ax.bar(xs, v, 0.4, yerr=sd, capsize=3, color=color, label=f"{m} (separate)")
+            ax.hlines(floor, xs - 0.2, xs + 0.2, colors="black", linewidth=1.6)
+        ax.plot([], [], color="black", linewidth=1.6, label="noise floor")
+        ax.set_xticks(x, [f"{g}-only" if g != "both" else "both cues" for g in groups],
+                      fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("mean held-out Set IoU")
+        verdicts = spec.get("known_answer", {})
+        short = {"rgb_leads_on_appearance": "RGB>D on A", "depth_leads_on_geometry": "D>RGB on G"}
+        title = ", ".join(f"{short.get(k, k)}: {v}" for k, v in verdicts.items())
+        ax.set_title(f"stage {int(lvl) + 1}\n{title}", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
     return _save(fig, path)
 
 
@@ -164,7 +214,12 @@ def plot_gradcam(example: GradCAMExample, path: Path) -> Path:
     for ax in axes.flat:
         ax.axis("off")
     cue = f" ({example.cue} cue)" if example.cue else ""
-    fig.suptitle(f"Grad-CAM for '{example.class_name}'{cue}", fontsize=10)
+    where = "labelled" if example.region == "label" else "predicted"
+    fig.suptitle(
+        f"Grad-CAM for '{example.class_name}'{cue}: score over the {where} pixels; "
+        "one colour scale for the four streams of an image",
+        fontsize=10,
+    )
     return _save(fig, path)
 
 
@@ -211,8 +266,11 @@ def write_report(dissection: Dissection, out: str | os.PathLike) -> Path:
     cues = res["probe"]["cues"]
     setiou_paths = []
     for row in res["svar"]:
+        lvl = str(row["level"])
+        spread = {"sd": res["set_iou_sd"][lvl], "floor": res["noise_floor"][lvl]}
         path = out / f"setiou_{row['old']}__{row['new']}_l{row['level']}.png"
-        setiou_paths.append((row, plot_set_iou(row, names, cues, path)))
+        setiou_paths.append((row, plot_set_iou(row, names, cues, spread, path)))
+    known_path = plot_known_answer(res["specialisation_by_level"], out / "known_answer.png")
     cka_paths = plot_cka(res["cka"], out)
     cam_paths = []
     for ex in dissection.gradcam:
@@ -227,60 +285,126 @@ def write_report(dissection: Dissection, out: str | os.PathLike) -> Path:
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"
         "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-        ".ok{color:#228833}.bad{color:#cc3311}</style></head><body>",
+        ".ok{color:#228833}.bad{color:#cc3311}.open{color:#777777}</style></head><body>",
         "<h1>Dissection of RGB-D fusion</h1>",
         f"<p>Runs: RGB <code>{html.escape(res['runs']['rgb'])}</code>, depth "
         f"<code>{html.escape(res['runs']['depth'])}</code>, joint "
         f"<code>{html.escape(res['runs']['joint'])}</code>. Probe: "
         f"{res['probe']['images']} images of split <code>{html.escape(res['probe']['split'])}"
         f"</code> in <code>{html.escape(res['probe']['root'])}</code>.</p>",
+        f"<p><b>Every Set IoU here is held out</b> ({html.escape(res['probe']['scoring'])}): "
+        "each probe image is scored by a probe trained on the other folds. Beside it, the "
+        "<b>noise floor</b>: the same procedure on features paired with another image's labels "
+        "(what the label statistics alone give). \u00b1 is the standard deviation over the "
+        "probe splits (the probes' variability, not that of training the models again).</p>",
         "<h2>What each modality specialises in</h2><ul>",
         f"<li>{html.escape(spec['rgb']['sentence'])}</li>",
         f"<li>{html.escape(spec['depth']['sentence'])}</li></ul>",
         f"<p>A modality <em>specialises</em> in a class when the Net2Vec probe on its "
-        f"separately trained encoder (stage {spec['level'] + 1}) finds the class with a Set IoU "
-        f"at least {spec['margin']:.2f} higher than the other modality's. Set IoU is the "
-        f"intersection over union (0 to 1), over all probe images, of the class's pixels and "
-        f"the mask a linear probe predicts from the features; the brackets give this "
+        f"separately trained encoder (stage {spec['level'] + 1}) finds the class with a held-out "
+        f"Set IoU at least {spec['margin']:.2f} (and twice the spread over probe splits) higher "
+        f"than the other modality's, and that far above its noise floor. Set IoU is the "
+        f"intersection over union (0 to 1), pooled over held-out probe images, of the class's "
+        f"pixels and the mask a linear probe predicts from the features; the brackets give this "
         f"modality's Set IoU, then the other's.</p>",
+        "<h3>Known answer per level</h3><p>The data declares each class's cue. The check "
+        "compares cue-group means of Set IoU above the noise floor: \u201cyes\u201d / "
+        "\u201cno\u201d only when the lead is beyond the threshold (the larger of "
+        f"{spec['margin_known']:.2f} and twice the lead's spread over probe splits), "
+        "otherwise \u201cnot resolved\u201d.</p>",
+        _img(known_path, "known answer per level"),
+        "<table><tr><th>stage</th><th>cue group</th><th>RGB (sep.)</th><th>floor</th>"
+        "<th>depth (sep.)</th><th>floor</th><th>check</th><th>lead above floor</th>"
+        "<th>threshold</th><th>verdict</th></tr>",
     ]
-    if spec.get("cue_mean_iou"):
-        parts.append("<table><tr><th>cue group</th><th>RGB Set IoU</th><th>depth Set IoU</th></tr>")
-        for cue, v in spec["cue_mean_iou"].items():
-            parts.append(f"<tr><td>{cue}</td><td>{v['rgb']:.3f}</td><td>{v['depth']:.3f}</td></tr>")
-        parts.append("</table>")
-    if "known_answer" in spec:
-        parts.append("<p>Known answer (the data declares each class's cue): ")
-        for key, ok in spec["known_answer"].items():
-            parts.append(
-                f"<span class='{'ok' if ok else 'bad'}'>{key.replace('_', ' ')}: "
-                f"{'yes' if ok else 'NO'}</span>; "
+    checks = {cue: (key, leader) for key, cue, leader, _ in KNOWN_ANSWER}
+    for lvl, by_level in sorted(res["specialisation_by_level"].items(), key=lambda t: int(t[0])):
+        for cue, v in by_level["cue_mean_iou"].items():
+            cells = [
+                f"{int(lvl) + 1}",
+                cue,
+                f"{v['rgb']:.3f} \u00b1 {v['rgb_sd']:.3f}",
+                f"{v['rgb_floor']:.3f}",
+                f"{v['depth']:.3f} \u00b1 {v['depth_sd']:.3f}",
+                f"{v['depth_floor']:.3f}",
+            ]
+            key = checks.get(cue, (None, None))[0]
+            if key and key in by_level.get("known_answer", {}):
+                d = by_level["known_answer_detail"][key]
+                verdict = by_level["known_answer"][key]
+                cls = {"yes": "ok", "no": "bad"}.get(verdict, "open")
+                cells += [
+                    f"{checks[cue][1]} leads",
+                    f"{d['lead']:+.3f} \u00b1 {d['lead_sd']:.3f}",
+                    f"{d['threshold']:.3f}",
+                    f"<span class='{cls}' title='{html.escape(d['reason'])}'>{verdict}</span>",
+                ]
+            else:
+                cells += ["", "", "", ""]
+            parts.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    parts.append("</table>")
+    unresolved = []
+    for lvl, by_level in sorted(res["specialisation_by_level"].items(), key=lambda t: int(t[0])):
+        for key, verdict in by_level.get("known_answer", {}).items():
+            if verdict == "yes":
+                continue
+            d = by_level["known_answer_detail"][key]
+            what = (
+                "contradicts the known answer"
+                if verdict == "no"
+                else "neither confirms nor contradicts the known answer: the separately "
+                "trained features of this stage do not tell the cue group apart beyond the "
+                "probes' noise (check the models' own per-class IoU with fusescope eval)"
             )
-        parts.append("</p>")
+            unresolved.append(
+                f"<li>stage {int(lvl) + 1}, {key.replace('_', ' ')}: {verdict} "
+                f"({html.escape(d['reason'])}; lead {d['lead']:+.3f} \u00b1 "
+                f"{d['lead_sd']:.3f}, threshold {d['threshold']:.3f}). This stage {what}.</li>"
+            )
+    if unresolved:
+        parts.append("<ul>" + "".join(unresolved) + "</ul>")
     parts.append(
         "<h2>Semantic variance (Table I)</h2><p>Row \u201cA vs. B\u201d is SVar(B; A):"
         " positive when B carries more concept semantics than A (eq. 4-6, "
-        "\u03bb = 2, per-concept frequency normalisation).</p><table><tr><th>group</th>"
-        "<th>pair</th><th>stage</th><th>SVar</th><th>new</th><th>vanished</th>"
-        "<th>increased</th><th>decreased</th></tr>"
+        "\u03bb = 2, per-concept frequency normalisation). SVar is computed from the mean "
+        "held-out Set IoUs; \u00b1 is the spread of SVar over the probe splits. Eq. 6 divides "
+        "each concept's term by its pixel frequency, so a rare class can dominate the sum: "
+        "the last column names the class whose term is over half of the total.</p>"
+        "<table><tr><th>group</th><th>pair</th><th>stage</th><th>SVar</th><th>per split</th>"
+        "<th>new</th><th>vanished</th><th>increased</th><th>decreased</th>"
+        "<th>dominated by (1/f weighting)</th></tr>"
     )
     for row in res["svar"]:
         counts = {s: sum(1 for c in row["concepts"] if c["state"] == s) for s in MARKERS}
+        dom = row.get("dominated_by")
+        dom_text = (
+            f"{html.escape(dom['class'])}: {100 * dom['share']:.0f}% of |terms| "
+            f"(frequency {100 * dom['frequency']:.2f}%)"
+            if dom
+            else "-"
+        )
+        per_split = ", ".join(f"{v:+.1f}" for v in row["svar_splits"])
         parts.append(
             f"<tr><td>{row['group']}</td><td>{html.escape(row['pair'])}</td>"
-            f"<td>{row['level'] + 1}</td><td>{row['svar']:+.2f}</td>"
+            f"<td>{row['level'] + 1}</td><td>{row['svar']:+.2f} \u00b1 {row['svar_sd']:.2f}</td>"
+            f"<td>{per_split}</td>"
             + "".join(f"<td>{counts[s]}</td>" for s in MARKERS)
-            + "</tr>"
+            + f"<td>{dom_text}</td></tr>"
         )
     parts.append(
-        "</table><h2>Set IoU per concept</h2><p>[A] appearance-only, [G] "
+        "</table><h2>Set IoU per concept</h2><p>Held-out Set IoU, mean over probe splits; "
+        "error bars: spread over splits; black ticks: noise floor. [A] appearance-only, [G] "
         "geometry-only, [B] both cues. \u2191 new, \u2193 vanished, \u2197 increased, "
         "\u2198 decreased.</p>"
     )
     for row, path in setiou_paths:
         parts.append(_img(path, row["pair"]))
-    parts.append("<h2>Set IoU table</h2>")
+    parts.append(
+        "<h2>Set IoU table</h2><p>Held-out Set IoU \u00b1 spread over probe splits, and "
+        "(in brackets) the noise floor of the same feature.</p>"
+    )
     for lvl, per_feature in res["set_iou"].items():
+        sd, floor = res["set_iou_sd"][lvl], res["noise_floor"][lvl]
         parts.append(
             f"<p>stage {int(lvl) + 1}</p><table><tr><th>class</th>"
             + "".join(f"<th>{html.escape(FEATURES[f])}</th>" for f in per_feature)
@@ -289,7 +413,10 @@ def write_report(dissection: Dissection, out: str | os.PathLike) -> Path:
         for i, name in enumerate(class_ticks(names, cues)):
             parts.append(
                 f"<tr><td>{html.escape(name)}</td>"
-                + "".join(f"<td>{_fmt(v[i])}</td>" for v in per_feature.values())
+                + "".join(
+                    f"<td>{_fmt(v[i])} \u00b1 {_fmt(sd[f][i])} ({_fmt(floor[f][i])})</td>"
+                    for f, v in per_feature.items()
+                )
                 + "</tr>"
             )
         parts.append("</table>")
@@ -302,11 +429,18 @@ def write_report(dissection: Dissection, out: str | os.PathLike) -> Path:
     for path in cka_paths:
         parts.append(_img(path, path.stem))
     if cam_paths:
+        region = res.get("gradcam", {}).get("region", "label")
+        where = "labelled as" if region == "label" else "predicted as"
         parts.append(
-            "<h2>Grad-CAM</h2><p>Target: the class logit summed over the pixels "
-            "predicted as the class. The joint model's RGB and depth maps share one "
-            "scale (one forward/backward); the two unimodal models' maps are put on "
-            "a common scale too; no per-map min-max.</p>"
+            f"<h2>Grad-CAM</h2><p>Target: the class logit summed over the pixels {where} the "
+            "class"
+            + (" (the paper's choice)" if region == "label" else "")
+            + ". Scale: the four maps of an image (RGB and depth of the separate models, RGB "
+            "and depth streams of the joint model) share one colour scale, divided by the "
+            "largest value among the four; no per-map min-max, so a weak stream looks weak. "
+            "Each map is \u2211<sub>k</sub> \u03b1<sub>k</sub> A<sub>k</sub>, a first-order "
+            "share of the class score in logit units, which is what makes the four "
+            "comparable.</p>"
         )
         for ex, path in cam_paths:
             parts.append(_img(path, ex.class_name))
