@@ -48,8 +48,8 @@ def test_exactly_channels_below_theta_in_own_part_are_replaced(M):
     op, _ = exchange_op(M, C, gammas)
     expected_mask = small & own
     assert torch.equal(op.replaced(), expected_mask)
-    x5 = torch.randn(M, 2, C, 3, 4, requires_grad=True)
-    y5 = op(x5, "bn_out")
+    x5 = torch.randn(M, 2, C, 3, 4, requires_grad=True)  # modality-first for reading
+    y5 = op(x5.transpose(0, 1), "bn_out").transpose(0, 1)  # ops see (B, M, C, H, W)
     for m in range(M):
         others = torch.cat([x5[:m], x5[m + 1 :]]).mean(0)
         for c in range(C):
@@ -74,8 +74,8 @@ def test_discard_and_random_modes():
     gammas = torch.ones(2, 8)
     gammas[0, 1] = 0.0
     op, _ = exchange_op(2, 8, gammas, mode="discard")
-    x5 = torch.randn(2, 1, 8, 2, 2)
-    y5 = op(x5, "bn_out")
+    x5 = torch.randn(2, 1, 8, 2, 2)  # (M, B, ...)
+    y5 = op(x5.transpose(0, 1), "bn_out").transpose(0, 1)
     assert y5[0, :, 1].abs().sum() == 0 and torch.equal(y5[1], x5[1])
     op, _ = exchange_op(2, 8, torch.ones(2, 8), mode="random", random_portion=0.5)
     mask = op.replaced()
