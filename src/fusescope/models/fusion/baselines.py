@@ -199,7 +199,7 @@ class MergedStreams(Segmentor):
 
     def forward(self, batch: dict[str, Tensor]) -> dict:
         inputs = self.inputs(batch)
-        M, (B, _, H, W) = len(inputs), inputs[0].shape
+        M, (H, W) = len(inputs), inputs[0].shape[-2:]
         x = stack_modalities([tile_channels(t, self.in_chans) for t in inputs])  # (B*M, C, H, W)
         levels = []
         for index, stage in enumerate(self.streams):
