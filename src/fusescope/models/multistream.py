@@ -17,8 +17,9 @@ M-stream network (CEN section 3.4, AsymFusion's parameter-sharing scheme):
   setting of CEN Table 2.
 
 Fusion ops act on the `(B, M, C, H, W)` view (modality axis 1) at *points* the encoder
-exposes. A fusion method declares where it acts with a `Where` (site kind, stages, all blocks or the last block of each
-stage) and a factory building one op per matching point; the encoder knows no method by name.
+exposes. A fusion method declares where it acts with a `Where` (site kind, stages, all blocks
+or the last block of each stage) and a factory building one op per matching point; the encoder
+knows no method by name.
 Sites, per residual block's *spatial unit* (the 3x3 / depthwise conv whose BN feeds an
 activation: BasicBlock conv1/bn1/act1, Bottleneck conv2/bn2/act2, EfficientNet conv_dw and the
 BatchNormAct2d after it), plus one per stage:
