@@ -44,9 +44,10 @@ def test_modality_batchnorm_equals_separate_batchnorms(M, momentum):
         y = mbn(x)
         ref = stack_modalities([bn(t) for bn, t in zip(refs, xs, strict=True)])
         torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
-        y.square().sum().backward()
+        # in place on the output, as timm's ReLU and `+= shortcut` do
+        y.relu_().square().sum().backward()
         grads = [
-            torch.autograd.grad(bn(t.requires_grad_()).square().sum(), t)[0]
+            torch.autograd.grad(bn(t.requires_grad_()).relu().square().sum(), t)[0]
             for bn, t in zip(copy.deepcopy(refs), xs, strict=True)
         ]
         torch.testing.assert_close(x.grad, stack_modalities(grads), atol=1e-4, rtol=1e-4)
@@ -57,10 +58,19 @@ def test_modality_batchnorm_equals_separate_batchnorms(M, momentum):
     for bn in refs:
         bn.eval()
     xs = [torch.randn(2, 6, 3, 3) for _ in range(M)]
+    mbn.zero_grad()
+    x = stack_modalities(xs).requires_grad_()
+    y = mbn(x)
     torch.testing.assert_close(
-        mbn(stack_modalities(xs)),
-        stack_modalities([bn(t) for bn, t in zip(refs, xs, strict=True)]),
+        y, stack_modalities([bn(t) for bn, t in zip(refs, xs, strict=True)])
     )
+    # eval mode with gradients (frozen statistics while training): gradients of every input
+    y.add_(1.0).square().sum().backward()
+    grads = [torch.autograd.grad(bn(t.requires_grad_()).add(1.0).square().sum(),
+                                 [t, bn.weight, bn.bias]) for bn, t in zip(refs, xs, strict=True)]
+    torch.testing.assert_close(x.grad, stack_modalities([g[0] for g in grads]))
+    torch.testing.assert_close(mbn.weight.grad, torch.stack([g[1] for g in grads]))
+    torch.testing.assert_close(mbn.bias.grad, torch.stack([g[2] for g in grads]))
 
 
 @pytest.mark.parametrize("M", [2, 3])
@@ -210,8 +220,8 @@ def test_mean_of_others_and_ensemble():
     torch.testing.assert_close(mean_of_others(x)[:, 2], (x[:, 0] + x[:, 1]) / 2)
     assert torch.equal(mean_of_others(x[:, :2]), x[:, :2].flip(1))  # M = 2: exact swap
     ens = Ensemble(2)
-    logits = torch.randn(1, 2, 3, 4, 4, requires_grad=True)  # (B, M, K, H, W)
+    logits = torch.randn(2, 1, 3, 4, 4, requires_grad=True)  # (M, B, K, H, W)
     out = ens(logits)
-    torch.testing.assert_close(out, logits.mean(1))  # alpha = 1 -> equal weights
+    torch.testing.assert_close(out, logits.mean(0))  # alpha = 1 -> equal weights
     out.sum().backward()
     assert logits.grad is None and ens.alpha.grad is not None

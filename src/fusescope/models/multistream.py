@@ -84,6 +84,58 @@ def combine_moments(mean: Tensor, var: Tensor, count: Tensor) -> tuple[Tensor, T
     return joint, spread, total
 
 
+def _alias(t: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """A tensor of `shape` on contiguous `t`'s memory that autograd does not record as a view.
+    Only for a temporary that nothing else keeps (see `_StackedBatchNorm`)."""
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(
+        t.untyped_storage(), t.storage_offset(), shape
+    )
+
+
+class _StackedBatchNorm(torch.autograd.Function):
+    """M BatchNorms over a sample-major stack `(B*M, C, H, W)` as one native batch norm over its
+    `(B, M*C, H, W)` view, forward and backward (ATen's `_batch_norm_with_update` /
+    `_batch_norm_no_update` and `batch_norm_backward`: cuDNN / MIOpen / native as the device
+    has it). Its own Function so that the output can be handed back in the `(B*M, C, H, W)`
+    shape without being an autograd view of the kernel's output (see `ModalityBatchNorm`)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, num_modalities, training,
+                momentum, eps):
+        BM, C, H, W = x.shape
+        wide = x.reshape(BM // num_modalities, num_modalities * C, H, W)
+        norm = (torch.ops.aten._batch_norm_with_update if training
+                else torch.ops.aten._batch_norm_no_update)
+        # the (M, C) parameters and statistics flattened as views: modality m's channel c is
+        # channel m*C + c, and the kernel updates the running statistics in place
+        y, save_mean, save_invstd, reserve = norm(
+            wide, weight.view(-1), bias.view(-1), running_mean.view(-1), running_var.view(-1),
+            momentum, eps,
+        )
+        ctx.save_for_backward(wide, weight, running_mean, running_var, save_mean, save_invstd,
+                              reserve)
+        ctx.training, ctx.eps = training, eps
+        return _alias(y.contiguous(), (BM, C, H, W))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        wide, weight, running_mean, running_var, save_mean, save_invstd, reserve = (
+            ctx.saved_tensors
+        )
+        grad_x, grad_w, grad_b = torch.ops.aten.batch_norm_backward(
+            grad.reshape(wide.shape), wide, weight.view(-1), running_mean.view(-1),
+            running_var.view(-1), save_mean, save_invstd, ctx.training, ctx.eps,
+            list(ctx.needs_input_grad[:3]), reserve,
+        )
+        return (
+            None if grad_x is None else grad_x.view(grad.shape),
+            None if grad_w is None else grad_w.view(weight.shape),
+            None if grad_b is None else grad_b.view(weight.shape),
+            None, None, None, None, None, None,
+        )
+
+
 class ModalityBatchNorm(nn.Module):
     """M BatchNorms over a modality-stacked batch, with fusion slots between norm and activation.
 
@@ -160,11 +212,8 @@ class ModalityBatchNorm(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        M = self.num_modalities
-        BM, C, H, W = x.shape
-        wide = x.reshape(BM // M, M * C, H, W)  # (B, M*C, H, W): the same memory
         if self.training and self.gather_stats is not None:
-            y = self._global_norm(wide)
+            y = self._global_norm(x)
         else:
             factor = 0.0
             if self.training:
@@ -176,43 +225,51 @@ class ModalityBatchNorm(nn.Module):
                     if self.momentum is not None
                     else 1.0 / float(self.num_batches_tracked)
                 )
-            y = F.batch_norm(
-                wide,
-                self.running_mean.view(-1),
-                self.running_var.view(-1),
-                self.weight.view(-1),
-                self.bias.view(-1),
-                self.training,
-                factor,
-                self.eps,
+            y = _StackedBatchNorm.apply(
+                x, self.weight, self.bias, self.running_mean, self.running_var,
+                self.num_modalities, self.training, factor, self.eps,
             )
-        y5 = y.view(BM // M, M, C, H, W)  # (B, M, C, H, W)
+        # y: (B*M, C, H, W), not an autograd view: the in-place ReLU / `+= shortcut` that timm
+        # blocks apply to a BN's output stay cheap (on a view, autograd would copy the whole
+        # tensor in backward)
+        if not self.after_norm:
+            y = self.act(self.drop(y))
+            if not self.after_act:
+                return y
+        y5 = modality_view(y, self.num_modalities)  # (B, M, C, H, W)
         for op, site in self.after_norm:
             y5 = op(y5, site)
-        y5 = self.act(self.drop(y5))
+        if self.after_norm:  # the activation acts on the ops' output itself, not a view of it
+            y5 = self.act(self.drop(y5))
         for op, site in self.after_act:
             y5 = op(y5, site)
-        return y5.reshape(BM, C, H, W)
+        return y5.reshape(y.shape)
 
-    def _global_norm(self, wide: Tensor) -> Tensor:
+    def _global_norm(self, x: Tensor) -> Tensor:
         """Training normalisation with the global batch's per-modality moments (several
         processes), differentiable through the gathered moments; statistics in float32."""
-        MC = wide.shape[1]
-        xf = wide.float()
-        var, mean = torch.var_mean(xf, dim=(0, 2, 3), correction=0)  # (M*C,) each
-        n = xf.numel() // MC
+        M = self.num_modalities
+        BM, C, H, W = x.shape
+        xf = x.float()
+        wide = xf.view(BM // M, M * C, H, W)
+        var, mean = torch.var_mean(wide, dim=(0, 2, 3), correction=0)  # (M*C,) each
+        n = wide.numel() // (M * C)
         count = torch.full((1,), n, dtype=xf.dtype, device=xf.device)
         stacked = self.gather_stats(torch.cat([mean, var, count]))  # (P, 2*M*C + 1)
+        MC = M * C
         mean, var, total = combine_moments(
             stacked[:, :MC], stacked[:, MC : 2 * MC], stacked[:, 2 * MC :]
         )
-        self._update_running_stats(mean.view_as(self.running_mean),
-                                   var.view_as(self.running_var), total[0])
-        # y = (x - mean) / sqrt(var + eps) * gamma + beta, folded to one multiply-add
-        scale = self.weight.view(-1) * torch.rsqrt(var + self.eps)  # (M*C,)
-        shift = self.bias.view(-1) - mean * scale
-        y = torch.addcmul(shift[None, :, None, None], xf, scale[None, :, None, None])
-        return y.to(wide.dtype)
+        mean, var = mean.view(M, C), var.view(M, C)
+        self._update_running_stats(mean, var, total[0])
+        # y = (x - mean) / sqrt(var + eps) * gamma + beta, folded to one multiply-add; the
+        # (M, C) factors repeated per sample give one row per (sample, modality)
+        scale = self.weight * torch.rsqrt(var + self.eps)  # (M, C)
+        shift = self.bias - mean * scale
+        rows = BM // M
+        y = torch.addcmul(shift.repeat(rows, 1)[:, :, None, None], xf,
+                          scale.repeat(rows, 1)[:, :, None, None])
+        return y.to(x.dtype)
 
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var: Tensor, n: Tensor) -> None:
@@ -466,6 +523,11 @@ class MultiStreamEncoder(nn.Module):
         conv_name, bn_name, act_name = SPATIAL_UNITS[type(block)]
         if site == "bn_out":
             getattr(block, bn_name).after_norm.append((op, site))
+            act = getattr(block, act_name) if act_name is not None else None
+            if getattr(act, "inplace", False):
+                # the op's output reaches the activation as a (B*M, ...) view of its
+                # (B, M, ...) result; in place on a view, autograd would copy it in backward
+                act.inplace = False
         elif site == "act_out" and act_name is None:  # activation lives in the BN module
             getattr(block, bn_name).after_act.append((op, site))
         elif site == "act_out":
@@ -523,9 +585,9 @@ class Ensemble(nn.Module):
         super().__init__()
         self.alpha = nn.Parameter(torch.ones(num_modalities))
 
-    def forward(self, logits5: Tensor) -> Tensor:  # (B, M, K, H, W) -> (B, K, H, W)
+    def forward(self, logits5: Tensor) -> Tensor:  # (M, B, K, H, W) -> (B, K, H, W)
         weights = torch.softmax(self.alpha, 0).to(logits5.dtype)
-        return torch.tensordot(logits5.detach(), weights, dims=([1], [0]))
+        return torch.tensordot(weights, logits5.detach(), dims=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -586,10 +648,14 @@ class MultiStreamSegmentor(Segmentor):
     def forward(self, batch: dict[str, Tensor]) -> dict:
         inputs = self.inputs(batch)
         B, _, H, W = inputs[0].shape
+        M = len(self.modalities)
         x = stack_modalities([tile_channels(t, self.in_chans) for t in inputs])  # (B*M, C, H, W)
-        logits = resize_to(self.decoder(self.encoder(x)), (H, W))  # (B*M, K, H, W)
-        logits5 = modality_view(logits, len(self.modalities))  # (B, M, K, H, W)
-        per_modality = dict(zip(self.modalities, logits5.unbind(1), strict=True))
+        small = modality_view(self.decoder(self.encoder(x)), M)  # (B, M, K, h, w)
+        # modality-major before upsampling, where the copy is small: each modality's full-size
+        # logits are then contiguous for its loss
+        small = small.transpose(0, 1).flatten(0, 1)  # (M*B, K, h, w)
+        logits5 = resize_to(small, (H, W)).unflatten(0, (M, -1))  # (M, B, K, H, W)
+        per_modality = dict(zip(self.modalities, logits5.unbind(0), strict=True))
         return output(self.ensemble(logits5), per_modality, self.aux_losses())
 
     def aux_losses(self) -> dict[str, Tensor]:
