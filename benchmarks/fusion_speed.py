@@ -17,6 +17,7 @@ drift hits them alike), after warm-up rounds; medians, printed as ratios:
    modality's BN (CEN's ModuleParallel / BatchNorm2dParallel).
 
 Run: python benchmarks/fusion_speed.py [--steps 10] [--warmup 2] [--threads 2] [--fusion]
+     [--tables 1 2 3] [--backbones ...] [--modalities 2 3]
 """
 
 from __future__ import annotations
@@ -100,20 +101,21 @@ def batchnorm_contenders(M: int, B: int, C: int, H: int, W: int) -> dict[str, Ca
     xs = [torch.randn(B, C, H, W, requires_grad=True) for _ in range(M)]
     stacked = torch.randn(B * M, C, H, W, requires_grad=True)
     grad = torch.randn(B, C, H, W)
+    stacked_grad = grad.repeat(M, 1, 1, 1)
     ours = ModalityBatchNorm(C, M).train()
     natives = [nn.BatchNorm2d(C).train() for _ in range(M)]
     old = [torch.ones(M, C, requires_grad=True), torch.zeros(M, C, requires_grad=True),
            torch.zeros(M, C), torch.ones(M, C)]
 
     def run_ours():
-        ours(stacked).relu_().backward(grad.repeat(M, 1, 1, 1))
+        ours(stacked).relu_().backward(stacked_grad)
 
     def run_natives():
         for bn, x in zip(natives, xs, strict=True):
             bn(x).relu_().backward(grad)
 
     def run_old():
-        handwritten_bn(stacked, M, *old).relu_().backward(grad.repeat(M, 1, 1, 1))
+        handwritten_bn(stacked, M, *old).relu_().backward(stacked_grad)
 
     return {"ModalityBatchNorm": run_ours, "M native BatchNorm2d": run_natives,
             "hand-written (before)": run_old}
@@ -222,11 +224,24 @@ def main() -> None:
                         default=["resnet18", "resnet50", "efficientnet_lite0"])
     parser.add_argument("--modalities", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--fusion", action="store_true", help="also table 3")
+    parser.add_argument("--tables", type=int, nargs="+", default=[1, 2, 3])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    B, (H, W) = args.batch, args.size
+    if 1 in args.tables:
+        step_table(args)
+    if 2 in args.tables:
+        batchnorm_table(args)
+    if args.fusion and 3 in args.tables:
+        print("3. training step, resnet18, M = 2, ratio to the stacked network with fusion off")
+        t = interleave(fusion_contenders(args), args.steps, args.warmup)
+        base = t["multistream (stacked)"]
+        for name, sec in t.items():
+            print(f"   {name:<40} {sec / base:6.3f}x")
 
+
+def step_table(args) -> None:
+    B, (H, W) = args.batch, args.size
     print(f"1. training step (forward + backward), batch {B}, {H}x{W}, light decoder, "
           f"{args.threads} threads, median of {args.steps} after {args.warmup} warm-up rounds")
     print(f"   {'backbone':<20} {'M':>2} {'stacked / M separate':>21} {'separate (ms)':>14}")
@@ -236,6 +251,9 @@ def main() -> None:
             print(f"   {backbone:<20} {M:>2} {t['stacked'] / t['separate']:>20.3f}x "
                   f"{t['separate'] * 1e3:>14.0f}")
 
+
+def batchnorm_table(args) -> None:
+    B, (H, W) = args.batch, args.size
     print("2. per-modality BatchNorm, forward + backward, ratio to M native BatchNorm2d calls")
     print(f"   {'M':>2} {'shape (B, C, H, W)':<22} {'ModalityBatchNorm':>18} "
           f"{'hand-written (before)':>22}")
@@ -246,13 +264,6 @@ def main() -> None:
             base = t["M native BatchNorm2d"]
             print(f"   {M:>2} {str((B, C, h, w)):<22} {t['ModalityBatchNorm'] / base:>17.3f}x "
                   f"{t['hand-written (before)'] / base:>21.3f}x")
-
-    if args.fusion:
-        print("3. training step, resnet18, M = 2, ratio to the stacked network with fusion off")
-        t = interleave(fusion_contenders(args), args.steps, args.warmup)
-        base = t["multistream (stacked)"]
-        for name, sec in t.items():
-            print(f"   {name:<40} {sec / base:6.3f}x")
 
 
 if __name__ == "__main__":
