@@ -84,65 +84,14 @@ def combine_moments(mean: Tensor, var: Tensor, count: Tensor) -> tuple[Tensor, T
     return joint, spread, total
 
 
-def _alias(t: Tensor, shape: tuple[int, ...]) -> Tensor:
-    """A tensor of `shape` on contiguous `t`'s memory that autograd does not record as a view.
-    Only for a temporary that nothing else keeps (see `_StackedBatchNorm`)."""
-    return torch.empty(0, dtype=t.dtype, device=t.device).set_(
-        t.untyped_storage(), t.storage_offset(), shape
-    )
-
-
-class _StackedBatchNorm(torch.autograd.Function):
-    """M BatchNorms over a sample-major stack `(B*M, C, H, W)` as one native batch norm over its
-    `(B, M*C, H, W)` view, forward and backward (ATen's `_batch_norm_with_update` /
-    `_batch_norm_no_update` and `batch_norm_backward`: cuDNN / MIOpen / native as the device
-    has it). Its own Function so that the output can be handed back in the `(B*M, C, H, W)`
-    shape without being an autograd view of the kernel's output (see `ModalityBatchNorm`)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, num_modalities, training,
-                momentum, eps):
-        BM, C, H, W = x.shape
-        wide = x.reshape(BM // num_modalities, num_modalities * C, H, W)
-        norm = (torch.ops.aten._batch_norm_with_update if training
-                else torch.ops.aten._batch_norm_no_update)
-        # the (M, C) parameters and statistics flattened as views: modality m's channel c is
-        # channel m*C + c, and the kernel updates the running statistics in place
-        y, save_mean, save_invstd, reserve = norm(
-            wide, weight.view(-1), bias.view(-1), running_mean.view(-1), running_var.view(-1),
-            momentum, eps,
-        )
-        ctx.save_for_backward(wide, weight, running_mean, running_var, save_mean, save_invstd,
-                              reserve)
-        ctx.training, ctx.eps = training, eps
-        return _alias(y.contiguous(), (BM, C, H, W))
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        wide, weight, running_mean, running_var, save_mean, save_invstd, reserve = (
-            ctx.saved_tensors
-        )
-        grad_x, grad_w, grad_b = torch.ops.aten.batch_norm_backward(
-            grad.reshape(wide.shape), wide, weight.view(-1), running_mean.view(-1),
-            running_var.view(-1), save_mean, save_invstd, ctx.training, ctx.eps,
-            list(ctx.needs_input_grad[:3]), reserve,
-        )
-        return (
-            None if grad_x is None else grad_x.view(grad.shape),
-            None if grad_w is None else grad_w.view(weight.shape),
-            None if grad_b is None else grad_b.view(weight.shape),
-            None, None, None, None, None, None,
-        )
-
-
 class ModalityBatchNorm(nn.Module):
     """M BatchNorms over a modality-stacked batch, with fusion slots between norm and activation.
 
     Equals M separate `BatchNorm2d` calls (train and eval, running statistics included) but runs
-    as one native `batch_norm` over the `(B, M*C, H, W)` view of the sample-major stack, channel
-    `m*C + c` being channel c of modality m; the (M, C) parameters and buffers are flattened as
-    views, so the kernel updates the running statistics in place. Under mixed precision the
+    as one native `batch_norm` (cuDNN / MIOpen / CPU kernel, as the device has it) over the
+    `(B, M*C, H, W)` view of the sample-major stack, channel `m*C + c` being channel c of
+    modality m; the (M, C) parameters and buffers are flattened as views, so the kernel updates
+    the running statistics in place. Under mixed precision the
     statistics are computed and kept in float32 (the native kernel does so for a bf16/fp16 input
     with float32 parameters), and the output has the input's dtype.
 
@@ -225,13 +174,26 @@ class ModalityBatchNorm(nn.Module):
                     if self.momentum is not None
                     else 1.0 / float(self.num_batches_tracked)
                 )
-            y = _StackedBatchNorm.apply(
-                x, self.weight, self.bias, self.running_mean, self.running_var,
-                self.num_modalities, self.training, factor, self.eps,
+            M = self.num_modalities
+            BM, C, H, W = x.shape
+            # the (M, C) parameters and statistics flattened as views: modality m's channel c
+            # is channel m*C + c, and the kernel updates the running statistics in place
+            y = F.batch_norm(
+                x.reshape(BM // M, M * C, H, W),  # (B, M*C, H, W): the same memory
+                self.running_mean.view(-1),
+                self.running_var.view(-1),
+                self.weight.view(-1),
+                self.bias.view(-1),
+                self.training,
+                factor,
+                self.eps,
             )
-        # y: (B*M, C, H, W), not an autograd view: the in-place ReLU / `+= shortcut` that timm
-        # blocks apply to a BN's output stay cheap (on a view, autograd would copy the whole
-        # tensor in backward)
+            # back to (B*M, C, H, W) as `_unsafe_view`: the same memory, but not an autograd
+            # view of the kernel's output (a temporary nothing else holds, and batch norm's
+            # backward does not need it), so the in-place ReLU / `+= shortcut` that timm blocks
+            # apply to a BN's output stay cheap (on a view, autograd would copy the whole
+            # tensor in backward)
+            y = torch.ops.aten._unsafe_view(y.contiguous(), (BM, C, H, W))
         if not self.after_norm:
             y = self.act(self.drop(y))
             if not self.after_act:
