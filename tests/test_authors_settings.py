@@ -57,9 +57,16 @@ def test_frozen_statistics_normalise_with_the_running_ones():
 
 
 def test_engine_keeps_frozen_statistics(tiny_data, tmp_path):
-    cfg = load_config(ROOT / "configs" / "synthetic" / "cen.yaml",
-                      [f"data.root={tiny_data}", "data.synth=null", *TINY_MODEL,
-                       "train.max_steps=2", "train.freeze_bn_stats=true"])
+    cfg = load_config(
+        ROOT / "configs" / "synthetic" / "cen.yaml",
+        [
+            f"data.root={tiny_data}",
+            "data.synth=null",
+            *TINY_MODEL,
+            "train.max_steps=2",
+            "train.freeze_bn_stats=true",
+        ],
+    )
     run = train(cfg, tmp_path / "run")
     trained = load_file(str(run / "model.safetensors"))
     torch.manual_seed(cfg.train.seed)  # the engine's initial weights
@@ -67,9 +74,13 @@ def test_engine_keeps_frozen_statistics(tiny_data, tmp_path):
     stats = [k for k in trained if k.endswith(("running_mean", "running_var"))]
     assert stats and all(torch.equal(trained[k], fresh[k]) for k in stats)
     gammas = [k for k in stats if "encoder" in k]
-    assert any(not torch.equal(trained[k.replace("running_mean", "weight")],
-                               fresh[k.replace("running_mean", "weight")])
-               for k in gammas if k.endswith("running_mean"))
+    assert any(
+        not torch.equal(
+            trained[k.replace("running_mean", "weight")], fresh[k.replace("running_mean", "weight")]
+        )
+        for k in gammas
+        if k.endswith("running_mean")
+    )
 
 
 @pytest.mark.parametrize("dataset", ["nyudv2", "sunrgbd"])
@@ -83,12 +94,16 @@ def test_real_data_configs_optimise_as_the_authors(dataset, method):
     if method == "cen":
         assert cfg.model.exchange_scope == "any" and cfg.model.l1_per_output
         assert cfg.model.l1_weight == pytest.approx(2e-4)
-    model_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model).items()
-                 if k not in ("backbone", "pretrained", "decoder")}
+    model_cfg = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.model).items()
+        if k not in ("backbone", "pretrained", "decoder")
+    }
     model = build_model({**model_cfg, "backbone": "resnet18"}, MODS, CHANS, 5)
     groups = make_optimizer(model, cfg.train).param_groups
     setting = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
     for name, p in model.named_parameters():
         encoder = name.startswith("encoder.")
-        assert setting[id(p)] == (pytest.approx(5e-4 if encoder else 3e-3),
-                                  pytest.approx(1e-5)), name
+        assert setting[id(p)] == (pytest.approx(5e-4 if encoder else 3e-3), pytest.approx(1e-5)), (
+            name
+        )

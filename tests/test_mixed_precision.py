@@ -21,18 +21,32 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "synthetic" / "early_
 
 
 def norm_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: b for name, b in model.named_buffers()
-            if name.endswith(("running_mean", "running_var"))}
+    return {
+        name: b
+        for name, b in model.named_buffers()
+        if name.endswith(("running_mean", "running_var"))
+    }
 
 
 @pytest.mark.parametrize("method", FUSION_METHODS.names())
 def test_every_method_trains_and_evaluates_in_bf16(tiny_data, tmp_path, method):
     modalities = "[rgb]" if method == "unimodal" else "[rgb,depth]"
-    cfg = load_config(CONFIG, [f"data.root={tiny_data}", "data.synth=null", *TINY_MODEL,
-                               f"model.name={method}", f"data.modalities={modalities}",
-                               "model.decoder={name: light, width: 32}",
-                               "train.max_steps=2", "train.log_every=1", "train.ckpt_every=2",
-                               "train.precision=bf16-mixed", "train.accelerator=cpu"])
+    cfg = load_config(
+        CONFIG,
+        [
+            f"data.root={tiny_data}",
+            "data.synth=null",
+            *TINY_MODEL,
+            f"model.name={method}",
+            f"data.modalities={modalities}",
+            "model.decoder={name: light, width: 32}",
+            "train.max_steps=2",
+            "train.log_every=1",
+            "train.ckpt_every=2",
+            "train.precision=bf16-mixed",
+            "train.accelerator=cpu",
+        ],
+    )
     run = train(cfg, tmp_path / "run")
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses), losses
