@@ -1,13 +1,23 @@
-"""Training-step time (forward + backward) of CEN and AsymFusion against the same multi-stream
-network with fusion off, and against the authors' style: a Python loop over modalities calling
-every layer with each modality's BN (CEN's ModuleParallel / BatchNorm2dParallel, with its
-boolean-index exchange).
+"""Is the stacked multi-stream network at least as fast as running its modalities one by one?
 
-resnet18, light decoder, batch 4, 120x160, 2 modalities, 14 classes; 2 threads. Steps of all
-models are interleaved round by round (so machine load drifts hit them alike) and the median per
-model is reported as a ratio to the fusion-off multi-stream network, all from one run.
+Three tables, each from one run with every contender interleaved round by round (so machine-load
+drift hits them alike), after warm-up rounds; medians, printed as ratios:
 
-Run: python benchmarks/fusion_speed.py [--steps 15]
+1. Training step (forward + backward; the optimiser step is left out because the M unimodal
+   models hold M times the parameters) of the stacked `multistream` network (shared convs,
+   private BNs, fusion off) against M separate `unimodal` passes of the same backbone and light
+   decoder on the same images, one model per modality, for each backbone and M. The stacked
+   network does strictly more work: it also scores its learned ensemble.
+2. Per-modality BatchNorm (forward + backward, an in-place ReLU after it as in timm's blocks):
+   `ModalityBatchNorm` on the stacked batch against M native `BatchNorm2d` calls on M separate
+   tensors, and against the hand-written grouped statistics it replaced (`var_mean` +
+   `addcmul` on the `(M, B, C, H, W)` view, modality-major).
+3. (`--fusion`) CEN and AsymFusion against the same network with fusion off, and the authors'
+   style for resnet18, M = 2: every layer called once per modality in a Python loop with that
+   modality's BN (CEN's ModuleParallel / BatchNorm2dParallel).
+
+Run: python benchmarks/fusion_speed.py [--steps 10] [--warmup 2] [--threads 2] [--fusion]
+     [--tables 1 2 3] [--backbones ...] [--modalities 2 3]
 """
 
 from __future__ import annotations
@@ -16,44 +26,118 @@ import argparse
 import copy
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fusescope.engine.loss import total_loss
 from fusescope.models import build_model
 from fusescope.models.backbones import create_encoder, feature_channels, feature_reductions
 from fusescope.models.decoders import build_decoder
+from fusescope.models.multistream import ModalityBatchNorm
 from fusescope.models.segmentor import resize_to
 
-MODALITIES = ["rgb", "depth"]
-IN_CHANNELS = {"rgb": 3, "depth": 1}
 CLASSES = 14
+NAMES = ["rgb", "depth", "hha"]
+
+
+def interleave(contenders: dict[str, Callable[[], None]], steps: int, warmup: int
+               ) -> dict[str, float]:
+    """Median seconds per call of each contender, called round by round."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for i in range(warmup + steps):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            fn()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def training_step(model: nn.Module, batch: dict[str, Tensor], label: Tensor) -> None:
+    loss, _ = total_loss(model(batch), label, ignore_index=255)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def stacked_vs_separate(backbone: str, M: int, args) -> dict[str, float]:
+    B, (H, W) = args.batch, args.size
+    mods = NAMES[:M]
+    batch = {m: torch.randn(B, 3, H, W) for m in mods}
+    label = torch.randint(0, CLASSES, (B, H, W))
+    cfg = {"backbone": backbone, "decoder": "light"}
+    stacked = build_model({"name": "multistream", **cfg}, mods, dict.fromkeys(mods, 3), CLASSES)
+    separate = [build_model({"name": "unimodal", **cfg}, [m], {m: 3}, CLASSES) for m in mods]
+
+    def run_separate():
+        for m, model in zip(mods, separate, strict=True):
+            training_step(model, {m: batch[m]}, label)
+
+    return interleave({
+        "stacked": lambda: training_step(stacked.train(), batch, label),
+        "separate": run_separate,
+    }, args.steps, args.warmup)
+
+
+def handwritten_bn(x: Tensor, M: int, weight: Tensor, bias: Tensor, running_mean: Tensor,
+                   running_var: Tensor) -> Tensor:
+    """The former ModalityBatchNorm (modality-major stack): grouped var_mean, folded affine."""
+    MB, C, H, W = x.shape
+    x5 = x.view(M, MB // M, C, H, W)
+    var, mean = torch.var_mean(x5, dim=(1, 3, 4), correction=0)
+    with torch.no_grad():
+        n = x5[0].numel() // C
+        running_mean.lerp_(mean, 0.1)
+        running_var.lerp_(var * n / (n - 1), 0.1)
+    scale = weight * torch.rsqrt(var + 1e-5)
+    shift = bias - mean * scale
+    return torch.addcmul(shift[:, None, :, None, None], x5,
+                         scale[:, None, :, None, None]).reshape(MB, C, H, W)
+
+
+def batchnorm_contenders(M: int, B: int, C: int, H: int, W: int) -> dict[str, Callable]:
+    xs = [torch.randn(B, C, H, W, requires_grad=True) for _ in range(M)]
+    stacked = torch.randn(B * M, C, H, W, requires_grad=True)
+    grad = torch.randn(B, C, H, W)
+    stacked_grad = grad.repeat(M, 1, 1, 1)
+    ours = ModalityBatchNorm(C, M).train()
+    natives = [nn.BatchNorm2d(C).train() for _ in range(M)]
+    old = [torch.ones(M, C, requires_grad=True), torch.zeros(M, C, requires_grad=True),
+           torch.zeros(M, C), torch.ones(M, C)]
+
+    def run_ours():
+        ours(stacked).relu_().backward(stacked_grad)
+
+    def run_natives():
+        for bn, x in zip(natives, xs, strict=True):
+            bn(x).relu_().backward(grad)
+
+    def run_old():
+        handwritten_bn(stacked, M, *old).relu_().backward(stacked_grad)
+
+    return {"ModalityBatchNorm": run_ours, "M native BatchNorm2d": run_natives,
+            "hand-written (before)": run_old}
 
 
 class LoopResNet(nn.Module):
     """The authors' style for a timm resnet18 encoder + light decoder: every layer is called
     once per modality in a Python loop, with that modality's BN; CEN's exchange (optional) uses
-    boolean channel indexing as in their `Exchange` module."""
+    boolean channel indexing as in their `Exchange` module (here on own halves, as the paper)."""
 
     def __init__(self, num_modalities: int, exchange: bool, theta: float = 2e-2):
         super().__init__()
         M = num_modalities
         self.M, self.exchange, self.theta = M, exchange, theta
         self.enc = create_encoder("resnet18")
-        self.bns = nn.ModuleDict(
-            {  # per-modality copies of every BN, keyed by module path
-                name.replace(".", "_"): nn.ModuleList(copy.deepcopy(mod) for _ in range(M))
-                for name, mod in self.enc.named_modules()
-                if isinstance(mod, nn.BatchNorm2d)
-            }
-        )
+        self.bns = nn.ModuleDict({  # per-modality copies of every BN, keyed by module path
+            name.replace(".", "_"): nn.ModuleList(copy.deepcopy(mod) for _ in range(M))
+            for name, mod in self.enc.named_modules() if isinstance(mod, nn.BatchNorm2d)
+        })
         self.decoders = nn.ModuleList(
-            build_decoder(
-                "light", feature_channels(self.enc), feature_reductions(self.enc), CLASSES
-            )
-            for _ in range(M)
-        )
+            build_decoder("light", feature_channels(self.enc), feature_reductions(self.enc),
+                          CLASSES) for _ in range(M))
         self.alpha = nn.Parameter(torch.ones(M))
 
     def bn(self, name: str, xs: list[Tensor]) -> list[Tensor]:
@@ -66,7 +150,7 @@ class LoopResNet(nn.Module):
             gamma = bns[m].weight.abs()
             half = torch.zeros_like(gamma, dtype=torch.bool)
             C = gamma.numel()
-            half[m * C // 2 : (m + 1) * C // 2] = True
+            half[m * C // 2:(m + 1) * C // 2] = True
             mask = (gamma < self.theta) & half
             y = x.clone()
             y[:, mask] = xs[1 - m][:, mask]
@@ -80,8 +164,7 @@ class LoopResNet(nn.Module):
         xs = [e.maxpool(x) for x in xs]
         feats = []
         for li in range(1, 5):
-            layer = getattr(e, f"layer{li}")
-            for bi, blk in enumerate(layer):
+            for bi, blk in enumerate(getattr(e, f"layer{li}")):
                 p = f"layer{li}.{bi}"
                 h = self.bn(f"{p}.bn1", [blk.conv1(x) for x in xs])
                 if self.exchange:
@@ -98,71 +181,89 @@ class LoopResNet(nn.Module):
         return ensemble, logits
 
 
-def step_fused(model, batch, label):
-    out = model(batch)
-    loss = F.cross_entropy(out["logits"], label)
-    loss = loss + sum(F.cross_entropy(t, label) for t in out["per_modality"].values())
-    loss = loss + sum(out["aux_losses"].values(), torch.zeros(()))
-    model.zero_grad(set_to_none=True)
-    loss.backward()
-
-
-def step_loop(model, batch, label):
-    xs = [batch["rgb"], batch["depth"].expand(-1, 3, -1, -1)]
-    ensemble, logits = model(xs)
+def loop_step(model: LoopResNet, batch: dict[str, Tensor], label: Tensor) -> None:
+    ensemble, logits = model([batch["rgb"], batch["depth"]])
     size = label.shape[-2:]
     loss = F.cross_entropy(resize_to(ensemble, size), label)
     loss = loss + sum(F.cross_entropy(resize_to(t, size), label) for t in logits)
-    model.zero_grad(set_to_none=True)
     loss.backward()
+    model.zero_grad(set_to_none=True)
+
+
+def fusion_contenders(args) -> dict[str, Callable]:
+    B, (H, W) = args.batch, args.size
+    mods, chans = ["rgb", "depth"], {"rgb": 3, "depth": 3}
+    batch = {m: torch.randn(B, 3, H, W) for m in mods}
+    label = torch.randint(0, CLASSES, (B, H, W))
+    models = {name: build_model({"name": name, "backbone": "resnet18"}, mods, chans, CLASSES)
+              for name in ("multistream", "cen", "asymfusion")}
+    loops = {"loop, no fusion (authors' style)": LoopResNet(2, exchange=False),
+             "loop, cen exchange (authors' style)": LoopResNet(2, exchange=True)}
+    for model in [*models.values(), *loops.values()]:
+        model.train()
+        with torch.no_grad():  # ~10 % of gammas under theta: the exchange paths do real work
+            for mod in model.modules():
+                if isinstance(mod, (nn.BatchNorm2d, ModalityBatchNorm)):
+                    mod.weight.copy_(torch.where(torch.rand_like(mod.weight) < 0.1, 0.0,
+                                                 mod.weight))
+    out = {f"{name} (stacked)": (lambda m=model: training_step(m, batch, label))
+           for name, model in models.items()}
+    out.update({name: (lambda m=model: loop_step(m, batch, label))
+                for name, model in loops.items()})
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--size", type=int, nargs=2, default=[120, 160])
+    parser.add_argument("--backbones", nargs="+",
+                        default=["resnet18", "resnet50", "efficientnet_lite0"])
+    parser.add_argument("--modalities", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--fusion", action="store_true", help="also table 3")
+    parser.add_argument("--tables", type=int, nargs="+", default=[1, 2, 3])
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    B, H, W = 4, 120, 160
-    batch = {"rgb": torch.randn(B, 3, H, W), "depth": torch.randn(B, 1, H, W)}
-    label = torch.randint(0, CLASSES, (B, H, W))
+    if 1 in args.tables:
+        step_table(args)
+    if 2 in args.tables:
+        batchnorm_table(args)
+    if args.fusion and 3 in args.tables:
+        print("3. training step, resnet18, M = 2, ratio to the stacked network with fusion off")
+        t = interleave(fusion_contenders(args), args.steps, args.warmup)
+        base = t["multistream (stacked)"]
+        for name, sec in t.items():
+            print(f"   {name:<40} {sec / base:6.3f}x")
 
-    def fused(cfg):
-        return build_model({"backbone": "resnet18", **cfg}, MODALITIES, IN_CHANNELS, CLASSES)
 
-    runs = {
-        "multistream (fusion off)": (fused({"name": "multistream"}), step_fused),
-        "cen": (fused({"name": "cen"}), step_fused),
-        "asymfusion": (fused({"name": "asymfusion"}), step_fused),
-        "loop, no fusion (authors' style)": (LoopResNet(2, exchange=False), step_loop),
-        "loop, cen exchange (authors' style)": (LoopResNet(2, exchange=True), step_loop),
-    }
-    for model, _ in runs.values():
-        model.train()
-        # make some gammas fall under theta so the exchange paths do real work (~10 %)
-        with torch.no_grad():
-            for mod in model.modules():
-                w = getattr(mod, "weight", None)
-                if isinstance(mod, nn.BatchNorm2d) or type(mod).__name__ == "ModalityBatchNorm":
-                    w.copy_(torch.where(torch.rand_like(w) < 0.1, 0.0, w))
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for i in range(args.warmup + args.steps):
-        for name, (model, step) in runs.items():
-            t0 = time.perf_counter()
-            step(model, batch, label)
-            if i >= args.warmup:
-                times[name].append(time.perf_counter() - t0)
-    base = statistics.median(times["multistream (fusion off)"])
-    print(
-        f"training step, resnet18, batch {B}, {H}x{W}, 2 modalities, 2 threads, "
-        f"median of {args.steps}; ratio to the fusion-off multi-stream network"
-    )
-    for name, ts in times.items():
-        med = statistics.median(ts)
-        print(
-            f"  {name:<40} {med / base:6.3f}x   (spread {min(ts) / base:.3f}-{max(ts) / base:.3f})"
-        )
+def step_table(args) -> None:
+    B, (H, W) = args.batch, args.size
+    print(f"1. training step (forward + backward), batch {B}, {H}x{W}, light decoder, "
+          f"{args.threads} threads, median of {args.steps} after {args.warmup} warm-up rounds")
+    print(f"   {'backbone':<20} {'M':>2} {'stacked / M separate':>21} {'separate (ms)':>14}")
+    for backbone in args.backbones:
+        for M in args.modalities:
+            t = stacked_vs_separate(backbone, M, args)
+            print(f"   {backbone:<20} {M:>2} {t['stacked'] / t['separate']:>20.3f}x "
+                  f"{t['separate'] * 1e3:>14.0f}")
+
+
+def batchnorm_table(args) -> None:
+    B, (H, W) = args.batch, args.size
+    print("2. per-modality BatchNorm, forward + backward, ratio to M native BatchNorm2d calls")
+    print(f"   {'M':>2} {'shape (B, C, H, W)':<22} {'ModalityBatchNorm':>18} "
+          f"{'hand-written (before)':>22}")
+    for M in args.modalities:
+        for C, h, w in ((64, H // 4, W // 4), (128, H // 8, W // 8), (256, H // 16, W // 16),
+                        (512, H // 32, W // 32)):
+            t = interleave(batchnorm_contenders(M, B, C, h, w), 5 * args.steps, args.warmup)
+            base = t["M native BatchNorm2d"]
+            print(f"   {M:>2} {str((B, C, h, w)):<22} {t['ModalityBatchNorm'] / base:>17.3f}x "
+                  f"{t['hand-written (before)'] / base:>21.3f}x")
 
 
 if __name__ == "__main__":

@@ -48,8 +48,8 @@ def test_exactly_channels_below_theta_in_own_part_are_replaced(M):
     op, _ = exchange_op(M, C, gammas)
     expected_mask = small & own
     assert torch.equal(op.replaced(), expected_mask)
-    x5 = torch.randn(M, 2, C, 3, 4, requires_grad=True)
-    y5 = op(x5, "bn_out")
+    x5 = torch.randn(M, 2, C, 3, 4, requires_grad=True)  # modality-first for reading
+    y5 = op(x5.transpose(0, 1), "bn_out").transpose(0, 1)  # ops see (B, M, C, H, W)
     for m in range(M):
         others = torch.cat([x5[:m], x5[m + 1 :]]).mean(0)
         for c in range(C):
@@ -74,8 +74,8 @@ def test_discard_and_random_modes():
     gammas = torch.ones(2, 8)
     gammas[0, 1] = 0.0
     op, _ = exchange_op(2, 8, gammas, mode="discard")
-    x5 = torch.randn(2, 1, 8, 2, 2)
-    y5 = op(x5, "bn_out")
+    x5 = torch.randn(2, 1, 8, 2, 2)  # (M, B, ...)
+    y5 = op(x5.transpose(0, 1), "bn_out").transpose(0, 1)
     assert y5[0, :, 1].abs().sum() == 0 and torch.equal(y5[1], x5[1])
     op, _ = exchange_op(2, 8, torch.ones(2, 8), mode="random", random_portion=0.5)
     mask = op.replaced()
@@ -183,3 +183,89 @@ def test_gamma_lr_scale_gives_the_exchange_gammas_their_own_learning_rate():
     lrs = sorted({round(g["lr"] / lr_factor(5, 2, 10, 0.9), 12) for g in opt.param_groups})
     assert lrs == [1e-3, 1e-2]
     assert make_optimizer(build(), cfg).param_groups[0]["lr"] == 1e-3  # default: one lr
+
+
+# --- the authors' code (yikaiw/CEN, semantic_segmentation), written from its published
+# behaviour, float64: `Exchange` and the l1 term of `train()`
+
+
+def authors_exchange(x0, x1, g0, g1, theta):
+    """Modality 0 takes modality 1's channel c wherever |gamma_0[c]| < theta, in any channel;
+    and symmetrically."""
+    y0, y1 = x0.clone(), x1.clone()
+    for c in range(x0.shape[1]):
+        if abs(float(g0[c])) < theta:
+            y0[:, c] = x1[:, c]
+        if abs(float(g1[c])) < theta:
+            y1[:, c] = x0[:, c]
+    return y0, y1
+
+
+def test_exchange_scope_any_equals_the_authors_exchange():
+    C = 10
+    gammas = torch.rand(2, C, dtype=torch.float64) + 0.5
+    gammas[0, [1, 7]] = torch.tensor([0.01, -0.015], dtype=torch.float64)  # own half; other half
+    gammas[1, [2, 8]] = torch.tensor([0.0, 0.019], dtype=torch.float64)  # other half; own half
+    x0, x1 = (torch.randn(3, C, 4, 5, dtype=torch.float64) for _ in range(2))
+    ref = authors_exchange(x0, x1, gammas[0], gammas[1], 0.02)
+    for scope in ("any", "own_part"):
+        op, bn = exchange_op(2, C, gammas.float(), exchange_scope=scope)
+        op.double(), bn.double()
+        with torch.no_grad():
+            bn.weight.copy_(gammas)
+        y = op(torch.stack([x0, x1], 1), "bn_out")  # (B, M, C, H, W)
+        if scope == "any":
+            torch.testing.assert_close(y[:, 0], ref[0], atol=0, rtol=0)
+            torch.testing.assert_close(y[:, 1], ref[1], atol=0, rtol=0)
+        else:  # the paper: channel 7 of modality 0 and 2 of modality 1 are not in their parts
+            assert torch.equal(y[:, 0, 7], x0[:, 7]) and torch.equal(y[:, 1, 2], x1[:, 2])
+            assert torch.equal(y[:, 0, 1], x1[:, 1]) and torch.equal(y[:, 1, 8], x0[:, 8])
+    assert op.aux_losses()["l1_gamma"].item() == pytest.approx(
+        float(gammas[0, :5].abs().sum() + gammas[1, 5:].abs().sum()))  # l1: own halves only
+    with pytest.raises(Exception, match="exchange_scope"):
+        build(exchange_scope="everywhere")
+
+
+def authors_loss(outputs, target, slim_params, lamda):
+    """`train()` of the authors' code: per output (each modality, then the ensemble), NLL of
+    log-softmax plus lamda * sum |slim params|, the l1 term counted once per output."""
+    loss = 0
+    for out in outputs:
+        loss = loss + torch.nn.functional.nll_loss(torch.log_softmax(out, 1), target)
+        loss = loss + lamda * sum(p.abs().sum() for p in slim_params)
+    return loss
+
+
+def test_l1_per_output_and_the_loss_equal_the_authors():
+    """Bottleneck ResNet (the authors' ResNet-101 family): the l1 term is on bn2's gammas,
+    modality 0's first half and modality 1's second half, counted M + 1 times."""
+    from fusescope.engine.loss import total_loss
+
+    model = build_model({"name": "cen", "backbone": "resnet26", "l1_per_output": True,
+                         "exchange_scope": "any"}, MODS[2], CHANS, 5).double()
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, ModalityBatchNorm):
+                mod.weight.uniform_(-1, 1)
+    # the authors select every parameter named *bn2*.weight, alternating halves per modality
+    slim = []
+    for name, p in model.encoder.body.named_parameters():
+        if name.startswith("layer") and name.endswith("bn2.weight"):
+            C = p.shape[1]
+            slim += [p[0, : C // 2], p[1, C // 2 :]]
+    assert len(slim) == 2 * 8  # resnet26: 2 blocks in each of 4 stages
+    b = {m: torch.randn(2, CHANS[m], 40, 48, dtype=torch.float64) for m in MODS[2]}
+    label = torch.randint(0, 5, (2, 40, 48))
+    out = model.eval()(b)
+    outputs = [out["per_modality"]["rgb"], out["per_modality"]["depth"], out["logits"]]
+    no_task = [torch.zeros(1, 5, 1, 1, dtype=torch.float64)] * 3  # the l1 terms alone
+    constant = 3 * torch.log(torch.tensor(5.0, dtype=torch.float64))  # their NLL of uniform
+    l1_term = authors_loss(no_task, torch.zeros(1, 1, 1, dtype=torch.long), slim, 2e-4) - constant
+    torch.testing.assert_close(out["aux_losses"]["l1_gamma"], l1_term, rtol=1e-12, atol=0)
+    ours, _ = total_loss(out, label, ignore_index=255)  # the engine's sum, cross-entropy in fp32
+    torch.testing.assert_close(ours.double(), authors_loss(outputs, label, slim, 2e-4),
+                               rtol=1e-6, atol=0)
+    once = build_model({"name": "cen", "backbone": "resnet26"}, MODS[2], CHANS, 5).double()
+    once.load_state_dict(model.state_dict())
+    torch.testing.assert_close(3 * once.aux_losses()["l1_gamma"],
+                               model.aux_losses()["l1_gamma"], rtol=1e-12, atol=0)

@@ -35,9 +35,10 @@ class Stacked(nn.Module):
         self.head = nn.Conv2d(8, 3, 1)
 
     def forward(self, batch):
-        x = torch.cat([batch["rgb"], batch["depth"].expand(-1, 3, -1, -1)])  # (2B, 3, H, W)
+        # (B*2, 3, H, W), sample-major as the multi-stream net stacks
+        x = torch.stack([batch["rgb"], batch["depth"].expand(-1, 3, -1, -1)], 1).flatten(0, 1)
         f = self.body(x)
-        rgb, depth = f.unflatten(0, (2, -1))
+        rgb, depth = f.unflatten(0, (-1, 2)).unbind(1)
         return {"logits": self.head(torch.cat([rgb, depth], 1))}
 
 
@@ -93,14 +94,14 @@ def test_split_tap_on_stacked_streams():
     maps = GradCAM(model, {"body": Tap("body", split=("rgb", "depth"))})(b, concept=1)
     assert set(maps) == {"body@rgb", "body@depth"}
     # the same maps computed by hand from the stacked activation
-    x = torch.cat([b["rgb"], b["depth"].expand(-1, 3, -1, -1)])
+    x = torch.stack([b["rgb"], b["depth"].expand(-1, 3, -1, -1)], 1).flatten(0, 1)
     act = model.body(x).detach().requires_grad_(True)
-    rgb, depth = act.unflatten(0, (2, -1))
+    rgb, depth = act.unflatten(0, (-1, 2)).unbind(1)
     logits = model.head(torch.cat([rgb, depth], 1))
     target = (logits[:, 1] * (logits.argmax(1) == 1)).sum()
     (grad,) = torch.autograd.grad(target, act)
-    g_rgb = grad[:2].mean((2, 3), keepdim=True)
-    assert torch.allclose(maps["body@rgb"], torch.relu((g_rgb * act[:2]).sum(1)), atol=1e-6)
+    g_rgb = grad[0::2].mean((2, 3), keepdim=True)  # rows of modality 0
+    assert torch.allclose(maps["body@rgb"], torch.relu((g_rgb * act[0::2]).sum(1)), atol=1e-6)
     with pytest.raises(ValueError, match="region"):
         GradCAM(model, {"body": "body"})(b, concept=0, region="nope")
 

@@ -15,6 +15,7 @@ from fusescope.models.multistream import (
     MultiStreamEncoder,
     combine_moments,
     mean_of_others,
+    stack_modalities,
 )
 
 
@@ -39,16 +40,17 @@ def test_modality_batchnorm_equals_separate_batchnorms(M, momentum):
                 getattr(mbn, name)[m] = getattr(bn, name)
     for _step in range(3):  # training: batch statistics, running statistics updated
         xs = [torch.randn(4, 6, 5, 7) * (m + 1) + m for m in range(M)]
-        x = torch.cat(xs).requires_grad_()
+        x = stack_modalities(xs).requires_grad_()
         y = mbn(x)
-        ref = torch.cat([bn(t) for bn, t in zip(refs, xs, strict=True)])
+        ref = stack_modalities([bn(t) for bn, t in zip(refs, xs, strict=True)])
         torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
-        y.square().sum().backward()
+        # in place on the output, as timm's ReLU and `+= shortcut` do
+        y.relu_().square().sum().backward()
         grads = [
-            torch.autograd.grad(bn(t.requires_grad_()).square().sum(), t)[0]
+            torch.autograd.grad(bn(t.requires_grad_()).relu().square().sum(), t)[0]
             for bn, t in zip(copy.deepcopy(refs), xs, strict=True)
         ]
-        torch.testing.assert_close(x.grad, torch.cat(grads), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(x.grad, stack_modalities(grads), atol=1e-4, rtol=1e-4)
     for m, bn in enumerate(refs):
         torch.testing.assert_close(mbn.running_mean[m], bn.running_mean)
         torch.testing.assert_close(mbn.running_var[m], bn.running_var)
@@ -56,9 +58,19 @@ def test_modality_batchnorm_equals_separate_batchnorms(M, momentum):
     for bn in refs:
         bn.eval()
     xs = [torch.randn(2, 6, 3, 3) for _ in range(M)]
+    mbn.zero_grad()
+    x = stack_modalities(xs).requires_grad_()
+    y = mbn(x)
     torch.testing.assert_close(
-        mbn(torch.cat(xs)), torch.cat([bn(t) for bn, t in zip(refs, xs, strict=True)])
+        y, stack_modalities([bn(t) for bn, t in zip(refs, xs, strict=True)])
     )
+    # eval mode with gradients (frozen statistics while training): gradients of every input
+    y.add_(1.0).square().sum().backward()
+    grads = [torch.autograd.grad(bn(t.requires_grad_()).add(1.0).square().sum(),
+                                 [t, bn.weight, bn.bias]) for bn, t in zip(refs, xs, strict=True)]
+    torch.testing.assert_close(x.grad, stack_modalities([g[0] for g in grads]))
+    torch.testing.assert_close(mbn.weight.grad, torch.stack([g[1] for g in grads]))
+    torch.testing.assert_close(mbn.bias.grad, torch.stack([g[2] for g in grads]))
 
 
 @pytest.mark.parametrize("M", [2, 3])
@@ -71,22 +83,22 @@ def test_synchronised_modality_batchnorm_sees_the_global_batch(M):
     torch.manual_seed(0)
     whole = ModalityBatchNorm(6, M)
     shards = [copy.deepcopy(whole) for _ in range(2)]
-    x5 = torch.randn(M, 8, 6, 5, 7) * 0.5 + 40  # (M, B, C, H, W)
-    parts = [x5[:, :3], x5[:, 3:]]  # uneven shards, as the last shard of a batch can be
+    x5 = torch.randn(8, M, 6, 5, 7) * 0.5 + 40  # (B, M, C, H, W)
+    parts = [x5[:3], x5[3:]]  # uneven shards, as the last shard of a batch can be
 
-    def moments(part):
-        var, mean = torch.var_mean(part, dim=(1, 3, 4), correction=0)
-        count = torch.full((M, 1), part[0, :, 0].numel(), dtype=part.dtype)
-        return torch.cat([mean, var, count], dim=1)
+    def moments(part):  # per (modality, channel), flattened modality-major, then the count
+        var, mean = torch.var_mean(part, dim=(0, 3, 4), correction=0)  # (M, C) each
+        count = torch.full((1,), part[:, 0, 0].numel(), dtype=part.dtype)
+        return torch.cat([mean.flatten(), var.flatten(), count])
 
     ys = []
     for rank, (bn, part) in enumerate(zip(shards, parts, strict=True)):
         other = moments(parts[1 - rank])
         bn.gather_stats = lambda local, other=other, rank=rank: torch.stack(
             [local, other] if rank == 0 else [other, local])
-        ys.append(bn(part.reshape(-1, 6, 5, 7)).view(M, -1, 6, 5, 7))
-    ref = whole(x5.reshape(-1, 6, 5, 7)).view(M, 8, 6, 5, 7)
-    torch.testing.assert_close(torch.cat(ys, dim=1), ref, atol=2e-5, rtol=1e-5)
+        ys.append(bn(part.reshape(-1, 6, 5, 7)).view(-1, M, 6, 5, 7))
+    ref = whole(x5.reshape(-1, 6, 5, 7)).view(8, M, 6, 5, 7)
+    torch.testing.assert_close(torch.cat(ys), ref, atol=2e-5, rtol=1e-5)
     for bn in shards:
         torch.testing.assert_close(bn.running_mean, whole.running_mean)
         torch.testing.assert_close(bn.running_var, whole.running_var, atol=1e-6, rtol=1e-4)
@@ -117,7 +129,9 @@ def test_modality_conv_equals_separate_convs():
         c.weight.data = mconv.weight.data[m * 6 : (m + 1) * 6]
         c.bias.data = mconv.bias.data[m * 6 : (m + 1) * 6]
         ref.append(c(t))
-    torch.testing.assert_close(mconv(torch.cat(xs)), torch.cat(ref), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        mconv(stack_modalities(xs)), stack_modalities(ref), atol=1e-5, rtol=1e-5
+    )
 
 
 def stream_copy(plain: nn.Module, ms: MultiStreamEncoder, m: int) -> nn.Module:
@@ -160,10 +174,10 @@ def test_multistream_equals_separate_passes(backbone, M, shared):
         ms.train(train)
         for r in refs:
             r.train(train)
-        feats = ms(torch.cat(xs))
+        feats = ms(stack_modalities(xs))
         ref_feats = [r(t) for r, t in zip(refs, xs, strict=True)]
         for level, f in enumerate(feats):
-            expected = torch.cat([rf[level] for rf in ref_feats])
+            expected = stack_modalities([rf[level] for rf in ref_feats])
             torch.testing.assert_close(f, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -180,10 +194,10 @@ def test_pretrained_efficientnet_survives_conversion():
         ms.train(train).to(dtype)
         x = x.to(dtype)
         ref = plain(x)
-        out = ms(torch.cat([x, x]))
+        out = ms(stack_modalities([x, x]))
         for f, r in zip(out, ref, strict=True):
-            torch.testing.assert_close(f[:2], r, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(f[2:], r, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(f[0::2], r, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(f[1::2], r, atol=1e-5, rtol=1e-5)
 
 
 def test_blocks_and_stages_are_found():
@@ -200,11 +214,12 @@ def test_blocks_and_stages_are_found():
 
 
 def test_mean_of_others_and_ensemble():
-    x = torch.randn(3, 2, 4)
-    torch.testing.assert_close(mean_of_others(x)[0], (x[1] + x[2]) / 2)
-    assert torch.equal(mean_of_others(x[:2]), x[:2].flip(0))  # M = 2: exact swap
+    x = torch.randn(2, 3, 4)  # (B, M, ...)
+    torch.testing.assert_close(mean_of_others(x)[:, 0], (x[:, 1] + x[:, 2]) / 2)
+    torch.testing.assert_close(mean_of_others(x)[:, 2], (x[:, 0] + x[:, 1]) / 2)
+    assert torch.equal(mean_of_others(x[:, :2]), x[:, :2].flip(1))  # M = 2: exact swap
     ens = Ensemble(2)
-    logits = torch.randn(2, 1, 3, 4, 4, requires_grad=True)
+    logits = torch.randn(2, 1, 3, 4, 4, requires_grad=True)  # (M, B, K, H, W)
     out = ens(logits)
     torch.testing.assert_close(out, logits.mean(0))  # alpha = 1 -> equal weights
     out.sum().backward()

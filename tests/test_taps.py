@@ -71,13 +71,13 @@ def test_split_and_clone_against_inplace():
             return self.relu(y)  # overwrites the conv output in place
 
     model = Stacked()
-    x = torch.randn(6, 3, 4, 4)  # (M*B) = 2 modalities x 3
+    x = torch.randn(6, 3, 4, 4)  # (B*M) = 3 samples x 2 modalities, sample-major
     with torch.no_grad(), FeatureTaps(model, {"c": Tap("conv", split=("rgb", "depth"))}) as t:
         model(x)
         ref = model.conv(x)
     assert set(t.features) == {"c@rgb", "c@depth"}
-    assert torch.equal(t.features["c@rgb"], ref[:3])  # still negative values: a copy was kept
-    assert torch.equal(t.features["c@depth"], ref[3:])
+    assert torch.equal(t.features["c@rgb"], ref[0::2])  # still negative values: a copy was kept
+    assert torch.equal(t.features["c@depth"], ref[1::2])
     with (
         pytest.raises(FusescopeError, match="multiple"),
         FeatureTaps(model, {"c": Tap("conv", split=("a", "b", "c", "d"))}),

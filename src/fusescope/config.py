@@ -63,6 +63,12 @@ class TrainConfig:
     lr_scales: dict[str, float] = field(default_factory=dict)
     grad_accum: int = 1
     per_modality_weight: float = 1.0  # weight of each `per_modality` output's task loss
+    # BatchNorms normalise with their running statistics and do not update them while the rest
+    # trains (gammas and betas still learn): the CEN / AsymFusion code's FREEZE_BN
+    freeze_bn_stats: bool = False
+    # weight decay on every parameter, norm gammas / betas and biases included, as the CEN /
+    # AsymFusion code's SGD does; false exempts norms and biases (decay fights CEN's l1 rule)
+    decay_all: bool = False
     class_weights: list[float] | None = None
     ckpt_every: int = 200
     # also checkpoint when this many minutes passed since the last one (0: by steps only), so a

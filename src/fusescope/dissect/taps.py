@@ -2,7 +2,7 @@
 
 Dissection never edits a model. A `Tap` names a module (`"encoders.rgb.layer4"`, `"fuse.3"`),
 optionally an element of its output (timm `features_only` encoders return a list), and, for
-multi-stream models that stack their modalities along the batch axis (`(M*B, C, H, W)`), the
+multi-stream models that stack their modalities along the batch axis (`(B*M, C, H, W)`), the
 modality names to split that axis into per-modality views.
 
     with FeatureTaps(model, {"rgb": Tap("encoders.rgb.layer4"), "fused": Tap("fuse.3")}) as taps:
@@ -34,7 +34,7 @@ class Tap:
     Attributes:
         module: dotted module name as in `model.named_modules()`; "" is the model itself.
         index: element to take when the module returns a list/tuple (int) or a dict (key).
-        split: modality names, in stacking order, when the output is `(M*B, ...)`; the tap then
+        split: modality names, in stacking order, when the output is `(B*M, ...)`; the tap then
             yields one feature per modality, keyed `"{tap}@{modality}"`.
     """
 
@@ -82,14 +82,15 @@ def select_output(output: Any, tap: Tap, name: str) -> Tensor:
 
 
 def split_modalities(x: Tensor, modalities: tuple[str, ...], name: str) -> dict[str, Tensor]:
-    """Per-modality views of an `(M*B, ...)` activation (modality-major stacking)."""
+    """Per-modality views of a `(B*M, ...)` activation (sample-major stacking, as
+    `fusescope.models.multistream.stack_modalities` builds it)."""
     m = len(modalities)
     if x.shape[0] % m:
         raise FusescopeError(
             f"tap {name!r}: batch axis {x.shape[0]} is not a multiple of {m} modalities"
         )
-    views = x.unflatten(0, (m, -1))  # (M, B, ...)
-    return {f"{name}@{mod}": views[i] for i, mod in enumerate(modalities)}
+    views = x.unflatten(0, (-1, m))  # (B, M, ...)
+    return {f"{name}@{mod}": views[:, i] for i, mod in enumerate(modalities)}
 
 
 class FeatureTaps:

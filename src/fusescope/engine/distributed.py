@@ -48,8 +48,9 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
                 and dist.get_world_size() > 1):
             return super().forward(x)
         c = x.shape[1]
-        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-        count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
+        xf = x.float()  # statistics in float32 under mixed precision (as native batch_norm)
+        var, mean = torch.var_mean(xf, dim=(0, 2, 3), correction=0)
+        count = torch.full((1,), x.numel() / c, dtype=xf.dtype, device=x.device)
         stacked = gather_stack(torch.cat([mean, var, count]))  # (P, 2C + 1)
         mean, var, n = combine_moments(stacked[:, :c], stacked[:, c:2 * c], stacked[:, 2 * c:])
         n = n[0]
@@ -60,10 +61,10 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
                     self.num_batches_tracked)
                 self.running_mean.lerp_(mean.detach(), m)
                 self.running_var.lerp_(var.detach() * n / (n - 1).clamp(min=1), m)
-        y = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
+        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
         if self.affine:
             y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
-        return y
+        return y.to(x.dtype)
 
 
 def convert_batchnorm(model: nn.Module, device_type: str) -> nn.Module:

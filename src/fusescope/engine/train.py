@@ -98,7 +98,8 @@ def lr_factor(step: int, warmup: int, max_steps: int, power: float) -> float:
 
 def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
     """AdamW or SGD; no weight decay on norms and biases (decaying BN gammas would fight CEN's
-    sparsity rule). A parameter's lr is `lr x` the scale of the longest `train.lr_scales` prefix
+    sparsity rule) unless `cfg.decay_all` (the CEN / AsymFusion code decays every parameter).
+    A parameter's lr is `lr x` the scale of the longest `train.lr_scales` prefix
     of its name `x` the scale the model gives it in `lr_scales()` (e.g. CEN's exchange gammas);
     each distinct scale is its own group, and the scheduler multiplies every group's lr alike."""
     from fusescope.models.multistream import ModalityBatchNorm
@@ -126,7 +127,7 @@ def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optim
                  for p in m.parameters(recurse=False)}
     groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
     for name, p in named:
-        decayed = p.ndim > 1 and id(p) not in undecayed
+        decayed = cfg.get("decay_all", False) or (p.ndim > 1 and id(p) not in undecayed)
         groups.setdefault((decayed, scale_of(name, p)), []).append(p)
     param_groups = [
         {"params": params, "lr": cfg.lr * scale,
@@ -167,6 +168,17 @@ def config_differences(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]
 
 def _describe(changes: dict[str, tuple[Any, Any]]) -> str:
     return ", ".join(f"{k} ({old} -> {new})" for k, (old, new) in changes.items())
+
+
+def freeze_bn_statistics(model: torch.nn.Module) -> None:
+    """Put every BatchNorm (per-modality ones included) in eval mode inside a training model:
+    it normalises with its running statistics and leaves them unchanged, while its gamma and
+    beta still train (the CEN / AsymFusion code's FREEZE_BN, `train.freeze_bn_stats`)."""
+    from fusescope.models.multistream import ModalityBatchNorm
+
+    for module in model.modules():
+        if isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, ModalityBatchNorm)):
+            module.eval()
 
 
 def _same_run(saved: dict, current: dict) -> bool:
@@ -468,6 +480,8 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
         # after iter(loader), which draws a seed from this generator
         torch.set_rng_state(state["torch_rng"])
     model.train()
+    if t.freeze_bn_stats:
+        freeze_bn_statistics(raw_model)
     start_time, start_step = time.perf_counter(), step
     try:
         while step < t.max_steps:
@@ -520,6 +534,8 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
             if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
                 _evaluate_during_training(fabric, raw_model, cfg, stats, meta, step, log_file)
                 model.train()
+                if t.freeze_bn_stats:
+                    freeze_bn_statistics(raw_model)
             if on_step is not None:
                 on_step(step)
     except OSError as err:

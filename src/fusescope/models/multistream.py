@@ -3,18 +3,23 @@
 Module surgery turns a `create_encoder` encoder (or any conv/BN module, e.g. a decoder) into an
 M-stream network (CEN section 3.4, AsymFusion's parameter-sharing scheme):
 
-* the modalities are stacked along the batch axis, modality-major: `[M*B, C, H, W]`, so every
-  shared convolution runs once for all modalities;
+* the modalities are stacked along the batch axis, sample-major: `[B*M, C, H, W]`, row
+  `b*M + m` holding modality m of sample b (`stack_modalities`), so every shared convolution
+  runs once for all modalities;
 * every `BatchNorm2d` (timm's `BatchNormAct2d` included, which keeps its activation) becomes a
   `ModalityBatchNorm`: M sets of statistics and affine parameters, each initialised from the
-  (pretrained) BN, computed in one vectorised pass (grouped statistics over the `(M, B, C, H, W)`
-  view; no copy, no loop over modalities);
+  (pretrained) BN. Sample-major stacking makes `(B*M, C, H, W)` and `(B, M*C, H, W)` the same
+  memory, so one native `batch_norm` call over M*C channels normalises every modality with its
+  own statistics: no copy, no loop over modalities, the speed of the native kernel (modality-
+  major stacking would need a transposed copy in and out of every BN; `benchmarks/fusion_speed.py`);
 * with `shared=False` every convolution becomes a `ModalityConv2d` (M private filters run as one
-  grouped convolution): the "commonly used" unshared setting of CEN Table 2.
+  grouped convolution over the same free `(B, M*C, H, W)` view): the "commonly used" unshared
+  setting of CEN Table 2.
 
-Fusion ops act on the `(M, B, C, H, W)` view at *points* the encoder exposes. A fusion method
-declares where it acts with a `Where` (site kind, stages, all blocks or the last block of each
-stage) and a factory building one op per matching point; the encoder knows no method by name.
+Fusion ops act on the `(B, M, C, H, W)` view (modality axis 1) at *points* the encoder
+exposes. A fusion method declares where it acts with a `Where` (site kind, stages, all blocks
+or the last block of each stage) and a factory building one op per matching point; the encoder
+knows no method by name.
 Sites, per residual block's *spatial unit* (the 3x3 / depthwise conv whose BN feeds an
 activation: BasicBlock conv1/bn1/act1, Bottleneck conv2/bn2/act2, EfficientNet conv_dw and the
 BatchNormAct2d after it), plus one per stage:
@@ -59,6 +64,16 @@ SPATIAL_UNITS: dict[type, tuple[str, str, str | None]] = {
 # per-modality layers
 
 
+def stack_modalities(tensors: list[Tensor]) -> Tensor:
+    """M tensors `(B, ...)` -> `(B*M, ...)`, sample-major: row `b*M + m` is modality m of b."""
+    return torch.stack(tensors, dim=1).flatten(0, 1)
+
+
+def modality_view(x: Tensor, num_modalities: int) -> Tensor:
+    """`(B*M, ...)` -> `(B, M, ...)`, a view (the inverse of `stack_modalities`)."""
+    return x.unflatten(0, (-1, num_modalities))
+
+
 def combine_moments(mean: Tensor, var: Tensor, count: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Mean and biased variance of the union of P parts from each part's (P, ...) mean, biased
     variance and count (Chan et al.): every term is non-negative, so unlike E[x^2] - E[x]^2 it
@@ -73,7 +88,12 @@ class ModalityBatchNorm(nn.Module):
     """M BatchNorms over a modality-stacked batch, with fusion slots between norm and activation.
 
     Equals M separate `BatchNorm2d` calls (train and eval, running statistics included) but runs
-    as one grouped-statistics pass over the `(M, B, C, H, W)` view, so no copy and no loop.
+    as one native `batch_norm` (cuDNN / MIOpen / CPU kernel, as the device has it) over the
+    `(B, M*C, H, W)` view of the sample-major stack, channel `m*C + c` being channel c of
+    modality m; the (M, C) parameters and buffers are flattened as views, so the kernel updates
+    the running statistics in place. Under mixed precision the
+    statistics are computed and kept in float32 (the native kernel does so for a bf16/fp16 input
+    with float32 parameters), and the output has the input's dtype.
 
     Args:
         num_features: channels C.
@@ -141,49 +161,89 @@ class ModalityBatchNorm(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        M = self.num_modalities
-        MB, C, H, W = x.shape
-        x5 = x.view(M, MB // M, C, H, W)  # (M, B, C, H, W)
-        if self.training:
-            var, mean = torch.var_mean(x5, dim=(1, 3, 4), correction=0)  # (M, C) each
-            n = x5[0].numel() // C
-            if self.gather_stats is not None:  # several processes: the global batch's moments
-                mean, var, n = self._global_moments(mean, var, n)
-            self._update_running_stats(mean, var, n)
+        if self.training and self.gather_stats is not None:
+            y = self._global_norm(x)
         else:
-            mean, var = self.running_mean, self.running_var
-        # y = (x - mean) / sqrt(var + eps) * gamma + beta, folded to one multiply-add
+            factor = 0.0
+            if self.training:
+                self.num_batches_tracked.add_(1)
+                # momentum None: cumulative average, as nn.BatchNorm2d (which also reads the
+                # count on the host here)
+                factor = (
+                    self.momentum
+                    if self.momentum is not None
+                    else 1.0 / float(self.num_batches_tracked)
+                )
+            M = self.num_modalities
+            BM, C, H, W = x.shape
+            # the (M, C) parameters and statistics flattened as views: modality m's channel c
+            # is channel m*C + c, and the kernel updates the running statistics in place
+            y = F.batch_norm(
+                x.reshape(BM // M, M * C, H, W),  # (B, M*C, H, W): the same memory
+                self.running_mean.view(-1),
+                self.running_var.view(-1),
+                self.weight.view(-1),
+                self.bias.view(-1),
+                self.training,
+                factor,
+                self.eps,
+            )
+            # back to (B*M, C, H, W) as `_unsafe_view`: the same memory, but not an autograd
+            # view of the kernel's output (a temporary nothing else holds, and batch norm's
+            # backward does not need it), so the in-place ReLU / `+= shortcut` that timm blocks
+            # apply to a BN's output stay cheap (on a view, autograd would copy the whole
+            # tensor in backward)
+            y = torch.ops.aten._unsafe_view(y.contiguous(), (BM, C, H, W))
+        if not self.after_norm:
+            y = self.act(self.drop(y))
+            if not self.after_act:
+                return y
+        y5 = modality_view(y, self.num_modalities)  # (B, M, C, H, W)
+        for op, site in self.after_norm:
+            y5 = op(y5, site)
+        if self.after_norm:  # the activation acts on the ops' output itself, not a view of it
+            y5 = self.act(self.drop(y5))
+        for op, site in self.after_act:
+            y5 = op(y5, site)
+        return y5.reshape(y.shape)
+
+    def _global_norm(self, x: Tensor) -> Tensor:
+        """Training normalisation with the global batch's per-modality moments (several
+        processes), differentiable through the gathered moments; statistics in float32."""
+        M = self.num_modalities
+        BM, C, H, W = x.shape
+        xf = x.float()
+        wide = xf.view(BM // M, M * C, H, W)
+        var, mean = torch.var_mean(wide, dim=(0, 2, 3), correction=0)  # (M*C,) each
+        n = wide.numel() // (M * C)
+        count = torch.full((1,), n, dtype=xf.dtype, device=xf.device)
+        stacked = self.gather_stats(torch.cat([mean, var, count]))  # (P, 2*M*C + 1)
+        MC = M * C
+        mean, var, total = combine_moments(
+            stacked[:, :MC], stacked[:, MC : 2 * MC], stacked[:, 2 * MC :]
+        )
+        mean, var = mean.view(M, C), var.view(M, C)
+        self._update_running_stats(mean, var, total[0])
+        # y = (x - mean) / sqrt(var + eps) * gamma + beta, folded to one multiply-add; the
+        # (M, C) factors repeated per sample give one row per (sample, modality)
         scale = self.weight * torch.rsqrt(var + self.eps)  # (M, C)
         shift = self.bias - mean * scale
-        y = torch.addcmul(shift[:, None, :, None, None], x5, scale[:, None, :, None, None])
-        for op, site in self.after_norm:
-            y = op(y, site)
-        y = self.act(self.drop(y))
-        for op, site in self.after_act:
-            y = op(y, site)
-        return y.reshape(MB, C, H, W)
-
-    def _global_moments(self, mean: Tensor, var: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
-        """This process's (M, C) moments over n values each -> those of every process's batch."""
-        C = mean.shape[1]
-        count = torch.full((mean.shape[0], 1), n, dtype=mean.dtype, device=mean.device)
-        stacked = self.gather_stats(torch.cat([mean, var, count], dim=1))  # (P, M, 2C + 1)
-        mean, var, total = combine_moments(stacked[..., :C], stacked[..., C:2 * C],
-                                           stacked[..., 2 * C:])
-        return mean, var, total  # total: (M, 1), kept on the device (no host sync)
+        rows = BM // M
+        y = torch.addcmul(shift.repeat(rows, 1)[:, :, None, None], xf,
+                          scale.repeat(rows, 1)[:, :, None, None])
+        return y.to(x.dtype)
 
     @torch.no_grad()
-    def _update_running_stats(self, mean: Tensor, var: Tensor, n: int | Tensor) -> None:
+    def _update_running_stats(self, mean: Tensor, var: Tensor, n: Tensor) -> None:
         self.num_batches_tracked.add_(1)
         if self.momentum is None:  # cumulative moving average, as nn.BatchNorm2d (no host sync)
             factor = 1.0 / self.num_batches_tracked.to(mean.dtype)
         else:
             factor = self.momentum
         # BatchNorm2d keeps the unbiased variance in its running estimate
-        bessel = n / (n - 1).clamp(min=1) if isinstance(n, Tensor) else n / max(n - 1, 1)
-        unbiased = var * bessel
-        self.running_mean.lerp_(mean, factor)
-        self.running_var.lerp_(unbiased, factor)
+        unbiased = var * (n / (n - 1).clamp(min=1))
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
 
 
 class ModalityConv2d(nn.Module):
@@ -218,16 +278,14 @@ class ModalityConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         M = self.num_modalities
-        MB, C, H, W = x.shape
-        B = MB // M
-        # (M*B, C, H, W) -> (B, M*C, H, W): modality m is channel group m of a grouped conv
-        x = x.view(M, B, C, H, W).transpose(0, 1).reshape(B, M * C, H, W)
+        BM, C, H, W = x.shape
+        # (B*M, C, H, W) is (B, M*C, H, W) in memory: modality m is channel group m of a
+        # grouped conv, and its output (B, M*C', H', W') is again (B*M, C', H', W')
         y = F.conv2d(
-            x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+            x.reshape(BM // M, M * C, H, W), self.weight, self.bias, self.stride, self.padding,
+            self.dilation, self.groups,
         )
-        _, MC, Ho, Wo = y.shape
-        # (B, M*C', H', W') -> (M*B, C', H', W')
-        return y.view(B, M, MC // M, Ho, Wo).transpose(0, 1).reshape(MB, MC // M, Ho, Wo)
+        return y.view(BM, y.shape[1] // M, *y.shape[2:])
 
 
 def convert_modules(module: nn.Module, num_modalities: int, shared: bool = True) -> nn.Module:
@@ -247,7 +305,7 @@ def convert_modules(module: nn.Module, num_modalities: int, shared: bool = True)
 
 class SiteHook:
     """Runs a fusion op on a module's input (forward pre-hook) or output (forward hook) in the
-    `(M, B, C, H, W)` view.
+    `(B, M, C, H, W)` view.
 
     Hooks rather than wrapper modules keep every state-dict key and module name equal to the
     plain timm encoder's (pretrained weights, checkpoints across methods, dissection taps); a
@@ -258,9 +316,7 @@ class SiteHook:
         self.op, self.site, self.num_modalities, self.on_input = op, site, num_modalities, on_input
 
     def _apply(self, x: Tensor) -> Tensor:
-        shape = x.shape
-        x5 = x.view(self.num_modalities, shape[0] // self.num_modalities, *shape[1:])
-        return self.op(x5, self.site).reshape(shape)
+        return self.op(modality_view(x, self.num_modalities), self.site).reshape(x.shape)
 
     def __call__(self, module: nn.Module, args: tuple, *output: Tensor):
         if self.on_input:
@@ -331,8 +387,8 @@ class MultiStreamEncoder(nn.Module):
         num_modalities: M >= 2.
         shared: share the convolutions (CEN); False keeps one private copy per modality.
 
-    `forward((M*B, C, H, W)) -> [(M*B, C_l, H_l, W_l) per level]`; `feature_info` is the
-    source encoder's.
+    `forward((B*M, C, H, W)) -> [(B*M, C_l, H_l, W_l) per level]` (sample-major stacks, see
+    `stack_modalities`); `feature_info` is the source encoder's.
     """
 
     def __init__(self, encoder: nn.Module, num_modalities: int, shared: bool = True):
@@ -398,7 +454,7 @@ class MultiStreamEncoder(nn.Module):
     def insert(self, where: Where, factory: Callable[[FusionPoint], nn.Module]) -> list[nn.Module]:
         """Build one op per point with `factory` and wire it into every site of `where`.
 
-        An op is called as `op(x5, site) -> x5` with `x5` of shape (M, B, C, H, W); it is
+        An op is called as `op(x5, site) -> x5` with `x5` of shape (B, M, C, H, W); it is
         registered under `fusion.<point name>` (dots as underscores).
         """
         points = self.points(where)
@@ -429,6 +485,11 @@ class MultiStreamEncoder(nn.Module):
         conv_name, bn_name, act_name = SPATIAL_UNITS[type(block)]
         if site == "bn_out":
             getattr(block, bn_name).after_norm.append((op, site))
+            act = getattr(block, act_name) if act_name is not None else None
+            if getattr(act, "inplace", False):
+                # the op's output reaches the activation as a (B*M, ...) view of its
+                # (B, M, ...) result; in place on a view, autograd would copy it in backward
+                act.inplace = False
         elif site == "act_out" and act_name is None:  # activation lives in the BN module
             getattr(block, bn_name).after_act.append((op, site))
         elif site == "act_out":
@@ -465,13 +526,16 @@ def sum_aux_losses(ops: Iterable[nn.Module]) -> dict[str, Tensor]:
 
 
 def mean_of_others(x5: Tensor) -> Tensor:
-    """(M, ...) -> (M, ...): entry m is the mean over the other modalities (CEN eq. 6).
+    """(B, M, ...) -> (B, M, ...): entry m is the mean over the other modalities (CEN eq. 6).
 
-    A (M x M) mixing matrix keeps it one vectorised op; for M = 2 it is an exact swap.
+    For M = 2 an exact swap; otherwise a (M x M) mixing matrix keeps it one vectorised op. The
+    result is contiguous in the (B, M, ...) order, so it folds back to `(B*M, ...)` for free.
     """
-    M = x5.shape[0]
+    M = x5.shape[1]
+    if M == 2:
+        return x5.flip(1)
     mix = (1.0 - torch.eye(M, device=x5.device, dtype=x5.dtype)) / (M - 1)
-    return torch.tensordot(mix, x5, dims=1)
+    return torch.matmul(mix, x5.reshape(x5.shape[0], M, -1)).view(x5.shape)
 
 
 class Ensemble(nn.Module):
@@ -546,9 +610,13 @@ class MultiStreamSegmentor(Segmentor):
     def forward(self, batch: dict[str, Tensor]) -> dict:
         inputs = self.inputs(batch)
         B, _, H, W = inputs[0].shape
-        x = torch.cat([tile_channels(t, self.in_chans) for t in inputs])  # (M*B, C, H, W)
-        logits = resize_to(self.decoder(self.encoder(x)), (H, W))  # (M*B, K, H, W)
-        logits5 = logits.view(len(self.modalities), B, *logits.shape[1:])  # (M, B, K, H, W)
+        M = len(self.modalities)
+        x = stack_modalities([tile_channels(t, self.in_chans) for t in inputs])  # (B*M, C, H, W)
+        small = modality_view(self.decoder(self.encoder(x)), M)  # (B, M, K, h, w)
+        # modality-major before upsampling, where the copy is small: each modality's full-size
+        # logits are then contiguous for its loss
+        small = small.transpose(0, 1).flatten(0, 1)  # (M*B, K, h, w)
+        logits5 = resize_to(small, (H, W)).unflatten(0, (M, -1))  # (M, B, K, H, W)
         per_modality = dict(zip(self.modalities, logits5.unbind(0), strict=True))
         return output(self.ensemble(logits5), per_modality, self.aux_losses())
 

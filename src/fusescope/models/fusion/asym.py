@@ -1,14 +1,20 @@
-"""AsymFusion: channel shuffle and pixel shift between modality streams (Wang et al., CVPR 2020).
+"""AsymFusion: channel shuffle and pixel shift between modality streams (Wang et al., ACM MM 2020).
 
 Where: the spatial unit of the last block of each stage (ResNet BasicBlock: conv1-bn1-act1,
-Bottleneck: conv2-bn2-act2, EfficientNet: the depthwise conv and its BN-act).
+Bottleneck: conv2-bn2-act2, EfficientNet: the depthwise conv and its BN-act), as the authors'
+code does it (yikaiw/AsymFusion, `Bottleneck` with `use_shuffle` in the last block of a layer).
 
 * Channel shuffle, on the unit's conv input (C channels, T = 4*floor(C/5)): each modality keeps
   its own first T channels and takes the remaining C-T from the other modality; the shuffled
   tensor feeds the conv (the residual shortcut keeps the unshuffled input).
-* Pixel shift: each modality's own first T input channels, in 4 groups of T/4 shifted one pixel
-  up / left / right / down (zero padded; the other C-T channels are zero), are added to the
-  *other* modality's output after the unit's conv-BN-activation.
+* Pixel shift: each modality's own first T input channels (before the shuffle), in 4 groups of
+  floor(C/5) with offsets (dh, dw) = (-1, 0), (0, -1), (0, 1), (1, 0), i.e.
+  `out[h, w] = x[h + dh, w + dw]` (zero outside; the other C-T channels are zero), are added to
+  the *other* modality's output after the unit's conv-BN-activation.
+* Then the channels T..C are shuffled between the modalities once more, so the conv after the
+  unit (Bottleneck conv3, BasicBlock conv2, EfficientNet's pointwise conv) sees them exchanged:
+  the authors' code does this second shuffle (their reversed `ShiftShuffle`, whose own shift it
+  computes and discards).
 
 Both directions run at once (the bidirectional scheme). With M > 2 modalities, "the other
 modality" becomes the mean of the other modalities, the rule CEN uses for M > 2 (eq. 6); for
@@ -34,11 +40,16 @@ def shuffle_split(channels: int) -> int:
     return 4 * (channels // 5)
 
 
-def pixel_shift(x: Tensor) -> Tensor:
-    """Shift 4 equal channel groups of `(N, T, H, W)` one pixel up / left / right / down.
+# (dh, dw) of the 4 shift groups, in channel order: out[h, w] = x[h + dh, w + dw]
+SHIFT_OFFSETS = ((-1, 0), (0, -1), (0, 1), (1, 0))
 
-    "Up" moves content up: `out[h, w] = x[h + 1, w]`, the last row becomes 0 (zero padding);
-    likewise left `x[h, w + 1]`, right `x[h, w - 1]`, down `x[h - 1, w]`.
+
+def pixel_shift(x: Tensor) -> Tensor:
+    """Shift 4 equal channel groups of `(N, T, H, W)` by one pixel each (`SHIFT_OFFSETS`).
+
+    Group g with offset (dh, dw) gives `out[h, w] = x[h + dh, w + dw]`, zero where that falls
+    outside the image: group 0 takes each pixel's upper neighbour (`x[h - 1, w]`), then the left,
+    right and lower neighbours, as the authors' `ShiftShuffle` positions do.
     """
     N, T, H, W = x.shape
     if T % 4:
@@ -47,17 +58,22 @@ def pixel_shift(x: Tensor) -> Tensor:
     p = F.pad(x, (1, 1, 1, 1))  # (N, T, H+2, W+2); x[h, w] is p[h+1, w+1]
     return torch.cat(
         [
-            p[:, 0 * g : 1 * g, 2 : H + 2, 1 : W + 1],  # up
-            p[:, 1 * g : 2 * g, 1 : H + 1, 2 : W + 2],  # left
-            p[:, 2 * g : 3 * g, 1 : H + 1, 0:W],  # right
-            p[:, 3 * g : 4 * g, 0:H, 1 : W + 1],
+            p[:, i * g : (i + 1) * g, 1 + dh : H + 1 + dh, 1 + dw : W + 1 + dw]
+            for i, (dh, dw) in enumerate(SHIFT_OFFSETS)
         ],
         1,
-    )  # down
+    )
+
+
+def shuffle_channels(x5: Tensor, keep: int) -> Tensor:
+    """(B, M, C, H, W): each modality keeps its first `keep` channels and takes the rest from
+    the other modality (the mean of the others for M > 2)."""
+    return torch.cat([x5[:, :, :keep], mean_of_others(x5[:, :, keep:])], dim=2)
 
 
 class AsymmetricFusion(nn.Module):
-    """Shuffle at `conv_in`, shift-and-add at `act_out` of one spatial unit (parameter-free)."""
+    """Shuffle at `conv_in`; shift-and-add, then the second shuffle, at `act_out` of one spatial
+    unit (parameter-free). `shuffle` switches both shuffles, `shift` the shift."""
 
     def __init__(self, point: FusionPoint, shuffle: bool = True, shift: bool = True):
         super().__init__()
@@ -73,25 +89,25 @@ class AsymmetricFusion(nn.Module):
 
     def forward(self, x5: Tensor, site: str) -> Tensor:
         T = self.split
-        if site == "conv_in":  # x5: (M, B, C, H, W), the conv's input
+        if site == "conv_in":  # x5: (B, M, C, H, W), the conv's input
             if self.shift:
-                M, B, C, H, W = x5.shape
-                shifted = pixel_shift(x5[:, :, :T].reshape(M * B, T, H, W)).view(M, B, T, H, W)
+                B, M, C, H, W = x5.shape
+                shifted = pixel_shift(x5[:, :, :T].reshape(B * M, T, H, W)).view(B, M, T, H, W)
                 # what modality m receives: the other modalities' shifted channels
                 self._pending = mean_of_others(shifted)
-            if self.shuffle:
-                x5 = torch.cat([x5[:, :, :T], mean_of_others(x5[:, :, T:])], dim=2)
+            return shuffle_channels(x5, T) if self.shuffle else x5
+        if site != "act_out":
             return x5
-        if site == "act_out" and self._pending is not None:  # x5: the unit's output
+        if self._pending is not None:  # x5: the unit's output
             incoming, self._pending = self._pending, None
             if incoming.shape[-2:] != x5.shape[-2:]:
                 raise ValueError(
                     f"pixel shift: conv changed the size {tuple(incoming.shape[-2:])}"
                     f" -> {tuple(x5.shape[-2:])}"
                 )
-            # (M, B, T, H, W) -> (M, B, C, H, W): the channels after T receive nothing
-            return x5 + F.pad(incoming, (0, 0, 0, 0, 0, x5.shape[2] - T))
-        return x5
+            # (B, M, T, H, W) -> (B, M, C, H, W): the channels after T receive nothing
+            x5 = x5 + F.pad(incoming, (0, 0, 0, 0, 0, x5.shape[2] - T))
+        return shuffle_channels(x5, T) if self.shuffle else x5
 
 
 @FUSION_METHODS.register("asymfusion")

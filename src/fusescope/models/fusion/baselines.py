@@ -55,6 +55,8 @@ from fusescope.models.multistream import (
     Where,
     common_channels,
     convert_modules,
+    modality_view,
+    stack_modalities,
     sum_aux_losses,
 )
 from fusescope.models.registry import FUSION_METHODS
@@ -65,9 +67,10 @@ POSITIONS = {"early": (2,), "middle": (3,), "late": (4,), "all": (1, 2, 3, 4)}
 
 
 def stack_channels(x5: Tensor) -> Tensor:
-    """(M, B, C, H, W) -> (B, M*C, H, W): the modalities' features side by side."""
-    M, B, C, H, W = x5.shape
-    return x5.transpose(0, 1).reshape(B, M * C, H, W)
+    """(B, M, C, H, W) -> (B, M*C, H, W): the modalities' features side by side (a view of the
+    sample-major stack)."""
+    B, M, C, H, W = x5.shape
+    return x5.reshape(B, M * C, H, W)
 
 
 def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
@@ -86,11 +89,11 @@ class ConcatFusion(nn.Module):
         super().__init__()
         self.reduce = conv_bn_relu(num_modalities * channels, channels, 1)
 
-    def fuse(self, x5: Tensor) -> Tensor:  # (M, B, C, H, W) -> (B, C, H, W)
+    def fuse(self, x5: Tensor) -> Tensor:  # (B, M, C, H, W) -> (B, C, H, W)
         return self.reduce(stack_channels(x5))
 
     def forward(self, x5: Tensor, site: str) -> Tensor:
-        return x5 + self.fuse(x5).unsqueeze(0)  # (M, B, C, H, W)
+        return x5 + self.fuse(x5).unsqueeze(1)  # (B, M, C, H, W)
 
 
 class AttentionFusion(nn.Module):
@@ -108,12 +111,12 @@ class AttentionFusion(nn.Module):
         )
         self.reduce = conv_bn_relu(width, channels, 3)
 
-    def fuse(self, x5: Tensor) -> Tensor:  # (M, B, C, H, W) -> (B, C, H, W)
+    def fuse(self, x5: Tensor) -> Tensor:  # (B, M, C, H, W) -> (B, C, H, W)
         cat = stack_channels(x5)  # (B, M*C, H, W)
         return self.reduce(cat * self.gate(cat))
 
     def forward(self, x5: Tensor, site: str) -> Tensor:
-        return x5 + self.fuse(x5).unsqueeze(0)
+        return x5 + self.fuse(x5).unsqueeze(1)
 
 
 def pairwise_mmd(samples: Tensor, scales: tuple[float, ...] = (0.5, 1.0, 2.0)) -> Tensor:
@@ -150,14 +153,14 @@ class AlignFusion(nn.Module):
         self._loss: Tensor | None = None
 
     def _measure(self, x5: Tensor) -> None:
-        M, B, C, H, W = x5.shape
-        pooled = F.adaptive_avg_pool2d(x5.reshape(M * B, C, H, W), self.grid)
-        samples = pooled.view(M, B, C, -1).transpose(2, 3).reshape(M, -1, C)  # (M, N, C)
+        B, M, C, H, W = x5.shape
+        pooled = F.adaptive_avg_pool2d(x5.reshape(B * M, C, H, W), self.grid)
+        samples = pooled.view(B, M, C, -1).permute(1, 0, 3, 2).reshape(M, -1, C)  # (M, N, C)
         self._loss = self.weight * pairwise_mmd(samples)
 
     def fuse(self, x5: Tensor) -> Tensor:  # merging streams: their mean
         self._measure(x5)
-        return x5.mean(0)
+        return x5.mean(1)
 
     def forward(self, x5: Tensor, site: str) -> Tensor:
         self._measure(x5)
@@ -196,20 +199,20 @@ class MergedStreams(Segmentor):
 
     def forward(self, batch: dict[str, Tensor]) -> dict:
         inputs = self.inputs(batch)
-        M, (B, _, H, W) = len(inputs), inputs[0].shape
-        x = torch.cat([tile_channels(t, self.in_chans) for t in inputs])  # (M*B, C, H, W)
+        M, (H, W) = len(inputs), inputs[0].shape[-2:]
+        x = stack_modalities([tile_channels(t, self.in_chans) for t in inputs])  # (B*M, C, H, W)
         levels = []
         for index, stage in enumerate(self.streams):
             x = stage(x)
-            x5 = x.view(M, B, *x.shape[1:])
+            x5 = modality_view(x, M)  # (B, M, C, H, W)
             op = self.fuse[str(index + 1)] if str(index + 1) in self.fuse else None
             if op is None:
-                levels.append(x5[0])
+                levels.append(x5[:, 0])
                 continue
             fused = op.fuse(x5)
             levels.append(fused)
             if index + 1 < len(self.streams):  # the first stream carries the fusion on
-                x = torch.cat([fused.unsqueeze(0), x5[1:]]).view_as(x)
+                x = torch.cat([fused.unsqueeze(1), x5[:, 1:]], dim=1).view_as(x)
         x = levels[-1]  # fused at the merge stage: from here on one stream
         for stage in self.trunk:
             x = stage(x)

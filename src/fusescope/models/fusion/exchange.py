@@ -8,9 +8,15 @@ What (eq. 6): the channels are split into M disjoint, nearly equal parts (part m
 `[floor(m*C/M), floor((m+1)*C/M))`); channel c of modality m is replaced only if c is in part m
 and |gamma_{m,c}| < theta, by the mean of the other modalities' BN outputs. The replaced value is
 dropped from the graph (its gradient is zero, as the paper says), the replacement carries the
-gradient to the other modalities. The l1 penalty (eq. 4) is on the exchangeable gammas only and
-is returned as the aux loss `l1_gamma` = `l1_weight * sum |gamma_hat|` (the paper states
-lambda = 5e-3, the authors' code uses 2e-4; default here 2e-4).
+gradient to the other modalities. The l1 penalty (eq. 4) is on the gammas of each modality's own
+part only and is returned as the aux loss `l1_gamma` = `l1_weight * sum |gamma_hat|` (the paper
+states lambda = 5e-3; the authors' code adds `2e-4 * L1` once per supervised output, M + 1 times,
+an effective 6e-4 for M = 2: `l1_per_output: true` counts it their way; default 2e-4, once).
+
+Where the authors' code (yikaiw/CEN, `Exchange`) differs from the paper's text:
+`exchange_scope: any` replaces *every* channel of modality m whose |gamma| < theta, in its own
+part or not (only the l1 penalty is split into parts); `own_part` (default) is the paper's rule.
+The configs that reproduce the papers' tables use the code's settings.
 
 Ablations of CEN section 4 (`mode`): `random` exchanges a fixed random portion of each part,
 drawn once at construction and kept in the state dict (ShuffleNet-like, no gamma guidance);
@@ -28,6 +34,7 @@ from fusescope.models.multistream import FusionPoint, MultiStreamSegmentor, Wher
 from fusescope.models.registry import FUSION_METHODS
 
 MODES = ("exchange", "random", "discard", "none")
+EXCHANGE_SCOPES = ("own_part", "any")
 
 
 def own_parts(num_modalities: int, channels: int) -> Tensor:
@@ -38,7 +45,7 @@ def own_parts(num_modalities: int, channels: int) -> Tensor:
 
 
 class ChannelExchange(nn.Module):
-    """Eq. 6 at one BN: acts on the BN output `(M, B, C, H, W)` before the activation.
+    """Eq. 6 at one BN: acts on the BN output `(B, M, C, H, W)` before the activation.
 
     Args:
         point: the fusion point; its ModalityBatchNorm's gammas decide what is exchanged.
@@ -48,6 +55,10 @@ class ChannelExchange(nn.Module):
         split: restrict modality m to its own part of the channels (the paper's setting).
         random_portion: fraction of each exchangeable part exchanged in `random` mode.
         gamma_lr_scale: this BN's gammas train at `gamma_lr_scale x train.lr` (see `cen`).
+        exchange_scope: `own_part` (the paper: modality m is replaced only in part m) or `any`
+            (the authors' code: any channel below theta); the l1 penalty stays on part m.
+        l1_per_output: count the l1 term once per supervised output (M + 1), as the authors'
+            code does.
     """
 
     def __init__(
@@ -59,20 +70,31 @@ class ChannelExchange(nn.Module):
         split: bool = True,
         random_portion: float = 0.3,
         gamma_lr_scale: float = 1.0,
+        exchange_scope: str = "own_part",
+        l1_per_output: bool = False,
     ):
         super().__init__()
+        if exchange_scope not in EXCHANGE_SCOPES:
+            raise ValueError(
+                f"exchange_scope must be one of {', '.join(EXCHANGE_SCOPES)}, not "
+                f"{exchange_scope!r}"
+            )
         self.stage = point.stage
         self.gamma_lr_scale = gamma_lr_scale
         self.theta = theta
-        self.l1_weight = l1_weight
-        self.mode = mode
         self._bn = (point.bn,)  # tuple: read the gammas without registering the BN twice
         M, C = point.bn.weight.shape
+        # the authors' loop adds lamda * L1 once per output: M modalities + the ensemble
+        self.l1_weight = l1_weight * (M + 1 if l1_per_output else 1)
+        self.mode = mode
+        device = point.bn.weight.device
         own = own_parts(M, C) if split else torch.ones(M, C, dtype=torch.bool)
-        self.register_buffer("own", own.to(point.bn.weight.device), persistent=False)
+        self.register_buffer("own", own.to(device), persistent=False)
+        exchangeable = own if exchange_scope == "own_part" else torch.ones(M, C, dtype=torch.bool)
+        self.register_buffer("exchangeable", exchangeable.to(device), persistent=False)
         if mode == "random":
-            draw = torch.rand(M, C, device=own.device) < random_portion
-            self.register_buffer("random_mask", draw & self.own)
+            draw = torch.rand(M, C, device=device) < random_portion
+            self.register_buffer("random_mask", draw & self.exchangeable)
 
     @property
     def gamma(self) -> Tensor:
@@ -83,13 +105,13 @@ class ChannelExchange(nn.Module):
         if self.mode == "random":
             return self.random_mask
         if self.mode == "none":
-            return torch.zeros_like(self.own)
-        return (self.gamma.detach().abs() < self.theta) & self.own
+            return torch.zeros_like(self.exchangeable)
+        return (self.gamma.detach().abs() < self.theta) & self.exchangeable
 
     def forward(self, x5: Tensor, site: str) -> Tensor:
         if self.mode == "none":
             return x5
-        mask = self.replaced()[:, None, :, None, None]  # (M, 1, C, 1, 1)
+        mask = self.replaced()[None, :, :, None, None]  # (1, M, C, 1, 1)
         if self.mode == "discard":
             return x5.masked_fill(mask, 0.0)
         # where() drops the replaced value from the graph: its gradient is exactly zero
@@ -105,7 +127,11 @@ class ChannelExchange(nn.Module):
 
     def stat_parts(self) -> dict[str, tuple[Tensor, float]]:
         """Exchanged fraction of this stage's exchangeable channels (summed over blocks)."""
-        return {f"exchanged/stage{self.stage}": (self.replaced().sum(), float(self.own.sum()))}
+        return {
+            f"exchanged/stage{self.stage}": (
+                self.replaced().sum(), float(self.exchangeable.sum())
+            )
+        }
 
 
 @FUSION_METHODS.register("cen")
@@ -124,13 +150,17 @@ def cen(
     shared: bool = True,
     stages: list[int] | tuple[int, ...] = (1, 2, 3, 4),
     gamma_lr_scale: float = 1.0,
+    exchange_scope: str = "own_part",
+    l1_per_output: bool = False,
 ) -> MultiStreamSegmentor:
     """Channel-Exchanging Network.
 
     Options: `theta` (|gamma| threshold), `l1_weight` (sparsity weight), `mode`
     (exchange | random | discard | none), `split` (disjoint exchangeable parts), `random_portion`
     (random mode), `shared` (share convolutions; False: CEN Table 1 "unshared convs"), `stages`,
-    `gamma_lr_scale` (learning-rate multiplier for the gammas of the exchange BNs).
+    `gamma_lr_scale` (learning-rate multiplier for the gammas of the exchange BNs),
+    `exchange_scope` (own_part: the paper's rule | any: the authors' code), `l1_per_output`
+    (count `l1_weight` M + 1 times, as the authors' code: 2e-4 there is an effective 6e-4).
 
     Why `gamma_lr_scale`: the paper trains an ImageNet-pretrained ResNet-101 for ~40k SGD steps,
     starting from the pretrained gammas. From scratch every gamma starts at 1, and AdamW
@@ -140,6 +170,10 @@ def cen(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if exchange_scope not in EXCHANGE_SCOPES:  # before the backbone is built
+        raise ValueError(
+            f"exchange_scope must be one of {', '.join(EXCHANGE_SCOPES)}, not {exchange_scope!r}"
+        )
     if theta < 0 or l1_weight < 0 or not 0 <= random_portion <= 1 or gamma_lr_scale <= 0:
         raise ValueError(
             "theta and l1_weight must be >= 0, random_portion in [0, 1], gamma_lr_scale > 0"
@@ -150,7 +184,8 @@ def cen(
     model.encoder.insert(
         Where(("bn_out",), stages=tuple(stages)),
         lambda point: ChannelExchange(
-            point, theta, l1_weight, mode, split, random_portion, gamma_lr_scale
+            point, theta, l1_weight, mode, split, random_portion, gamma_lr_scale,
+            exchange_scope, l1_per_output,
         ),
     )
     return model
