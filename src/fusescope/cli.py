@@ -82,7 +82,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     result = save_eval(args.run, evaluate_run(
         args.run, split=args.split, tta=args.tta, corrupt=args.corrupt, window=args.window,
         batch_size=args.batch_size, data_root=args.data_root, device=device,
-        progress=not args.json))
+        progress=not args.json, drop=args.drop))
     if args.json:
         print(json.dumps(result))
         return
@@ -94,7 +94,8 @@ def format_result(result: dict) -> str:
         return "  n/a" if x is None else f"{100 * x:5.1f}"
 
     lines = [f"{result['model']} on {result['split']} (tta {result['tta']}"
-             f"{', ' + result['corrupt'] if result.get('corrupt') else ''}): "
+             f"{', ' + result['corrupt'] if result.get('corrupt') else ''}"
+             f"{''.join(', without ' + m for m in result.get('drop') or [])}): "
              f"mIoU {pct(result['miou'])}  pixel acc {pct(result['pixel_acc'])}  "
              f"mean acc {pct(result['mean_acc'])}"]
     for name, value in (result.get("cue_group_miou") or {}).items():
@@ -121,6 +122,15 @@ def cmd_predict(args: argparse.Namespace) -> None:
             inputs[name] = getattr(args, name)
     device = str(resolve_device(args.device))
     run = load_run(args.run, device=device)
+    if args.onnx:
+        from fusescope.engine.export import OnnxSegmentor
+
+        run.model = OnnxSegmentor(args.onnx, run, threads=args.threads)
+    from fusescope.engine.missing import absent_for_inputs, fill_rule
+
+    absent = absent_for_inputs(run, list(inputs))
+    if absent:
+        print(f"note: {', '.join(absent)} absent: {fill_rule(run.model.model)}", file=sys.stderr)
     written = predict(run, inputs, args.out, tta=args.tta, device=device,
                       batch_size=args.batch_size)
     print(f"wrote {len(written)} mask(s) and overlay(s): {written[0]}"
@@ -185,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames per forward pass (default: the run's eval.batch_size)")
     add_device_argument(p)
     p.add_argument("--data-root", default=None, help="evaluate on another data folder")
+    p.add_argument("--drop", action="append", metavar="MODALITY",
+                   help="evaluate with this modality absent (zeros after normalisation, or the "
+                   "method's own rule); repeatable")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
@@ -200,8 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=1,
                    help="frames per forward pass for folders (frames of one size are batched)")
     add_device_argument(p)
+    p.add_argument("--onnx", metavar="FILE", help="run this ONNX export of RUN (fusescope "
+                   "export) through ONNX Runtime instead of PyTorch")
+    p.add_argument("--threads", type=int, default=0,
+                   help="ONNX Runtime threads (0: all cores); with --onnx")
     p.set_defaults(func=cmd_predict)
 
+    _optional_register("fusescope.engine.commands", sub)
     _optional_register("fusescope.bench.commands", sub)
     _optional_register("fusescope.dissect.cli", sub)
     return parser

@@ -57,6 +57,9 @@ class TrainConfig:
     lr_scales: dict[str, float] = field(default_factory=dict)
     grad_accum: int = 1
     per_modality_weight: float = 1.0  # weight of each `per_modality` output's task loss
+    # probability of zeroing a modality per sample (a number, or {modality: p}); never all of a
+    # sample's modalities at once (fusescope.engine.missing)
+    modality_dropout: Any = None
     class_weights: list[float] | None = None
     ckpt_every: int = 200
     log_every: int = 10

@@ -134,12 +134,18 @@ def evaluate(model: nn.Module, dataset, eval_cfg: DictConfig, device="cpu", fabr
 def evaluate_run(run_dir: str | Path, split: str | None = None, tta: str | None = None,
                  corrupt: str | None = None, window=None, batch_size: int | None = None,
                  data_root: str | None = None, device: str = "cpu",
-                 progress: bool = False) -> dict:
-    """Evaluate a run folder; arguments left None take the run's `eval` config."""
+                 progress: bool = False, drop: list[str] | None = None) -> dict:
+    """Evaluate a run folder; arguments left None take the run's `eval` config. `drop` lists
+    modalities to leave out (`fusescope.engine.missing`: zeros, or the method's own rule)."""
     from fusescope.data.build import eval_dataset
     from fusescope.engine.checkpoint import load_run
 
     run = load_run(run_dir, device=device)
+    if drop:
+        from fusescope.engine.missing import ModalityAbsent
+
+        run.model = ModalityAbsent(run.model, drop, {m: run.meta.modalities[m].channels
+                                                     for m in drop if m in run.meta.modalities})
     cfg = run.cfg
     if split is not None:
         cfg.eval.split = split
@@ -164,6 +170,8 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, tta: str | None 
     result = evaluate(run.model, ds, cfg.eval, device=device, progress=progress)
     result.update({"split": cfg.eval.split, "tta": cfg.eval.tta, "corrupt": corrupt,
                    "model": cfg.model.name})
+    if drop:
+        result["drop"] = sorted(drop)
     return result
 
 
@@ -175,5 +183,6 @@ def save_eval(run_dir: str | Path, result: dict) -> dict:
 
     result = json_safe(result)
     suffix = f"_{result['corrupt'].replace(':', '')}" if result.get("corrupt") else ""
+    suffix += "".join(f"_no-{m}" for m in result.get("drop") or [])
     write_json(Path(run_dir) / f"eval_{result['split']}_{result['tta']}{suffix}.json", result)
     return result

@@ -37,6 +37,7 @@ from fusescope.engine.checkpoint import (
 )
 from fusescope.engine.distributed import convert_batchnorm
 from fusescope.engine.loss import label_weight, total_loss
+from fusescope.engine.missing import drop_modalities, dropout_probabilities
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, read_json, write_json
 
@@ -187,6 +188,7 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
     if fabric.world_size > 1 and t.sync_bn:
         model = convert_batchnorm(model, fabric.device.type)
     optimizer = make_optimizer(model, t)
+    dropout = dropout_probabilities(t.get("modality_dropout"), list(cfg.data.modalities))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.poly_power))
     # the run folder is written only once the model and optimiser are known to build
@@ -262,6 +264,7 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
             for i in range(t.grad_accum):
                 micro = {k: v[i::t.grad_accum] for k, v in big.items()}
                 micro = fabric.to_device({k: v for k, v in micro.items() if k != "id"})
+                micro = drop_modalities(micro, dropout, list(cfg.data.modalities))
                 with fabric.no_backward_sync(model, enabled=i < t.grad_accum - 1):
                     output = model(micro)
                     loss, parts = total_loss(output, micro["label"], meta.ignore_index,
