@@ -313,6 +313,9 @@ def train(cfg: DictConfig, out: str | Path, resume: bool = True,
             tensorboard.close()
     if rank0:
         save_weights(out / WEIGHTS, raw_model)
+        from fusescope.engine.curves import write_curves
+
+        write_curves(out)
     fabric.barrier()
     return out if rank0 else None
 
