@@ -132,7 +132,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if absent:
         print(f"note: {', '.join(absent)} absent: {fill_rule(run.model.model)}", file=sys.stderr)
     written = predict(run, inputs, args.out, tta=args.tta, device=device,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, workers=args.workers)
     print(f"wrote {len(written)} mask(s) and overlay(s): {written[0]}"
           + (" ..." if len(written) > 1 else ""))
 
@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_argument(p)
     p.add_argument("--onnx", metavar="FILE", help="run this ONNX export of RUN (fusescope "
                    "export) through ONNX Runtime instead of PyTorch")
+    p.add_argument("--workers", type=int, default=2,
+                   help="processes reading the next frames of a folder while the model runs "
+                   "(0: read in the main process)")
     p.add_argument("--threads", type=int, default=0,
                    help="ONNX Runtime threads (0: all cores); with --onnx")
     p.set_defaults(func=cmd_predict)
