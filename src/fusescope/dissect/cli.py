@@ -95,4 +95,5 @@ def cmd_dissect(args: argparse.Namespace) -> None:
     print(spec["depth"]["sentence"])
     for row in result.results["svar"]:
         print(f"  group {row['group']}  {row['pair']:<40s} SVar {row['svar']:+9.2f}")
-    print(f"report: {index}")
+    # the last line: where to look (absolute, and as a URL a terminal or browser opens)
+    print(f"report: {index.resolve()}  (open {index.resolve().as_uri()})")
