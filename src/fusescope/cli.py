@@ -5,7 +5,10 @@
     fusescope data prepare|hha|inspect ...          real data sets (official files), HHA, stats
     fusescope train CONFIG --out RUN [key=value]    train (resumes if RUN has a checkpoint)
     fusescope eval RUN [--tta ...] [--json]         evaluate a run
-    fusescope predict RUN --rgb A --depth B --out M predict on your own frames
+    fusescope predict RUN --rgb A --depth B --out M predict on your own frames (a modality
+                                                    left out: --rgb A --out M; --onnx FILE)
+    fusescope export RUN --out model.onnx           ONNX graph + normalisation JSON beside it
+    fusescope compare RUN... --out DIR              table and overlaid training curves
     fusescope bench ...                             benchmarks that print figures
     fusescope dissect ...                           what each modality contributes
 

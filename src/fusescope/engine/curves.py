@@ -187,8 +187,11 @@ def compare_runs(runs: list[str | os.PathLike], out: str | os.PathLike) -> list[
             return f"{v:.3g}"
         return str(v)
 
+    titles = {"miou": "mIoU", "best_val_miou": "best val mIoU"}
     header = (
-        "| " + " | ".join(c.replace("_miou", " mIoU").replace("_", " ") for c in columns) + " |"
+        "| "
+        + " | ".join(titles.get(c, c.replace("_miou", " mIoU").replace("_", " ")) for c in columns)
+        + " |"
     )
     lines = [header, "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(c, r.get(c)) for c in columns) + " |" for r in rows]
