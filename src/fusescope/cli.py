@@ -5,7 +5,10 @@
     fusescope data prepare|hha|inspect ...          real data sets (official files), HHA, stats
     fusescope train CONFIG --out RUN [key=value]    train (resumes if RUN has a checkpoint)
     fusescope eval RUN [--tta ...] [--json]         evaluate a run
-    fusescope predict RUN --rgb A --depth B --out M predict on your own frames
+    fusescope predict RUN --rgb A --depth B --out M predict on your own frames (a modality
+                                                    left out: --rgb A --out M; --onnx FILE)
+    fusescope export RUN --out model.onnx           ONNX graph + normalisation JSON beside it
+    fusescope compare RUN... --out DIR              table and overlaid training curves
     fusescope bench ...                             benchmarks that print figures
     fusescope dissect ...                           what each modality contributes
 
@@ -126,7 +129,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     result = save_eval(args.run, evaluate_run(
         args.run, split=args.split, tta=args.tta, corrupt=args.corrupt, window=args.window,
         batch_size=args.batch_size, data_root=args.data_root, device=device,
-        progress=not args.json))
+        progress=not args.json, drop=args.drop))
     if args.json:
         if not result.get("finished", True):
             print(f"fusescope: warning: {unfinished_note(result, args.run)}", file=sys.stderr)
@@ -146,7 +149,8 @@ def format_result(result: dict, run: str = "RUN") -> str:
         return "  n/a" if x is None else f"{100 * x:5.1f}"
 
     lines = [f"{result['model']} on {result['split']} (tta {result['tta']}"
-             f"{', ' + result['corrupt'] if result.get('corrupt') else ''}): "
+             f"{', ' + result['corrupt'] if result.get('corrupt') else ''}"
+             f"{''.join(', without ' + m for m in result.get('drop') or [])}): "
              f"mIoU {pct(result['miou'])}  pixel acc {pct(result['pixel_acc'])}  "
              f"mean acc {pct(result['mean_acc'])}"]
     if not result.get("finished", True):
@@ -175,8 +179,18 @@ def cmd_predict(args: argparse.Namespace) -> None:
             inputs[name] = getattr(args, name)
     device = str(resolve_device(args.device))
     run = load_run(args.run, device=device)
+    if args.onnx:
+        from fusescope.engine.export import OnnxSegmentor
+
+        run.model = OnnxSegmentor(args.onnx, run, threads=args.threads)
+    from fusescope.engine.missing import absent_for_inputs, fill_rule
+
+    absent = absent_for_inputs(run, list(inputs))
+    if absent:
+        print(f"note: {', '.join(absent)} absent: {fill_rule(run.model.model)}", file=sys.stderr)
     written = predict(run, inputs, args.out, tta=args.tta, device=device,
-                      batch_size=args.batch_size, overwrite=args.overwrite)
+                      batch_size=args.batch_size, overwrite=args.overwrite,
+                      workers=args.workers)
     print(f"wrote {len(written)} mask(s) and overlay(s): {written[0]}"
           + (" ..." if len(written) > 1 else ""))
 
@@ -261,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_argument(p)
     p.add_argument("--data-root", default=None,
                    help="evaluate on another data folder (default: the run's data.root)")
+    p.add_argument("--drop", action="append", metavar="MODALITY",
+                   help="evaluate with this modality absent (zeros after normalisation, or the "
+                   "method's own rule); repeatable")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
@@ -279,8 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_argument(p)
     p.add_argument("--overwrite", action="store_true",
                    help="allow --out to be, or be inside, an input (replacing input files)")
+    p.add_argument("--onnx", metavar="FILE", help="run this ONNX export of RUN (fusescope "
+                   "export) through ONNX Runtime instead of PyTorch")
+    p.add_argument("--workers", type=int, default=2,
+                   help="processes reading the next frames of a folder while the model runs "
+                   "(0: read in the main process)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="ONNX Runtime threads (0: all cores); with --onnx")
     p.set_defaults(func=cmd_predict)
 
+    _optional_register("fusescope.engine.commands", sub)
     _optional_register("fusescope.bench.commands", sub)
     _optional_register("fusescope.dissect.cli", sub)
     return parser

@@ -69,6 +69,9 @@ class TrainConfig:
     # weight decay on every parameter, norm gammas / betas and biases included, as the CEN /
     # AsymFusion code's SGD does; false exempts norms and biases (decay fights CEN's l1 rule)
     decay_all: bool = False
+    # probability of zeroing a modality per sample (a number, or {modality: p}); never all of a
+    # sample's modalities at once (fusescope.engine.missing)
+    modality_dropout: Any = None
     class_weights: list[float] | None = None
     ckpt_every: int = 200
     # also checkpoint when this many minutes passed since the last one (0: by steps only), so a

@@ -127,4 +127,5 @@ def cmd_dissect(args: argparse.Namespace) -> None:
             f"  group {row['group']}  {row['pair']:<40s} stage {row['level'] + 1}"
             f"  SVar {row['svar']:+9.2f} +- {row['svar_sd']:.2f}"
         )
-    print(f"report: {index}")
+    # the last line: where to look (absolute, and as a URL a terminal or browser opens)
+    print(f"report: {index.resolve()}  (open {index.resolve().as_uri()})")

@@ -134,14 +134,20 @@ def evaluate(model: nn.Module, dataset, eval_cfg: DictConfig, device="cpu", fabr
 def evaluate_run(run_dir: str | Path, split: str | None = None, tta: str | None = None,
                  corrupt: str | None = None, window=None, batch_size: int | None = None,
                  data_root: str | None = None, device: str = "cpu",
-                 progress: bool = False) -> dict:
-    """Evaluate a run folder; arguments left None take the run's `eval` config."""
+                 progress: bool = False, drop: list[str] | None = None) -> dict:
+    """Evaluate a run folder; arguments left None take the run's `eval` config. `drop` lists
+    modalities to leave out (`fusescope.engine.missing`: zeros, or the method's own rule)."""
     from fusescope.config import check_config
     from fusescope.data.build import eval_dataset
     from fusescope.data.folder import fingerprint
     from fusescope.engine.checkpoint import load_run
 
     run = load_run(run_dir, device=device)
+    if drop:
+        from fusescope.engine.missing import ModalityAbsent
+
+        run.model = ModalityAbsent(run.model, drop, {m: run.meta.modalities[m].channels
+                                                     for m in drop if m in run.meta.modalities})
     cfg = run.cfg
     trained_root = cfg.data.root
     if split is not None:
@@ -179,11 +185,13 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, tta: str | None 
                                         [cfg.eval.split]),
         "own_data": Path(cfg.data.root).resolve() == Path(trained_root).resolve(),
     })
+    if drop:
+        result["drop"] = sorted(drop)
     return result
 
 
 def eval_file_name(result: dict) -> str:
-    """`eval_<split>_<tta>[_<corruption>][_win<H>x<W>[s<H>x<W>]][_data-<fingerprint>].json`.
+    """`eval_<split>_<tta>[_<corruption>][_win<H>x<W>[s<H>x<W>]][_data-<fingerprint>][_no-<modality>].json`.
 
     Named by every option that changes the numbers, so evaluating on other data, windows or
     corruptions never replaces the run's own result (the ms-flip scales are the run's own
@@ -199,6 +207,7 @@ def eval_file_name(result: dict) -> str:
         parts.append(tag)
     if result.get("own_data") is False:
         parts.append(f"data-{result['data_fingerprint']}")
+    parts.extend(f"no-{m}" for m in result.get("drop") or [])
     name = "_".join(parts)
     return "".join(c if c.isalnum() or c in "_-." else "-" for c in name) + ".json"
 

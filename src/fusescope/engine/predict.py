@@ -112,10 +112,11 @@ def check_output(inputs: dict[str, Path], out: Path, folders: bool, overwrite: b
 
 def predict(run: Run, inputs: dict[str, str | os.PathLike], out: str | os.PathLike,
             tta: str = "none", device: str = "cpu", progress: bool = True,
-            batch_size: int = 1, overwrite: bool = False) -> list[Path]:
+            batch_size: int = 1, overwrite: bool = False, workers: int = 0) -> list[Path]:
     """Predict one frame (inputs are files, `out` a .png) or folders (inputs are folders whose
     files are matched by stem, `out` a folder; up to `batch_size` frames of one size go through
-    the model together). Returns the mask paths written.
+    the model together). For folders, `workers` processes read the next frames while the model
+    runs and a thread writes the masks. Returns the mask paths written.
 
     An output that would overwrite an input is refused unless `overwrite` (`check_output`)."""
     missing = [m for m in run.model.modalities if m not in inputs]
@@ -144,25 +145,35 @@ def predict(run: Run, inputs: dict[str, str | os.PathLike], out: str | os.PathLi
                              f"({len(unmatched)} unmatched files)")
     if not common:
         raise FusescopeError(f"no image files in {', '.join(map(str, paths.values()))}")
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
+    from fusescope.engine.frames import read_frames
+
     written = []
-    bar = tqdm(total=len(common), desc="predict", disable=not progress)
-    for start in range(0, len(common), batch_size):
-        chunk = common[start:start + batch_size]
-        frames = [load_frame(run, {m: stems[m][stem] for m in paths}) for stem in chunk]
-        by_size: dict[tuple[int, int], list[int]] = {}  # a batch needs frames of one size
-        for i, (sample, _) in enumerate(frames):
-            by_size.setdefault(tuple(next(iter(sample.values())).shape[-2:]), []).append(i)
-        labels: list[np.ndarray | None] = [None] * len(chunk)
-        for members in by_size.values():
-            for i, label in zip(members, predict_samples(run, [frames[i][0] for i in members],
-                                                         tta, device), strict=True):
-                labels[i] = label
-        for stem, (_, raw), label in zip(chunk, frames, labels, strict=True):
-            target = out / f"{stem}.png"
-            write_prediction(run, label, raw, target)
-            written.append(target)
-        bar.update(len(chunk))
-    bar.close()
+    writes = []
+    writer = ThreadPoolExecutor(max_workers=1)  # PNG encoding overlaps the next forward pass
+    bar = tqdm(total=len(common), desc="predict", unit="frame", disable=not progress)
+    files = [{m: stems[m][stem] for m in paths} for stem in common]
+    try:
+        for chunk, frames in read_frames(run, files, common, batch_size, workers):
+            by_size: dict[tuple[int, int], list[int]] = {}  # a batch needs frames of one size
+            for i, (sample, _) in enumerate(frames):
+                by_size.setdefault(tuple(next(iter(sample.values())).shape[-2:]), []).append(i)
+            labels: list[np.ndarray | None] = [None] * len(chunk)
+            for members in by_size.values():
+                for i, label in zip(members, predict_samples(run, [frames[i][0] for i in members],
+                                                             tta, device), strict=True):
+                    labels[i] = label
+            for stem, (_, raw), label in zip(chunk, frames, labels, strict=True):
+                target = out / f"{stem}.png"
+                writes.append(writer.submit(write_prediction, run, label, raw, target))
+                written.append(target)
+            bar.update(len(chunk))
+    finally:
+        writer.shutdown(wait=True)
+        bar.close()
+    for done in writes:
+        done.result()  # a write error surfaces here
     return written

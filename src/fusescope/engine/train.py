@@ -42,6 +42,7 @@ from fusescope.engine.checkpoint import (
 )
 from fusescope.engine.distributed import convert_batchnorm
 from fusescope.engine.loss import label_weight, total_loss
+from fusescope.engine.missing import drop_modalities, dropout_probabilities
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, disk_full_error, read_json, remove_stale_temps, write_json
 
@@ -383,6 +384,7 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
     if fabric.world_size > 1 and t.sync_bn:
         model = convert_batchnorm(model, fabric.device.type)
     optimizer = make_optimizer(model, t)
+    dropout = dropout_probabilities(t.get("modality_dropout"), list(cfg.data.modalities))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.poly_power))
     step, consumed = 0, 0
@@ -494,6 +496,7 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
             for i in range(t.grad_accum):
                 micro = {k: v[i::t.grad_accum] for k, v in big.items()}
                 micro = fabric.to_device({k: v for k, v in micro.items() if k != "id"})
+                micro = drop_modalities(micro, dropout, list(cfg.data.modalities))
                 with fabric.no_backward_sync(model, enabled=i < t.grad_accum - 1):
                     output = model(micro)
                     loss, parts = total_loss(output, micro["label"], meta.ignore_index,
@@ -556,6 +559,9 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
             tensorboard.close()
     if rank0:
         save_weights(out / WEIGHTS, raw_model, step=step)
+        from fusescope.engine.curves import write_curves
+
+        write_curves(out)
     fabric.barrier()
     return out if rank0 else None
 

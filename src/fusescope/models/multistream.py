@@ -620,6 +620,15 @@ class MultiStreamSegmentor(Segmentor):
         per_modality = dict(zip(self.modalities, logits5.unbind(0), strict=True))
         return output(self.ensemble(logits5), per_modality, self.aux_losses())
 
+    def combine_present(self, per_modality: dict[str, Tensor], present: list[str]) -> Tensor:
+        """The ensemble over the present modalities only (a modality absent at inference): the
+        learned alpha renormalised over them by a softmax restricted to the present streams."""
+        alpha = self.ensemble.alpha
+        mask = torch.tensor([m in present for m in self.modalities], device=alpha.device)
+        weights = torch.softmax(alpha.masked_fill(~mask, float("-inf")), 0)
+        logits5 = torch.stack([per_modality[m] for m in self.modalities])  # (M, B, K, H, W)
+        return torch.tensordot(weights.to(logits5.dtype), logits5, dims=1)
+
     def aux_losses(self) -> dict[str, Tensor]:
         return sum_aux_losses(fusion_ops(self))
 

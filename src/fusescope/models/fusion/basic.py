@@ -61,6 +61,10 @@ class LateAverage(Segmentor):
         logits = torch.stack(list(per_modality.values())).mean(0)
         return output(logits, per_modality=per_modality)
 
+    def combine_present(self, per_modality: dict[str, Tensor], present: list[str]) -> Tensor:
+        """The mean over the present modalities' streams (a modality absent at inference)."""
+        return torch.stack([per_modality[m] for m in present]).mean(0)
+
 
 @FUSION_METHODS.register("late_average")
 def late_average(modalities, in_channels, num_classes, backbone: str = "resnet18",

@@ -1,0 +1,158 @@
+"""A modality missing: dropped at random in training, absent at inference, one fill rule.
+
+The fill is **zeros after normalisation**: the train-split mean of every channel, which is also
+what a depth hole becomes (`Normalize` keeps holes at 0), so a model trained with dropout has
+seen exactly the input it gets when a sensor is off. A method may add its own rule on top: a
+model with a `combine_present(per_modality, present)` method (the learned per-modality
+ensembles of CEN / AsymFusion / the multi-stream baselines, and late averaging) scores only the
+streams of the modalities that are present, since the absent streams' logits carry no
+information about the scene.
+
+    train.modality_dropout: 0.3                  each modality dropped with p = 0.3 per sample
+    train.modality_dropout: {depth: 0.5}         only depth, with p = 0.5
+    fusescope eval RUN --drop depth              metrics with depth absent
+    fusescope predict RUN --rgb FILE --out FILE  the depth argument left out
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from fusescope.errors import FusescopeError
+
+
+def dropout_probabilities(spec, modalities: Sequence[str]) -> dict[str, float]:
+    """`train.modality_dropout` (a number, or a map modality -> probability) as a full map.
+
+    Raises:
+        FusescopeError: an unknown modality, a value outside [0, 1), or a single-modality run.
+    """
+    if spec is None or spec == 0:
+        return {}
+    if isinstance(spec, Mapping):
+        unknown = sorted(set(spec) - set(modalities))
+        if unknown:
+            raise FusescopeError(
+                f"train.modality_dropout: unknown modality {unknown[0]!r}; the "
+                f"run's modalities are {', '.join(modalities)}"
+            )
+        probs = {str(k): v for k, v in spec.items()}
+    else:
+        probs = {m: spec for m in modalities}
+    for name, p in probs.items():
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
+            raise FusescopeError(
+                f"train.modality_dropout.{name} must be a probability in [0, 1), got {p!r}"
+            )
+    probs = {k: float(v) for k, v in probs.items() if v > 0}
+    if probs and len(modalities) < 2:
+        raise FusescopeError("train.modality_dropout needs at least two modalities (one must stay)")
+    return probs
+
+
+def drop_modalities(
+    batch: dict[str, Tensor], probs: Mapping[str, float], modalities: Sequence[str]
+) -> dict[str, Tensor]:
+    """Zero each modality per sample with its probability, never all of a sample's modalities.
+
+    Vectorised over the batch: one (M, B) draw. Where every modality of a sample was drawn
+    dropped, one of the droppable ones, chosen uniformly, is kept. The draws come from torch's
+    global CPU generator (whatever the device), which the checkpoint saves, so a resumed run
+    drops the same inputs as an uninterrupted one.
+    """
+    if not probs:
+        return batch
+    ref = batch[modalities[0]]
+    M, B = len(modalities), ref.shape[0]
+    p = torch.tensor([probs.get(m, 0.0) for m in modalities])  # (M,)
+    dropped = torch.rand(M, B) < p[:, None]  # (M, B)
+    # for samples that lost everything: restore the droppable modality with the top random score
+    score = torch.rand(M, B).masked_fill((p == 0)[:, None], -1.0)
+    restore = nn.functional.one_hot(score.argmax(0), M).T.bool() & dropped.all(0)  # (M, B)
+    keep = (~dropped | restore).to(ref.device, non_blocking=True)  # (M, B)
+    out = dict(batch)
+    for i, m in enumerate(modalities):  # M tensors of different channel counts: no stacking
+        out[m] = batch[m] * keep[i].to(batch[m].dtype).view(B, 1, 1, 1)
+    return out
+
+
+class ModalityAbsent(nn.Module):
+    """`model` with some modalities absent: they are fed as zeros (after normalisation) and, if
+    the model has its own rule (`combine_present`), only the present streams are scored.
+
+    `modalities` lists the *present* ones, so code that asks a model which inputs it reads
+    (prediction, evaluation) asks only for those.
+
+    Args:
+        model: the run's model.
+        absent: modalities to leave out (at least one of the model's must stay).
+        channels: channel count of each absent modality.
+    """
+
+    def __init__(self, model: nn.Module, absent: Sequence[str], channels: Mapping[str, int]):
+        super().__init__()
+        known = list(model.modalities)
+        unknown = [m for m in absent if m not in known]
+        if unknown:
+            raise FusescopeError(
+                f"--drop {unknown[0]}: the run has no modality {unknown[0]!r}; "
+                f"its modalities are {', '.join(known)}"
+            )
+        present = [m for m in known if m not in absent]
+        if not present:
+            raise FusescopeError(f"cannot drop every modality of the run ({', '.join(known)})")
+        self.model = model
+        self.absent = [m for m in known if m in absent]
+        self.modalities = present
+        self.all_modalities = known
+        self.num_classes = getattr(model, "num_classes", None)
+        self.channels = {m: int(channels[m]) for m in self.absent}
+
+    def forward(self, batch: dict[str, Tensor]) -> dict:
+        ref = batch[self.modalities[0]]
+        B, _, H, W = ref.shape
+        filled = {m: batch[m] for m in self.modalities}
+        for m in self.absent:
+            filled[m] = ref.new_zeros(B, self.channels[m], H, W)
+        out = self.model(filled)
+        combine = getattr(self.model, "combine_present", None)
+        if combine is not None and out.get("per_modality"):
+            out = {**out, "logits": combine(out["per_modality"], self.modalities)}
+        return out
+
+
+def fill_rule(model: nn.Module) -> str:
+    """In words, what `ModalityAbsent` does for this model (for reports)."""
+    if getattr(model, "combine_present", None) is not None:
+        return "zeros after normalisation; only the present streams' logits are combined"
+    return "zeros after normalisation"
+
+
+def absent_for_inputs(run, given: Sequence[str]) -> list[str]:
+    """Make `run` predict from the modalities `given` (the others absent); returns the absent.
+
+    Raises:
+        FusescopeError: a given modality the run does not know, or none of the run's given.
+    """
+    known = list(run.model.modalities)
+    unknown = [m for m in given if m not in known]
+    if unknown:
+        raise FusescopeError(
+            f"--{unknown[0]}: the run has no modality {unknown[0]!r}; its "
+            f"modalities are {', '.join(known)}"
+        )
+    absent = [m for m in known if m not in given]
+    if not absent:
+        return []
+    if len(absent) == len(known):
+        raise FusescopeError(
+            f"this model reads {known}; give at least one of "
+            f"{' '.join(f'--{m} FILE' for m in known)}"
+        )
+    run.model = ModalityAbsent(
+        run.model, absent, {m: run.meta.modalities[m].channels for m in absent}
+    )
+    return absent
