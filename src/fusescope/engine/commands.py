@@ -37,7 +37,7 @@ def register(subparsers) -> None:
         help="export a run to ONNX (inputs normalised; the "
         "normalisation is written beside it as JSON)",
     )
-    p.add_argument("run")
+    p.add_argument("run", help="run folder written by `fusescope train`")
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument(
         "--size",
@@ -51,6 +51,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("compare", help="compare runs: a table and overlaid training curves")
-    p.add_argument("runs", nargs="+")
+    p.add_argument("runs", nargs="+", help="run folders written by `fusescope train`")
     p.add_argument("--out", required=True, help="folder for compare.md, compare.json, curves.png")
     p.set_defaults(func=cmd_compare)

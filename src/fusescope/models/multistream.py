@@ -193,7 +193,10 @@ class ModalityBatchNorm(nn.Module):
             # backward does not need it), so the in-place ReLU / `+= shortcut` that timm blocks
             # apply to a BN's output stay cheap (on a view, autograd would copy the whole
             # tensor in backward)
-            y = torch.ops.aten._unsafe_view(y.contiguous(), (BM, C, H, W))
+            if torch.onnx.is_in_onnx_export():  # ONNX has no _unsafe_view; no backward there
+                y = y.reshape(BM, C, H, W)
+            else:
+                y = torch.ops.aten._unsafe_view(y.contiguous(), (BM, C, H, W))
         if not self.after_norm:
             y = self.act(self.drop(y))
             if not self.after_act:

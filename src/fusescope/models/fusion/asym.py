@@ -51,14 +51,20 @@ def pixel_shift(x: Tensor) -> Tensor:
     outside the image: group 0 takes each pixel's upper neighbour (`x[h - 1, w]`), then the left,
     right and lower neighbours, as the authors' `ShiftShuffle` positions do.
     """
-    N, T, H, W = x.shape
+    T = x.shape[1]
     if T % 4:
         raise ValueError(f"pixel shift needs a channel count divisible by 4, got {T}")
     g = T // 4
     p = F.pad(x, (1, 1, 1, 1))  # (N, T, H+2, W+2); x[h, w] is p[h+1, w+1]
+
+    def window(d: int) -> slice:
+        # rows (or columns) 1+d .. H+1+d of the padded map, written without H so that a traced
+        # export (ONNX) keeps the image size dynamic
+        return slice(1 + d, d - 1 if d < 1 else None)
+
     return torch.cat(
         [
-            p[:, i * g : (i + 1) * g, 1 + dh : H + 1 + dh, 1 + dw : W + 1 + dw]
+            p[:, i * g : (i + 1) * g, window(dh), window(dw)]
             for i, (dh, dw) in enumerate(SHIFT_OFFSETS)
         ],
         1,
@@ -91,8 +97,8 @@ class AsymmetricFusion(nn.Module):
         T = self.split
         if site == "conv_in":  # x5: (B, M, C, H, W), the conv's input
             if self.shift:
-                B, M, C, H, W = x5.shape
-                shifted = pixel_shift(x5[:, :, :T].reshape(B * M, T, H, W)).view(B, M, T, H, W)
+                M = x5.shape[1]
+                shifted = pixel_shift(x5[:, :, :T].flatten(0, 1)).unflatten(0, (-1, M))
                 # what modality m receives: the other modalities' shifted channels
                 self._pending = mean_of_others(shifted)
             return shuffle_channels(x5, T) if self.shuffle else x5

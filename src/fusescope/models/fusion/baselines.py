@@ -69,8 +69,7 @@ POSITIONS = {"early": (2,), "middle": (3,), "late": (4,), "all": (1, 2, 3, 4)}
 def stack_channels(x5: Tensor) -> Tensor:
     """(B, M, C, H, W) -> (B, M*C, H, W): the modalities' features side by side (a view of the
     sample-major stack)."""
-    B, M, C, H, W = x5.shape
-    return x5.reshape(B, M * C, H, W)
+    return x5.flatten(1, 2)  # no sizes baked in: an ONNX export keeps any batch size
 
 
 def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
@@ -153,9 +152,10 @@ class AlignFusion(nn.Module):
         self._loss: Tensor | None = None
 
     def _measure(self, x5: Tensor) -> None:
-        B, M, C, H, W = x5.shape
-        pooled = F.adaptive_avg_pool2d(x5.reshape(B * M, C, H, W), self.grid)
-        samples = pooled.view(B, M, C, -1).permute(1, 0, 3, 2).reshape(M, -1, C)  # (M, N, C)
+        M, C = x5.shape[1:3]
+        pooled = F.adaptive_avg_pool2d(x5.flatten(0, 1), self.grid)
+        samples = pooled.unflatten(0, (-1, M)).flatten(3)  # (B, M, C, g*g)
+        samples = samples.permute(1, 0, 3, 2).reshape(M, -1, C)  # (M, N, C)
         self._loss = self.weight * pairwise_mmd(samples)
 
     def fuse(self, x5: Tensor) -> Tensor:  # merging streams: their mean
