@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from conftest import TINY_MODEL
 from fusescope.cli import main
 from fusescope.config import load_config
-from fusescope.engine.train import GlobalBatchSampler, lr_factor, train
+from fusescope.data.batching import GlobalBatchSampler
+from fusescope.engine.train import lr_factor, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "synthetic" / "early_concat.yaml"

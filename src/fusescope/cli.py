@@ -28,6 +28,9 @@ from fusescope import __version__
 from fusescope.console import format_warning
 from fusescope.errors import FusescopeError
 
+# Command bodies import their modules when they run, so `fusescope --help` and argument errors
+# answer without loading torch and the models.
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Descriptions as written, and every option's default after its help.

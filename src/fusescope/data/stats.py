@@ -15,7 +15,7 @@ import numpy as np
 from fusescope.data.folder import check_folder, check_modality_array
 from fusescope.data.meta import LABEL_DIR, DatasetMeta, load_meta, read_split
 from fusescope.errors import FusescopeError
-from fusescope.io import read_image
+from fusescope.io import atomic_path, read_image
 
 
 @dataclass
@@ -194,8 +194,6 @@ def render_samples(
                 ax.set_title(name)
         axes[r, 0].set_ylabel(sid)
     fig.tight_layout()
-    from fusescope.io import atomic_path
-
     with atomic_path(out, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=80)
     plt.close(fig)

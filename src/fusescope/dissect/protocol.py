@@ -42,13 +42,19 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
+from fusescope.config import load_config
 from fusescope.console import stage, warn
+from fusescope.data.batching import collate
+from fusescope.data.folder import FolderDataset
 from fusescope.dissect.cka import CKAAccumulator
 from fusescope.dissect.gradcam import GradCAM, shared_scale
 from fusescope.dissect.net2vec import Net2Vec, concept_pixels
 from fusescope.dissect.svar import concept_variance, semantic_variance
 from fusescope.dissect.taps import Tap, find_module, move_batch, stream_features
+from fusescope.engine.checkpoint import load_run
+from fusescope.engine.train import train
 from fusescope.errors import FusescopeError
 from fusescope.io import json_safe
 
@@ -164,8 +170,6 @@ def load_runs(
     device: str = "cpu",
 ) -> Runs:
     """Load and cross-check the three runs (one modality each, then both, same classes)."""
-    from fusescope.engine.checkpoint import load_run
-
     rgb, depth, joint = (load_run(d, device=device) for d in (rgb_dir, depth_dir, joint_dir))
     for run, what in ((rgb, "RGB"), (depth, "depth")):
         mods = list(run.cfg.data.modalities)
@@ -228,9 +232,6 @@ FEW_PROBE_IMAGES = 50  # below this, probe results are noisy enough to warn
 
 def probe_loader(runs: Runs, opts: DissectOptions) -> tuple[Any, torch.utils.data.DataLoader]:
     """The raw (unnormalised) probe set over both modalities and its loader."""
-    from fusescope.data.folder import FolderDataset
-    from fusescope.engine.train import collate
-
     root = opts.data_root or runs.joint.cfg.data.root
     ds = FolderDataset(root, opts.split, [runs.rgb_modality, runs.depth_modality])
     if ds.meta.class_names != runs.rgb.meta.class_names:
@@ -296,8 +297,6 @@ def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissect
     )
     stage(f"feature pass over {len(loader.dataset)} probe images (CKA, Net2Vec inputs)", progress)
     if progress:
-        from tqdm import tqdm
-
         stream = tqdm(stream, total=len(loader), desc="probe pass", leave=False)
     for batch, feats in stream:
         cka.update({k: feats[k] for k in cka_names})
@@ -676,8 +675,6 @@ def gradcam_examples(
         ]
         if not chosen:
             continue
-        from fusescope.engine.train import collate
-
         batch = move_batch(collate([ds[i] for i in chosen]), opts.device)
         raw = {}
         for name in ("joint", "rgb", "depth"):
@@ -712,9 +709,6 @@ def train_runs(
 ) -> None:
     """Train (or finish) each config into its run folder with the engine; finished runs
     (with `model.safetensors`) are left alone."""
-    from fusescope.config import load_config
-    from fusescope.engine.train import train
-
     for config, run_dir in zip(configs, run_dirs, strict=True):
         if (Path(run_dir) / "model.safetensors").is_file():
             continue

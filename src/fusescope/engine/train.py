@@ -19,17 +19,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, default_collate
+from PIL import Image
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import fusescope
-from fusescope.config import check_config, to_container
-from fusescope.data.build import ensure_data, normalisation_stats, train_dataset
-from fusescope.data.folder import fingerprint
-from fusescope.data.meta import load_meta
+from fusescope.config import check_config, config_from_dict, to_container
+from fusescope.data.batching import GlobalBatchSampler, collate
+from fusescope.data.build import ensure_data, eval_dataset, normalisation_stats, train_dataset
+from fusescope.data.folder import FolderDataset, fingerprint
+from fusescope.data.meta import LABEL_DIR, load_meta
 from fusescope.engine.checkpoint import (
     CHECKPOINT,
     WEIGHTS,
@@ -41,52 +42,10 @@ from fusescope.engine.checkpoint import (
     save_weights,
 )
 from fusescope.engine.distributed import convert_batchnorm
+from fusescope.engine.evaluate import evaluate
 from fusescope.engine.loss import label_weight, total_loss
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, disk_full_error, read_json, remove_stale_temps, write_json
-
-
-class GlobalBatchSampler:
-    """Yields this process's share of each global batch, forever, from a given position.
-
-    Global batch t holds positions [t*B, (t+1)*B) of an endless stream made of per-epoch
-    permutations (seeded by (seed, epoch); the last partial batch of an epoch is dropped).
-    Items are (epoch, index) pairs, which seed each sample's augmentation.
-    """
-
-    def __init__(self, n: int, batch_size: int, rank: int, world_size: int, seed: int,
-                 start: int = 0):
-        if batch_size % world_size:
-            raise FusescopeError(f"train.batch_size={batch_size} must be divisible by the "
-                                 f"number of processes ({world_size})")
-        if n < batch_size:
-            raise FusescopeError(f"train.batch_size={batch_size} exceeds the {n} training "
-                                 f"samples")
-        self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
-        self.local = batch_size // world_size
-        self.rank = rank
-
-    def __iter__(self):
-        per_epoch = (self.n // self.batch_size) * self.batch_size
-        pos = self.start
-        while True:
-            epoch, offset = divmod(pos, per_epoch)
-            perm = np.random.default_rng([self.seed, 7, epoch]).permutation(self.n)
-            batch = perm[offset:offset + self.batch_size]
-            mine = batch[self.rank * self.local:(self.rank + 1) * self.local]
-            yield [(epoch, int(i)) for i in mine]
-            pos += self.batch_size
-
-
-def collate(samples: list[dict]) -> dict:
-    ids = [s.pop("id") for s in samples]
-    try:
-        batch = default_collate(samples)
-    except RuntimeError as err:
-        raise FusescopeError(f"cannot batch samples {ids[:4]} of different sizes: set "
-                             f"data.crop_size, or eval.batch_size=1 ({err})") from None
-    batch["id"] = ids
-    return batch
 
 
 def lr_factor(step: int, warmup: int, max_steps: int, power: float) -> float:
@@ -222,8 +181,6 @@ def check_training_data(cfg: DictConfig, meta, world_size: int = 1) -> None:
     Raises:
         FusescopeError: naming the split, key or file.
     """
-    from fusescope.data.folder import FolderDataset
-    from fusescope.data.meta import LABEL_DIR
 
     t, d = cfg.train, cfg.data
     modalities = list(d.modalities)
@@ -241,8 +198,6 @@ def check_training_data(cfg: DictConfig, meta, world_size: int = 1) -> None:
     if t.class_weights is not None and len(t.class_weights) != meta.num_classes:
         raise FusescopeError(f"train.class_weights has {len(t.class_weights)} values; the data "
                              f"set has {meta.num_classes} classes")
-    from PIL import Image
-
     first = train_set.files[LABEL_DIR][train_set.ids[0]]
     try:
         with Image.open(first) as image:
@@ -561,8 +516,6 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
 
 
 def _read_saved_config(path: Path) -> dict:
-    from fusescope.config import config_from_dict
-
     try:
         loaded = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
@@ -584,9 +537,6 @@ def open_tensorboard(out: Path):
 
 
 def _evaluate_during_training(fabric, model, cfg, stats, meta, step, log_file) -> None:
-    from fusescope.data.build import eval_dataset
-    from fusescope.engine.evaluate import evaluate
-
     ds = eval_dataset(cfg.data, cfg.data.val_split, stats)
     result = evaluate(model, ds, cfg.eval, device=fabric.device, fabric=fabric)
     if log_file is not None:
