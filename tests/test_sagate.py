@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fusescope.engine.loss import total_loss
 from fusescope.errors import FusescopeError
 from fusescope.models import (
     build_model,
@@ -189,9 +190,7 @@ def test_every_variant_builds_and_trains_a_step(options):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     out = model(b)
     assert out["logits"].shape == (2, 3, 32, 40)
-    loss = F.cross_entropy(out["logits"], b["label"])
-    loss = loss + sum(F.cross_entropy(v, b["label"]) for v in out["per_modality"].values())
-    loss = loss + sum(out["aux_losses"].values())
+    loss, _ = total_loss(out, b["label"], ignore_index=255)
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
@@ -205,16 +204,16 @@ def test_every_variant_builds_and_trains_a_step(options):
 def test_every_gate_parameter_gets_a_gradient():
     model = tiny().train()
     out = model(batch())
-    (out["logits"].mean() + sum(out["aux_losses"].values())).backward()
+    (out["logits"].mean() + sum(a.logits.mean() for a in out["aux_logits"].values())).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing
 
 
 def test_aux_head_defaults_follow_the_decoder():
     assert tiny().aux_weight == pytest.approx(0.2)
-    assert "aux_head" in tiny()(batch())["aux_losses"]
+    assert "aux_head" in tiny()(batch())["aux_logits"]
     assert tiny(decoder="light").aux_weight == 0
-    assert tiny(aux_weight=0)(batch())["aux_losses"] == {}
+    assert tiny(aux_weight=0)(batch())["aux_logits"] == {}
     assert tiny(aux_weight=0).decoder.aux_head is None  # no unused parameters
     with pytest.raises(FusescopeError, match="aux"):
         tiny(decoder="light", aux_weight=0.5)

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from fusescope.models.backbones import create_encoder, feature_channels, feature_reductions
 from fusescope.models.decoders import build_decoder
-from fusescope.models.deeplab import aux_loss, supports_aux, with_aux
+from fusescope.models.deeplab import aux_logits, supports_aux, with_aux
 from fusescope.models.registry import FUSION_METHODS
 from fusescope.models.segmentor import Segmentor, output, resize_to
 
@@ -311,7 +311,7 @@ class SAGateNet(Segmentor):
         if self.head == "merged":
             logits = resize_to(self.decoder(merged), size)
             return output(
-                logits, aux_losses=aux_loss(self.decoder, merged, batch, self.aux_weight, size)
+                logits, aux_logits=aux_logits(self.decoder, merged, self.aux_weight, size)
             )
         first, second = self.modalities
         per_modality = {
