@@ -208,3 +208,12 @@ def test_cli_errors_have_no_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "run folder not found" in err and "unknown config key train.nope" in err
     assert "Traceback" not in err
+
+
+def test_the_training_loop_knows_no_model_class():
+    """Norms are recognised by the protocol of fusescope.nn.norm, not by importing models."""
+    import fusescope.engine
+
+    engine = Path(fusescope.engine.__file__).parent
+    for name in ("train.py", "distributed.py", "loss.py", "evaluate.py"):
+        assert "fusescope.models" not in (engine / name).read_text(), name

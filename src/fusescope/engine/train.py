@@ -46,6 +46,7 @@ from fusescope.engine.evaluate import evaluate
 from fusescope.engine.loss import label_weight, total_loss
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, disk_full_error, read_json, remove_stale_temps, write_json
+from fusescope.nn.norm import is_norm, tracks_batch_stats
 
 
 def lr_factor(step: int, warmup: int, max_steps: int, power: float) -> float:
@@ -61,8 +62,6 @@ def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optim
     A parameter's lr is `lr x` the scale of the longest `train.lr_scales` prefix
     of its name `x` the scale the model gives it in `lr_scales()` (e.g. CEN's exchange gammas);
     each distinct scale is its own group, and the scheduler multiplies every group's lr alike."""
-    from fusescope.models.multistream import ModalityBatchNorm
-
     model_scale = {id(p): s for p, s in getattr(model, "lr_scales", list)()}
     prefix_scale = {str(k): float(v) for k, v in (cfg.get("lr_scales") or {}).items()}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -80,9 +79,7 @@ def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optim
         return by_name * model_scale.get(id(p), 1.0)
 
     # per-modality BN parameters are (M, C): their module, not their shape, marks them as norms
-    norms = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm,
-             ModalityBatchNorm)
-    undecayed = {id(p) for m in model.modules() if isinstance(m, norms)
+    undecayed = {id(p) for m in model.modules() if is_norm(m)
                  for p in m.parameters(recurse=False)}
     groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
     for name, p in named:
@@ -133,10 +130,8 @@ def freeze_bn_statistics(model: torch.nn.Module) -> None:
     """Put every BatchNorm (per-modality ones included) in eval mode inside a training model:
     it normalises with its running statistics and leaves them unchanged, while its gamma and
     beta still train (the CEN / AsymFusion code's FREEZE_BN, `train.freeze_bn_stats`)."""
-    from fusescope.models.multistream import ModalityBatchNorm
-
     for module in model.modules():
-        if isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, ModalityBatchNorm)):
+        if tracks_batch_stats(module):
             module.eval()
 
 

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from fusescope.models.backbones import create_encoder, feature_channels, feature_reductions
 from fusescope.models.decoders import build_decoder
 from fusescope.models.segmentor import Segmentor, output, resize_to, tile_channels
+from fusescope.nn.norm import combine_moments
 
 SITES = ("conv_in", "bn_out", "act_out", "stage_out")
 
@@ -74,16 +75,6 @@ def modality_view(x: Tensor, num_modalities: int) -> Tensor:
     return x.unflatten(0, (-1, num_modalities))
 
 
-def combine_moments(mean: Tensor, var: Tensor, count: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Mean and biased variance of the union of P parts from each part's (P, ...) mean, biased
-    variance and count (Chan et al.): every term is non-negative, so unlike E[x^2] - E[x]^2 it
-    loses no precision when the mean is large against the spread. Returns (mean, var, total)."""
-    total = count.sum(0)
-    joint = (count * mean).sum(0) / total
-    spread = (count * (var + (mean - joint) ** 2)).sum(0) / total
-    return joint, spread, total
-
-
 class ModalityBatchNorm(nn.Module):
     """M BatchNorms over a modality-stacked batch, with fusion slots between norm and activation.
 
@@ -106,6 +97,9 @@ class ModalityBatchNorm(nn.Module):
     stacks a tensor from every process, differentiably; training statistics are then those of
     the global batch, per modality, as SyncBatchNorm gives a plain BatchNorm.
     """
+
+    is_norm = True  # the engine's protocol (fusescope.nn.norm): no weight decay,
+    tracks_batch_stats = True  # frozen by train.freeze_bn_stats, statistics gathered in DDP
 
     def __init__(
         self,
