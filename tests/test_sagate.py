@@ -13,14 +13,13 @@ from fusescope.models import (
     build_model,
     deeplab,  # noqa: F401  (registers deeplabv3plus)
 )
-from fusescope.models.backbones import create_encoder
+from fusescope.models.backbones import create_encoder, encoder_stages
 from fusescope.models.fusion.sagate import (
     AGGREGATIONS,
     SEPARATIONS,
     FeatureAggregation,
     FeatureSeparation,
     SAGate,
-    encoder_stages,
     record_gate_maps,
     run_segment,
     save_gate_figure,
@@ -57,16 +56,17 @@ def constant_filter(filter_module, value: float):
 # ---- feature aggregation -------------------------------------------------------------------
 
 
-def test_gate_weights_sum_to_one_per_pixel():
+def test_gate_weight_is_the_softmax_of_the_two_gate_logits():
+    """Known answer: gate logits fixed at (1, -1) everywhere give the RGB weight
+    e / (e + 1/e) = 1 / (1 + e^-2) at every pixel, and the merge is the convex combination."""
     fa = FeatureAggregation(32, "proposed")
+    torch.nn.init.zeros_(fa.gates.weight)
+    fa.gates.bias.data = torch.tensor([1.0, -1.0])
     rgb, depth = pair()
-    rec = torch.cat([rgb, depth], 1)
-    weights = torch.softmax(fa.gates(rec), dim=1)  # (B, 2, h, w)
-    torch.testing.assert_close(weights.sum(1), torch.ones(2, 5, 6))
     merged, a = fa(rgb, depth, rgb, depth)
-    assert a.shape == (2, 1, 5, 6) and (a > 0).all() and (a < 1).all()
-    torch.testing.assert_close(a, weights[:, :1])
-    torch.testing.assert_close(merged, rgb * a + depth * (1 - a))
+    want = 1 / (1 + math.exp(-2))
+    torch.testing.assert_close(a, torch.full((2, 1, 5, 6), want))
+    torch.testing.assert_close(merged, rgb * want + depth * (1 - want))
 
 
 @pytest.mark.parametrize("bias, expect", [((40.0, -40.0), "rgb"), ((-40.0, 40.0), "depth")])

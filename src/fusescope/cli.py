@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     _optional_register("fusescope.bench.commands", sub)
-    _optional_register("fusescope.dissect.cli", sub)
+    _optional_register("fusescope.dissect.commands", sub)
     return parser
 
 

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from fusescope.data.folder import FolderDataset
 from fusescope.data.meta import load_meta
-from fusescope.data.normalize import compute_stats
+from fusescope.data.stats import compute_stats
 from fusescope.data.synthetic import GENERATOR_VERSION, generate
 from fusescope.data.transforms import Normalize, TrainTransform
 from fusescope.errors import FusescopeError

@@ -6,8 +6,6 @@ resumption.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -114,6 +112,3 @@ class Normalize:
             out[k] = x
         return out
 
-
-def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
-    return max(1, math.floor(size[0] * scale + 0.5)), max(1, math.floor(size[1] * scale + 0.5))

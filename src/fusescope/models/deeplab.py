@@ -29,16 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fusescope.errors import OptionError
 from fusescope.models.registry import DECODERS
 from fusescope.models.segmentor import AuxLogits, resize_to
-
-
-def conv_bn_relu(cin: int, cout: int, k: int = 3, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
+from fusescope.nn.layers import conv_bn_relu
 
 
 class ImagePooling(nn.Module):
@@ -118,13 +112,13 @@ class DeepLabV3Plus(nn.Module):
     ):
         super().__init__()
         if len(channels) < 2:
-            raise ValueError(f"deeplabv3plus needs at least two feature levels, got {channels}")
+            raise OptionError(f"deeplabv3plus needs at least two feature levels, got {channels}")
         if rates is None:
             rates = default_rates(reductions[-1])
         if not rates or any(int(r) < 1 for r in rates):
-            raise ValueError(f"deeplabv3plus rates must be positive integers, got {rates}")
+            raise OptionError(f"deeplabv3plus rates must be positive integers, got {rates}")
         if not -len(channels) <= aux_level < len(channels):
-            raise ValueError(f"aux_level {aux_level} is not a level of {len(channels)}")
+            raise OptionError(f"aux_level {aux_level} is not a level of {len(channels)}")
         self.rates = [int(r) for r in rates]
         self.aspp = ASPP(channels[-1], width, self.rates, dropout)
         self.reduce = conv_bn_relu(channels[0], low_level_width, 1)

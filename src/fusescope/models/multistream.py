@@ -45,6 +45,7 @@ from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedRes
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import Tensor, nn
 
+from fusescope.errors import OptionError
 from fusescope.models.backbones import create_encoder, feature_channels, feature_reductions
 from fusescope.models.decoders import build_decoder
 from fusescope.models.segmentor import Segmentor, output, resize_to, tile_channels
@@ -132,7 +133,7 @@ class ModalityBatchNorm(nn.Module):
     def from_batchnorm(cls, bn: nn.BatchNorm2d, num_modalities: int) -> ModalityBatchNorm:
         """Every modality starts from `bn`'s parameters and running statistics."""
         if not (bn.affine and bn.track_running_stats):
-            raise ValueError(
+            raise OptionError(
                 f"{type(bn).__name__} without affine parameters or running "
                 f"statistics is not supported"
             )
@@ -140,7 +141,7 @@ class ModalityBatchNorm(nn.Module):
         if isinstance(bn, BatchNormAct2d):
             act, drop = bn.act, bn.drop
         elif type(bn) is not nn.BatchNorm2d:
-            raise ValueError(f"unsupported BatchNorm subclass {type(bn).__name__}")
+            raise OptionError(f"unsupported BatchNorm subclass {type(bn).__name__}")
         new = cls(bn.num_features, num_modalities, bn.eps, bn.momentum, act=act, drop=drop)
         with torch.no_grad():
             for name in ("weight", "bias", "running_mean", "running_var"):
@@ -250,7 +251,7 @@ class ModalityConv2d(nn.Module):
     def __init__(self, conv: nn.Conv2d, num_modalities: int):
         super().__init__()
         if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros":
-            raise ValueError(
+            raise OptionError(
                 f"cannot unshare {type(conv).__name__} (padding_mode={conv.padding_mode})"
             )
         self.num_modalities = num_modalities
@@ -291,7 +292,7 @@ def convert_modules(module: nn.Module, num_modalities: int, shared: bool = True)
         elif isinstance(child, nn.Conv2d) and not shared:
             setattr(module, name, ModalityConv2d(child, num_modalities))
         elif isinstance(child, nn.modules.batchnorm._BatchNorm):
-            raise ValueError(f"{name}: {type(child).__name__} cannot be made per-modality")
+            raise OptionError(f"{name}: {type(child).__name__} cannot be made per-modality")
         else:
             convert_modules(child, num_modalities, shared)
     return module
@@ -334,11 +335,11 @@ class Where:
     def __post_init__(self):
         bad = [s for s in self.sites if s not in SITES]
         if bad:
-            raise ValueError(f"unknown fusion sites {bad}; known: {', '.join(SITES)}")
+            raise OptionError(f"unknown fusion sites {bad}; known: {', '.join(SITES)}")
         if self.blocks not in ("all", "last"):
-            raise ValueError(f"Where.blocks must be 'all' or 'last', not {self.blocks!r}")
+            raise OptionError(f"Where.blocks must be 'all' or 'last', not {self.blocks!r}")
         if "stage_out" in self.sites and len(self.sites) > 1:
-            raise ValueError("stage_out cannot be combined with block sites in one Where")
+            raise OptionError("stage_out cannot be combined with block sites in one Where")
 
 
 @dataclass
@@ -388,7 +389,7 @@ class MultiStreamEncoder(nn.Module):
     def __init__(self, encoder: nn.Module, num_modalities: int, shared: bool = True):
         super().__init__()
         if num_modalities < 2:
-            raise ValueError(f"a multi-stream encoder needs >= 2 modalities, got {num_modalities}")
+            raise OptionError(f"a multi-stream encoder needs >= 2 modalities, got {num_modalities}")
         self.num_modalities = num_modalities
         self.shared = shared
         self.feature_info = encoder.feature_info
@@ -420,6 +421,11 @@ class MultiStreamEncoder(nn.Module):
 
     def points(self, where: Where) -> list[FusionPoint]:
         """The points `where` selects, in forward order."""
+        num_stages = len(self._stage_modules)
+        bad = [s for s in where.stages if not (isinstance(s, int) and 1 <= s <= num_stages)]
+        if bad or not where.stages or len(set(where.stages)) != len(where.stages):
+            raise OptionError(f"stages {list(where.stages)}: each must be a distinct stage "
+                              f"number in 1..{num_stages} of this backbone")
         if where.sites == ("stage_out",):
             chans = self.feature_info.channels()
             return [
@@ -454,7 +460,7 @@ class MultiStreamEncoder(nn.Module):
         points = self.points(where)
         if not points:
             kinds = sorted({type(b.module).__name__ for b in self._blocks})
-            raise ValueError(
+            raise OptionError(
                 f"{where} selects no fusion point in this backbone (recognised blocks: {kinds})"
             )
         ops = []
@@ -462,7 +468,7 @@ class MultiStreamEncoder(nn.Module):
             op = factory(point)
             key = point.name.replace(".", "_")
             if key in self.fusion:
-                raise ValueError(f"a fusion op is already registered at {point.name}")
+                raise OptionError(f"a fusion op is already registered at {point.name}")
             self.fusion[key] = op
             for site in where.sites:
                 self._wire(point, site, op)
@@ -555,7 +561,7 @@ def common_channels(modalities: list[str], in_channels: dict[str, int]) -> int:
     target = max(in_channels[m] for m in modalities)
     bad = [m for m in modalities if in_channels[m] not in (1, target)]
     if bad:
-        raise ValueError(
+        raise OptionError(
             f"shared convolutions need equal input channels: {bad} have "
             f"{[in_channels[m] for m in bad]}, others {target} (only 1-channel "
             f"inputs are tiled)"
@@ -589,7 +595,7 @@ class MultiStreamSegmentor(Segmentor):
         super().__init__(modalities, num_classes)
         M = len(modalities)
         if M < 2:
-            raise ValueError(
+            raise OptionError(
                 f"a multi-stream model needs >= 2 modalities; data.modalities is {modalities}"
             )
         self.in_chans = common_channels(modalities, in_channels)

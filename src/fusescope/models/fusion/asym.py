@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fusescope.errors import OptionError
 from fusescope.models.multistream import FusionPoint, MultiStreamSegmentor, Where, mean_of_others
 from fusescope.models.registry import FUSION_METHODS
 
@@ -78,7 +79,7 @@ class AsymmetricFusion(nn.Module):
     def __init__(self, point: FusionPoint, shuffle: bool = True, shift: bool = True):
         super().__init__()
         if point.in_channels != point.channels:
-            raise ValueError(
+            raise OptionError(
                 f"{point.name}: pixel shift adds the conv input to its output, "
                 f"which needs equal widths ({point.in_channels} != {point.channels})"
             )
@@ -126,7 +127,7 @@ def asymfusion(
     """AsymFusion: `shuffle` and `shift` switch the two operations (shuffle-only, shift-only,
     both); `shared` shares the convolutions (the paper's scheme); `stages` where it acts."""
     if not (shuffle or shift):
-        raise ValueError("asymfusion needs shuffle or shift (use name: multistream for neither)")
+        raise OptionError("asymfusion needs shuffle or shift (use name: multistream for neither)")
     model = MultiStreamSegmentor(
         modalities, in_channels, num_classes, backbone, pretrained, decoder, shared=shared
     )

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fusescope.errors import OptionError
 from fusescope.models.backbones import (
     create_encoder,
     encoder_stages,
@@ -61,6 +62,7 @@ from fusescope.models.multistream import (
 )
 from fusescope.models.registry import FUSION_METHODS
 from fusescope.models.segmentor import Segmentor, output, resize_to, tile_channels
+from fusescope.nn.layers import conv_bn_relu
 
 FUSIONS = ("concat", "align", "attention")
 POSITIONS = {"early": (2,), "middle": (3,), "late": (4,), "all": (1, 2, 3, 4)}
@@ -71,14 +73,6 @@ def stack_channels(x5: Tensor) -> Tensor:
     sample-major stack)."""
     B, M, C, H, W = x5.shape
     return x5.reshape(B, M * C, H, W)
-
-
-def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
 
 
 class ConcatFusion(nn.Module):
@@ -185,7 +179,7 @@ class MergedStreams(Segmentor):
         super().__init__(modalities, num_classes)
         M = len(modalities)
         if M < 2:
-            raise ValueError(f"merging streams needs >= 2 modalities; data.modalities is "
+            raise OptionError(f"merging streams needs >= 2 modalities; data.modalities is "
                              f"{modalities}")
         self.in_chans = common_channels(modalities, in_channels)
         plain = create_encoder(backbone, self.in_chans, pretrained)
@@ -243,15 +237,15 @@ def baseline(
     keep (CEN's setting: every stream to the end, ensemble) | merge (the commonly used setting:
     unshared streams merge into one after the last fusion stage; needs `shared: false`)."""
     if fusion not in FUSIONS:
-        raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
+        raise OptionError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
     if streams not in ("keep", "merge"):
-        raise ValueError(f"streams must be keep or merge, not {streams!r}")
+        raise OptionError(f"streams must be keep or merge, not {streams!r}")
     if streams == "merge" and shared:
-        raise ValueError("streams: merge is the commonly used setting, whose streams do not "
+        raise OptionError("streams: merge is the commonly used setting, whose streams do not "
                          "share convolutions: set shared: false")
     if isinstance(position, str):
         if position not in POSITIONS:
-            raise ValueError(
+            raise OptionError(
                 f"position must be one of {', '.join(POSITIONS)} or a list of "
                 f"stages, not {position!r}"
             )
@@ -259,7 +253,7 @@ def baseline(
     else:
         stages = tuple(sorted({int(s) for s in position}))
         if not stages or any(s not in (1, 2, 3, 4) for s in stages):
-            raise ValueError(f"position stages must be in 1-4, got {list(position)}")
+            raise OptionError(f"position stages must be in 1-4, got {list(position)}")
 
     def make(channels: int, M: int) -> nn.Module:
         if fusion == "concat":

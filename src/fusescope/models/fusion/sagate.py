@@ -46,11 +46,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timm.models import FeatureDictNet
-from timm.models.efficientnet import EfficientNetFeatures
 from torch import Tensor, nn
 
-from fusescope.models.backbones import create_encoder, feature_channels, feature_reductions
+from fusescope.errors import OptionError
+from fusescope.models.backbones import (
+    create_encoder,
+    encoder_stages,
+    feature_channels,
+    feature_reductions,
+)
 from fusescope.models.decoders import build_decoder
 from fusescope.models.deeplab import aux_logits, supports_aux, with_aux
 from fusescope.models.registry import FUSION_METHODS
@@ -172,39 +176,7 @@ class SAGate(nn.Module):
         return rgb_out, depth_out, merged, a
 
 
-def encoder_stages(encoder: nn.Module) -> list[list[nn.Module]]:
-    """Split a timm features-only encoder into the module runs that end at each feature output.
-
-    Running the runs in order reproduces `encoder(x)`, with room to act between stages. Supports
-    timm's FeatureListNet/FeatureDictNet (ResNets and most CNNs) and EfficientNetFeatures.
-    """
-    segments: list[list[nn.Module]] = []
-    current: list[nn.Module] = []
-    if isinstance(encoder, FeatureDictNet):
-        for name, module in encoder.items():
-            current.append(module)
-            if name in encoder.return_layers:
-                segments.append(current)
-                current = []
-    elif isinstance(encoder, EfficientNetFeatures) and encoder.feature_hooks is None:
-        current = [encoder.conv_stem, encoder.bn1]
-        if 0 in encoder._stage_out_idx:
-            segments.append(current)
-            current = []
-        for i, block in enumerate(encoder.blocks):
-            current.append(block)
-            if i + 1 in encoder._stage_out_idx:
-                segments.append(current)
-                current = []
-    else:
-        raise ValueError(
-            f"sagate cannot run the stages of a {type(encoder).__name__} encoder "
-            f"one at a time; use a ResNet or efficientnet_lite0 backbone"
-        )
-    return segments
-
-
-def run_segment(segment: list[nn.Module], x: Tensor) -> Tensor:
+def run_segment(segment: nn.Sequential, x: Tensor) -> Tensor:
     for module in segment:
         x = module(x)
     return x
@@ -243,7 +215,7 @@ class SAGateNet(Segmentor):
         num_stages = len(channels)
         bad = [g for g in gates if not 1 <= g <= num_stages]
         if bad or len(set(gates)) != len(gates):
-            raise ValueError(
+            raise OptionError(
                 f"gates must be distinct stage numbers in 1..{num_stages}, got {list(gates)}"
             )
         self.gated = sorted(gates)
@@ -261,18 +233,18 @@ class SAGateNet(Segmentor):
             if auto:
                 aux_weight = AUTHORS_AUX_WEIGHT if supports_aux(self.decoder) else 0.0
             elif aux_weight > 0 and not supports_aux(self.decoder):
-                raise ValueError(
+                raise OptionError(
                     f"aux_weight {aux_weight} needs a decoder with an auxiliary "
                     f"head (deeplabv3plus); set model.aux_weight=0"
                 )
         else:
             if not bmp and self.gated:
-                raise ValueError(
+                raise OptionError(
                     "head 'average' reads the streams, which only see the gates "
                     "through BMP: set bmp true"
                 )
             if aux_weight:
-                raise ValueError("aux_weight is only used with head 'merged'")
+                raise OptionError("aux_weight is only used with head 'merged'")
             aux_weight = 0.0
             self.decoders = nn.ModuleDict(
                 {m: build_decoder(decoder, channels, reductions, num_classes) for m in modalities}
@@ -365,18 +337,18 @@ def sagate(
         record_gates: keep the last gate maps in `model.last_gates`.
     """
     if len(modalities) != 2:
-        raise ValueError(f"sagate fuses exactly two modalities; data.modalities is {modalities}")
+        raise OptionError(f"sagate fuses exactly two modalities; data.modalities is {modalities}")
     for key, value, allowed in (
         ("separation", separation, SEPARATIONS),
         ("aggregation", aggregation, AGGREGATIONS),
         ("head", head, HEADS),
     ):
         if value not in allowed:
-            raise ValueError(f"{key} {value!r} is not one of {', '.join(allowed)}")
+            raise OptionError(f"{key} {value!r} is not one of {', '.join(allowed)}")
     if int(reduction) < 1:
-        raise ValueError(f"reduction must be >= 1, got {reduction}")
+        raise OptionError(f"reduction must be >= 1, got {reduction}")
     if aux_weight is not None and aux_weight < 0:
-        raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
+        raise OptionError(f"aux_weight must be >= 0, got {aux_weight}")
     return SAGateNet(
         modalities,
         in_channels,
