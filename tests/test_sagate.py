@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fusescope.dissect.taps import FeatureTaps, Tap
 from fusescope.engine.loss import total_loss
 from fusescope.errors import FusescopeError
 from fusescope.models import (
@@ -20,7 +21,6 @@ from fusescope.models.fusion.sagate import (
     FeatureAggregation,
     FeatureSeparation,
     SAGate,
-    record_gate_maps,
     run_segment,
     save_gate_figure,
 )
@@ -235,17 +235,22 @@ def test_head_average_returns_per_modality_logits():
     )
 
 
-def test_record_gates_and_figure(tmp_path):
-    model = tiny()
-    assert model(batch()) and model.last_gates == {}
-    gates = record_gate_maps(model, batch(h=64, w=64))
+def test_gate_maps_through_taps_and_figure(tmp_path):
+    """Gate maps are read from outside, by taps on the named gates (the model keeps none)."""
+    model = tiny().eval()
+    b = batch(h=64, w=64)
+    taps = {str(s): Tap(f"fuse.{s}", index=3) for s in (1, 2, 3, 4)}
+    with FeatureTaps(model, taps) as tapped:
+        model(b)
+    gates = {int(s): a for s, a in tapped.features.items()}
     assert sorted(gates) == [1, 2, 3, 4]
     assert gates[1].shape == (2, 1, 16, 16) and gates[4].shape == (2, 1, 2, 2)
-    assert model.training and not model.record_gates  # restored
+    # the maps the model logs (mean weight per gate, same forward) are the tapped ones
     stats = model.training_stats()
     assert set(stats) == {f"gate/rgb_weight/stage{s}" for s in (1, 2, 3, 4)}
-    assert all(0 < v < 1 for v in stats.values())
-    b = batch(h=64, w=64)
+    for s, a in gates.items():
+        assert stats[f"gate/rgb_weight/stage{s}"] == pytest.approx(float(a.mean()), abs=1e-6)
+        assert (a > 0).all() and (a < 1).all()
     path = save_gate_figure(tmp_path / "gates.png", gates, {"rgb": b["rgb"], "depth": b["depth"]})
     assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
 

@@ -48,6 +48,7 @@ from fusescope.config import load_config
 from fusescope.console import stage, warn
 from fusescope.data.batching import collate
 from fusescope.data.folder import FolderDataset
+from fusescope.data.transforms import Normalize
 from fusescope.dissect.cka import CKAAccumulator
 from fusescope.dissect.gradcam import GradCAM, shared_scale
 from fusescope.dissect.net2vec import Net2Vec, concept_pixels
@@ -207,24 +208,18 @@ def feature_taps(runs: Runs, levels: Sequence[int]) -> dict[str, tuple[str, Tap]
 
 
 class RunInput:
-    """A run's view of the shared raw batch: its modalities, normalised with its statistics."""
+    """A run's view of the shared raw batch: its modalities, normalised with its statistics by
+    the training pipeline's own `Normalize`."""
 
     def __init__(self, run: Any, device: str | torch.device):
         mods = list(run.cfg.data.modalities)
         self.modalities = mods
-        self.kinds = {m: run.meta.modalities[m].kind for m in mods}
-        stats = run.stats
-        self.mean = {m: torch.tensor(stats[m]["mean"], device=device).view(-1, 1, 1) for m in mods}
-        self.std = {m: torch.tensor(stats[m]["std"], device=device).view(-1, 1, 1) for m in mods}
+        self.normalize = Normalize(
+            {m: run.meta.modalities[m] for m in mods}, {m: run.stats[m] for m in mods}
+        ).to(device)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        out = {}
-        for m in self.modalities:
-            x = (batch[m] - self.mean[m]) / self.std[m]
-            if self.kinds[m] == "depth":  # holes stay 0, as in training
-                x = torch.where(batch[m] > 0, x, torch.zeros_like(x))
-            out[m] = x
-        return out
+        return self.normalize({m: batch[m] for m in self.modalities})
 
 
 FEW_PROBE_IMAGES = 50  # below this, probe results are noisy enough to warn
@@ -272,7 +267,7 @@ def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissect
         raise FusescopeError(f"folds must be >= 2 and seeds >= 1, got {opts.folds}, {opts.seeds}")
     ds, loader = probe_loader(runs, opts)
     meta = runs.joint.meta
-    num_levels = len(runs.joint.model.fuse)
+    num_levels = len(find_module(runs.joint.model, "fuse"))  # one fusion module per level
     levels = sorted(set(opts.levels if opts.levels is not None else default_levels(num_levels)))
     cka_levels = sorted(set(opts.cka_levels if opts.cka_levels is not None else range(num_levels)))
     bad = [lvl for lvl in {*levels, *cka_levels} if not 0 <= lvl < num_levels]

@@ -28,10 +28,9 @@ merge) reads the merged features. Ablation switches follow the paper's tables:
   head         merged (default) | average: one decoder per stream on its own (propagated)
                features, logits averaged (the starred rows of Table 4)
 
-Gate maps: with `record_gates` (a constructor option, or set the attribute at any time) the model
-keeps `last_gates = {stage: a}` with `a` the first modality's per-pixel weight, (B, 1, h, w),
-detached; `save_gate_figure` draws them like the paper's Fig. 4 (red = first modality trusted,
-blue = second).
+Gate maps: the model keeps none; read them with a tap on `fuse.<stage>` (element 3, `a`: the
+first modality's per-pixel weight, (B, 1, h, w); benchmarks/sagate_gates.py does).
+`save_gate_figure` draws them like the paper's Fig. 4 (red = first modality trusted, blue = second).
 
 Dissection taps: `encoders.<modality>` are the two timm encoders. The model runs their stage
 modules one at a time, so hooks on their children fire (`encoders.rgb.layer2`: that stream's
@@ -202,7 +201,6 @@ class SAGateNet(Segmentor):
         reduction: int,
         head: str,
         aux_weight: float | None,
-        record_gates: bool,
     ):
         super().__init__(modalities, num_classes)
         self.encoders = nn.ModuleDict(
@@ -250,8 +248,6 @@ class SAGateNet(Segmentor):
                 {m: build_decoder(decoder, channels, reductions, num_classes) for m in modalities}
             )
         self.aux_weight = float(aux_weight)
-        self.record_gates = record_gates
-        self.last_gates: dict[int, Tensor] = {}
         self._gate_means: dict[int, Tensor] = {}
 
     def encode(self, rgb: Tensor, depth: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
@@ -273,7 +269,6 @@ class SAGateNet(Segmentor):
             rgb_levels.append(rgb)
             depth_levels.append(depth)
         self._gate_means = {s: a.mean() for s, a in gates.items()}
-        self.last_gates = gates if self.record_gates else {}
         return merged_levels, rgb_levels, depth_levels
 
     def forward(self, batch: dict[str, Tensor]) -> dict:
@@ -316,7 +311,6 @@ def sagate(
     reduction: int = 16,
     head: str = "merged",
     aux_weight: float | None = None,
-    record_gates: bool = False,
 ) -> Segmentor:
     """SA-Gate + BMP.
 
@@ -334,7 +328,6 @@ def sagate(
             logits averaged).
         aux_weight: weight of the auxiliary FCN head's loss; None: the authors' 0.2 when the
             decoder has an auxiliary head (deeplabv3plus), else 0.
-        record_gates: keep the last gate maps in `model.last_gates`.
     """
     if len(modalities) != 2:
         raise OptionError(f"sagate fuses exactly two modalities; data.modalities is {modalities}")
@@ -364,22 +357,7 @@ def sagate(
         reduction=int(reduction),
         head=head,
         aux_weight=aux_weight,
-        record_gates=bool(record_gates),
     )
-
-
-@torch.no_grad()
-def record_gate_maps(model: SAGateNet, batch: dict[str, Tensor]) -> dict[int, Tensor]:
-    """Run `model` in eval mode on `batch` and return its gate maps {stage: (B, 1, h, w)}."""
-    was_training, was_recording = model.training, model.record_gates
-    model.eval()
-    model.record_gates = True
-    try:
-        model(batch)
-        return dict(model.last_gates)
-    finally:
-        model.train(was_training)
-        model.record_gates = was_recording
 
 
 def save_gate_figure(
@@ -396,7 +374,7 @@ def save_gate_figure(
 
     Args:
         path: the PNG to write.
-        gates: {stage: (B, 1, h, w)} first-modality weights (`model.last_gates`).
+        gates: {stage: (B, 1, h, w)} first-modality weights (tapped at `fuse.<stage>`).
         images: optional {name: (B, C, H, W)} inputs to show beside the maps (C = 1 or 3).
         max_rows: at most this many images of the batch.
         names: the two modalities' names, for the colour bar.
@@ -407,7 +385,7 @@ def save_gate_figure(
     import matplotlib.pyplot as plt
 
     if not gates:
-        raise ValueError("no gate maps to draw (is record_gates on, and aggregation 'proposed'?)")
+        raise ValueError("no gate maps to draw (aggregation 'proposed' has them)")
     images = images or {}
     batch = next(iter(gates.values())).shape[0]
     rows = min(batch, max_rows)
