@@ -81,13 +81,20 @@ def test_mmd():
     )
 
 
-def test_align_loss_is_reported_and_not_kept():
-    model = build_model(
-        {"name": "baseline", "fusion": "align", "align_weight": 0.5}, MODS[2], CHANS, 4
-    )
+@pytest.mark.parametrize("streams", ["keep", "merge"])
+def test_align_loss_goes_out_with_its_forward_and_is_not_kept(streams):
+    cfg = {"name": "baseline", "fusion": "align", "align_weight": 0.5, "streams": streams}
+    if streams == "merge":
+        cfg["shared"] = False
+    model = build_model(cfg, MODS[2], CHANS, 4)
     batch = {m: torch.randn(2, CHANS[m], 50, 70) for m in MODS[2]}
-    assert model(batch)["aux_losses"]["align_mmd"] > 0
-    assert model.aux_losses() == {}  # handed out once, then released
+    first = model(batch)["aux_losses"]["align_mmd"]
+    assert first > 0
+    # a second forward reports its own loss, not one added to the first's
+    torch.testing.assert_close(model(batch)["aux_losses"]["align_mmd"], first)
+    # no fusion op holds a tensor (a measured loss, its graph) after the forward
+    ops = [m for m in model.modules() if type(m).__name__ == "AlignFusion"]
+    assert ops and not [v for op in ops for v in vars(op).values() if torch.is_tensor(v)]
 
 
 def test_rejects_bad_options():

@@ -35,7 +35,8 @@ the first feature level (EfficientNet's `blocks.0`) belong to stage 1.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -298,6 +299,50 @@ def convert_modules(module: nn.Module, num_modalities: int, shared: bool = True)
     return module
 
 
+class ForwardScope:
+    """What fusion ops hand on within one encoder forward, and nothing across forwards.
+
+    `MultiStreamEncoder.run` opens a fresh scope per forward and drops it when the forward ends
+    (on an error too), so no op keeps tensors, or their autograd graphs, between calls. An op
+    with `uses_scope = True` is called as `op(x5, site, scope)`:
+
+    * `carry`: {op: value} one site of an op hands to a later site of the same op within the
+      forward (AsymFusion: the shifted conv input, from `conv_in` to `act_out`);
+    * `losses`: {name: scalar} auxiliary losses measured during the forward (the baselines'
+      MMD), summed by name and returned by `run` beside the features.
+    """
+
+    def __init__(self):
+        self.carry: dict[nn.Module, Tensor] = {}
+        self.losses: dict[str, Tensor] = {}
+
+    def add_loss(self, name: str, value: Tensor) -> None:
+        self.losses[name] = self.losses[name] + value if name in self.losses else value
+
+
+class ScopeSlot:
+    """The scope of the forward in progress (None outside one); shared by an encoder's hooks."""
+
+    def __init__(self):
+        self.current: ForwardScope | None = None
+
+
+class ScopedOp:
+    """A fusion op as its site calls it: `(x5, site) -> x5`, with the forward's scope passed on
+    to ops that declare `uses_scope`."""
+
+    def __init__(self, op: nn.Module, slot: ScopeSlot):
+        self.op, self.slot = op, slot
+
+    def __call__(self, x5: Tensor, site: str) -> Tensor:
+        if getattr(self.op, "uses_scope", False):
+            if self.slot.current is None:
+                raise RuntimeError("a scoped fusion op ran outside a forward scope "
+                                   "(MultiStreamEncoder.run or .forward_scope())")
+            return self.op(x5, site, self.slot.current)
+        return self.op(x5, site)
+
+
 class SiteHook:
     """Runs a fusion op on a module's input (forward pre-hook) or output (forward hook) in the
     `(B, M, C, H, W)` view.
@@ -307,7 +352,7 @@ class SiteHook:
     callable object rather than a closure so `copy.deepcopy` of a model rewires its copy.
     """
 
-    def __init__(self, op: nn.Module, site: str, num_modalities: int, on_input: bool):
+    def __init__(self, op: ScopedOp, site: str, num_modalities: int, on_input: bool):
         self.op, self.site, self.num_modalities, self.on_input = op, site, num_modalities, on_input
 
     def _apply(self, x: Tensor) -> Tensor:
@@ -395,6 +440,7 @@ class MultiStreamEncoder(nn.Module):
         self.feature_info = encoder.feature_info
         self.body = convert_modules(encoder, num_modalities, shared)
         self.fusion = nn.ModuleDict()
+        self.scope_slot = ScopeSlot()
         self._stage_modules = [d["module"] for d in encoder.feature_info.get_dicts()]
         self._blocks = self._find_blocks()
 
@@ -477,6 +523,7 @@ class MultiStreamEncoder(nn.Module):
 
     def _wire(self, point: FusionPoint, site: str, op: nn.Module) -> None:
         M = self.num_modalities
+        op = ScopedOp(op, self.scope_slot)
         if site == "stage_out":
             stage = self.body.get_submodule(point.name)
             stage.register_forward_hook(SiteHook(op, site, M, on_input=False))
@@ -497,12 +544,28 @@ class MultiStreamEncoder(nn.Module):
         else:  # conv_in
             getattr(block, conv_name).register_forward_pre_hook(SiteHook(op, site, M, True))
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    def run(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """Features per level and the auxiliary losses fusion ops measured in this forward."""
         if x.shape[0] % self.num_modalities:
             raise ValueError(
                 f"batch {x.shape[0]} is not a multiple of {self.num_modalities} modalities"
             )
-        return self.body(x)
+        with self.forward_scope() as scope:
+            return self.body(x), scope.losses
+
+    @contextlib.contextmanager
+    def forward_scope(self) -> Iterator[ForwardScope]:
+        """A fresh scope for the fusion ops of one forward (`run` opens one; open one to run a
+        block of `body` directly), dropped when it ends."""
+        scope = ForwardScope()
+        self.scope_slot.current = scope
+        try:
+            yield scope
+        finally:
+            self.scope_slot.current = None
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.run(x)[0]
 
 
 def fusion_ops(module: nn.Module) -> Iterable[nn.Module]:
@@ -612,15 +675,18 @@ class MultiStreamSegmentor(Segmentor):
         B, _, H, W = inputs[0].shape
         M = len(self.modalities)
         x = stack_modalities([tile_channels(t, self.in_chans) for t in inputs])  # (B*M, C, H, W)
-        small = modality_view(self.decoder(self.encoder(x)), M)  # (B, M, K, h, w)
+        features, measured = self.encoder.run(x)
+        small = modality_view(self.decoder(features), M)  # (B, M, K, h, w)
         # modality-major before upsampling, where the copy is small: each modality's full-size
         # logits are then contiguous for its loss
         small = small.transpose(0, 1).flatten(0, 1)  # (M*B, K, h, w)
         logits5 = resize_to(small, (H, W)).unflatten(0, (M, -1))  # (M, B, K, H, W)
         per_modality = dict(zip(self.modalities, logits5.unbind(0), strict=True))
-        return output(self.ensemble(logits5), per_modality, self.aux_losses())
+        return output(self.ensemble(logits5), per_modality, {**self.aux_losses(), **measured})
 
     def aux_losses(self) -> dict[str, Tensor]:
+        """Losses of the ops' parameters (CEN's L1 on its gammas); those measured on features
+        during a forward come from `encoder.run`."""
         return sum_aux_losses(fusion_ops(self))
 
     def lr_scales(self) -> list[tuple[nn.Parameter, float]]:

@@ -52,13 +52,13 @@ from fusescope.models.backbones import (
 )
 from fusescope.models.decoders import build_decoder
 from fusescope.models.multistream import (
+    ForwardScope,
     MultiStreamSegmentor,
     Where,
     common_channels,
     convert_modules,
     modality_view,
     stack_modalities,
-    sum_aux_losses,
 )
 from fusescope.models.registry import FUSION_METHODS
 from fusescope.models.segmentor import Segmentor, output, resize_to, tile_channels
@@ -137,32 +137,31 @@ class AlignFusion(nn.Module):
     """MMD between each pair of modalities' features; features pass unchanged.
 
     Samples are the feature vectors of an 8x8 average-pooled grid per image (B*64 samples of
-    dimension C), enough to estimate a distribution with small batches at a small cost.
+    dimension C), enough to estimate a distribution with small batches at a small cost. The
+    loss goes out with the forward that measured it (`ForwardScope.losses` at a site, `losses`
+    when merging streams), never kept in the op.
     """
+
+    uses_scope = True
 
     def __init__(self, weight: float, grid: int = 8):
         super().__init__()
         self.weight = weight
         self.grid = grid
-        self._loss: Tensor | None = None
 
-    def _measure(self, x5: Tensor) -> None:
+    def losses(self, x5: Tensor) -> dict[str, Tensor]:
         B, M, C, H, W = x5.shape
         pooled = F.adaptive_avg_pool2d(x5.reshape(B * M, C, H, W), self.grid)
         samples = pooled.view(B, M, C, -1).permute(1, 0, 3, 2).reshape(M, -1, C)  # (M, N, C)
-        self._loss = self.weight * pairwise_mmd(samples)
+        return {"align_mmd": self.weight * pairwise_mmd(samples)}
 
     def fuse(self, x5: Tensor) -> Tensor:  # merging streams: their mean
-        self._measure(x5)
         return x5.mean(1)
 
-    def forward(self, x5: Tensor, site: str) -> Tensor:
-        self._measure(x5)
+    def forward(self, x5: Tensor, site: str, scope: ForwardScope) -> Tensor:
+        for name, value in self.losses(x5).items():
+            scope.add_loss(name, value)
         return x5
-
-    def aux_losses(self) -> dict[str, Tensor]:
-        loss, self._loss = self._loss, None  # do not keep the graph past its step
-        return {} if loss is None else {"align_mmd": loss}
 
 
 class MergedStreams(Segmentor):
@@ -196,6 +195,7 @@ class MergedStreams(Segmentor):
         M, (H, W) = len(inputs), inputs[0].shape[-2:]
         x = stack_modalities([tile_channels(t, self.in_chans) for t in inputs])  # (B*M, C, H, W)
         levels = []
+        measured: dict[str, Tensor] = {}  # losses the fusion ops measure on this forward
         for index, stage in enumerate(self.streams):
             x = stage(x)
             x5 = modality_view(x, M)  # (B, M, C, H, W)
@@ -204,6 +204,8 @@ class MergedStreams(Segmentor):
                 levels.append(x5[:, 0])
                 continue
             fused = op.fuse(x5)
+            for name, value in (op.losses(x5) if hasattr(op, "losses") else {}).items():
+                measured[name] = measured[name] + value if name in measured else value
             levels.append(fused)
             if index + 1 < len(self.streams):  # the first stream carries the fusion on
                 x = torch.cat([fused.unsqueeze(1), x5[:, 1:]], dim=1).view_as(x)
@@ -211,10 +213,7 @@ class MergedStreams(Segmentor):
         for stage in self.trunk:
             x = stage(x)
             levels.append(x)
-        return output(resize_to(self.decoder(levels), (H, W)), aux_losses=self.aux_losses())
-
-    def aux_losses(self) -> dict[str, Tensor]:
-        return sum_aux_losses(self.fuse.values())
+        return output(resize_to(self.decoder(levels), (H, W)), aux_losses=measured)
 
 
 @FUSION_METHODS.register("baseline")
