@@ -9,7 +9,10 @@
    images through the CKA accumulator (activations made on the fly, as a model would), for
    growing N. Bounded means flat.
 
-    python benchmarks/dissect_speed.py [--quick]
+Times: the contenders of each table run interleaved round by round after warm-up rounds
+(benchmarks/timing.py); medians, printed with their ratio.
+
+    python benchmarks/dissect_speed.py [--quick] [--steps 3] [--warmup 1]
 """
 
 from __future__ import annotations
@@ -19,21 +22,12 @@ import json
 import resource
 import subprocess
 import sys
-import time
 
 import torch
+from timing import interleave  # benchmarks/timing.py
 
 from fusescope.dissect import CKAAccumulator, Net2Vec, linear_cka
 from fusescope.dissect.net2vec import cached_batches, probe_stats
-
-
-def timed(fn, repeat: int = 1) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def net2vec_data(n: int, channels: int, concepts: int, size=(60, 80), stride: int = 8):
@@ -44,7 +38,7 @@ def net2vec_data(n: int, channels: int, concepts: int, size=(60, 80), stride: in
     return [(acts[i : i + 16], labels[i : i + 16]) for i in range(0, n, 16)]
 
 
-def bench_net2vec(quick: bool) -> dict:
+def bench_net2vec(quick: bool, steps: int, warmup: int) -> dict:
     """Cached activations (pure probe compute) and activations recomputed by a small conv net
     every pass (a probe set too large to cache: one-at-a-time needs C times the passes)."""
     concepts, channels, epochs = 15, 256, 2 if quick else 4
@@ -67,16 +61,20 @@ def bench_net2vec(quick: bool) -> dict:
             yield acts, labels
 
     out = {"concepts": concepts, "channels": channels, "epochs": epochs}
-    Net2Vec(concepts, epochs=1).fit(cached)  # warm-up: the first optimiser pays lazy imports
     for name, source in (("cached", cached), ("recomputed", recomputed)):
         net2vec = Net2Vec(concepts, epochs=epochs)
         stats = probe_stats(source, concepts)
-        together = timed(lambda n=net2vec, s=source, st=stats: n.fit(s, stats=st))
-        alone = timed(
-            lambda n=net2vec, s=source, st=stats: [
-                n.fit_one_concept(s, c, stats=st) for c in range(concepts)
-            ]
+        t = interleave(
+            {
+                "together": lambda n=net2vec, s=source, st=stats: n.fit(s, stats=st),
+                "alone": lambda n=net2vec, s=source, st=stats: [
+                    n.fit_one_concept(s, c, stats=st) for c in range(concepts)
+                ],
+            },
+            steps,
+            warmup,
         )
+        together, alone = t["together"], t["alone"]
         out[name] = {
             "all_at_once_s": together,
             "one_at_a_time_s": alone,
@@ -97,7 +95,7 @@ def layer_features(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     }
 
 
-def bench_cka(quick: bool) -> dict:
+def bench_cka(quick: bool, steps: int, warmup: int) -> dict:
     n, batch = (64, 16) if quick else (192, 32)
     feats = layer_features(n)
     names = list(feats)
@@ -111,8 +109,8 @@ def bench_cka(quick: bool) -> dict:
     def pairwise():
         return [[linear_cka(feats[a], feats[b], debiased=True) for b in names] for a in names]
 
-    stream_s = timed(streaming)
-    pair_s = timed(pairwise)
+    t = interleave({"streaming": streaming, "pairwise": pairwise}, steps, warmup)
+    stream_s, pair_s = t["streaming"], t["pairwise"]
     return {
         "layers": len(names),
         "pairs": len(names) ** 2,
@@ -158,6 +156,8 @@ def bench_memory(quick: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (seconds)")
+    parser.add_argument("--steps", type=int, default=3, help="timed rounds (median)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -166,8 +166,9 @@ def main() -> None:
     torch.manual_seed(0)
     result = {
         "threads": torch.get_num_threads(),
-        "net2vec": bench_net2vec(args.quick),
-        "cka": bench_cka(args.quick),
+        "rounds": {"timed": args.steps, "warmup": args.warmup, "statistic": "median"},
+        "net2vec": bench_net2vec(args.quick, args.steps, args.warmup),
+        "cka": bench_cka(args.quick, args.steps, args.warmup),
         "memory": bench_memory(args.quick),
     }
     print(json.dumps(result, indent=2))

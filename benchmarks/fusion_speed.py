@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timing import interleave  # benchmarks/timing.py (the script's folder is on sys.path)
 from torch import Tensor, nn
 
 from fusescope.engine.loss import total_loss
@@ -41,19 +40,6 @@ from fusescope.models.segmentor import resize_to
 
 CLASSES = 14
 NAMES = ["rgb", "depth", "hha"]
-
-
-def interleave(contenders: dict[str, Callable[[], None]], steps: int, warmup: int
-               ) -> dict[str, float]:
-    """Median seconds per call of each contender, called round by round."""
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for i in range(warmup + steps):
-        for name, fn in contenders.items():
-            t0 = time.perf_counter()
-            fn()
-            if i >= warmup:
-                times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def training_step(model: nn.Module, batch: dict[str, Tensor], label: Tensor) -> None:

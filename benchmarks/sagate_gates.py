@@ -17,8 +17,24 @@ import torch
 
 from fusescope.data.build import eval_dataset
 from fusescope.data.corruptions import make_corruption
+from fusescope.dissect.taps import FeatureTaps, Tap
 from fusescope.engine.checkpoint import load_run
-from fusescope.models.fusion.sagate import SAGateNet, record_gate_maps, save_gate_figure
+from fusescope.models.fusion.sagate import SAGateNet, save_gate_figure
+
+
+@torch.no_grad()
+def record_gate_maps(model: SAGateNet, batch: dict, stages: list[int]) -> dict[int, torch.Tensor]:
+    """The gate maps {stage: (B, 1, h, w)} of an eval-mode pass, read by taps on `fuse.<stage>`
+    (element 3 of a gate's output: the first modality's weight, with aggregation 'proposed')."""
+    taps = {str(s): Tap(f"fuse.{s}", index=3) for s in stages}
+    was_training = model.training
+    model.eval()
+    try:
+        with FeatureTaps(model, taps) as tapped:
+            model(batch)
+            return {int(s): a for s, a in tapped.features.items()}
+    finally:
+        model.train(was_training)
 
 
 def gate_maps(run, split: str, num: int, corrupt: str | None) -> tuple[dict, dict]:
@@ -38,7 +54,9 @@ def gate_maps(run, split: str, num: int, corrupt: str | None) -> tuple[dict, dic
             for i, r in enumerate(raw)
         ]
     images = {m: torch.stack([torch.as_tensor(r[m]) for r in raw]) for m in run.model.modalities}
-    return record_gate_maps(run.model, batch), images
+    proposed = run.cfg.model.get("aggregation", "proposed") == "proposed"
+    stages = run.model.gated if proposed else []
+    return record_gate_maps(run.model, batch, stages), images
 
 
 def main() -> None:

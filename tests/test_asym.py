@@ -6,7 +6,12 @@ import torch
 
 from fusescope.models import build_model
 from fusescope.models.fusion.asym import AsymmetricFusion, pixel_shift, shuffle_split
-from fusescope.models.multistream import FusionPoint, ModalityBatchNorm, stack_modalities
+from fusescope.models.multistream import (
+    ForwardScope,
+    FusionPoint,
+    ModalityBatchNorm,
+    stack_modalities,
+)
 
 MODS = {2: ["rgb", "depth"], 3: ["rgb", "depth", "hha"]}
 CHANS = {"rgb": 3, "depth": 1, "hha": 3}
@@ -28,9 +33,12 @@ def make_op(C, **kw):
     return AsymmetricFusion(FusionPoint("x", 1, 1, True, C, ModalityBatchNorm(C, 2), C), **kw)
 
 
+SCOPES: dict = {}  # one forward scope per op: its sites' calls in a test are one forward
+
+
 def run(op, xm, site):
     """Ops see (B, M, C, H, W); the tests read modality-first (M, B, C, H, W)."""
-    return op(xm.transpose(0, 1), site).transpose(0, 1)
+    return op(xm.transpose(0, 1), site, SCOPES.setdefault(op, ForwardScope())).transpose(0, 1)
 
 
 @pytest.mark.parametrize("M", [2, 3])
@@ -51,7 +59,7 @@ def test_shuffle_and_shift_go_to_the_other_stream(M):
     for m in range(M):  # own first T channels + the others' shift; then the second shuffle
         torch.testing.assert_close(fused[m, :, :T], out[m, :, :T] + pixel_shift(others[m][:, :T]))
         torch.testing.assert_close(fused[m, :, T:], out_others[m][:, T:])
-    assert op._pending is None
+    assert not SCOPES[op].carry  # the shift was handed on and consumed within the forward
 
 
 def test_switches():
@@ -133,7 +141,8 @@ def test_bottleneck_equals_the_authors_block():
             ref = authors_bottleneck(block, xs, training)
             mirrored = authors_bottleneck(block, xs, training, ((1, 0), (0, 1), (0, -1), (-1, 0)))
             one_shuffle = authors_bottleneck(block, xs, training, second_shuffle=False)
-            ours = block(stack_modalities(xs)).unflatten(0, (-1, 2)).transpose(0, 1)
+            with model.encoder.forward_scope():  # the block alone, as one forward
+                ours = block(stack_modalities(xs)).unflatten(0, (-1, 2)).transpose(0, 1)
         for m in range(2):
             torch.testing.assert_close(ours[m], ref[m], atol=1e-12, rtol=1e-12)
             assert (ours[m] - mirrored[m]).abs().max() > 1e-2

@@ -45,3 +45,32 @@ def test_unknown_model_option_is_named():
 def test_unknown_decoder_lists_known_ones():
     with pytest.raises(FusescopeError, match="unknown decoder 'nope'.*light"):
         build_model({"name": "early_concat", "decoder": "nope"}, ["rgb"], {"rgb": 3}, 4)
+
+
+@pytest.mark.parametrize("name", ["asymfusion", "cen"])
+def test_a_stage_the_backbone_lacks_is_an_error_not_dropped(name):
+    from fusescope.errors import FusescopeError
+    from fusescope.models import build_model
+
+    with pytest.raises(FusescopeError, match=r"stages \[1, 5\].*1\.\.4"):
+        build_model({"name": name, "stages": [1, 5]}, ["rgb", "depth"], {"rgb": 3, "depth": 1}, 3)
+
+
+def test_a_bug_inside_a_builder_keeps_its_traceback(monkeypatch):
+    """Only OptionError (an option the builder rejects) becomes a user error."""
+    from fusescope.errors import FusescopeError, OptionError
+    from fusescope.models import FUSION_METHODS, build_model
+
+    def broken(modalities, in_channels, num_classes):
+        raise ValueError("a bug")
+
+    def picky(modalities, in_channels, num_classes):
+        raise OptionError("width must be > 0")
+
+    monkeypatch.setitem(FUSION_METHODS._builders, "broken", broken)
+    monkeypatch.setitem(FUSION_METHODS._builders, "picky", picky)
+    with pytest.raises(ValueError, match="a bug") as info:
+        build_model({"name": "broken"}, ["rgb"], {"rgb": 3}, 3)
+    assert not isinstance(info.value, FusescopeError)
+    with pytest.raises(FusescopeError, match="model 'picky': width must be > 0"):
+        build_model({"name": "picky"}, ["rgb"], {"rgb": 3}, 3)

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from fusescope.engine.loss import total_loss
 from fusescope.errors import FusescopeError
 from fusescope.models import (
     build_model,
@@ -10,7 +11,14 @@ from fusescope.models import (
 )
 from fusescope.models.backbones import create_encoder, feature_channels, feature_reductions
 from fusescope.models.decoders import build_decoder
-from fusescope.models.deeplab import DeepLabV3Plus, aux_loss, default_rates, supports_aux, with_aux
+from fusescope.models.deeplab import (
+    DeepLabV3Plus,
+    aux_logits,
+    default_rates,
+    supports_aux,
+    with_aux,
+)
+from fusescope.models.segmentor import AuxLogits, output
 
 CHANNELS, REDUCTIONS = [8, 12, 16, 24], [4, 8, 16, 32]
 
@@ -78,18 +86,41 @@ def test_with_aux_leaves_other_decoders_and_explicit_choice_alone():
     assert with_aux({"name": "deeplabv3plus", "aux": False})["aux"] is False
 
 
-def test_aux_loss_contract():
+def test_aux_logits_contract():
     dec = build_decoder(
         {"name": "deeplabv3plus", "width": 8, "aux": True}, CHANNELS, REDUCTIONS, 3
     ).train()
     feats = fake_features(32, 32)
-    batch = {"label": torch.randint(0, 3, (2, 32, 32))}
-    losses = aux_loss(dec, feats, batch, 0.2, (32, 32))
-    assert set(losses) == {"aux_head"} and losses["aux_head"].ndim == 0
-    assert losses["aux_head"] > 0
-    assert aux_loss(dec, feats, {}, 0.2, (32, 32)) == {}  # no label
-    assert aux_loss(dec, feats, batch, 0.0, (32, 32)) == {}  # weight 0
-    assert aux_loss(dec.eval(), feats, batch, 0.2, (32, 32)) == {}  # not training
+    torch.manual_seed(1)  # the head's dropout draws the same mask in both passes
+    aux = aux_logits(dec, feats, 0.2, (32, 32))
+    torch.manual_seed(1)
+    assert set(aux) == {"aux_head"} and aux["aux_head"].weight == 0.2
+    expected = torch.nn.functional.interpolate(
+        dec.aux_head(feats[-1]), size=(32, 32), mode="bilinear", align_corners=False
+    )
+    torch.testing.assert_close(aux["aux_head"].logits, expected)
+    assert aux_logits(dec, feats, 0.0, (32, 32)) == {}  # weight 0
+    assert aux_logits(dec.eval(), feats, 0.2, (32, 32)) == {}  # not training
+
+
+def test_engine_supervises_aux_logits_with_the_data_sets_ignore_index_and_class_weights():
+    torch.manual_seed(0)
+    main, aux = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4, 5)
+    label = torch.randint(0, 3, (2, 4, 5))
+    label[0, 0] = 7  # this data set's ignore index (not 255)
+    weights = torch.tensor([1.0, 2.0, 0.5])
+    out = output(main, aux_logits={"aux_head": AuxLogits(aux, 0.2)})
+    _, parts = total_loss(out, label, ignore_index=7, class_weights=weights)
+    # by hand: sum over labelled pixels of w[y] * -log softmax(aux)[y], over the sum of w[y]
+    valid = label != 7
+    logp = aux.log_softmax(1).permute(0, 2, 3, 1)[valid]  # (N, K)
+    y = label[valid]
+    w = weights[y]
+    expected = 0.2 * (w * -logp[torch.arange(len(y)), y]).sum() / w.sum()
+    torch.testing.assert_close(parts["aux_head"], expected)
+    # the global-batch denominator divides it too (gradient accumulation, DDP)
+    _, parts = total_loss(out, label, 7, class_weights=weights, denominator=2 * w.sum())
+    torch.testing.assert_close(parts["aux_head"], expected / 2)
 
 
 def test_every_fusion_method_can_use_it():

@@ -134,3 +134,28 @@ def test_robustness_evaluates_on_the_device_with_the_batch_size(trained, tmp_pat
     assert main(["eval", str(run), "--split", "test", "--json"]) == 0
     clean = json.loads(capsys.readouterr().out)["miou"]
     assert len(curve) == 6 and curve[0] == pytest.approx(clean, abs=1e-9)
+
+
+def test_predict_on_folders_writes_the_models_argmax(trained, tmp_path):
+    """Known answer: each mask `fusescope predict` writes for a folder of frames is the argmax
+    of the run's own model on that frame, normalised as evaluation normalises it."""
+    from fusescope.data.build import eval_dataset
+    from fusescope.engine.checkpoint import load_run
+
+    run_dir, data = trained
+    out = tmp_path / "masks"
+    args = ["predict", str(run_dir), "--rgb", str(data / "rgb"), "--depth", str(data / "depth")]
+    assert main([*args, "--out", str(out), "--device", "cpu"]) == 0
+    run = load_run(run_dir)
+    run.cfg.data.root = str(data)
+    compared = 0
+    for split in ("train", "val"):  # write_folder_dataset's splits: every frame once
+        ds = eval_dataset(run.cfg.data, split, run.stats)
+        for i in range(len(ds)):
+            sample = ds[i]
+            with torch.no_grad():
+                logits = run.model({m: sample[m][None] for m in ("rgb", "depth")})["logits"]
+            want = logits.argmax(1)[0].numpy().astype(np.uint8)
+            np.testing.assert_array_equal(read_image(out / f"{sample['id']}.png"), want)
+            compared += 1
+    assert compared == 12

@@ -22,12 +22,13 @@ import torch
 
 from conftest import TINY_MODEL, write_folder_dataset
 from fusescope.config import load_config
+from fusescope.data.batching import collate
 from fusescope.data.folder import FolderDataset
 from fusescope.dissect.net2vec import Net2Vec
 from fusescope.dissect.protocol import RunInput, specialisation
 from fusescope.dissect.taps import Tap, stream_features
 from fusescope.engine.checkpoint import build_run_model, load_run
-from fusescope.engine.train import collate, train
+from fusescope.engine.train import train
 from test_engine import ROOT
 
 CUES = ["both", "appearance", "geometry"]

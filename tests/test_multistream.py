@@ -13,10 +13,10 @@ from fusescope.models.multistream import (
     ModalityBatchNorm,
     ModalityConv2d,
     MultiStreamEncoder,
-    combine_moments,
     mean_of_others,
     stack_modalities,
 )
+from fusescope.nn.norm import combine_moments
 
 
 def randomise_bn(bn: nn.BatchNorm2d) -> None:

@@ -55,7 +55,7 @@ def report(tmp_path_factory):
             "--quiet",
         ]
     )
-    assert code in (0, None)
+    assert code == 0
     return tmp / "report"
 
 
@@ -74,7 +74,14 @@ def test_report_folder(report):
     assert any(n.startswith("gradcam_") for n in names)
     page = (report / "index.html").read_text()
     assert "data:image/png;base64," in page
-    assert "specialises" in page or "leads" in page
+    assert "What each modality specialises in" in page
+    # every known-answer verdict of results.json is in the page's table, with its "leads" check
+    res = json.loads((report / "results.json").read_text())
+    verdicts = [v for lvl in res["specialisation_by_level"].values()
+                for v in lvl["known_answer"].values()]
+    assert verdicts and "leads</td>" in page
+    for verdict in set(verdicts):
+        assert f">{verdict}</span>" in page, verdict
     assert "held out" in page and "noise floor" in page and "known_answer.png" in names
 
 

@@ -7,20 +7,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fusescope.dissect.taps import FeatureTaps, Tap
+from fusescope.engine.loss import total_loss
 from fusescope.errors import FusescopeError
 from fusescope.models import (
     build_model,
     deeplab,  # noqa: F401  (registers deeplabv3plus)
 )
-from fusescope.models.backbones import create_encoder
+from fusescope.models.backbones import create_encoder, encoder_stages
 from fusescope.models.fusion.sagate import (
     AGGREGATIONS,
     SEPARATIONS,
     FeatureAggregation,
     FeatureSeparation,
     SAGate,
-    encoder_stages,
-    record_gate_maps,
     run_segment,
     save_gate_figure,
 )
@@ -56,16 +56,17 @@ def constant_filter(filter_module, value: float):
 # ---- feature aggregation -------------------------------------------------------------------
 
 
-def test_gate_weights_sum_to_one_per_pixel():
+def test_gate_weight_is_the_softmax_of_the_two_gate_logits():
+    """Known answer: gate logits fixed at (1, -1) everywhere give the RGB weight
+    e / (e + 1/e) = 1 / (1 + e^-2) at every pixel, and the merge is the convex combination."""
     fa = FeatureAggregation(32, "proposed")
+    torch.nn.init.zeros_(fa.gates.weight)
+    fa.gates.bias.data = torch.tensor([1.0, -1.0])
     rgb, depth = pair()
-    rec = torch.cat([rgb, depth], 1)
-    weights = torch.softmax(fa.gates(rec), dim=1)  # (B, 2, h, w)
-    torch.testing.assert_close(weights.sum(1), torch.ones(2, 5, 6))
     merged, a = fa(rgb, depth, rgb, depth)
-    assert a.shape == (2, 1, 5, 6) and (a > 0).all() and (a < 1).all()
-    torch.testing.assert_close(a, weights[:, :1])
-    torch.testing.assert_close(merged, rgb * a + depth * (1 - a))
+    want = 1 / (1 + math.exp(-2))
+    torch.testing.assert_close(a, torch.full((2, 1, 5, 6), want))
+    torch.testing.assert_close(merged, rgb * want + depth * (1 - want))
 
 
 @pytest.mark.parametrize("bias, expect", [((40.0, -40.0), "rgb"), ((-40.0, 40.0), "depth")])
@@ -189,9 +190,7 @@ def test_every_variant_builds_and_trains_a_step(options):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     out = model(b)
     assert out["logits"].shape == (2, 3, 32, 40)
-    loss = F.cross_entropy(out["logits"], b["label"])
-    loss = loss + sum(F.cross_entropy(v, b["label"]) for v in out["per_modality"].values())
-    loss = loss + sum(out["aux_losses"].values())
+    loss, _ = total_loss(out, b["label"], ignore_index=255)
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
@@ -205,16 +204,16 @@ def test_every_variant_builds_and_trains_a_step(options):
 def test_every_gate_parameter_gets_a_gradient():
     model = tiny().train()
     out = model(batch())
-    (out["logits"].mean() + sum(out["aux_losses"].values())).backward()
+    (out["logits"].mean() + sum(a.logits.mean() for a in out["aux_logits"].values())).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing
 
 
 def test_aux_head_defaults_follow_the_decoder():
     assert tiny().aux_weight == pytest.approx(0.2)
-    assert "aux_head" in tiny()(batch())["aux_losses"]
+    assert "aux_head" in tiny()(batch())["aux_logits"]
     assert tiny(decoder="light").aux_weight == 0
-    assert tiny(aux_weight=0)(batch())["aux_losses"] == {}
+    assert tiny(aux_weight=0)(batch())["aux_logits"] == {}
     assert tiny(aux_weight=0).decoder.aux_head is None  # no unused parameters
     with pytest.raises(FusescopeError, match="aux"):
         tiny(decoder="light", aux_weight=0.5)
@@ -236,17 +235,22 @@ def test_head_average_returns_per_modality_logits():
     )
 
 
-def test_record_gates_and_figure(tmp_path):
-    model = tiny()
-    assert model(batch()) and model.last_gates == {}
-    gates = record_gate_maps(model, batch(h=64, w=64))
+def test_gate_maps_through_taps_and_figure(tmp_path):
+    """Gate maps are read from outside, by taps on the named gates (the model keeps none)."""
+    model = tiny().eval()
+    b = batch(h=64, w=64)
+    taps = {str(s): Tap(f"fuse.{s}", index=3) for s in (1, 2, 3, 4)}
+    with FeatureTaps(model, taps) as tapped:
+        model(b)
+    gates = {int(s): a for s, a in tapped.features.items()}
     assert sorted(gates) == [1, 2, 3, 4]
     assert gates[1].shape == (2, 1, 16, 16) and gates[4].shape == (2, 1, 2, 2)
-    assert model.training and not model.record_gates  # restored
+    # the maps the model logs (mean weight per gate, same forward) are the tapped ones
     stats = model.training_stats()
     assert set(stats) == {f"gate/rgb_weight/stage{s}" for s in (1, 2, 3, 4)}
-    assert all(0 < v < 1 for v in stats.values())
-    b = batch(h=64, w=64)
+    for s, a in gates.items():
+        assert stats[f"gate/rgb_weight/stage{s}"] == pytest.approx(float(a.mean()), abs=1e-6)
+        assert (a > 0).all() and (a < 1).all()
     path = save_gate_figure(tmp_path / "gates.png", gates, {"rgb": b["rgb"], "depth": b["depth"]})
     assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
 

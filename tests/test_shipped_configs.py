@@ -94,7 +94,7 @@ def make_nyudv2(tmp: Path) -> Path:
             "--out",
             str(out),
         ]
-    ) in (0, None)
+    ) == 0
     return out
 
 
@@ -118,7 +118,7 @@ def make_sunrgbd(tmp: Path) -> Path:
     out = tmp / "sunrgbd"
     assert main(
         ["data", "prepare", "sunrgbd", str(src), "--out", str(out), "--any-split-size"]
-    ) in (0, None)
+    ) == 0
     return out
 
 
@@ -137,7 +137,7 @@ def make_synthetic(tmp: Path) -> Path:
             "--size",
             *map(str, FRAME),
         ]
-    ) in (0, None)
+    ) == 0
     return out
 
 

@@ -3,15 +3,17 @@
 import numpy as np
 import pytest
 
+from fusescope.data.folder import FolderDataset
 from fusescope.data.meta import ClassInfo, DatasetMeta, ModalitySpec, write_split
 from fusescope.data.stats import (
     class_frequencies,
+    compute_stats,
     inspect,
     median_frequency_weights,
     modality_stats,
 )
 from fusescope.errors import FusescopeError
-from fusescope.io import write_png
+from fusescope.io import read_image, write_png
 
 
 @pytest.fixture
@@ -30,6 +32,7 @@ def folder(tmp_path):
         if i == 2:
             lab[0, 0] = 2  # class 2 only in one image; class 3 never
         d = rng.integers(0, 5000, (4, 5)).astype(np.uint16)
+        d[i, 1] = 0  # a hole per image
         write_png(root / "label" / f"{i}.png", lab)
         write_png(root / "depth" / f"{i}.png", d)
         write_png(root / "rgb" / f"{i}.png", rng.integers(0, 256, (4, 5, 3), dtype=np.uint8))
@@ -74,3 +77,18 @@ def test_inspect(folder, tmp_path):
     assert (tmp_path / "s.png").stat().st_size > 0
     assert any("depth: mean" in ln for ln in lines)
     assert out["splits"] == {"train": 3}
+
+
+def test_compute_stats_is_the_mean_and_std_in_natural_units_without_depth_holes(folder):
+    """The normaliser's statistics: images in [0, 1], depth in metres with holes (0) left out."""
+    root, _, depths = folder
+    rgbs = [read_image(root / "rgb" / f"{i}.png") for i in range(3)]
+    # the loader hands float32 to the float64 accumulation: agreement to float32 precision
+    stats = compute_stats(FolderDataset(root, "train", ["rgb", "depth"]))
+    pixels = np.concatenate([r.reshape(-1, 3) for r in rgbs]).astype(float) / 255
+    np.testing.assert_allclose(stats["rgb"]["mean"], pixels.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stats["rgb"]["std"], pixels.std(0), rtol=1e-6)
+    v = np.concatenate([d[d > 0].astype(float) * 0.001 for d in depths])
+    assert any((d == 0).any() for d in depths)  # the fixture has holes to leave out
+    assert stats["depth"]["mean"][0] == pytest.approx(v.mean(), rel=1e-6)
+    assert stats["depth"]["std"][0] == pytest.approx(v.std(), rel=1e-6)

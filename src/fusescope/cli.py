@@ -31,6 +31,9 @@ from fusescope import __version__
 from fusescope.console import format_warning
 from fusescope.errors import FusescopeError
 
+# Command bodies import their modules when they run, so `fusescope --help` and argument errors
+# answer without loading torch and the models.
+
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Descriptions as written, and every option's default after its help.
@@ -307,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _optional_register("fusescope.engine.commands", sub)
     _optional_register("fusescope.bench.commands", sub)
-    _optional_register("fusescope.dissect.cli", sub)
+    _optional_register("fusescope.dissect.commands", sub)
     return parser
 
 

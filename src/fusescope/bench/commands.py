@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+# Sub-command bodies import their modules when they run, so `fusescope --help` and argument
+# errors answer without loading torch and the models.
+
 
 def cmd_known_answer(args: argparse.Namespace) -> None:
     from fusescope.bench.known_answer import run_benchmark

@@ -14,15 +14,22 @@ from pathlib import Path
 
 import numpy as np
 
+import fusescope
+from fusescope.config import load_config
+from fusescope.data.build import eval_dataset
+from fusescope.data.folder import FolderDataset
+from fusescope.engine.checkpoint import load_run
+from fusescope.engine.device import training_device
+from fusescope.engine.evaluate import evaluate_run, predict_probs
+from fusescope.engine.train import train
 from fusescope.errors import FusescopeError
+from fusescope.io import atomic_path, write_json
 
 CUE_COLUMNS = ("appearance", "geometry", "both")
 
 
 def config_dir() -> Path:
     """configs/ of the source tree (editable install) or of the working directory."""
-    import fusescope
-
     for base in (Path(fusescope.__file__).resolve().parents[2], Path.cwd()):
         if (base / "configs" / "synthetic").is_dir():
             return base / "configs"
@@ -62,10 +69,6 @@ def train_and_evaluate(config: Path, run_dir: Path, overrides: list[str],
 
     The evaluation runs on `device` (default: where the training ran) with `batch_size`
     (default: the config's eval.batch_size)."""
-    from fusescope.config import load_config
-    from fusescope.engine.device import training_device
-    from fusescope.engine.evaluate import evaluate_run
-    from fusescope.engine.train import train
 
     cfg = load_config(config, overrides)
     finished = _trained_to(run_dir, cfg.train.max_steps)  # then train() only resumes: no time
@@ -81,8 +84,6 @@ def train_and_evaluate(config: Path, run_dir: Path, overrides: list[str],
     device = device or str(training_device(cfg.train.accelerator))
     result = evaluate_run(run_dir, split=split, device=device, batch_size=batch_size,
                           progress=True)
-    from fusescope.engine.checkpoint import load_run
-
     params = count_params(load_run(run_dir).model)
     groups = result.get("cue_group_miou", {})
     return {"method": config.stem, "run": str(run_dir), "miou": result["miou"],
@@ -114,8 +115,6 @@ def run_benchmark(configs: list[str], out: Path, steps: int | None = None,
     """Train and evaluate every config on one data set with one budget; writes results.json
     and results.md in `out` and returns the rows (evaluation device and batch size as in
     `train_and_evaluate`)."""
-    from fusescope.io import atomic_path, write_json
-
     out.mkdir(parents=True, exist_ok=True)
     if data_root is not None and (data_root / "meta.json").is_file():
         common = [f"data.root={data_root}", "data.synth=null", *extra]  # the folder as it is
@@ -148,11 +147,6 @@ def prediction_figure(run_dirs: list[Path], labels: list[str], out: Path, num: i
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch
-
-    from fusescope.data.build import eval_dataset
-    from fusescope.data.folder import FolderDataset
-    from fusescope.engine.checkpoint import load_run
-    from fusescope.engine.evaluate import predict_probs
 
     runs = [load_run(r) for r in run_dirs]
     root = runs[0].cfg.data.root
@@ -190,8 +184,6 @@ def prediction_figure(run_dirs: list[Path], labels: list[str], out: Path, num: i
     fig.legend(handles=handles, loc="lower center", ncol=min(7, len(handles)), fontsize=7,
                frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    from fusescope.io import atomic_path
-
     with atomic_path(out, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from fusescope.data.corruptions import KINDS, MAX_SEVERITY, make_corruption
+from fusescope.engine.evaluate import evaluate_run
+from fusescope.io import write_json
 
 SEVERITIES = tuple(range(MAX_SEVERITY + 1))
 
@@ -187,7 +189,7 @@ def severity_curve(
 ) -> list[float]:
     """mIoU of one run at each severity of `kind` (evaluated with `corrupt="KIND:S"`)."""
     if evaluate is None:
-        from fusescope.engine.evaluate import evaluate_run as evaluate
+        evaluate = evaluate_run
     specs = [make_corruption(f"{kind}:{s}").spec for s in severities]  # fail before evaluating
     return [
         float(evaluate(run_dir, corrupt=spec if s else None, **eval_kwargs)["miou"])
@@ -226,7 +228,7 @@ def robustness(
             f"severities must start at 0 (clean) and have two or more, got {severities}"
         )
     if evaluate is None:
-        from fusescope.engine.evaluate import evaluate_run as evaluate
+        evaluate = evaluate_run
     from tqdm import tqdm
 
     # one evaluation per run and severity, each a pass over the split: say which one is running
@@ -246,8 +248,6 @@ def robustness(
     if echo is not None:
         echo(result.table())
     if out is not None:
-        from fusescope.io import write_json
-
         out = Path(out)
         plot = result.plot(out / f"robustness_{kind}.png")
         write_json(out / f"robustness_{kind}.json", result.to_dict())

@@ -8,7 +8,9 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from fusescope.data.folder import FolderDataset
-from fusescope.data.normalize import compute_stats
+from fusescope.data.meta import load_meta
+from fusescope.data.stats import compute_stats
+from fusescope.data.synthetic import GENERATOR_VERSION, generate
 from fusescope.data.transforms import Normalize, TrainTransform
 from fusescope.errors import FusescopeError
 
@@ -23,8 +25,6 @@ def ensure_data(data_cfg: DictConfig, progress: bool = True) -> Path:
                                  f"'fusescope data synth' or 'fusescope data prepare'")
         if root.exists() and any(root.iterdir()):
             raise FusescopeError(f"{root}: folder exists without meta.json; not overwriting it")
-        from fusescope.data.synthetic import generate
-
         s = data_cfg.synth
         generate(root, num=s.num, seed=s.seed, size=tuple(s.size), progress=progress,
                  workers=2)
@@ -40,8 +40,6 @@ def check_synth_matches(root: Path, synth: DictConfig) -> None:
     Raises:
         FusescopeError: naming what differs and the ways out.
     """
-    from fusescope.data.meta import load_meta
-    from fusescope.data.synthetic import GENERATOR_VERSION
 
     wanted = {"num": int(synth.num), "seed": int(synth.seed),
               "size": [int(v) for v in synth.size], "version": GENERATOR_VERSION}

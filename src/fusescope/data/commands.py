@@ -11,6 +11,9 @@ from pathlib import Path
 
 from fusescope.errors import FusescopeError
 
+# Sub-command bodies import their modules when they run, so `fusescope --help` and argument
+# errors answer without loading torch and the models.
+
 
 def _prepare_nyudv2(args: argparse.Namespace) -> None:
     from fusescope.data.nyudv2 import prepare_nyudv2

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fusescope.errors import FusescopeError
-from fusescope.io import is_plain_name, read_json, write_json
+from fusescope.io import atomic_path, is_plain_name, read_json, write_json
 
 MODALITY_KINDS = ("color", "image", "depth")
 CUES = ("appearance", "geometry", "both")
@@ -234,7 +234,5 @@ def read_split(root: str | os.PathLike, split: str) -> list[str]:
 
 
 def write_split(root: str | os.PathLike, split: str, ids: list[str]) -> None:
-    from fusescope.io import atomic_path
-
     with atomic_path(Path(root) / "splits" / f"{split}.txt") as tmp:
         tmp.write_text("".join(f"{i}\n" for i in ids))

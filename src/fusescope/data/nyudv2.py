@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fusescope.data.hha import Intrinsics
+from fusescope.data.hha import hha as compute_hha
 from fusescope.data.meta import ClassInfo, DatasetMeta, ModalitySpec, write_split
 from fusescope.data.prepare import palette, staged_output
 from fusescope.errors import FusescopeError
@@ -308,9 +310,6 @@ def prepare_nyudv2(
                 write_png(tmp / "raw_depth" / f"{fid}.png", _to_mm(raw))
                 write_png(tmp / "label" / f"{fid}.png", table[lab])
                 if hha:
-                    from fusescope.data.hha import Intrinsics
-                    from fusescope.data.hha import hha as compute_hha
-
                     K = Intrinsics(**INTRINSICS)
                     write_png(tmp / "hha" / f"{fid}.png", compute_hha(depth, K))
             write_split(tmp, "train", [f"{k:0{width}d}" for k in train])

@@ -1,4 +1,5 @@
-"""Data set statistics: class pixel frequencies, median-frequency weights, depth mean / std.
+"""Data set statistics: the normaliser's per-modality mean / std (`compute_stats`), class pixel
+frequencies, median-frequency weights, and the `inspect` sheet.
 
 Everything streams over the files one at a time (NYUDv2 is 1449 frames, Cityscapes 2975 at 2
 megapixels), accumulating counts and sums in float64 so the result does not depend on order.
@@ -11,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from fusescope.data.folder import check_folder, check_modality_array
+from fusescope.data.folder import FolderDataset, check_folder, check_modality_array
 from fusescope.data.meta import LABEL_DIR, DatasetMeta, load_meta, read_split
 from fusescope.errors import FusescopeError
-from fusescope.io import read_image
+from fusescope.io import atomic_path, read_image
 
 
 @dataclass
@@ -96,6 +98,38 @@ def median_frequency_weights(freq: ClassFrequencies) -> np.ndarray:
     return w
 
 
+class Moments:
+    """Streaming per-channel mean and (population) standard deviation over masked values.
+
+    Sums are shifted by the first values' mean so the sum of squares does not cancel when the
+    mean is large against the spread (depth in millimetres, say).
+    """
+
+    def __init__(self, channels: int):
+        self.count = np.zeros(channels)
+        self.sum = np.zeros(channels)
+        self.sum_sq = np.zeros(channels)
+        self.shift: np.ndarray | None = None
+
+    def add(self, x: np.ndarray, valid: np.ndarray) -> None:
+        """Add the `valid` entries of `x`, both (C, N)."""
+        n = valid.sum(1)
+        if self.shift is None:
+            self.shift = np.where(n > 0, np.where(valid, x, 0).sum(1) / np.maximum(n, 1), 0.0)
+        d = np.where(valid, x - self.shift[:, None], 0.0)
+        self.count += n
+        self.sum += d.sum(1)
+        self.sum_sq += (d * d).sum(1)
+
+    def mean(self) -> np.ndarray:
+        shift = self.shift if self.shift is not None else 0.0
+        return shift + self.sum / np.maximum(self.count, 1)
+
+    def std(self) -> np.ndarray:
+        n = np.maximum(self.count, 1)
+        return np.sqrt(np.maximum(self.sum_sq / n - (self.sum / n) ** 2, 0.0))
+
+
 @dataclass
 class ModalityStats:
     """Mean and standard deviation per channel over valid pixels (depth: in metres, holes out)."""
@@ -120,7 +154,7 @@ def modality_stats(
             f"{root}: no modality {modality!r} (have: {', '.join(meta.modalities)})"
         )
     spec = meta.modalities[modality]
-    n = s = ss = None
+    moments = Moments(spec.channels)
     total = 0
     ids = read_split(root, split)
     files = check_folder(root, meta, [modality], ids, with_labels=False)[modality]
@@ -137,20 +171,34 @@ def modality_stats(
         else:
             valid = np.ones(a.shape[:2], dtype=bool)
             a = a / 255.0
-        v = a[valid]  # (P, C)
-        # Shifted sums: subtract the first frame's mean so sums of squares do not cancel.
-        if n is None:
-            n, s, ss = 0, np.zeros(v.shape[1]), np.zeros(v.shape[1])
-            shift = v.mean(0) if len(v) else np.zeros(v.shape[1])
-        d = v - shift
-        n += len(v)
-        s += d.sum(0)
-        ss += (d * d).sum(0)
+        v = a[valid].T  # (C, P)
+        moments.add(v, np.ones_like(v, dtype=bool))
+    n = int(moments.count.min())
     if not n:
         raise FusescopeError(f"{root / modality}: no valid pixels in split {split!r}")
-    mean = shift + s / n
-    var = np.maximum(ss / n - (s / n) ** 2, 0.0)
-    return ModalityStats(mean.tolist(), np.sqrt(var).tolist(), n / total)
+    return ModalityStats(moments.mean().tolist(), moments.std().tolist(), n / total)
+
+
+def compute_stats(dataset: FolderDataset, progress: bool = False) -> dict[str, dict]:
+    """The normaliser's statistics: {modality: {"mean": [C floats], "std": [C floats]}} over
+    `dataset` in natural units (images in [0, 1], depth in metres), depth holes left out.
+
+    Computed once per run (streaming, one image in memory at a time) and saved in the run
+    folder, so evaluation and prediction normalise exactly as training did.
+    """
+    moments: dict[str, Moments] = {}
+    for i in tqdm(range(len(dataset)), desc="statistics", disable=not progress, leave=False):
+        raw = dataset.load_raw(i)
+        for name in dataset.modalities:
+            x = raw[name].astype(np.float64)
+            x = x.reshape(x.shape[0], -1)  # (C, H*W)
+            depth = dataset.meta.modalities[name].kind == "depth"
+            valid = x > 0 if depth else np.ones_like(x, dtype=bool)
+            moments.setdefault(name, Moments(x.shape[0])).add(x, valid)
+    return {
+        name: {"mean": m.mean().tolist(), "std": np.maximum(m.std(), 1e-6).tolist()}
+        for name, m in moments.items()
+    }
 
 
 def render_samples(
@@ -194,8 +242,6 @@ def render_samples(
                 ax.set_title(name)
         axes[r, 0].set_ylabel(sid)
     fig.tight_layout()
-    from fusescope.io import atomic_path
-
     with atomic_path(out, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=80)
     plt.close(fig)

@@ -6,8 +6,6 @@ resumption.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -96,12 +94,20 @@ def color_jitter(rgb: Tensor, brightness: float, contrast: float, saturation: fl
 
 
 class Normalize:
-    """Per-channel (x - mean) / std with train-split statistics; depth holes (0) stay 0."""
+    """Per-channel (x - mean) / std with train-split statistics; depth holes (0) stay 0.
+
+    Works on a sample (C, H, W) or a batch (B, C, H, W) alike."""
 
     def __init__(self, specs: dict[str, ModalitySpec], stats: dict[str, dict[str, list[float]]]):
         self.specs = specs
         self.mean = {k: torch.tensor(v["mean"]).view(-1, 1, 1) for k, v in stats.items()}
         self.std = {k: torch.tensor(v["std"]).view(-1, 1, 1) for k, v in stats.items()}
+
+    def to(self, device: str | torch.device) -> Normalize:
+        """The statistics on `device`, to normalise batches already there (dissection)."""
+        self.mean = {k: v.to(device) for k, v in self.mean.items()}
+        self.std = {k: v.to(device) for k, v in self.std.items()}
+        return self
 
     def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
         out = dict(sample)
@@ -114,6 +120,3 @@ class Normalize:
             out[k] = x
         return out
 
-
-def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
-    return max(1, math.floor(size[0] * scale + 0.5)), max(1, math.floor(size[1] * scale + 0.5))

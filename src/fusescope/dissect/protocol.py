@@ -42,13 +42,20 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
+from fusescope.config import load_config
 from fusescope.console import stage, warn
+from fusescope.data.batching import collate
+from fusescope.data.folder import FolderDataset
+from fusescope.data.transforms import Normalize
 from fusescope.dissect.cka import CKAAccumulator
 from fusescope.dissect.gradcam import GradCAM, shared_scale
 from fusescope.dissect.net2vec import Net2Vec, concept_pixels
 from fusescope.dissect.svar import concept_variance, semantic_variance
 from fusescope.dissect.taps import Tap, find_module, move_batch, stream_features
+from fusescope.engine.checkpoint import load_run
+from fusescope.engine.train import train
 from fusescope.errors import FusescopeError
 from fusescope.io import json_safe
 
@@ -164,8 +171,6 @@ def load_runs(
     device: str = "cpu",
 ) -> Runs:
     """Load and cross-check the three runs (one modality each, then both, same classes)."""
-    from fusescope.engine.checkpoint import load_run
-
     rgb, depth, joint = (load_run(d, device=device) for d in (rgb_dir, depth_dir, joint_dir))
     for run, what in ((rgb, "RGB"), (depth, "depth")):
         mods = list(run.cfg.data.modalities)
@@ -203,24 +208,18 @@ def feature_taps(runs: Runs, levels: Sequence[int]) -> dict[str, tuple[str, Tap]
 
 
 class RunInput:
-    """A run's view of the shared raw batch: its modalities, normalised with its statistics."""
+    """A run's view of the shared raw batch: its modalities, normalised with its statistics by
+    the training pipeline's own `Normalize`."""
 
     def __init__(self, run: Any, device: str | torch.device):
         mods = list(run.cfg.data.modalities)
         self.modalities = mods
-        self.kinds = {m: run.meta.modalities[m].kind for m in mods}
-        stats = run.stats
-        self.mean = {m: torch.tensor(stats[m]["mean"], device=device).view(-1, 1, 1) for m in mods}
-        self.std = {m: torch.tensor(stats[m]["std"], device=device).view(-1, 1, 1) for m in mods}
+        self.normalize = Normalize(
+            {m: run.meta.modalities[m] for m in mods}, {m: run.stats[m] for m in mods}
+        ).to(device)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        out = {}
-        for m in self.modalities:
-            x = (batch[m] - self.mean[m]) / self.std[m]
-            if self.kinds[m] == "depth":  # holes stay 0, as in training
-                x = torch.where(batch[m] > 0, x, torch.zeros_like(x))
-            out[m] = x
-        return out
+        return self.normalize({m: batch[m] for m in self.modalities})
 
 
 FEW_PROBE_IMAGES = 50  # below this, probe results are noisy enough to warn
@@ -228,9 +227,6 @@ FEW_PROBE_IMAGES = 50  # below this, probe results are noisy enough to warn
 
 def probe_loader(runs: Runs, opts: DissectOptions) -> tuple[Any, torch.utils.data.DataLoader]:
     """The raw (unnormalised) probe set over both modalities and its loader."""
-    from fusescope.data.folder import FolderDataset
-    from fusescope.engine.train import collate
-
     root = opts.data_root or runs.joint.cfg.data.root
     ds = FolderDataset(root, opts.split, [runs.rgb_modality, runs.depth_modality])
     if ds.meta.class_names != runs.rgb.meta.class_names:
@@ -271,7 +267,7 @@ def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissect
         raise FusescopeError(f"folds must be >= 2 and seeds >= 1, got {opts.folds}, {opts.seeds}")
     ds, loader = probe_loader(runs, opts)
     meta = runs.joint.meta
-    num_levels = len(runs.joint.model.fuse)
+    num_levels = len(find_module(runs.joint.model, "fuse"))  # one fusion module per level
     levels = sorted(set(opts.levels if opts.levels is not None else default_levels(num_levels)))
     cka_levels = sorted(set(opts.cka_levels if opts.cka_levels is not None else range(num_levels)))
     bad = [lvl for lvl in {*levels, *cka_levels} if not 0 <= lvl < num_levels]
@@ -296,8 +292,6 @@ def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissect
     )
     stage(f"feature pass over {len(loader.dataset)} probe images (CKA, Net2Vec inputs)", progress)
     if progress:
-        from tqdm import tqdm
-
         stream = tqdm(stream, total=len(loader), desc="probe pass", leave=False)
     for batch, feats in stream:
         cka.update({k: feats[k] for k in cka_names})
@@ -676,8 +670,6 @@ def gradcam_examples(
         ]
         if not chosen:
             continue
-        from fusescope.engine.train import collate
-
         batch = move_batch(collate([ds[i] for i in chosen]), opts.device)
         raw = {}
         for name in ("joint", "rgb", "depth"):
@@ -712,9 +704,6 @@ def train_runs(
 ) -> None:
     """Train (or finish) each config into its run folder with the engine; finished runs
     (with `model.safetensors`) are left alone."""
-    from fusescope.config import load_config
-    from fusescope.engine.train import train
-
     for config, run_dir in zip(configs, run_dirs, strict=True):
         if (Path(run_dir) / "model.safetensors").is_file():
             continue

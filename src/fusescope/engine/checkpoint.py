@@ -28,6 +28,7 @@ from fusescope.config import config_from_dict
 from fusescope.data.meta import DatasetMeta, meta_from_dict
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, read_json
+from fusescope.models import build_model
 
 CHECKPOINT = "checkpoints/last.ckpt"
 WEIGHTS = "model.safetensors"
@@ -180,8 +181,6 @@ def read_run_info(run_dir: str | os.PathLike) -> tuple[DictConfig, dict, Dataset
 def build_run_model(cfg: DictConfig, meta: DatasetMeta, pretrained: bool = True) -> nn.Module:
     """The run's model; `pretrained=False` skips `model.pretrained` (for a model whose weights
     are loaded next from a run or checkpoint: no download, no need for the original file)."""
-    from fusescope.models import build_model
-
     modalities = list(cfg.data.modalities)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     if not pretrained and "pretrained" in model_cfg:

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from fusescope.models.multistream import combine_moments
+from fusescope.nn.norm import combine_moments
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -70,11 +70,10 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
 def convert_batchnorm(model: nn.Module, device_type: str) -> nn.Module:
     """Make BatchNorms synchronise across processes: torch SyncBatchNorm (timm's converter keeps
     BatchNormAct2d's activation) on accelerators, GlobalBatchNorm2d for plain BatchNorm2d on CPU.
-    Per-modality BNs (multi-stream models) gather and combine their statistics on any device."""
-    from fusescope.models.multistream import ModalityBatchNorm
-
+    Norms with a `gather_stats` slot (per-modality BNs of multi-stream models) gather and combine
+    their statistics on any device."""
     for module in model.modules():
-        if isinstance(module, ModalityBatchNorm):
+        if hasattr(module, "gather_stats"):  # the protocol of fusescope.nn.norm
             module.gather_stats = gather_stack
     if device_type != "cpu":
         from timm.layers import convert_sync_batchnorm

@@ -13,10 +13,18 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from fusescope.config import check_config
+from fusescope.data.batching import collate
+from fusescope.data.build import eval_dataset
+from fusescope.data.corruptions import make_corruption
+from fusescope.data.folder import fingerprint
+from fusescope.engine.checkpoint import load_run
 from fusescope.engine.metrics import SegMetrics, group_miou, metrics_from_confusion
 from fusescope.errors import FusescopeError
+from fusescope.io import json_safe, write_json
 
 TTA_MODES = ("none", "flip", "ms-flip")
 
@@ -100,10 +108,6 @@ def predict_probs(model: nn.Module, batch: dict[str, Tensor], kinds: dict[str, s
 def evaluate(model: nn.Module, dataset, eval_cfg: DictConfig, device="cpu", fabric=None,
              progress: bool = False) -> dict:
     """Metrics of `model` on `dataset` (a FolderDataset with normalisation) under `eval_cfg`."""
-    from torch.utils.data import DataLoader, Subset
-
-    from fusescope.engine.train import collate
-
     meta = dataset.meta
     kinds = {m: meta.modalities[m].kind for m in dataset.modalities}
     indices = list(range(len(dataset)))
@@ -137,11 +141,6 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, tta: str | None 
                  progress: bool = False, drop: list[str] | None = None) -> dict:
     """Evaluate a run folder; arguments left None take the run's `eval` config. `drop` lists
     modalities to leave out (`fusescope.engine.missing`: zeros, or the method's own rule)."""
-    from fusescope.config import check_config
-    from fusescope.data.build import eval_dataset
-    from fusescope.data.folder import fingerprint
-    from fusescope.engine.checkpoint import load_run
-
     run = load_run(run_dir, device=device)
     if drop:
         from fusescope.engine.missing import ModalityAbsent
@@ -163,7 +162,6 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, tta: str | None 
     check_config(cfg)  # the options given here, e.g. a window of positive sizes
     corruption = None
     if corrupt:
-        from fusescope.data.corruptions import make_corruption
 
         corruption = make_corruption(corrupt)
     ds = eval_dataset(cfg.data, cfg.eval.split, run.stats, corruption=corruption,
@@ -215,7 +213,6 @@ def eval_file_name(result: dict) -> str:
 def save_eval(run_dir: str | Path, result: dict) -> dict:
     """Write `result` as RUN/<eval_file_name(result)> (the options are recorded inside too);
     returns it JSON-safe."""
-    from fusescope.io import json_safe, write_json
 
     result = json_safe(result)
     write_json(Path(run_dir) / eval_file_name(result), result)

@@ -20,8 +20,9 @@ def total_loss(out: dict, label: Tensor, ignore_index: int, per_modality_weight:
                class_weights: Tensor | None = None,
                denominator: Tensor | None = None,
                aux_scale: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
-    """Cross-entropy on `logits`, weighted cross-entropy on each `per_modality` output, plus every
-    (already weighted) aux loss. Returns the total and its detached parts for logging.
+    """Cross-entropy on `logits`, weighted cross-entropy on each `per_modality` and `aux_logits`
+    output, plus every (already weighted) aux loss. Returns the total and its detached parts for
+    logging.
 
     Args:
         denominator: what to divide the summed cross-entropy by. None: this batch's own
@@ -42,6 +43,8 @@ def total_loss(out: dict, label: Tensor, ignore_index: int, per_modality_weight:
     parts = {"ce": ce(out["logits"])}
     for name, logits in out.get("per_modality", {}).items():
         parts[f"ce_{name}"] = per_modality_weight * ce(logits)
+    for name, (logits, weight) in out.get("aux_logits", {}).items():
+        parts[name] = weight * ce(logits)
     for name, value in out.get("aux_losses", {}).items():
         parts[name] = aux_scale * value
     total = torch.stack([v.float() for v in parts.values()]).sum()

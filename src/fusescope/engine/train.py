@@ -19,17 +19,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, default_collate
+from PIL import Image
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import fusescope
-from fusescope.config import check_config, to_container
-from fusescope.data.build import ensure_data, normalisation_stats, train_dataset
-from fusescope.data.folder import fingerprint
-from fusescope.data.meta import load_meta
+from fusescope.config import check_config, config_from_dict, to_container
+from fusescope.data.batching import GlobalBatchSampler, collate
+from fusescope.data.build import ensure_data, eval_dataset, normalisation_stats, train_dataset
+from fusescope.data.folder import FolderDataset, fingerprint
+from fusescope.data.meta import LABEL_DIR, load_meta
 from fusescope.engine.checkpoint import (
     CHECKPOINT,
     WEIGHTS,
@@ -41,53 +42,12 @@ from fusescope.engine.checkpoint import (
     save_weights,
 )
 from fusescope.engine.distributed import convert_batchnorm
+from fusescope.engine.evaluate import evaluate
 from fusescope.engine.loss import label_weight, total_loss
 from fusescope.engine.missing import drop_modalities, dropout_probabilities
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, disk_full_error, read_json, remove_stale_temps, write_json
-
-
-class GlobalBatchSampler:
-    """Yields this process's share of each global batch, forever, from a given position.
-
-    Global batch t holds positions [t*B, (t+1)*B) of an endless stream made of per-epoch
-    permutations (seeded by (seed, epoch); the last partial batch of an epoch is dropped).
-    Items are (epoch, index) pairs, which seed each sample's augmentation.
-    """
-
-    def __init__(self, n: int, batch_size: int, rank: int, world_size: int, seed: int,
-                 start: int = 0):
-        if batch_size % world_size:
-            raise FusescopeError(f"train.batch_size={batch_size} must be divisible by the "
-                                 f"number of processes ({world_size})")
-        if n < batch_size:
-            raise FusescopeError(f"train.batch_size={batch_size} exceeds the {n} training "
-                                 f"samples")
-        self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
-        self.local = batch_size // world_size
-        self.rank = rank
-
-    def __iter__(self):
-        per_epoch = (self.n // self.batch_size) * self.batch_size
-        pos = self.start
-        while True:
-            epoch, offset = divmod(pos, per_epoch)
-            perm = np.random.default_rng([self.seed, 7, epoch]).permutation(self.n)
-            batch = perm[offset:offset + self.batch_size]
-            mine = batch[self.rank * self.local:(self.rank + 1) * self.local]
-            yield [(epoch, int(i)) for i in mine]
-            pos += self.batch_size
-
-
-def collate(samples: list[dict]) -> dict:
-    ids = [s.pop("id") for s in samples]
-    try:
-        batch = default_collate(samples)
-    except RuntimeError as err:
-        raise FusescopeError(f"cannot batch samples {ids[:4]} of different sizes: set "
-                             f"data.crop_size, or eval.batch_size=1 ({err})") from None
-    batch["id"] = ids
-    return batch
+from fusescope.nn.norm import is_norm, tracks_batch_stats
 
 
 def lr_factor(step: int, warmup: int, max_steps: int, power: float) -> float:
@@ -103,8 +63,6 @@ def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optim
     A parameter's lr is `lr x` the scale of the longest `train.lr_scales` prefix
     of its name `x` the scale the model gives it in `lr_scales()` (e.g. CEN's exchange gammas);
     each distinct scale is its own group, and the scheduler multiplies every group's lr alike."""
-    from fusescope.models.multistream import ModalityBatchNorm
-
     model_scale = {id(p): s for p, s in getattr(model, "lr_scales", list)()}
     prefix_scale = {str(k): float(v) for k, v in (cfg.get("lr_scales") or {}).items()}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -122,9 +80,7 @@ def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optim
         return by_name * model_scale.get(id(p), 1.0)
 
     # per-modality BN parameters are (M, C): their module, not their shape, marks them as norms
-    norms = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm,
-             ModalityBatchNorm)
-    undecayed = {id(p) for m in model.modules() if isinstance(m, norms)
+    undecayed = {id(p) for m in model.modules() if is_norm(m)
                  for p in m.parameters(recurse=False)}
     groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
     for name, p in named:
@@ -175,10 +131,8 @@ def freeze_bn_statistics(model: torch.nn.Module) -> None:
     """Put every BatchNorm (per-modality ones included) in eval mode inside a training model:
     it normalises with its running statistics and leaves them unchanged, while its gamma and
     beta still train (the CEN / AsymFusion code's FREEZE_BN, `train.freeze_bn_stats`)."""
-    from fusescope.models.multistream import ModalityBatchNorm
-
     for module in model.modules():
-        if isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, ModalityBatchNorm)):
+        if tracks_batch_stats(module):
             module.eval()
 
 
@@ -223,8 +177,6 @@ def check_training_data(cfg: DictConfig, meta, world_size: int = 1) -> None:
     Raises:
         FusescopeError: naming the split, key or file.
     """
-    from fusescope.data.folder import FolderDataset
-    from fusescope.data.meta import LABEL_DIR
 
     t, d = cfg.train, cfg.data
     modalities = list(d.modalities)
@@ -242,8 +194,6 @@ def check_training_data(cfg: DictConfig, meta, world_size: int = 1) -> None:
     if t.class_weights is not None and len(t.class_weights) != meta.num_classes:
         raise FusescopeError(f"train.class_weights has {len(t.class_weights)} values; the data "
                              f"set has {meta.num_classes} classes")
-    from PIL import Image
-
     first = train_set.files[LABEL_DIR][train_set.ids[0]]
     try:
         with Image.open(first) as image:
@@ -567,8 +517,6 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
 
 
 def _read_saved_config(path: Path) -> dict:
-    from fusescope.config import config_from_dict
-
     try:
         loaded = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
@@ -590,9 +538,6 @@ def open_tensorboard(out: Path):
 
 
 def _evaluate_during_training(fabric, model, cfg, stats, meta, step, log_file) -> None:
-    from fusescope.data.build import eval_dataset
-    from fusescope.engine.evaluate import evaluate
-
     ds = eval_dataset(cfg.data, cfg.data.val_split, stats)
     result = evaluate(model, ds, cfg.eval, device=fabric.device, fabric=fabric)
     if log_file is not None:

@@ -10,7 +10,7 @@ import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
-from fusescope.errors import FusescopeError
+from fusescope.errors import FusescopeError, OptionError
 from fusescope.models import decoders, deeplab, refinenet  # noqa: F401  (register decoders)
 from fusescope.models.registry import DECODERS, FUSION_METHODS
 from fusescope.models.segmentor import Segmentor
@@ -30,7 +30,7 @@ def build_model(model_cfg: Mapping[str, Any], modalities: list[str], in_channels
     try:
         return FUSION_METHODS.build(name, options, where="model", modalities=list(modalities),
                                     in_channels=dict(in_channels), num_classes=num_classes)
-    except ValueError as err:  # builders raise ValueError for option values they reject
+    except OptionError as err:  # an option value the builder rejects; other errors are bugs
         raise FusescopeError(f"model {name!r}: {err}") from None
 
 

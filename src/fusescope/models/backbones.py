@@ -26,10 +26,11 @@ from pathlib import Path
 
 import timm
 import torch
-from timm.models import adapt_input_conv
+from timm.models import FeatureDictNet, adapt_input_conv
+from timm.models.efficientnet import EfficientNetFeatures
 from torch import nn
 
-from fusescope.errors import FusescopeError
+from fusescope.errors import FusescopeError, OptionError
 
 SUPPORTED = ("resnet18", "resnet34", "resnet50", "resnet101", "efficientnet_lite0")
 DEFAULT_OUT_INDICES = (1, 2, 3, 4)  # strides 4, 8, 16, 32
@@ -221,21 +222,19 @@ def encoder_stages(encoder: nn.Module) -> list[nn.Sequential]:
     k = 0, so the stem is in stage 0) to feature level k; running them in order equals
     `encoder(x)`. The stages hold the encoder's own modules (no copies), so a model that keeps
     both must register only one of them."""
-    from timm.models import FeatureListNet
-    from timm.models.efficientnet import EfficientNetFeatures
-
-    if isinstance(encoder, FeatureListNet):
+    if isinstance(encoder, FeatureDictNet):  # FeatureListNet too
         units = list(encoder.items())
         ends = set(encoder.return_layers)
     elif isinstance(encoder, EfficientNetFeatures):
         if encoder.feature_hooks is not None:
-            raise ValueError("efficientnet features taken by hooks cannot be cut into stages")
+            raise OptionError("efficientnet features taken by hooks cannot be cut into stages")
         units = [("conv_stem", encoder.conv_stem), ("bn1", encoder.bn1)]
         units += [(f"blocks.{i}", b) for i, b in enumerate(encoder.blocks)]
         # timm's rule: block i ends a feature level when i + 1 is one of the output stages
         ends = {f"blocks.{s - 1}" if s else "bn1" for s in encoder._stage_out_idx}
     else:
-        raise ValueError(f"cannot cut a {type(encoder).__name__} into stages")
+        raise OptionError(f"cannot cut a {type(encoder).__name__} encoder into stages (run one "
+                         f"stage at a time); use a ResNet or EfficientNet backbone")
     stages, current = [], []
     for name, module in units:
         current.append(module)

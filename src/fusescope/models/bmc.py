@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fusescope.errors import OptionError
+
 MODES = ("both", "min", "max")
 
 
@@ -115,11 +117,11 @@ class BMC(nn.Module):
     ):
         super().__init__()
         if mode not in MODES:
-            raise ValueError(f"bmc mode must be one of {', '.join(MODES)}; got {mode!r}")
+            raise OptionError(f"bmc mode must be one of {', '.join(MODES)}; got {mode!r}")
         if channels < 2:
-            raise ValueError(f"BMC splits channels in two halves; got {channels} channel(s)")
+            raise OptionError(f"BMC splits channels in two halves; got {channels} channel(s)")
         if cap <= 0:
-            raise ValueError(f"bmc cap must be positive, got {cap}")
+            raise OptionError(f"bmc cap must be positive, got {cap}")
         self.mode = mode
         self.split = channels // 2
         self.cap = cap
@@ -153,7 +155,7 @@ class BMC(nn.Module):
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         """Scalar loss: I(min half) - cap * tanh(I(max half) / cap), per `mode`."""
         if a.shape[:2] != b.shape[:2]:
-            raise ValueError(
+            raise OptionError(
                 f"BMC needs features of the same batch and channels; got "
                 f"{tuple(a.shape)} and {tuple(b.shape)}"
             )

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from fusescope.models import build_model
+
 
 def count_params(model: nn.Module) -> int:
     """Every parameter of the model (trainable or not, each shared tensor once)."""
@@ -58,8 +60,6 @@ def meta_cost(
 ) -> tuple[int, int]:
     """(parameters, FLOPs) of `build_model(model_cfg, ...)` on one frame of `size`, counted on
     the meta device (pretrained weights are not loaded: they change neither count)."""
-    from fusescope.models import build_model
-
     cfg = {**model_cfg, "pretrained": False}
     with torch.device("meta"):
         model = build_model(cfg, modalities, in_channels, num_classes)

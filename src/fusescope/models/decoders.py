@@ -10,11 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusescope.models.registry import DECODERS
-
-
-def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+from fusescope.nn.layers import conv_bn_relu
 
 
 class LightDecoder(nn.Module):

@@ -15,9 +15,9 @@ head) on level `aux_level` (default: the last) and exposes `decoder.aux_logits(f
 that wants the auxiliary loss:
 
     1. builds its decoder spec with `with_aux(spec)` (turns on `aux` for decoders that have one),
-    2. in `forward`, adds `aux_loss(self.decoder, features, batch, weight, size)` to its
-       `aux_losses` (an empty dict when not training, without a label, or when the decoder has
-       no aux head), so the engine sums it like any other auxiliary loss.
+    2. in `forward`, passes `aux_logits(self.decoder, features, weight, size)` as the output's
+       `aux_logits` (an empty dict when not training or when the decoder has no aux head); the
+       engine supervises them like the main logits (see `models/segmentor.py`).
 
 Only build the head when it is used: an unused head holds parameters that get no gradient (DDP
 complains) and inflates parameter counts in benchmarks.
@@ -29,18 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fusescope.errors import OptionError
 from fusescope.models.registry import DECODERS
-from fusescope.models.segmentor import resize_to
-
-IGNORE_INDEX = 255  # the label value every fusescope data set uses for "not labelled"
-
-
-def conv_bn_relu(cin: int, cout: int, k: int = 3, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
+from fusescope.models.segmentor import AuxLogits, resize_to
+from fusescope.nn.layers import conv_bn_relu
 
 
 class ImagePooling(nn.Module):
@@ -120,13 +112,13 @@ class DeepLabV3Plus(nn.Module):
     ):
         super().__init__()
         if len(channels) < 2:
-            raise ValueError(f"deeplabv3plus needs at least two feature levels, got {channels}")
+            raise OptionError(f"deeplabv3plus needs at least two feature levels, got {channels}")
         if rates is None:
             rates = default_rates(reductions[-1])
         if not rates or any(int(r) < 1 for r in rates):
-            raise ValueError(f"deeplabv3plus rates must be positive integers, got {rates}")
+            raise OptionError(f"deeplabv3plus rates must be positive integers, got {rates}")
         if not -len(channels) <= aux_level < len(channels):
-            raise ValueError(f"aux_level {aux_level} is not a level of {len(channels)}")
+            raise OptionError(f"aux_level {aux_level} is not a level of {len(channels)}")
         self.rates = [int(r) for r in rates]
         self.aspp = ASPP(channels[-1], width, self.rates, dropout)
         self.reduce = conv_bn_relu(channels[0], low_level_width, 1)
@@ -202,24 +194,20 @@ def supports_aux(decoder: nn.Module) -> bool:
     return bool(getattr(decoder, "has_aux", False))
 
 
-def aux_loss(
+def aux_logits(
     decoder: nn.Module,
     features: list[Tensor],
-    batch: dict[str, Tensor],
     weight: float,
     size: tuple[int, int],
-) -> dict[str, Tensor]:
-    """`{"aux_head": weight * CE}` while training with labels and an aux head; else `{}`.
+) -> dict[str, AuxLogits]:
+    """`{"aux_head": AuxLogits(logits, weight)}` while training with an aux head; else `{}`.
 
     Args:
         decoder: a decoder that may expose `aux_logits` (see `supports_aux`).
         features: the feature list the decoder read.
-        batch: the model's batch; `label` (B, H, W) is used when present.
-        weight: the loss weight (the SA-Gate authors use 0.2).
+        weight: the loss weight the engine applies (the SA-Gate authors use 0.2).
         size: the label's (H, W); aux logits are upsampled to it.
     """
-    if weight <= 0 or not decoder.training or "label" not in batch or not supports_aux(decoder):
+    if weight <= 0 or not decoder.training or not supports_aux(decoder):
         return {}
-    logits = resize_to(decoder.aux_logits(features), size)
-    ce = F.cross_entropy(logits, batch["label"].long(), ignore_index=IGNORE_INDEX)
-    return {"aux_head": weight * ce}
+    return {"aux_head": AuxLogits(resize_to(decoder.aux_logits(features), size), weight)}

@@ -34,6 +34,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from fusescope.errors import OptionError
+
 PARTITIONS = ("mmca", "imca", "lica")
 LOG_2PI = math.log(2 * math.pi)
 
@@ -64,7 +66,7 @@ def halves(
 
 def tokens_per_modality(num_tokens: int) -> int:
     if num_tokens % 2:
-        raise ValueError(
+        raise OptionError(
             f"two modalities with equal token counts give an even count, got {num_tokens} tokens"
         )
     return num_tokens // 2
@@ -312,7 +314,7 @@ class AffineCoupling(FlowLayer):
     ):
         super().__init__()
         if dim < 2:
-            raise ValueError(f"affine coupling needs at least 2 features per token, got {dim}")
+            raise OptionError(f"affine coupling needs at least 2 features per token, got {dim}")
         self.dim, self.flip, self.bound = dim, flip, log_scale_bound
         self.split = dim // 2
         kept, changed = (dim - self.split, self.split) if flip else (self.split, dim - self.split)
@@ -410,7 +412,7 @@ class MangoBlock(SequentialFlow):
         super().__init__()
         unknown = sorted(set(partitions) - set(PARTITIONS))
         if unknown:
-            raise ValueError(f"unknown partitions {unknown}; known: {', '.join(PARTITIONS)}")
+            raise OptionError(f"unknown partitions {unknown}; known: {', '.join(PARTITIONS)}")
         layers: list[FlowLayer] = []
         if "mmca" in partitions:
             layers += [
@@ -422,13 +424,13 @@ class MangoBlock(SequentialFlow):
             ]
         if "lica" in partitions:
             if num_tokens is None:
-                raise ValueError("LICA mixes a fixed number of tokens: give num_tokens")
+                raise OptionError("LICA mixes a fixed number of tokens: give num_tokens")
             tokens_per_modality(num_tokens)
             layers += [LearnableInterModality(dim, num_tokens, attn_dim) for _ in range(2)]
         if coupling:
             layers.append(AffineCoupling(dim, hidden, flip=flip, log_scale_bound=log_scale_bound))
         if not layers:
-            raise ValueError("a flow block needs at least one partition or the coupling")
+            raise OptionError("a flow block needs at least one partition or the coupling")
         self.layers = nn.ModuleList(layers)
 
 
@@ -446,7 +448,7 @@ class MangoFlow(SequentialFlow):
     def __init__(self, dim: int, blocks: int = 12, num_tokens: int | None = None, **block_options):
         super().__init__()
         if blocks < 1:
-            raise ValueError(f"the flow needs at least one block, got {blocks}")
+            raise OptionError(f"the flow needs at least one block, got {blocks}")
         self.blocks = nn.ModuleList(
             MangoBlock(dim, num_tokens, flip=bool(i % 2), **block_options) for i in range(blocks)
         )

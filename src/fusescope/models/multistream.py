@@ -35,7 +35,8 @@ the first feature level (EfficientNet's `blocks.0`) belong to stage 1.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -45,9 +46,11 @@ from timm.models._efficientnet_blocks import DepthwiseSeparableConv, InvertedRes
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import Tensor, nn
 
+from fusescope.errors import OptionError
 from fusescope.models.backbones import create_encoder, feature_channels, feature_reductions
 from fusescope.models.decoders import build_decoder
 from fusescope.models.segmentor import Segmentor, output, resize_to, tile_channels
+from fusescope.nn.norm import combine_moments
 
 SITES = ("conv_in", "bn_out", "act_out", "stage_out")
 
@@ -74,16 +77,6 @@ def modality_view(x: Tensor, num_modalities: int) -> Tensor:
     return x.unflatten(0, (-1, num_modalities))
 
 
-def combine_moments(mean: Tensor, var: Tensor, count: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Mean and biased variance of the union of P parts from each part's (P, ...) mean, biased
-    variance and count (Chan et al.): every term is non-negative, so unlike E[x^2] - E[x]^2 it
-    loses no precision when the mean is large against the spread. Returns (mean, var, total)."""
-    total = count.sum(0)
-    joint = (count * mean).sum(0) / total
-    spread = (count * (var + (mean - joint) ** 2)).sum(0) / total
-    return joint, spread, total
-
-
 class ModalityBatchNorm(nn.Module):
     """M BatchNorms over a modality-stacked batch, with fusion slots between norm and activation.
 
@@ -106,6 +99,9 @@ class ModalityBatchNorm(nn.Module):
     stacks a tensor from every process, differentiably; training statistics are then those of
     the global batch, per modality, as SyncBatchNorm gives a plain BatchNorm.
     """
+
+    is_norm = True  # the engine's protocol (fusescope.nn.norm): no weight decay,
+    tracks_batch_stats = True  # frozen by train.freeze_bn_stats, statistics gathered in DDP
 
     def __init__(
         self,
@@ -138,7 +134,7 @@ class ModalityBatchNorm(nn.Module):
     def from_batchnorm(cls, bn: nn.BatchNorm2d, num_modalities: int) -> ModalityBatchNorm:
         """Every modality starts from `bn`'s parameters and running statistics."""
         if not (bn.affine and bn.track_running_stats):
-            raise ValueError(
+            raise OptionError(
                 f"{type(bn).__name__} without affine parameters or running "
                 f"statistics is not supported"
             )
@@ -146,7 +142,7 @@ class ModalityBatchNorm(nn.Module):
         if isinstance(bn, BatchNormAct2d):
             act, drop = bn.act, bn.drop
         elif type(bn) is not nn.BatchNorm2d:
-            raise ValueError(f"unsupported BatchNorm subclass {type(bn).__name__}")
+            raise OptionError(f"unsupported BatchNorm subclass {type(bn).__name__}")
         new = cls(bn.num_features, num_modalities, bn.eps, bn.momentum, act=act, drop=drop)
         with torch.no_grad():
             for name in ("weight", "bias", "running_mean", "running_var"):
@@ -259,7 +255,7 @@ class ModalityConv2d(nn.Module):
     def __init__(self, conv: nn.Conv2d, num_modalities: int):
         super().__init__()
         if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros":
-            raise ValueError(
+            raise OptionError(
                 f"cannot unshare {type(conv).__name__} (padding_mode={conv.padding_mode})"
             )
         self.num_modalities = num_modalities
@@ -300,10 +296,54 @@ def convert_modules(module: nn.Module, num_modalities: int, shared: bool = True)
         elif isinstance(child, nn.Conv2d) and not shared:
             setattr(module, name, ModalityConv2d(child, num_modalities))
         elif isinstance(child, nn.modules.batchnorm._BatchNorm):
-            raise ValueError(f"{name}: {type(child).__name__} cannot be made per-modality")
+            raise OptionError(f"{name}: {type(child).__name__} cannot be made per-modality")
         else:
             convert_modules(child, num_modalities, shared)
     return module
+
+
+class ForwardScope:
+    """What fusion ops hand on within one encoder forward, and nothing across forwards.
+
+    `MultiStreamEncoder.run` opens a fresh scope per forward and drops it when the forward ends
+    (on an error too), so no op keeps tensors, or their autograd graphs, between calls. An op
+    with `uses_scope = True` is called as `op(x5, site, scope)`:
+
+    * `carry`: {op: value} one site of an op hands to a later site of the same op within the
+      forward (AsymFusion: the shifted conv input, from `conv_in` to `act_out`);
+    * `losses`: {name: scalar} auxiliary losses measured during the forward (the baselines'
+      MMD), summed by name and returned by `run` beside the features.
+    """
+
+    def __init__(self):
+        self.carry: dict[nn.Module, Tensor] = {}
+        self.losses: dict[str, Tensor] = {}
+
+    def add_loss(self, name: str, value: Tensor) -> None:
+        self.losses[name] = self.losses[name] + value if name in self.losses else value
+
+
+class ScopeSlot:
+    """The scope of the forward in progress (None outside one); shared by an encoder's hooks."""
+
+    def __init__(self):
+        self.current: ForwardScope | None = None
+
+
+class ScopedOp:
+    """A fusion op as its site calls it: `(x5, site) -> x5`, with the forward's scope passed on
+    to ops that declare `uses_scope`."""
+
+    def __init__(self, op: nn.Module, slot: ScopeSlot):
+        self.op, self.slot = op, slot
+
+    def __call__(self, x5: Tensor, site: str) -> Tensor:
+        if getattr(self.op, "uses_scope", False):
+            if self.slot.current is None:
+                raise RuntimeError("a scoped fusion op ran outside a forward scope "
+                                   "(MultiStreamEncoder.run or .forward_scope())")
+            return self.op(x5, site, self.slot.current)
+        return self.op(x5, site)
 
 
 class SiteHook:
@@ -315,7 +355,7 @@ class SiteHook:
     callable object rather than a closure so `copy.deepcopy` of a model rewires its copy.
     """
 
-    def __init__(self, op: nn.Module, site: str, num_modalities: int, on_input: bool):
+    def __init__(self, op: ScopedOp, site: str, num_modalities: int, on_input: bool):
         self.op, self.site, self.num_modalities, self.on_input = op, site, num_modalities, on_input
 
     def _apply(self, x: Tensor) -> Tensor:
@@ -343,11 +383,11 @@ class Where:
     def __post_init__(self):
         bad = [s for s in self.sites if s not in SITES]
         if bad:
-            raise ValueError(f"unknown fusion sites {bad}; known: {', '.join(SITES)}")
+            raise OptionError(f"unknown fusion sites {bad}; known: {', '.join(SITES)}")
         if self.blocks not in ("all", "last"):
-            raise ValueError(f"Where.blocks must be 'all' or 'last', not {self.blocks!r}")
+            raise OptionError(f"Where.blocks must be 'all' or 'last', not {self.blocks!r}")
         if "stage_out" in self.sites and len(self.sites) > 1:
-            raise ValueError("stage_out cannot be combined with block sites in one Where")
+            raise OptionError("stage_out cannot be combined with block sites in one Where")
 
 
 @dataclass
@@ -397,12 +437,13 @@ class MultiStreamEncoder(nn.Module):
     def __init__(self, encoder: nn.Module, num_modalities: int, shared: bool = True):
         super().__init__()
         if num_modalities < 2:
-            raise ValueError(f"a multi-stream encoder needs >= 2 modalities, got {num_modalities}")
+            raise OptionError(f"a multi-stream encoder needs >= 2 modalities, got {num_modalities}")
         self.num_modalities = num_modalities
         self.shared = shared
         self.feature_info = encoder.feature_info
         self.body = convert_modules(encoder, num_modalities, shared)
         self.fusion = nn.ModuleDict()
+        self.scope_slot = ScopeSlot()
         self._stage_modules = [d["module"] for d in encoder.feature_info.get_dicts()]
         self._blocks = self._find_blocks()
 
@@ -429,6 +470,11 @@ class MultiStreamEncoder(nn.Module):
 
     def points(self, where: Where) -> list[FusionPoint]:
         """The points `where` selects, in forward order."""
+        num_stages = len(self._stage_modules)
+        bad = [s for s in where.stages if not (isinstance(s, int) and 1 <= s <= num_stages)]
+        if bad or not where.stages or len(set(where.stages)) != len(where.stages):
+            raise OptionError(f"stages {list(where.stages)}: each must be a distinct stage "
+                              f"number in 1..{num_stages} of this backbone")
         if where.sites == ("stage_out",):
             chans = self.feature_info.channels()
             return [
@@ -463,7 +509,7 @@ class MultiStreamEncoder(nn.Module):
         points = self.points(where)
         if not points:
             kinds = sorted({type(b.module).__name__ for b in self._blocks})
-            raise ValueError(
+            raise OptionError(
                 f"{where} selects no fusion point in this backbone (recognised blocks: {kinds})"
             )
         ops = []
@@ -471,7 +517,7 @@ class MultiStreamEncoder(nn.Module):
             op = factory(point)
             key = point.name.replace(".", "_")
             if key in self.fusion:
-                raise ValueError(f"a fusion op is already registered at {point.name}")
+                raise OptionError(f"a fusion op is already registered at {point.name}")
             self.fusion[key] = op
             for site in where.sites:
                 self._wire(point, site, op)
@@ -480,6 +526,7 @@ class MultiStreamEncoder(nn.Module):
 
     def _wire(self, point: FusionPoint, site: str, op: nn.Module) -> None:
         M = self.num_modalities
+        op = ScopedOp(op, self.scope_slot)
         if site == "stage_out":
             stage = self.body.get_submodule(point.name)
             stage.register_forward_hook(SiteHook(op, site, M, on_input=False))
@@ -500,12 +547,28 @@ class MultiStreamEncoder(nn.Module):
         else:  # conv_in
             getattr(block, conv_name).register_forward_pre_hook(SiteHook(op, site, M, True))
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    def run(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """Features per level and the auxiliary losses fusion ops measured in this forward."""
         if x.shape[0] % self.num_modalities:
             raise ValueError(
                 f"batch {x.shape[0]} is not a multiple of {self.num_modalities} modalities"
             )
-        return self.body(x)
+        with self.forward_scope() as scope:
+            return self.body(x), scope.losses
+
+    @contextlib.contextmanager
+    def forward_scope(self) -> Iterator[ForwardScope]:
+        """A fresh scope for the fusion ops of one forward (`run` opens one; open one to run a
+        block of `body` directly), dropped when it ends."""
+        scope = ForwardScope()
+        self.scope_slot.current = scope
+        try:
+            yield scope
+        finally:
+            self.scope_slot.current = None
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.run(x)[0]
 
 
 def fusion_ops(module: nn.Module) -> Iterable[nn.Module]:
@@ -564,7 +627,7 @@ def common_channels(modalities: list[str], in_channels: dict[str, int]) -> int:
     target = max(in_channels[m] for m in modalities)
     bad = [m for m in modalities if in_channels[m] not in (1, target)]
     if bad:
-        raise ValueError(
+        raise OptionError(
             f"shared convolutions need equal input channels: {bad} have "
             f"{[in_channels[m] for m in bad]}, others {target} (only 1-channel "
             f"inputs are tiled)"
@@ -598,7 +661,7 @@ class MultiStreamSegmentor(Segmentor):
         super().__init__(modalities, num_classes)
         M = len(modalities)
         if M < 2:
-            raise ValueError(
+            raise OptionError(
                 f"a multi-stream model needs >= 2 modalities; data.modalities is {modalities}"
             )
         self.in_chans = common_channels(modalities, in_channels)
@@ -615,13 +678,14 @@ class MultiStreamSegmentor(Segmentor):
         B, _, H, W = inputs[0].shape
         M = len(self.modalities)
         x = stack_modalities([tile_channels(t, self.in_chans) for t in inputs])  # (B*M, C, H, W)
-        small = modality_view(self.decoder(self.encoder(x)), M)  # (B, M, K, h, w)
+        features, measured = self.encoder.run(x)
+        small = modality_view(self.decoder(features), M)  # (B, M, K, h, w)
         # modality-major before upsampling, where the copy is small: each modality's full-size
         # logits are then contiguous for its loss
         small = small.transpose(0, 1).flatten(0, 1)  # (M*B, K, h, w)
         logits5 = resize_to(small, (H, W)).unflatten(0, (M, -1))  # (M, B, K, H, W)
         per_modality = dict(zip(self.modalities, logits5.unbind(0), strict=True))
-        return output(self.ensemble(logits5), per_modality, self.aux_losses())
+        return output(self.ensemble(logits5), per_modality, {**self.aux_losses(), **measured})
 
     def combine_present(self, per_modality: dict[str, Tensor], present: list[str]) -> Tensor:
         """The ensemble over the present modalities only (a modality absent at inference): the
@@ -633,6 +697,8 @@ class MultiStreamSegmentor(Segmentor):
         return torch.tensordot(weights.to(logits5.dtype), logits5, dims=1)
 
     def aux_losses(self) -> dict[str, Tensor]:
+        """Losses of the ops' parameters (CEN's L1 on its gammas); those measured on features
+        during a forward come from `encoder.run`."""
         return sum_aux_losses(fusion_ops(self))
 
     def lr_scales(self) -> list[tuple[nn.Parameter, float]]:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fusescope.errors import OptionError
 from fusescope.models.registry import DECODERS
 
 
@@ -135,7 +136,7 @@ class RefineNetDecoder(nn.Module):
     ):
         super().__init__()
         if not channels:
-            raise ValueError("refinenet needs at least one feature level")
+            raise OptionError("refinenet needs at least one feature level")
         widths = [width] * (len(channels) - 1) + [top_width]
         self.levels = nn.ModuleList(
             RefineBlock(

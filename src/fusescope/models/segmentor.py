@@ -3,16 +3,20 @@
     batch  = {"rgb": (B,3,H,W), "depth": (B,1,H,W), ..., "label": (B,H,W)}   (label optional)
     output = {"logits": (B,K,H,W),                      the prediction that is scored
               "per_modality": {name: (B,K,H,W)},        optional, each supervised too
-              "aux_losses": {name: scalar tensor}}      already weighted; the engine sums them
+              "aux_logits": {name: AuxLogits(logits, weight)},  optional, supervised (x weight)
+              "aux_losses": {name: scalar tensor}}      unsupervised, already weighted; summed
 
-The engine computes the task loss from `logits` and `per_modality` and adds every aux loss, so it
-never needs to know the method. Dissection reads models through forward hooks on named modules,
-so models keep their parts as attributes with stable names (`encoders.rgb`, `fuse`, `decoder`).
+Models never read labels nor compute a supervised loss: the engine supervises `logits`,
+`per_modality` and every `aux_logits` entry with the data set's ignore index, class weights and
+the global-batch normalisation, and adds every aux loss, so it never needs to know the method.
+Dissection reads models through forward hooks on named modules, so models keep their parts as
+attributes with stable names (`encoders.rgb`, `fuse`, `decoder`).
 """
 
 from __future__ import annotations
 
-import torch
+from typing import NamedTuple
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -37,9 +41,18 @@ class Segmentor(nn.Module):
         return []
 
 
+class AuxLogits(NamedTuple):
+    """Auxiliary logits (B, K, H, W) at the label's resolution and their loss weight."""
+
+    logits: Tensor
+    weight: float
+
+
 def output(logits: Tensor, per_modality: dict[str, Tensor] | None = None,
-           aux_losses: dict[str, Tensor] | None = None) -> dict:
-    return {"logits": logits, "per_modality": per_modality or {}, "aux_losses": aux_losses or {}}
+           aux_losses: dict[str, Tensor] | None = None,
+           aux_logits: dict[str, AuxLogits] | None = None) -> dict:
+    return {"logits": logits, "per_modality": per_modality or {}, "aux_losses": aux_losses or {},
+            "aux_logits": aux_logits or {}}
 
 
 def resize_to(logits: Tensor, size: tuple[int, int]) -> Tensor:
@@ -55,7 +68,3 @@ def tile_channels(x: Tensor, channels: int) -> Tensor:
     if x.shape[1] != 1:
         raise ValueError(f"cannot tile {x.shape[1]} channels to {channels}")
     return x.expand(-1, channels, -1, -1)
-
-
-def zeros_like_loss(ref: Tensor) -> Tensor:
-    return torch.zeros((), device=ref.device, dtype=ref.dtype)

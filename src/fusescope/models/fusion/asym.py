@@ -31,7 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fusescope.models.multistream import FusionPoint, MultiStreamSegmentor, Where, mean_of_others
+from fusescope.errors import OptionError
+from fusescope.models.multistream import (
+    ForwardScope,
+    FusionPoint,
+    MultiStreamSegmentor,
+    Where,
+    mean_of_others,
+)
 from fusescope.models.registry import FUSION_METHODS
 
 
@@ -79,33 +86,37 @@ def shuffle_channels(x5: Tensor, keep: int) -> Tensor:
 
 class AsymmetricFusion(nn.Module):
     """Shuffle at `conv_in`; shift-and-add, then the second shuffle, at `act_out` of one spatial
-    unit (parameter-free). `shuffle` switches both shuffles, `shift` the shift."""
+    unit (parameter-free). `shuffle` switches both shuffles, `shift` the shift.
+
+    The shifted conv input travels from `conv_in` to `act_out` in the forward's scope
+    (`ForwardScope.carry`), never in the op: nothing outlives the forward."""
+
+    uses_scope = True
 
     def __init__(self, point: FusionPoint, shuffle: bool = True, shift: bool = True):
         super().__init__()
         if point.in_channels != point.channels:
-            raise ValueError(
+            raise OptionError(
                 f"{point.name}: pixel shift adds the conv input to its output, "
                 f"which needs equal widths ({point.in_channels} != {point.channels})"
             )
         self.shuffle = shuffle
         self.shift = shift
         self.split = shuffle_split(point.in_channels)
-        self._pending: Tensor | None = None
 
-    def forward(self, x5: Tensor, site: str) -> Tensor:
+    def forward(self, x5: Tensor, site: str, scope: ForwardScope) -> Tensor:
         T = self.split
         if site == "conv_in":  # x5: (B, M, C, H, W), the conv's input
             if self.shift:
                 M = x5.shape[1]
                 shifted = pixel_shift(x5[:, :, :T].flatten(0, 1)).unflatten(0, (-1, M))
                 # what modality m receives: the other modalities' shifted channels
-                self._pending = mean_of_others(shifted)
+                scope.carry[self] = mean_of_others(shifted)
             return shuffle_channels(x5, T) if self.shuffle else x5
         if site != "act_out":
             return x5
-        if self._pending is not None:  # x5: the unit's output
-            incoming, self._pending = self._pending, None
+        incoming = scope.carry.pop(self, None)
+        if incoming is not None:  # x5: the unit's output
             if incoming.shape[-2:] != x5.shape[-2:]:
                 raise ValueError(
                     f"pixel shift: conv changed the size {tuple(incoming.shape[-2:])}"
@@ -132,7 +143,7 @@ def asymfusion(
     """AsymFusion: `shuffle` and `shift` switch the two operations (shuffle-only, shift-only,
     both); `shared` shares the convolutions (the paper's scheme); `stages` where it acts."""
     if not (shuffle or shift):
-        raise ValueError("asymfusion needs shuffle or shift (use name: multistream for neither)")
+        raise OptionError("asymfusion needs shuffle or shift (use name: multistream for neither)")
     model = MultiStreamSegmentor(
         modalities, in_channels, num_classes, backbone, pretrained, decoder, shared=shared
     )

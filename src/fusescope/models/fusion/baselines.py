@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fusescope.errors import OptionError
 from fusescope.models.backbones import (
     create_encoder,
     encoder_stages,
@@ -51,16 +52,17 @@ from fusescope.models.backbones import (
 )
 from fusescope.models.decoders import build_decoder
 from fusescope.models.multistream import (
+    ForwardScope,
     MultiStreamSegmentor,
     Where,
     common_channels,
     convert_modules,
     modality_view,
     stack_modalities,
-    sum_aux_losses,
 )
 from fusescope.models.registry import FUSION_METHODS
 from fusescope.models.segmentor import Segmentor, output, resize_to, tile_channels
+from fusescope.nn.layers import conv_bn_relu
 
 FUSIONS = ("concat", "align", "attention")
 POSITIONS = {"early": (2,), "middle": (3,), "late": (4,), "all": (1, 2, 3, 4)}
@@ -70,14 +72,6 @@ def stack_channels(x5: Tensor) -> Tensor:
     """(B, M, C, H, W) -> (B, M*C, H, W): the modalities' features side by side (a view of the
     sample-major stack)."""
     return x5.flatten(1, 2)  # no sizes baked in: an ONNX export keeps any batch size
-
-
-def conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
 
 
 class ConcatFusion(nn.Module):
@@ -142,33 +136,32 @@ class AlignFusion(nn.Module):
     """MMD between each pair of modalities' features; features pass unchanged.
 
     Samples are the feature vectors of an 8x8 average-pooled grid per image (B*64 samples of
-    dimension C), enough to estimate a distribution with small batches at a small cost.
+    dimension C), enough to estimate a distribution with small batches at a small cost. The
+    loss goes out with the forward that measured it (`ForwardScope.losses` at a site, `losses`
+    when merging streams), never kept in the op.
     """
+
+    uses_scope = True
 
     def __init__(self, weight: float, grid: int = 8):
         super().__init__()
         self.weight = weight
         self.grid = grid
-        self._loss: Tensor | None = None
 
-    def _measure(self, x5: Tensor) -> None:
+    def losses(self, x5: Tensor) -> dict[str, Tensor]:
         M, C = x5.shape[1:3]
         pooled = F.adaptive_avg_pool2d(x5.flatten(0, 1), self.grid)
         samples = pooled.unflatten(0, (-1, M)).flatten(3)  # (B, M, C, g*g)
         samples = samples.permute(1, 0, 3, 2).reshape(M, -1, C)  # (M, N, C)
-        self._loss = self.weight * pairwise_mmd(samples)
+        return {"align_mmd": self.weight * pairwise_mmd(samples)}
 
     def fuse(self, x5: Tensor) -> Tensor:  # merging streams: their mean
-        self._measure(x5)
         return x5.mean(1)
 
-    def forward(self, x5: Tensor, site: str) -> Tensor:
-        self._measure(x5)
+    def forward(self, x5: Tensor, site: str, scope: ForwardScope) -> Tensor:
+        for name, value in self.losses(x5).items():
+            scope.add_loss(name, value)
         return x5
-
-    def aux_losses(self) -> dict[str, Tensor]:
-        loss, self._loss = self._loss, None  # do not keep the graph past its step
-        return {} if loss is None else {"align_mmd": loss}
 
 
 class MergedStreams(Segmentor):
@@ -185,7 +178,7 @@ class MergedStreams(Segmentor):
         super().__init__(modalities, num_classes)
         M = len(modalities)
         if M < 2:
-            raise ValueError(f"merging streams needs >= 2 modalities; data.modalities is "
+            raise OptionError(f"merging streams needs >= 2 modalities; data.modalities is "
                              f"{modalities}")
         self.in_chans = common_channels(modalities, in_channels)
         plain = create_encoder(backbone, self.in_chans, pretrained)
@@ -202,6 +195,7 @@ class MergedStreams(Segmentor):
         M, (H, W) = len(inputs), inputs[0].shape[-2:]
         x = stack_modalities([tile_channels(t, self.in_chans) for t in inputs])  # (B*M, C, H, W)
         levels = []
+        measured: dict[str, Tensor] = {}  # losses the fusion ops measure on this forward
         for index, stage in enumerate(self.streams):
             x = stage(x)
             x5 = modality_view(x, M)  # (B, M, C, H, W)
@@ -210,6 +204,8 @@ class MergedStreams(Segmentor):
                 levels.append(x5[:, 0])
                 continue
             fused = op.fuse(x5)
+            for name, value in (op.losses(x5) if hasattr(op, "losses") else {}).items():
+                measured[name] = measured[name] + value if name in measured else value
             levels.append(fused)
             if index + 1 < len(self.streams):  # the first stream carries the fusion on
                 x = torch.cat([fused.unsqueeze(1), x5[:, 1:]], dim=1).view_as(x)
@@ -217,10 +213,7 @@ class MergedStreams(Segmentor):
         for stage in self.trunk:
             x = stage(x)
             levels.append(x)
-        return output(resize_to(self.decoder(levels), (H, W)), aux_losses=self.aux_losses())
-
-    def aux_losses(self) -> dict[str, Tensor]:
-        return sum_aux_losses(self.fuse.values())
+        return output(resize_to(self.decoder(levels), (H, W)), aux_losses=measured)
 
 
 @FUSION_METHODS.register("baseline")
@@ -243,15 +236,15 @@ def baseline(
     keep (CEN's setting: every stream to the end, ensemble) | merge (the commonly used setting:
     unshared streams merge into one after the last fusion stage; needs `shared: false`)."""
     if fusion not in FUSIONS:
-        raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
+        raise OptionError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
     if streams not in ("keep", "merge"):
-        raise ValueError(f"streams must be keep or merge, not {streams!r}")
+        raise OptionError(f"streams must be keep or merge, not {streams!r}")
     if streams == "merge" and shared:
-        raise ValueError("streams: merge is the commonly used setting, whose streams do not "
+        raise OptionError("streams: merge is the commonly used setting, whose streams do not "
                          "share convolutions: set shared: false")
     if isinstance(position, str):
         if position not in POSITIONS:
-            raise ValueError(
+            raise OptionError(
                 f"position must be one of {', '.join(POSITIONS)} or a list of "
                 f"stages, not {position!r}"
             )
@@ -259,7 +252,7 @@ def baseline(
     else:
         stages = tuple(sorted({int(s) for s in position}))
         if not stages or any(s not in (1, 2, 3, 4) for s in stages):
-            raise ValueError(f"position stages must be in 1-4, got {list(position)}")
+            raise OptionError(f"position stages must be in 1-4, got {list(position)}")
 
     def make(channels: int, M: int) -> nn.Module:
         if fusion == "concat":

@@ -6,12 +6,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fusescope.errors import OptionError
 from fusescope.models.backbones import create_encoder, feature_channels, feature_reductions
 from fusescope.models.bmc import BMC
 from fusescope.models.bmc import MODES as BMC_MODES
 from fusescope.models.decoders import build_decoder
 from fusescope.models.registry import FUSION_METHODS
 from fusescope.models.segmentor import Segmentor, output, resize_to
+from fusescope.nn.layers import conv_bn_relu
 
 
 class EncoderDecoder(Segmentor):
@@ -37,7 +39,7 @@ class EncoderDecoder(Segmentor):
 def unimodal(modalities, in_channels, num_classes, backbone: str = "resnet18",
              pretrained: bool | str = False, decoder: str | dict = "light") -> Segmentor:
     if len(modalities) != 1:
-        raise ValueError(f"unimodal reads one modality; data.modalities is {modalities}")
+        raise OptionError(f"unimodal reads one modality; data.modalities is {modalities}")
     return EncoderDecoder(modalities, in_channels, num_classes, backbone, pretrained, decoder)
 
 
@@ -93,18 +95,17 @@ class TwoStreamConcat(Segmentor):
         first = self.encoders[modalities[0]]
         channels = feature_channels(first)
         self.fuse = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c * len(modalities), c, 1, bias=False), nn.BatchNorm2d(c),
-                          nn.ReLU(inplace=True)) for c in channels)
+            conv_bn_relu(c * len(modalities), c, 1) for c in channels)
         self.decoder = build_decoder(decoder, channels, feature_reductions(first), num_classes)
         self.bmc_weight = float(bmc_weight)
         self.bmc = nn.ModuleDict()
         if bmc:
             if len(modalities) != 2:
-                raise ValueError(f"bmc constrains two streams; data.modalities is {modalities}")
+                raise OptionError(f"bmc constrains two streams; data.modalities is {modalities}")
             levels = list(range(len(channels))) if bmc_levels is None else list(bmc_levels)
             bad = [lvl for lvl in levels if not 0 <= lvl < len(channels)]
             if bad or not levels:
-                raise ValueError(f"bmc_levels {bmc_levels} must pick levels in "
+                raise OptionError(f"bmc_levels {bmc_levels} must pick levels in "
                                  f"0..{len(channels) - 1}")
             # a ModuleDict keyed by level: `bmc.3` names the heads of the deepest level
             self.bmc = nn.ModuleDict({str(lvl): BMC(channels[lvl], mode=bmc_mode)
@@ -143,9 +144,9 @@ def two_stream_concat(modalities, in_channels, num_classes, backbone: str = "res
         bmc_levels: encoder levels (0 = finest) whose features BMC constrains; null = all.
     """
     if bmc_mode not in BMC_MODES:
-        raise ValueError(f"bmc_mode must be one of {', '.join(BMC_MODES)}; got {bmc_mode!r}")
+        raise OptionError(f"bmc_mode must be one of {', '.join(BMC_MODES)}; got {bmc_mode!r}")
     if bmc and bmc_weight < 0:
-        raise ValueError(f"bmc_weight must be >= 0, got {bmc_weight}")
+        raise OptionError(f"bmc_weight must be >= 0, got {bmc_weight}")
     return TwoStreamConcat(modalities, in_channels, num_classes, backbone, pretrained, decoder,
                            bmc=bmc, bmc_weight=bmc_weight, bmc_mode=bmc_mode,
                            bmc_levels=bmc_levels)

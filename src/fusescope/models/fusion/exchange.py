@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fusescope.errors import OptionError
 from fusescope.models.multistream import FusionPoint, MultiStreamSegmentor, Where, mean_of_others
 from fusescope.models.registry import FUSION_METHODS
 
@@ -75,7 +76,7 @@ class ChannelExchange(nn.Module):
     ):
         super().__init__()
         if exchange_scope not in EXCHANGE_SCOPES:
-            raise ValueError(
+            raise OptionError(
                 f"exchange_scope must be one of {', '.join(EXCHANGE_SCOPES)}, not "
                 f"{exchange_scope!r}"
             )
@@ -169,13 +170,13 @@ def cen(
     the l1 term and the task gradient settle which channels fall below theta on a short budget.
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        raise OptionError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if exchange_scope not in EXCHANGE_SCOPES:  # before the backbone is built
-        raise ValueError(
+        raise OptionError(
             f"exchange_scope must be one of {', '.join(EXCHANGE_SCOPES)}, not {exchange_scope!r}"
         )
     if theta < 0 or l1_weight < 0 or not 0 <= random_portion <= 1 or gamma_lr_scale <= 0:
-        raise ValueError(
+        raise OptionError(
             "theta and l1_weight must be >= 0, random_portion in [0, 1], gamma_lr_scale > 0"
         )
     model = MultiStreamSegmentor(

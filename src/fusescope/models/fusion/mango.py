@@ -31,17 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fusescope.errors import OptionError
 from fusescope.models.backbones import create_encoder, feature_channels, feature_reductions
 from fusescope.models.decoders import build_decoder
 from fusescope.models.flow import PARTITIONS, MangoFlow, bits_per_dim, nll_per_dim
 from fusescope.models.registry import FUSION_METHODS
 from fusescope.models.segmentor import Segmentor, output, resize_to, tile_channels
-
-
-def _fuse_conv(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
-    )
+from fusescope.nn.layers import conv_bn_relu
 
 
 class Mango(Segmentor):
@@ -74,26 +70,26 @@ class Mango(Segmentor):
     ):
         super().__init__(modalities, num_classes)
         if len(modalities) != 2:
-            raise ValueError(
+            raise OptionError(
                 f"MANGO's partitions are defined for two modalities; "
                 f"data.modalities is {modalities}"
             )
         unknown = sorted(set(partitions) - set(PARTITIONS))
         if unknown:
-            raise ValueError(f"unknown partitions {unknown}; known: {', '.join(PARTITIONS)}")
+            raise OptionError(f"unknown partitions {unknown}; known: {', '.join(PARTITIONS)}")
         if grid is not None and (len(grid) != 2 or min(grid) < 1):
-            raise ValueError(f"grid must be [rows, cols] of positive ints or null, got {grid}")
+            raise OptionError(f"grid must be [rows, cols] of positive ints or null, got {grid}")
         if grid is None and "lica" in partitions:
-            raise ValueError(
+            raise OptionError(
                 "LICA mixes a fixed number of tokens: set model.grid, or drop "
                 "lica from model.partitions"
             )
         if grid is None and not latent:
-            raise ValueError(
+            raise OptionError(
                 "latent: false resizes the input to grid x flow_stride pixels: set model.grid"
             )
         if nll_weight < 0:
-            raise ValueError(f"nll_weight must be >= 0, got {nll_weight}")
+            raise OptionError(f"nll_weight must be >= 0, got {nll_weight}")
         self.grid = tuple(grid) if grid is not None else None
         self.latent = latent
         self.flow_stride = flow_stride
@@ -107,7 +103,7 @@ class Mango(Segmentor):
             first = self.encoders[modalities[0]]
             channels, reductions = feature_channels(first), feature_reductions(first)
             if flow_stride not in reductions:
-                raise ValueError(
+                raise OptionError(
                     f"flow_stride {flow_stride} is not an encoder level; "
                     f"{backbone} has strides {reductions}"
                 )
@@ -122,9 +118,13 @@ class Mango(Segmentor):
                 }
             )
             self.fuse = nn.ModuleDict(
-                {str(i): _fuse_conv(2 * c, c) for i, c in enumerate(channels) if i != self.level}
+                {
+                    str(i): conv_bn_relu(2 * c, c, 1)
+                    for i, c in enumerate(channels)
+                    if i != self.level
+                }
             )
-            self.from_latent = _fuse_conv(2 * width, channels[self.level])
+            self.from_latent = conv_bn_relu(2 * width, channels[self.level], 1)
             self.token_dim = width
         else:
             self.pixel_channels = max(in_channels[m] for m in modalities)

@@ -28,10 +28,9 @@ merge) reads the merged features. Ablation switches follow the paper's tables:
   head         merged (default) | average: one decoder per stream on its own (propagated)
                features, logits averaged (the starred rows of Table 4)
 
-Gate maps: with `record_gates` (a constructor option, or set the attribute at any time) the model
-keeps `last_gates = {stage: a}` with `a` the first modality's per-pixel weight, (B, 1, h, w),
-detached; `save_gate_figure` draws them like the paper's Fig. 4 (red = first modality trusted,
-blue = second).
+Gate maps: the model keeps none; read them with a tap on `fuse.<stage>` (element 3, `a`: the
+first modality's per-pixel weight, (B, 1, h, w); benchmarks/sagate_gates.py does).
+`save_gate_figure` draws them like the paper's Fig. 4 (red = first modality trusted, blue = second).
 
 Dissection taps: `encoders.<modality>` are the two timm encoders. The model runs their stage
 modules one at a time, so hooks on their children fire (`encoders.rgb.layer2`: that stream's
@@ -46,13 +45,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timm.models import FeatureDictNet
-from timm.models.efficientnet import EfficientNetFeatures
 from torch import Tensor, nn
 
-from fusescope.models.backbones import create_encoder, feature_channels, feature_reductions
+from fusescope.errors import OptionError
+from fusescope.models.backbones import (
+    create_encoder,
+    encoder_stages,
+    feature_channels,
+    feature_reductions,
+)
 from fusescope.models.decoders import build_decoder
-from fusescope.models.deeplab import aux_loss, supports_aux, with_aux
+from fusescope.models.deeplab import aux_logits, supports_aux, with_aux
 from fusescope.models.registry import FUSION_METHODS
 from fusescope.models.segmentor import Segmentor, output, resize_to
 
@@ -172,39 +175,7 @@ class SAGate(nn.Module):
         return rgb_out, depth_out, merged, a
 
 
-def encoder_stages(encoder: nn.Module) -> list[list[nn.Module]]:
-    """Split a timm features-only encoder into the module runs that end at each feature output.
-
-    Running the runs in order reproduces `encoder(x)`, with room to act between stages. Supports
-    timm's FeatureListNet/FeatureDictNet (ResNets and most CNNs) and EfficientNetFeatures.
-    """
-    segments: list[list[nn.Module]] = []
-    current: list[nn.Module] = []
-    if isinstance(encoder, FeatureDictNet):
-        for name, module in encoder.items():
-            current.append(module)
-            if name in encoder.return_layers:
-                segments.append(current)
-                current = []
-    elif isinstance(encoder, EfficientNetFeatures) and encoder.feature_hooks is None:
-        current = [encoder.conv_stem, encoder.bn1]
-        if 0 in encoder._stage_out_idx:
-            segments.append(current)
-            current = []
-        for i, block in enumerate(encoder.blocks):
-            current.append(block)
-            if i + 1 in encoder._stage_out_idx:
-                segments.append(current)
-                current = []
-    else:
-        raise ValueError(
-            f"sagate cannot run the stages of a {type(encoder).__name__} encoder "
-            f"one at a time; use a ResNet or efficientnet_lite0 backbone"
-        )
-    return segments
-
-
-def run_segment(segment: list[nn.Module], x: Tensor) -> Tensor:
+def run_segment(segment: nn.Sequential, x: Tensor) -> Tensor:
     for module in segment:
         x = module(x)
     return x
@@ -230,7 +201,6 @@ class SAGateNet(Segmentor):
         reduction: int,
         head: str,
         aux_weight: float | None,
-        record_gates: bool,
     ):
         super().__init__(modalities, num_classes)
         self.encoders = nn.ModuleDict(
@@ -243,7 +213,7 @@ class SAGateNet(Segmentor):
         num_stages = len(channels)
         bad = [g for g in gates if not 1 <= g <= num_stages]
         if bad or len(set(gates)) != len(gates):
-            raise ValueError(
+            raise OptionError(
                 f"gates must be distinct stage numbers in 1..{num_stages}, got {list(gates)}"
             )
         self.gated = sorted(gates)
@@ -261,25 +231,23 @@ class SAGateNet(Segmentor):
             if auto:
                 aux_weight = AUTHORS_AUX_WEIGHT if supports_aux(self.decoder) else 0.0
             elif aux_weight > 0 and not supports_aux(self.decoder):
-                raise ValueError(
+                raise OptionError(
                     f"aux_weight {aux_weight} needs a decoder with an auxiliary "
                     f"head (deeplabv3plus); set model.aux_weight=0"
                 )
         else:
             if not bmp and self.gated:
-                raise ValueError(
+                raise OptionError(
                     "head 'average' reads the streams, which only see the gates "
                     "through BMP: set bmp true"
                 )
             if aux_weight:
-                raise ValueError("aux_weight is only used with head 'merged'")
+                raise OptionError("aux_weight is only used with head 'merged'")
             aux_weight = 0.0
             self.decoders = nn.ModuleDict(
                 {m: build_decoder(decoder, channels, reductions, num_classes) for m in modalities}
             )
         self.aux_weight = float(aux_weight)
-        self.record_gates = record_gates
-        self.last_gates: dict[int, Tensor] = {}
         self._gate_means: dict[int, Tensor] = {}
 
     def encode(self, rgb: Tensor, depth: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
@@ -301,7 +269,6 @@ class SAGateNet(Segmentor):
             rgb_levels.append(rgb)
             depth_levels.append(depth)
         self._gate_means = {s: a.mean() for s, a in gates.items()}
-        self.last_gates = gates if self.record_gates else {}
         return merged_levels, rgb_levels, depth_levels
 
     def forward(self, batch: dict[str, Tensor]) -> dict:
@@ -311,7 +278,7 @@ class SAGateNet(Segmentor):
         if self.head == "merged":
             logits = resize_to(self.decoder(merged), size)
             return output(
-                logits, aux_losses=aux_loss(self.decoder, merged, batch, self.aux_weight, size)
+                logits, aux_logits=aux_logits(self.decoder, merged, self.aux_weight, size)
             )
         first, second = self.modalities
         per_modality = {
@@ -344,7 +311,6 @@ def sagate(
     reduction: int = 16,
     head: str = "merged",
     aux_weight: float | None = None,
-    record_gates: bool = False,
 ) -> Segmentor:
     """SA-Gate + BMP.
 
@@ -362,21 +328,20 @@ def sagate(
             logits averaged).
         aux_weight: weight of the auxiliary FCN head's loss; None: the authors' 0.2 when the
             decoder has an auxiliary head (deeplabv3plus), else 0.
-        record_gates: keep the last gate maps in `model.last_gates`.
     """
     if len(modalities) != 2:
-        raise ValueError(f"sagate fuses exactly two modalities; data.modalities is {modalities}")
+        raise OptionError(f"sagate fuses exactly two modalities; data.modalities is {modalities}")
     for key, value, allowed in (
         ("separation", separation, SEPARATIONS),
         ("aggregation", aggregation, AGGREGATIONS),
         ("head", head, HEADS),
     ):
         if value not in allowed:
-            raise ValueError(f"{key} {value!r} is not one of {', '.join(allowed)}")
+            raise OptionError(f"{key} {value!r} is not one of {', '.join(allowed)}")
     if int(reduction) < 1:
-        raise ValueError(f"reduction must be >= 1, got {reduction}")
+        raise OptionError(f"reduction must be >= 1, got {reduction}")
     if aux_weight is not None and aux_weight < 0:
-        raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
+        raise OptionError(f"aux_weight must be >= 0, got {aux_weight}")
     return SAGateNet(
         modalities,
         in_channels,
@@ -392,22 +357,7 @@ def sagate(
         reduction=int(reduction),
         head=head,
         aux_weight=aux_weight,
-        record_gates=bool(record_gates),
     )
-
-
-@torch.no_grad()
-def record_gate_maps(model: SAGateNet, batch: dict[str, Tensor]) -> dict[int, Tensor]:
-    """Run `model` in eval mode on `batch` and return its gate maps {stage: (B, 1, h, w)}."""
-    was_training, was_recording = model.training, model.record_gates
-    model.eval()
-    model.record_gates = True
-    try:
-        model(batch)
-        return dict(model.last_gates)
-    finally:
-        model.train(was_training)
-        model.record_gates = was_recording
 
 
 def save_gate_figure(
@@ -424,7 +374,7 @@ def save_gate_figure(
 
     Args:
         path: the PNG to write.
-        gates: {stage: (B, 1, h, w)} first-modality weights (`model.last_gates`).
+        gates: {stage: (B, 1, h, w)} first-modality weights (tapped at `fuse.<stage>`).
         images: optional {name: (B, C, H, W)} inputs to show beside the maps (C = 1 or 3).
         max_rows: at most this many images of the batch.
         names: the two modalities' names, for the colour bar.
@@ -435,7 +385,7 @@ def save_gate_figure(
     import matplotlib.pyplot as plt
 
     if not gates:
-        raise ValueError("no gate maps to draw (is record_gates on, and aggregation 'proposed'?)")
+        raise ValueError("no gate maps to draw (aggregation 'proposed' has them)")
     images = images or {}
     batch = next(iter(gates.values())).shape[0]
     rows = min(batch, max_rows)

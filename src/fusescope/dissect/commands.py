@@ -8,6 +8,9 @@ from pathlib import Path
 
 from fusescope.errors import FusescopeError
 
+# Sub-command bodies import their modules when they run, so `fusescope --help` and argument
+# errors answer without loading torch and the models.
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from fusescope.engine.device import add_device_argument

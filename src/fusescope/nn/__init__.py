@@ -1,0 +1,1 @@
+"""Neutral building blocks shared by models and engine (no model classes, no training loop)."""

@@ -1,0 +1,32 @@
+"""`fusescope bench known-answer` on a tiny folder: its table is what evaluating each run gives."""
+
+import json
+
+import pytest
+
+from conftest import TINY_MODEL, write_folder_dataset
+from fusescope.bench.known_answer import run_benchmark
+from fusescope.engine.evaluate import evaluate_run
+
+
+@pytest.mark.slow
+def test_known_answer_rows_are_each_runs_own_evaluation(tmp_path):
+    data = write_folder_dataset(tmp_path / "data")
+    out = tmp_path / "bench"
+    rows = run_benchmark(
+        ["rgb_only", "early_concat"],
+        out,
+        steps=2,
+        data_root=data,
+        extra=[o for o in TINY_MODEL if "max_steps" not in o],
+    )
+    assert [r["method"] for r in rows] == ["rgb_only", "early_concat"]
+    saved = json.loads((out / "results.json").read_text())
+    table = (out / "results.md").read_text()
+    for row in rows:
+        again = evaluate_run(out / row["method"], split="test")
+        assert row["miou"] == pytest.approx(again["miou"], abs=1e-12)
+        assert row["per_class_iou"] == pytest.approx(again["per_class_iou"], abs=1e-12)
+        assert row["params_m"] > 0 and row["train_s"] > 0
+        assert f"{100 * row['miou']:5.1f}" in table and row["method"] in table
+    assert [r["miou"] for r in saved] == [r["miou"] for r in rows]  # results.json: the rows
