@@ -83,3 +83,15 @@ def tiny_data(tmp_path):
 TINY_MODEL = ["model.backbone=resnet18", "train.batch_size=4", "train.max_steps=6",
               "train.log_every=2", "train.ckpt_every=3", "train.progress=false",
               "train.warmup_steps=2", "data.crop_size=[32,40]"]
+
+
+def cli_train(run, data_root, *extra, config=None) -> int:
+    """`fusescope train` of a tiny model (TINY_MODEL) on `data_root` as the CLI runs it; returns
+    the exit code. `config` defaults to the synthetic early_concat config."""
+    from pathlib import Path
+
+    from fusescope.cli import main
+
+    config = config or Path(__file__).resolve().parents[1] / "configs/synthetic/early_concat.yaml"
+    return main(["train", str(config), "--out", str(run), f"data.root={data_root}",
+                 "data.synth=null", *TINY_MODEL, *extra])

@@ -6,31 +6,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_MODEL
+from conftest import cli_train
 from fusescope.cli import main
 from fusescope.engine.curves import read_metrics
 
 
 def test_curves_and_compare(tiny_data, tmp_path, capsys):
-    from test_engine import CONFIG
 
     runs = []
     for name, extra in (("a", []), ("b", ["train.lr=1e-3", "train.eval_every=2"])):
         run = tmp_path / name
         assert (
-            main(
-                [
-                    "train",
-                    str(CONFIG),
-                    "--out",
-                    str(run),
-                    f"data.root={tiny_data}",
-                    "data.synth=null",
-                    *TINY_MODEL,
-                    "train.max_steps=4",
-                    *extra,
-                ]
-            )
+            cli_train(run, tiny_data, "train.max_steps=4", *extra)
             == 0
         )
         png = run / "curves.png"

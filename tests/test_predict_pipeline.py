@@ -4,29 +4,16 @@ import shutil
 
 import numpy as np
 
-from conftest import TINY_MODEL
+from conftest import cli_train
 from fusescope.cli import main
 from fusescope.io import read_image
 
 
 def test_workers_give_the_same_masks_and_clean_errors(tiny_data, tmp_path, capsys):
-    from test_engine import CONFIG
 
     run = tmp_path / "run"
     assert (
-        main(
-            [
-                "train",
-                str(CONFIG),
-                "--out",
-                str(run),
-                f"data.root={tiny_data}",
-                "data.synth=null",
-                *TINY_MODEL,
-                "train.max_steps=2",
-                "--no-eval",
-            ]
-        )
+        cli_train(run, tiny_data, "train.max_steps=2", "--no-eval")
         == 0
     )
     folders = ["--rgb", str(tiny_data / "rgb"), "--depth", str(tiny_data / "depth")]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_MODEL, write_folder_dataset
+from conftest import TINY_MODEL, cli_train, write_folder_dataset
 from fusescope.cli import main
 from fusescope.config import load_config
 from fusescope.errors import FusescopeError
@@ -150,17 +150,7 @@ def test_second_process_on_a_run_folder_is_refused(tiny_data, tmp_path, capsys):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.close(fd)
         assert (
-            main(
-                [
-                    "train",
-                    str(CONFIG),
-                    "--out",
-                    str(run),
-                    f"data.root={tiny_data}",
-                    "data.synth=null",
-                    *TINY_MODEL,
-                ]
-            )
+            cli_train(run, tiny_data)
             == 2
         )
         line = one_line_error(capsys)
@@ -314,18 +304,7 @@ def test_refused_run_leaves_no_folder(tmp_path, capsys, problem, match):
         extra = ["train.class_weights=[1.0,2.0]"]
     run = tmp_path / "run"
     assert (
-        main(
-            [
-                "train",
-                str(CONFIG),
-                "--out",
-                str(run),
-                f"data.root={data}",
-                "data.synth=null",
-                *TINY_MODEL,
-                *extra,
-            ]
-        )
+        cli_train(run, data, *extra)
         == 2
     )
     assert match in one_line_error(capsys)
@@ -358,18 +337,7 @@ def test_refused_run_leaves_no_folder(tmp_path, capsys, problem, match):
 def test_bad_values_are_one_line_errors(tiny_data, tmp_path, capsys, override, match):
     run = tmp_path / "run"
     assert (
-        main(
-            [
-                "train",
-                str(CONFIG),
-                "--out",
-                str(run),
-                f"data.root={tiny_data}",
-                "data.synth=null",
-                *TINY_MODEL,
-                override,
-            ]
-        )
+        cli_train(run, tiny_data, override)
         == 2
     )
     assert match in one_line_error(capsys)
