@@ -23,6 +23,7 @@ from fusescope.data.corruptions import make_corruption
 from fusescope.data.folder import fingerprint
 from fusescope.engine.checkpoint import load_run
 from fusescope.engine.metrics import SegMetrics, group_miou, metrics_from_confusion
+from fusescope.engine.missing import leave_out
 from fusescope.errors import FusescopeError
 from fusescope.io import json_safe, write_json
 
@@ -143,10 +144,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, tta: str | None 
     modalities to leave out (`fusescope.engine.missing`: zeros, or the method's own rule)."""
     run = load_run(run_dir, device=device)
     if drop:
-        from fusescope.engine.missing import ModalityAbsent
-
-        run.model = ModalityAbsent(run.model, drop, {m: run.meta.modalities[m].channels
-                                                     for m in drop if m in run.meta.modalities})
+        leave_out(run, drop)
     cfg = run.cfg
     trained_root = cfg.data.root
     if split is not None:

@@ -95,12 +95,7 @@ class ModalityAbsent(nn.Module):
     def __init__(self, model: nn.Module, absent: Sequence[str], channels: Mapping[str, int]):
         super().__init__()
         known = list(model.modalities)
-        unknown = [m for m in absent if m not in known]
-        if unknown:
-            raise FusescopeError(
-                f"--drop {unknown[0]}: the run has no modality {unknown[0]!r}; "
-                f"its modalities are {', '.join(known)}"
-            )
+        check_known(absent, known, "--drop {}")
         present = [m for m in known if m not in absent]
         if not present:
             raise FusescopeError(f"cannot drop every modality of the run ({', '.join(known)})")
@@ -138,12 +133,7 @@ def absent_for_inputs(run, given: Sequence[str]) -> list[str]:
         FusescopeError: a given modality the run does not know, or none of the run's given.
     """
     known = list(run.model.modalities)
-    unknown = [m for m in given if m not in known]
-    if unknown:
-        raise FusescopeError(
-            f"--{unknown[0]}: the run has no modality {unknown[0]!r}; its "
-            f"modalities are {', '.join(known)}"
-        )
+    check_known(given, known, "--{}")
     absent = [m for m in known if m not in given]
     if not absent:
         return []
@@ -152,7 +142,22 @@ def absent_for_inputs(run, given: Sequence[str]) -> list[str]:
             f"this model reads {known}; give at least one of "
             f"{' '.join(f'--{m} FILE' for m in known)}"
         )
-    run.model = ModalityAbsent(
-        run.model, absent, {m: run.meta.modalities[m].channels for m in absent}
-    )
+    leave_out(run, absent)
     return absent
+
+
+def leave_out(run, absent: Sequence[str]) -> None:
+    """Wrap `run.model` in `ModalityAbsent` for `absent` (channel counts from the run's meta)."""
+    channels = {m: run.meta.modalities[m].channels for m in absent if m in run.meta.modalities}
+    run.model = ModalityAbsent(run.model, absent, channels)
+
+
+def check_known(names: Sequence[str], known: Sequence[str], flag: str) -> None:
+    """One-line error for the first of `names` the run does not read; `flag` formats the
+    option the user wrote it with (e.g. "--drop {}")."""
+    unknown = [m for m in names if m not in known]
+    if unknown:
+        raise FusescopeError(
+            f"{flag.format(unknown[0])}: the run has no modality {unknown[0]!r}; its "
+            f"modalities are {', '.join(known)}"
+        )
