@@ -1,0 +1,44 @@
+"""The trained translation model: a generator (any `TRANSLATION_METHODS` entry) and, with
+`gan: true`, the PatchGAN discriminator that the task's adversarial loss uses.
+
+The forward is the generator's alone (`{"image", "per_modality", "aux_losses"}`); the
+discriminator never runs in it, because it needs the target, which models never see. It is a
+sub-module so that one optimiser, one checkpoint and one `model.safetensors` hold both networks
+(`generator.*`, `discriminator.*`), and the task's loss calls it (`fusescope.tasks.translation`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fusescope.models.translation.patchgan import PatchDiscriminator
+
+
+class Translator(nn.Module):
+    """Args:
+    generator: a translation method's network.
+    discriminator: the PatchGAN, or None to train with the reconstruction loss only.
+    """
+
+    def __init__(self, generator: nn.Module, discriminator: PatchDiscriminator | None = None):
+        super().__init__()
+        self.generator = generator
+        self.discriminator = discriminator
+        self.modalities = list(generator.modalities)
+
+    def forward(self, batch: dict[str, Tensor]) -> dict:
+        return self.generator(batch)
+
+    def condition(self, batch: dict[str, Tensor]) -> Tensor:
+        """What the discriminator is conditioned on: the inputs, concatenated (B, sum C, H, W)."""
+        return torch.cat([batch[m] for m in self.modalities], dim=1)
+
+    def lr_scales(self) -> list[tuple[nn.Parameter, float]]:
+        return getattr(self.generator, "lr_scales", list)()
+
+    def training_stats(self) -> dict[str, float]:
+        return getattr(self.generator, "training_stats", dict)()
+
+    def combine_present(self, per_modality: dict[str, Tensor], present: list[str]) -> Tensor:
+        return self.generator.combine_present(per_modality, present)
