@@ -1,0 +1,216 @@
+"""The translation generators and the PatchGAN: every method's contract, and equivalences that
+can fail (private instance norms = separate norms, streams independent without fusion, CEN's
+exchange known answers, AsymFusion's level op, the ensemble, the 70x70 receptive field)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fusescope.errors import FusescopeError, OptionError
+from fusescope.models.translation import TRANSLATION_METHODS
+from fusescope.models.translation.fusion import LevelShuffleShift
+from fusescope.models.translation.patchgan import PatchDiscriminator, receptive_field
+from fusescope.models.translation.unet import ModalityInstanceNorm, UNetTranslator
+
+CHANNELS = {"shade": 1, "texture": 3, "depth": 1, "normal": 3}
+TINY = {"depth": 4, "width": 8, "dropout": 0}
+
+# (method, options, modalities): every registered method, with 3 streams where it allows them
+CASES = [
+    ("unimodal", {}, ["shade"]),
+    ("early_concat", {}, ["shade", "texture"]),
+    ("multistream", {}, ["shade", "texture", "depth"]),
+    ("cen", {}, ["shade", "texture"]),
+    ("cen", {"exchange_scope": "any", "theta": 0.9}, ["shade", "texture", "depth"]),
+    ("asymfusion", {}, ["shade", "texture"]),
+    ("baseline", {"fusion": "concat", "position": "all"}, ["shade", "texture", "normal"]),
+    ("baseline", {"fusion": "attention", "position": "middle"}, ["shade", "texture"]),
+    ("baseline", {"fusion": "align", "position": "early"}, ["depth", "normal"]),
+    (
+        "mango",
+        {"blocks": 1, "attn_dim": 8, "coupling_hidden": 16, "flow_width": 8},
+        ["shade", "texture"],
+    ),
+]
+
+
+def build(name, options, modalities, out_channels=3, **size):
+    return TRANSLATION_METHODS.build(
+        name,
+        {**TINY, **size, **options},
+        where="model",
+        modalities=modalities,
+        in_channels=CHANNELS,
+        out_channels=out_channels,
+    )
+
+
+def batch_for(modalities, b=2, h=24, w=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {m: torch.randn(b, CHANNELS[m], h, w, generator=g) for m in modalities}
+
+
+def test_every_method_is_covered():
+    assert {c[0] for c in CASES} == set(TRANSLATION_METHODS.names())
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "modalities"),
+    CASES,
+    ids=[f"{c[0]}-{len(c[2])}-{i}" for i, c in enumerate(CASES)],
+)
+def test_forward_contract_and_gradients(name, options, modalities):
+    model = build(name, options, modalities)
+    out = model(batch_for(modalities))  # 24x40: not a multiple of 2^depth, padded inside
+    assert out["image"].shape == (2, 3, 24, 40)
+    assert out["image"].abs().max() <= 1  # tanh
+    streams = model.num_streams
+    assert sorted(out["per_modality"]) == (sorted(modalities) if streams > 1 else [])
+    loss = out["image"].sum() + sum(v.sum() for v in out["per_modality"].values())
+    loss = loss + sum(out["aux_losses"].values(), torch.zeros(()))
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing
+    # the state dict round trip reproduces the output exactly
+    twin = build(name, options, modalities)
+    twin.load_state_dict(model.state_dict())
+    model.eval(), twin.eval()
+    b = batch_for(modalities, seed=1)
+    torch.testing.assert_close(twin(b)["image"], model(b)["image"], rtol=0, atol=0)
+
+
+def test_modality_instance_norm_equals_separate_norms():
+    M, C = 3, 5
+    norm = ModalityInstanceNorm(C, M)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(M, C))
+        norm.bias.copy_(torch.randn(M, C))
+    x = torch.randn(4 * M, C, 6, 7)  # sample-major stack: row b*M + m
+    expected = torch.empty_like(x)
+    for m in range(M):
+        ref = nn.InstanceNorm2d(C, affine=True)
+        with torch.no_grad():
+            ref.weight.copy_(norm.weight[m])
+            ref.bias.copy_(norm.bias[m])
+        expected[m::M] = ref(x[m::M])
+    torch.testing.assert_close(norm(x), expected)
+
+
+def test_streams_are_independent_without_fusion_and_exchange_couples_them():
+    mods = ["shade", "texture"]
+    plain = build("multistream", {}, mods)
+    none = build("cen", {"mode": "none"}, mods)
+    full = build("cen", {"theta": 10.0}, mods)  # every gamma (1) below theta: own parts swap
+    none.load_state_dict(plain.state_dict())
+    full.load_state_dict(plain.state_dict())
+    a, b = batch_for(mods, seed=0), batch_for(mods, seed=1)
+    changed = {"shade": a["shade"], "texture": b["texture"]}  # only texture differs
+    with torch.no_grad():
+        for model in (plain, none, full):
+            model.eval()
+        # no fusion: the shade stream does not see texture, and CEN with mode none is it
+        torch.testing.assert_close(
+            plain(a)["per_modality"]["shade"], plain(changed)["per_modality"]["shade"]
+        )
+        torch.testing.assert_close(none(a)["image"], plain(a)["image"])
+        # exchange: the shade stream now reads texture's channels
+        diff = full(a)["per_modality"]["shade"] - full(changed)["per_modality"]["shade"]
+        assert diff.abs().max() > 1e-3
+    assert full.training_stats()["exchanged/level2"] == pytest.approx(1.0)
+    assert plain.training_stats() == {}
+
+
+def test_cen_l1_is_on_own_parts_of_the_instance_norm_gammas():
+    model = build("cen", {"l1_weight": 0.5}, ["shade", "texture"])
+    out = model(batch_for(["shade", "texture"]))
+    # levels 2 and 3 (depth 4) have 16 and 32 channels, half of each modality's gammas (=1)
+    expected = 0.5 * sum(2 * (c // 2) for c in (16, 32))
+    assert float(out["aux_losses"]["l1_gamma"].detach()) == pytest.approx(expected)
+
+
+def test_ensemble_is_the_softmax_weighted_sum_of_the_streams():
+    model = build("asymfusion", {}, ["shade", "texture"])
+    with torch.no_grad():
+        model.ensemble.alpha.copy_(torch.tensor([0.3, -1.2]))
+    out = model(batch_for(["shade", "texture"]))
+    w = torch.softmax(torch.tensor([0.3, -1.2]), 0)
+    expected = w[0] * out["per_modality"]["shade"] + w[1] * out["per_modality"]["texture"]
+    torch.testing.assert_close(out["image"], expected)
+
+
+def test_level_shuffle_shift_known_answer():
+    C, T = 10, 8  # T = 4 * floor(10 / 5)
+    op = LevelShuffleShift(C)
+    x5 = torch.randn(1, 2, C, 5, 6)
+    out = op(x5, "level_out")
+    # channels T..C come from the other modality
+    torch.testing.assert_close(out[:, 0, T:], x5[:, 1, T:])
+    torch.testing.assert_close(out[:, 1, T:], x5[:, 0, T:])
+    # channel group 0 (offset (-1, 0)): own + the other's pixel above, zero on the first row
+    g = T // 4
+    torch.testing.assert_close(out[:, 0, :g, 1:], x5[:, 0, :g, 1:] + x5[:, 1, :g, :-1])
+    torch.testing.assert_close(out[:, 0, :g, 0], x5[:, 0, :g, 0])
+    # group 3 (offset (1, 0)): the pixel below
+    torch.testing.assert_close(
+        out[:, 1, 3 * g : T, :-1], x5[:, 1, 3 * g : T, :-1] + x5[:, 0, 3 * g : T, 1:]
+    )
+
+
+def test_patchgan_sees_70x70_patches():
+    assert receptive_field(3) == 70
+    disc = PatchDiscriminator(4, width=4, layers=3)
+    # instance norm statistics span the whole image; the conv geometry is what is measured
+    disc.net = nn.Sequential(
+        *[nn.Identity() if isinstance(m, nn.InstanceNorm2d) else m for m in disc.net]
+    )
+    x = torch.randn(1, 1, 160, 160, requires_grad=True)
+    logits = disc(x, torch.randn(1, 3, 160, 160))
+    r, c = logits.shape[-2] // 2, logits.shape[-1] // 2
+    logits[0, 0, r, c].backward()
+    rows = x.grad[0, 0].abs().sum(1).nonzero()
+    cols = x.grad[0, 0].abs().sum(0).nonzero()
+    assert int(rows.max() - rows.min()) + 1 == 70
+    assert int(cols.max() - cols.min()) + 1 == 70
+
+
+def test_unet_256_shapes():
+    model = build("cen", {}, ["shade", "texture"], depth=8, width=2)
+    assert model.size_multiple == 256
+    out = model(batch_for(["shade", "texture"], b=1, h=256, w=256))
+    assert out["image"].shape == (1, 3, 256, 256)
+    assert [c.out_channels for c in model.down] == [2, 4, 8, 16, 16, 16, 16, 16]
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "modalities", "message"),
+    [
+        ("unimodal", {}, ["shade", "texture"], "one modality"),
+        ("cen", {}, ["shade"], ">= 2 modalities"),
+        ("cen", {"levels": [1]}, ["shade", "texture"], "levels must be in 2..3"),
+        ("baseline", {"position": "somewhere"}, ["shade", "texture"], "position must be"),
+        ("baseline", {"fusion": "sum"}, ["shade", "texture"], "fusion must be"),
+        ("mango", {}, ["shade", "texture", "depth"], "two modalities"),
+        (
+            "asymfusion",
+            {"shuffle": False, "shift": False},
+            ["shade", "texture"],
+            "shuffle or shift",
+        ),
+        ("early_concat", {"depth": 1}, ["shade", "texture"], "depth must be >= 2"),
+    ],
+)
+def test_bad_options_are_option_errors(name, options, modalities, message):
+    with pytest.raises(OptionError, match=message):
+        build(name, options, modalities)
+
+
+def test_unknown_option_names_the_key():
+    with pytest.raises(FusescopeError, match="model.thetta"):
+        build("cen", {"thetta": 1.0}, ["shade", "texture"])
+
+
+def test_shared_convs_need_tileable_channels():
+    with pytest.raises(OptionError, match="equal input channels"):
+        UNetTranslator(["a", "b"], {"a": 2, "b": 3}, 3, depth=3, width=4, dropout=0)
