@@ -192,9 +192,21 @@ class TranslationTask:
                 )
         train_set = PairedDataset(d.root, d.train_split, inputs, targets)
         val_set = PairedDataset(d.root, d.val_split, inputs, targets)
+        frame = None
         for ds in (train_set, val_set):
             if len(ds):
-                ds.load_raw(0)  # sizes agree (a target of another size is named here)
+                # sizes agree (a target of another size is named here)
+                frame = ds.load_raw(0)[inputs[0]].shape[-2:]
+        task = model_options(cfg.model)[2]
+        if task["gan"] and frame is not None:
+            # the PatchGAN's last normed map must keep > 1 pixel: sides >= 3 * 2^layers
+            side = min(d.crop_size) if d.crop_size else min(frame)
+            smallest = 3 * 2 ** int(task["disc_layers"])
+            if side < smallest:
+                raise FusescopeError(
+                    f"frames of side {side} (data.crop_size or the data's frames) are too small "
+                    f"for the PatchGAN with model.disc_layers={task['disc_layers']}: it needs "
+                    f">= {smallest} pixels; lower disc_layers or set model.gan=false")
         global_batch = t.batch_size * t.grad_accum
         if global_batch > len(train_set):
             raise FusescopeError(
