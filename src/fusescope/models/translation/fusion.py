@@ -9,8 +9,10 @@ as they are. (CEN's `ChannelExchange` and the baselines' `AlignFusion` run uncha
   others for M > 2) and the other modalities' first T channels, pixel-shifted in 4 groups, are
   added, with T = 4 * floor(C / 5) as in the authors' code.
 * `instance_normed`: the baselines' concat / self-attention ops end in a BatchNorm; translation
-  nets train with batch 1 and reach 1x1 maps, where batch statistics are undefined, so their
-  norm becomes an instance norm (pix2pix's).
+  nets train with batch 1, where batch statistics are those of one image, so their norm becomes
+  an instance norm (pix2pix's), or none at the innermost level, whose 1x1 map (U-Net-256) has no
+  instance statistics either (the U-Net itself has no norm there).
+* `AverageFusion`: CEN Table 4's extra "Average" baseline, the modalities' mean.
 * `LatentFlowFusion`: MANGO's flow on the encoder features of one level (two modalities).
 """
 
@@ -49,14 +51,29 @@ class LevelShuffleShift(nn.Module):
         return out
 
 
-def instance_normed(op: nn.Module) -> nn.Module:
-    """`op` with every BatchNorm2d replaced by an affine InstanceNorm2d of the same width."""
+def instance_normed(op: nn.Module, norm: bool = True) -> nn.Module:
+    """`op` with every BatchNorm2d replaced by an affine InstanceNorm2d of the same width
+    (`norm=False`: by nothing)."""
     for name, child in op.named_children():
         if isinstance(child, nn.BatchNorm2d):
-            setattr(op, name, nn.InstanceNorm2d(child.num_features, affine=True))
+            setattr(
+                op,
+                name,
+                nn.InstanceNorm2d(child.num_features, affine=True) if norm else nn.Identity(),
+            )
         else:
-            instance_normed(child)
+            instance_normed(child, norm)
     return op
+
+
+class AverageFusion(nn.Module):
+    """The modalities' mean added to every stream (parameter-free)."""
+
+    def fuse(self, x5: Tensor) -> Tensor:  # (B, M, C, H, W) -> (B, C, H, W)
+        return x5.mean(1)
+
+    def forward(self, x5: Tensor, site: str) -> Tensor:
+        return x5 + self.fuse(x5).unsqueeze(1)
 
 
 class LatentFlowFusion(nn.Module):

@@ -9,9 +9,12 @@ Multi-stream (shared convs, private instance norms, per-modality outputs + learn
 CEN's translation code): `multistream` (no fusion), `cen`, `asymfusion`, `baseline` (concat /
 align / self-attention at early / middle / late / all levels), `mango`.
 
-Levels are numbered 1..depth from the finest (stride 2) to the innermost. The innermost level
-(1x1 at 256 px for depth 8) has no norm, so fusion acts on levels 1..depth-1 at most; CEN and
-AsymFusion act where the encoder has norms, levels 2..depth-1 (CEN's code: conv2..conv7).
+Levels are numbered 1..depth from the finest (stride 2) to the innermost (1x1 at 256 px for
+depth 8). CEN and AsymFusion act where the encoder has instance norms, levels 2..depth-1 (CEN's
+code: conv2..conv7); the baselines at CEN Table 4's positions (`position_levels`).
+
+Every multi-stream builder takes `decoder_norms`: shared (the paper's text) or private (the
+CEN code) instance-norm affines in the decoder.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from fusescope.models.fusion.baselines import AlignFusion, AttentionFusion, Conc
 from fusescope.models.fusion.exchange import EXCHANGE_SCOPES, MODES, ChannelExchange
 from fusescope.models.multistream import FusionPoint
 from fusescope.models.translation.fusion import (
+    AverageFusion,
     LatentFlowFusion,
     LevelShuffleShift,
     instance_normed,
@@ -31,19 +35,20 @@ from fusescope.models.translation.fusion import (
 from fusescope.models.translation.registry import TRANSLATION_METHODS
 from fusescope.models.translation.unet import UNetTranslator
 
-FUSIONS = ("concat", "align", "attention")
+FUSIONS = ("concat", "align", "attention", "average")
 POSITIONS = ("early", "middle", "late", "all")
 
 
 def position_levels(position: str | Sequence[int], depth: int) -> tuple[int, ...]:
-    """Encoder levels of a baseline position: early = 2, middle = ceil(depth / 2), late =
-    depth - 1 (the innermost level with a norm), all = 1..depth-1; or an explicit list."""
+    """Encoder levels of a baseline position, CEN section 4.2's for U-Net-256 (depth 8):
+    early = the 1st conv layer, middle = the 4th (depth / 2), late = the 8th (the innermost),
+    all = every level; or an explicit list of levels."""
     if isinstance(position, str):
         table = {
-            "early": (2,),
-            "middle": ((depth + 1) // 2,),
-            "late": (depth - 1,),
-            "all": tuple(range(1, depth)),
+            "early": (1,),
+            "middle": (max(1, depth // 2),),
+            "late": (depth,),
+            "all": tuple(range(1, depth + 1)),
         }
         if position not in table:
             raise OptionError(
@@ -52,8 +57,8 @@ def position_levels(position: str | Sequence[int], depth: int) -> tuple[int, ...
             )
         return table[position]
     levels = tuple(sorted({int(v) for v in position}))
-    if not levels or any(not 1 <= v <= depth - 1 for v in levels):
-        raise OptionError(f"position levels must be in 1..{depth - 1}, got {list(position)}")
+    if not levels or any(not 1 <= v <= depth for v in levels):
+        raise OptionError(f"position levels must be in 1..{depth}, got {list(position)}")
     return levels
 
 
@@ -111,12 +116,24 @@ def early_concat(
 
 @TRANSLATION_METHODS.register("multistream")
 def multistream(
-    modalities, in_channels, out_channels, depth: int = 8, width: int = 64, dropout: int = 3
+    modalities,
+    in_channels,
+    out_channels,
+    depth: int = 8,
+    width: int = 64,
+    dropout: int = 3,
+    decoder_norms: str = "shared",
 ) -> UNetTranslator:
     """Shared convs, private instance norms, per-modality outputs + ensemble; no fusion."""
     _needs_streams(modalities, "multistream")
     return UNetTranslator(
-        modalities, in_channels, out_channels, depth=depth, width=width, dropout=dropout
+        modalities,
+        in_channels,
+        out_channels,
+        depth=depth,
+        width=width,
+        dropout=dropout,
+        decoder_norms=decoder_norms,
     )
 
 
@@ -136,6 +153,7 @@ def cen(
     gamma_lr_scale: float = 1.0,
     exchange_scope: str = "own_part",
     levels: list[int] | None = None,
+    decoder_norms: str = "shared",
 ) -> UNetTranslator:
     """CEN for translation (section 4.2): channel exchange guided by the private instance
     norms' gammas at every normed encoder level (`levels`, default 2..depth-1), `theta` 1e-2,
@@ -181,6 +199,7 @@ def cen(
         dropout=dropout,
         fusion=exchange,
         fusion_levels=normed_levels(levels, depth),
+        decoder_norms=decoder_norms,
     )
 
 
@@ -195,6 +214,7 @@ def asymfusion(
     shuffle: bool = True,
     shift: bool = True,
     levels: list[int] | None = None,
+    decoder_norms: str = "shared",
 ) -> UNetTranslator:
     """AsymFusion's shuffle and shift at the normed encoder levels (`levels`, default
     2..depth-1), on each level's output (see `fusion.LevelShuffleShift`)."""
@@ -210,6 +230,7 @@ def asymfusion(
         dropout=dropout,
         fusion=lambda level, channels, norm: LevelShuffleShift(channels, shuffle, shift),
         fusion_levels=normed_levels(levels, depth),
+        decoder_norms=decoder_norms,
     )
 
 
@@ -225,10 +246,12 @@ def baseline(
     position: str | list[int] = "all",
     align_weight: float = 0.1,
     attention_reduction: int = 16,
+    decoder_norms: str = "shared",
 ) -> UNetTranslator:
-    """CEN Table 2's baselines on the U-Net (CEN's "same setting": every stream to the end, the
-    fused feature added to every stream): `fusion` concat | align | attention at `position`
-    early | middle | late | all (`position_levels`) or a list of levels."""
+    """CEN Table 4's baselines on the U-Net (CEN's "same setting": every stream to the end, the
+    fused feature added to every stream): `fusion` concat | align | attention (self-attention)
+    | average at `position` early | middle | late | all (`position_levels`) or a list of
+    levels. At the innermost level the concat / attention ops have no norm (1x1 maps)."""
     _needs_streams(modalities, "baseline")
     if fusion not in FUSIONS:
         raise OptionError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
@@ -236,9 +259,13 @@ def baseline(
 
     def make(level: int, channels: int, norm):
         if fusion == "concat":
-            return instance_normed(ConcatFusion(channels, M))
+            return instance_normed(ConcatFusion(channels, M), norm=level < depth)
         if fusion == "attention":
-            return instance_normed(AttentionFusion(channels, M, attention_reduction))
+            return instance_normed(
+                AttentionFusion(channels, M, attention_reduction), norm=level < depth
+            )
+        if fusion == "average":
+            return AverageFusion()
         return AlignFusion(align_weight)
 
     return UNetTranslator(
@@ -250,6 +277,7 @@ def baseline(
         dropout=dropout,
         fusion=make,
         fusion_levels=position_levels(position, depth),
+        decoder_norms=decoder_norms,
     )
 
 
@@ -271,6 +299,7 @@ def mango(
     coupling_hidden: int = 128,
     nll_weight: float = 0.1,
     log_scale_bound: float = 2.0,
+    decoder_norms: str = "shared",
 ) -> UNetTranslator:
     """MANGO's latent flow (`fusion.LatentFlowFusion`) on the encoder features of `level`
     (default depth - 3: 8x8 at 256 px for U-Net-256). `blocks`: flow blocks L (paper: 12);
@@ -309,4 +338,5 @@ def mango(
         dropout=dropout,
         fusion=make,
         fusion_levels=(chosen,),
+        decoder_norms=decoder_norms,
     )

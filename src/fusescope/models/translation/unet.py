@@ -16,7 +16,9 @@ One class serves every method, M streams at once:
   the modalities are stacked on the batch axis sample-major, `(B*M, C, H, W)` as
   `models/multistream.py` does, so every conv is shared and runs once for all modalities, while
   each modality has its own instance-norm affine parameters (`ModalityInstanceNorm`) in the
-  encoder and the decoder, as the CEN code does. Each stream decodes to its own image
+  encoder. The decoder's norms are shared (`decoder_norms="shared"`, CEN section 4.2: "individual
+  INs in the encoder, and share all other parameters including INs in the decoder") or private
+  per modality (`"private"`, what the CEN code does). Each stream decodes to its own image
   (`per_modality`); the scored image is their learned ensemble (`Ensemble`: softmax(alpha)
   weighted sum of the detached streams, so its loss trains alpha only).
 
@@ -106,6 +108,7 @@ class UNetTranslator(nn.Module):
         fusion: `(level, channels, norm) -> op` building the fusion op of an encoder level
             (`norm` is the level's `ModalityInstanceNorm`, None where the level has none).
         fusion_levels: encoder levels (1..D) that get an op.
+        decoder_norms: "shared" (one affine per decoder norm for every stream) or "private".
     """
 
     def __init__(
@@ -120,8 +123,11 @@ class UNetTranslator(nn.Module):
         dropout: int = 3,
         fusion: FusionFactory | None = None,
         fusion_levels: tuple[int, ...] = (),
+        decoder_norms: str = "shared",
     ):
         super().__init__()
+        if decoder_norms not in ("shared", "private"):
+            raise OptionError(f"decoder_norms must be shared or private, not {decoder_norms!r}")
         if streams not in STREAMS:
             raise OptionError(f"streams must be one of {', '.join(STREAMS)}, not {streams!r}")
         if depth < 2 or width < 1 or not 0 <= dropout <= depth - 1:
@@ -158,7 +164,9 @@ class UNetTranslator(nn.Module):
             cout = widths[j - 2] if j > 1 else out_channels
             ups[str(j)] = nn.ConvTranspose2d(cin, cout, 4, 2, 1)
             if j > 1:
-                up_norms[str(j)] = ModalityInstanceNorm(cout, M)
+                up_norms[str(j)] = ModalityInstanceNorm(
+                    cout, M if decoder_norms == "private" else 1
+                )
         self.up = nn.ModuleDict(ups)
         self.up_norm = nn.ModuleDict(up_norms)
         self.dropout_levels = tuple(range(depth, depth - dropout, -1))
