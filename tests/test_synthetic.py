@@ -17,6 +17,7 @@ import pytest
 
 from fusescope.data import synthetic as syn
 from fusescope.data.meta import load_meta, read_split
+from fusescope.data.synthetic import writing
 from fusescope.errors import FusescopeError
 from fusescope.io import read_image
 
@@ -188,15 +189,15 @@ def test_folder_layout_meta_and_splits(tmp_path):
 
 def test_failure_mid_generation_leaves_nothing(tmp_path, monkeypatch):
     written = []
-    original = syn._write_frame
+    original = writing.write_frame
 
-    def flaky(root, index, frame):
+    def flaky(root, index, frame, modalities):
         if index == 2:
             raise RuntimeError("disk full")
-        original(root, index, frame)
+        original(root, index, frame, modalities)
         written.append(index)
 
-    monkeypatch.setattr(syn, "_write_frame", flaky)
+    monkeypatch.setattr(writing, "write_frame", flaky)
     with pytest.raises(RuntimeError, match="disk full"):
         syn.generate(tmp_path / "out", 5, size=SIZE, progress=False)
     assert written == [0, 1]
