@@ -46,11 +46,14 @@ def frame_id(index: int) -> str:
     return f"{index:06d}"
 
 
-def check_modalities(modalities: Iterable[str] | None) -> tuple[str, ...]:
+def check_modalities(
+    modalities: Iterable[str] | None, where: str = "synthetic data"
+) -> tuple[str, ...]:
     """The modalities to write, in `MODALITIES` order (None: rgb and depth).
 
     Raises:
-        FusescopeError: none, or a name the generator does not make.
+        FusescopeError: none, or a name the generator does not make (the message starts with
+            `where`).
     """
     if modalities is None:
         return DEFAULT_MODALITIES
@@ -60,9 +63,9 @@ def check_modalities(modalities: Iterable[str] | None) -> tuple[str, ...]:
     unknown = [m for m in wanted if m not in MODALITIES]
     if unknown or not wanted:
         raise FusescopeError(
-            f"synthetic data: unknown modality {unknown[0]!r}; known: {', '.join(MODALITIES)}"
+            f"{where}: unknown modality {unknown[0]!r}; known: {', '.join(MODALITIES)}"
             if unknown
-            else f"synthetic data: no modality to write; known: {', '.join(MODALITIES)}"
+            else f"{where}: no modality to write; known: {', '.join(MODALITIES)}"
         )
     return tuple(m for m in MODALITIES if m in wanted)
 
