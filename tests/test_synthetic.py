@@ -17,6 +17,7 @@ import pytest
 
 from fusescope.data import synthetic as syn
 from fusescope.data.meta import load_meta, read_split
+from fusescope.data.synthetic import writing
 from fusescope.errors import FusescopeError
 from fusescope.io import read_image
 
@@ -72,17 +73,20 @@ def test_frames_do_not_depend_on_the_rest_of_the_set(tmp_path):
 
 
 def test_rgb_is_blind_to_depth_only_parts():
-    changed_depth = changed_label = 0
+    changed_depth = changed_label = changed_normal = 0
     for scene in scenes():
         full = syn.render(scene)
         without = syn.render(scene, drop=("geometry",))
-        assert np.array_equal(full.rgb, without.rgb)
+        for appearance in ("rgb", "texture", "shade", "edge"):
+            assert np.array_equal(getattr(full, appearance), getattr(without, appearance))
         moved = full.label != without.label
         # Only pixels showing a geometry-cue class may change label.
         assert np.isin(full.label[moved], GEOMETRY_IDS).all()
         changed_label += moved.sum()
         changed_depth += (full.depth != without.depth).sum()
+        changed_normal += (full.normal != without.normal).any(axis=2).sum()
     assert changed_depth > 0 and changed_label > 0  # the scenes do hold depth-only parts
+    assert changed_normal > 0  # normals are of the depth-visible surface
 
 
 def test_depth_is_blind_to_rgb_only_parts():
@@ -92,6 +96,7 @@ def test_depth_is_blind_to_rgb_only_parts():
             full = syn.render(scene, noise=noise)
             without = syn.render(scene, drop=("appearance",), noise=noise)
             assert np.array_equal(full.depth, without.depth)
+            assert np.array_equal(full.normal, without.normal)
         moved = full.label != without.label
         assert np.isin(full.label[moved], APPEARANCE_IDS + GEOMETRY_IDS).all()
         changed_label += moved.sum()
@@ -105,10 +110,19 @@ def swapped(scene: syn.Scene, k: int) -> syn.Scene:
     return dataclasses.replace(scene, objects=objects)
 
 
+# What a pair swap leaves byte-identical and what it must change: geometry (depth, normal) vs
+# appearance (rgb, texture); shade is the RGB surface's lighting, so a crate / box swap (one
+# geometry) keeps it, and RGB never sees a sign's or dome's relief.
+GEOMETRY_SIDE = ("depth", "normal")
+APPEARANCE_SIDE = ("rgb", "texture")
+
+
 @pytest.mark.parametrize("pair", [("crate", "box"), ("sign", "dome")])
 def test_pairs_differ_only_in_the_deciding_modality(pair):
-    same = "depth" if CUE[syn.CLASS_ID[pair[0]]] == "appearance" else "rgb"
-    differ = "rgb" if same == "depth" else "depth"
+    if CUE[syn.CLASS_ID[pair[0]]] == "appearance":
+        same, differ = (*GEOMETRY_SIDE, "shade"), APPEARANCE_SIDE
+    else:
+        same, differ = (*APPEARANCE_SIDE, "shade", "edge"), GEOMETRY_SIDE
     tested = 0
     for scene in scenes():
         for k, obj in enumerate(scene.objects):
@@ -116,9 +130,9 @@ def test_pairs_differ_only_in_the_deciding_modality(pair):
                 continue
             a, b = obj.cls, syn.PAIRS[obj.cls]
             edited = swapped(scene, k)
-            assert np.array_equal(
-                getattr(syn.render(scene), same), getattr(syn.render(edited), same)
-            )
+            full, full_edited = syn.render(scene), syn.render(edited)
+            for m in same:
+                assert np.array_equal(getattr(full, m), getattr(full_edited, m)), m
             before = syn.render(scene, noise=False)
             after = syn.render(edited, noise=False)
             # The label follows the edit: pixels of this object turn from a to b.
@@ -126,7 +140,8 @@ def test_pairs_differ_only_in_the_deciding_modality(pair):
             moved = before.label != after.label
             if moved.sum() < 6:
                 continue  # hidden behind something or out of view: nothing else to see
-            assert not np.array_equal(getattr(before, differ), getattr(after, differ))
+            for m in differ:
+                assert not np.array_equal(getattr(before, m), getattr(after, m)), m
             assert (after.label[moved] == ib).any()
             if pair == ("crate", "box"):  # one geometry: the very same pixels change class
                 assert (before.label[moved] == ia).all() and (after.label[moved] == ib).all()
@@ -188,15 +203,15 @@ def test_folder_layout_meta_and_splits(tmp_path):
 
 def test_failure_mid_generation_leaves_nothing(tmp_path, monkeypatch):
     written = []
-    original = syn._write_frame
+    original = writing.write_frame
 
-    def flaky(root, index, frame):
+    def flaky(root, index, frame, modalities):
         if index == 2:
             raise RuntimeError("disk full")
-        original(root, index, frame)
+        original(root, index, frame, modalities)
         written.append(index)
 
-    monkeypatch.setattr(syn, "_write_frame", flaky)
+    monkeypatch.setattr(writing, "write_frame", flaky)
     with pytest.raises(RuntimeError, match="disk full"):
         syn.generate(tmp_path / "out", 5, size=SIZE, progress=False)
     assert written == [0, 1]

@@ -97,9 +97,9 @@ def cmd_synth(args: argparse.Namespace) -> None:
             raise FusescopeError(f"{out}: not a fusescope data folder; refusing to delete it")
         shutil.rmtree(out)
     meta = generate(out, num=args.num, seed=args.seed, size=tuple(args.size),
-                    progress=not args.quiet, workers=args.workers)
+                    progress=not args.quiet, workers=args.workers, modalities=args.modalities)
     print(f"wrote {args.num} frames of {args.size[0]}x{args.size[1]} to {out} "
-          f"({meta.num_classes} classes)")
+          f"({meta.num_classes} classes; {', '.join(meta.modalities)})")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -239,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, nargs=2, default=[120, 160], metavar=("H", "W"),
                    help="frame height and width in pixels")
     p.add_argument("--workers", type=int, default=2, help="processes (same bytes for any)")
+    p.add_argument("--modalities", nargs="+", default=None, metavar="NAME",
+                   help="modalities to write, of rgb depth texture shade normal edge "
+                   "(default: rgb depth; the others are the translation modalities)")
     p.add_argument("--force", action="store_true", help="replace an existing data folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)

@@ -31,6 +31,8 @@ class SynthSpec:
     num: int = 600
     seed: int = 0
     size: list[int] = field(default_factory=lambda: [120, 160])
+    # modalities to write (rgb depth texture shade normal edge); null: rgb and depth
+    modalities: list[str] | None = None
 
 
 @dataclass
