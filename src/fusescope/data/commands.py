@@ -1,4 +1,5 @@
-"""The `fusescope data ...` subcommands: prepare (nyudv2, sunrgbd, cityscapes), hha, inspect.
+"""The `fusescope data ...` subcommands: prepare (nyudv2, sunrgbd, cityscapes, taskonomy), hha,
+inspect.
 
 `register(data_subparsers)` adds them to the `data` command's subparsers; each sets
 `func(args)`, which the CLI calls with the parsed namespace. Errors are `FusescopeError`.
@@ -58,6 +59,23 @@ def _prepare_cityscapes(args: argparse.Namespace) -> None:
         progress=True,
     )
     print(f"wrote {args.out}: {meta.name}, {meta.num_classes} classes")
+
+
+def _prepare_taskonomy(args: argparse.Namespace) -> None:
+    from fusescope.data.taskonomy import prepare_taskonomy
+
+    meta = prepare_taskonomy(
+        args.root,
+        args.out,
+        train_list=args.train_list,
+        val_list=args.val_list,
+        size=args.size,
+        modalities=args.modalities,
+        depth_domain=args.depth_domain,
+        overwrite=args.overwrite,
+        progress=True,
+    )
+    print(f"wrote {args.out}: {meta.name}, modalities {', '.join(meta.modalities)}")
 
 
 def _hha(args: argparse.Namespace) -> None:
@@ -159,6 +177,28 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
     p.set_defaults(func=_prepare_cityscapes)
+
+    p = sub.add_parser("taskonomy", help="Taskonomy domains for image translation (CEN's names)")
+    p.add_argument("--root", type=Path, required=True,
+                   help="folder with one sub-folder per domain (rgb/, reshading/, normal/, "
+                   "depth_zbuffer/, edge_texture/, edge_occlusion/)")
+    p.add_argument("--out", type=Path, required=True, help="data folder to write")
+    p.add_argument("--train-list", type=Path,
+                   help="frames of the training split, e.g. CEN's train_domain.txt (1,000)")
+    p.add_argument("--val-list", type=Path,
+                   help="frames of the validation split, e.g. CEN's val_domain.txt (500); "
+                   "without both lists every frame is converted and split 2:1 at random")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="resize every frame (bilinear; depth nearest), e.g. 256 256 as CEN")
+    p.add_argument("--modalities", nargs="+",
+                   default=["rgb", "shade", "texture", "edge", "depth", "normal"],
+                   choices=["rgb", "shade", "texture", "edge", "depth", "normal"],
+                   help="modalities to write: shade = reshading, texture = edge_texture, "
+                   "edge = edge_occlusion, depth = --depth-domain")
+    p.add_argument("--depth-domain", choices=["depth_zbuffer", "depth_euclidean"],
+                   default="depth_zbuffer", help="the Taskonomy domain written as depth")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
+    p.set_defaults(func=_prepare_taskonomy)
 
     p = data_subparsers.add_parser("hha", help="HHA encoding of one depth image")
     p.add_argument("--depth", type=Path, required=True, help="depth image (e.g. uint16 PNG)")

@@ -4,7 +4,8 @@ Every data folder fusescope reads, synthetic or prepared from official files, ha
 
     ROOT/meta.json
     ROOT/<modality>/<id>.png     one sub-folder per modality named in meta.json
-    ROOT/label/<id>.png          uint8 class ids, `ignore_index` (255) = not labelled
+    ROOT/label/<id>.png          uint8 class ids, `ignore_index` (255) = not labelled (absent
+                                 when `classes` is empty: translation data sets have no label)
     ROOT/splits/<split>.txt      one sample id per line (train.txt, val.txt, test.txt)
 
 Modality kinds say how a file becomes a float tensor:
@@ -141,8 +142,7 @@ def meta_from_dict(d: dict[str, Any], where: str = "meta.json") -> DatasetMeta:
         if not isinstance(name, str | int | float) or isinstance(name, bool):
             raise FusescopeError(f"{here}: name must be a string, got {name!r}")
         classes.append(ClassInfo(str(name), i, color, cue))
-    if not classes:
-        raise FusescopeError(f"{where}: 'classes' is empty")
+    # an empty class list is a data set without labels (image translation: Taskonomy)
     raw_modalities = _require(d, "modalities", where)
     if not isinstance(raw_modalities, dict) or not raw_modalities:
         raise FusescopeError(f"{where}: 'modalities' must be a non-empty object "
