@@ -181,8 +181,24 @@ def test_perfect_prediction_scores_perfectly(data):
             return {"image": batch["target:rgb"], "per_modality": {}, "aux_losses": {}}
 
     result = task.evaluate(Oracle(), ds, cfg, meta)
-    assert result["l1"] == 0 and result["rmse"] == 0
+    assert result["l1"] == 0 and result["rmse"] == 0 and result["psnr"] == float("inf")
+    assert result["ssim"] == pytest.approx(1.0)
+    assert abs(result["fid"]) < 1e-3  # (KID, unbiased, is noise with 2 images)
+    assert result["feature_network"] and result["comparable_to_inception"] is False
     assert result["targets"] == ["rgb"]
+
+    # and a prediction off by a constant 0.1 (in [0, 1]) scores exactly L1 0.1
+    class Offset(torch.nn.Module):
+        def forward(self, batch):
+            return {
+                "image": batch["target:rgb"].clamp(-1, 0.8) + 0.2 * (batch["target:rgb"] <= 0.8),
+                "per_modality": {},
+                "aux_losses": {},
+            }
+
+    shifted = task.evaluate(Offset(), ds, cfg, meta)
+    assert 0.09 < shifted["l1"] <= 0.1 + 1e-6
+    assert shifted["fid"] > result["fid"]
 
 
 @pytest.mark.parametrize(

@@ -206,7 +206,8 @@ class TranslationTask:
                 raise FusescopeError(
                     f"frames of side {side} (data.crop_size or the data's frames) are too small "
                     f"for the PatchGAN with model.disc_layers={task['disc_layers']}: it needs "
-                    f">= {smallest} pixels; lower disc_layers or set model.gan=false")
+                    f">= {smallest} pixels; lower disc_layers or set model.gan=false"
+                )
         global_batch = t.batch_size * t.grad_accum
         if global_batch > len(train_set):
             raise FusescopeError(
@@ -346,7 +347,8 @@ class TranslationTask:
         fabric=None,
         progress: bool = False,
     ) -> dict:
-        """Image-quality metrics of every target on `dataset` (see `TranslationScores`)."""
+        """Image-quality metrics of every target on `dataset` (see `TranslationScores`). Every
+        process scores the whole split (FID / KID need every image's features anyway)."""
         from fusescope.tasks.translation_scores import TranslationScores
 
         loader = DataLoader(
@@ -359,19 +361,15 @@ class TranslationTask:
         scores = TranslationScores(
             dataset.targets,
             {t: dataset.meta.modalities[t] for t in dataset.targets},
-            device=device,
             feature_weights=cfg.eval.get("fid_weights"),
         )
-        space = dataset.target_space
         for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
             batch = {k: v.to(device) for k, v in batch.items() if k != "id"}
             image = model(batch)["image"].float()
             start = 0
             for t in dataset.targets:
                 c = dataset.meta.modalities[t].channels
-                pred = space.to_natural(t, image[:, start : start + c])
-                true = space.to_natural(t, batch[target_key(t)].float())
-                scores.update(t, pred, true)
+                scores.update(t, image[:, start : start + c], batch[target_key(t)])
                 start += c
         model.train(was_training)
         result = scores.compute()
@@ -389,9 +387,14 @@ class TranslationTask:
             f"{' + '.join(result.get('inputs', []))} -> {' + '.join(result['targets'])}: "
             f"L1 {num(result['l1'])}  RMSE {num(result['rmse'])}  PSNR {num(result['psnr'])}"
             f" dB  SSIM {num(result['ssim'])}  FID {num(result['fid'])}  KID x100 "
-            f"{num(None if result['kid'] is None else 100 * result['kid'])}"
+            f"{num(result['kid'])}"
         )
-        lines = [head, f"FID / KID features: {result['feature_network']}"]
+        comparable = (
+            ""
+            if result.get("comparable_to_inception")
+            else (" (not comparable to published Inception FID / KID)")
+        )
+        lines = [head, f"FID / KID features: {result['feature_network']}{comparable}"]
         if len(result["targets"]) > 1:
             for t in result["targets"]:
                 r = result["per_target"][t]

@@ -1,48 +1,72 @@
-"""The translation task's scores over an evaluation split, per target and overall (the mean
-over targets): L1, RMSE, PSNR, SSIM, MAE / MSE (MANGO's names for L1 / squared error on
-normal, depth and shade targets), and FID / KID of the whole image set.
+"""The translation task's scores over an evaluation split: `ImageQuality` (L1, RMSE, PSNR,
+SSIM, and MAE / MSE for normal, depth and shade targets) and `FeatureDistance` (FID, KID x 100)
+per target, plus the headline numbers `fusescope eval --json` prints.
 
-Temporary: plain per-image sums until fusescope.metrics lands (issue 16, point 4).
+Every metric compares images in [0, 1]: the generator's [-1, 1] output and the target mapped as
+`data/paired.TargetSpace` does, back by (y + 1) / 2, so 8-bit targets are scored in their own
+units and depth as depth / range (holes left out of the pixel metrics). FID / KID see 3-channel
+images: a 1-channel target is tiled to 3. The headline `l1`, `rmse`, `psnr`, `ssim`, `fid`,
+`kid` are the mean over targets (with one target, that target's), `feature_network` names the
+FID / KID features and `comparable_to_inception` says whether the numbers compare with
+published (Inception) FID / KID.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 
-import torch
 from torch import Tensor
+
+from fusescope.data.meta import ModalitySpec
+from fusescope.metrics.fid import EFFICIENTNET_LITE0, FeatureDistance
+from fusescope.metrics.image_quality import ImageQuality
+
+HEADLINE = ("l1", "rmse", "psnr", "ssim", "fid", "kid")
 
 
 class TranslationScores:
-    def __init__(self, targets, specs, device="cpu", feature_weights=None):
+    """Args:
+    targets: target modality names, in output-channel order.
+    specs: their modality specs (depth targets get a validity mask).
+    feature_weights: the Inception weights file for FID / KID; None: EfficientNet-Lite0.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[str],
+        specs: dict[str, ModalitySpec],
+        feature_weights: str | None = None,
+    ):
         self.targets = list(targets)
         self.specs = specs
-        self.sums = {t: {"l1": 0.0, "mse": 0.0, "n": 0} for t in targets}
+        self.quality = ImageQuality(self.targets)
+        network = feature_weights or EFFICIENTNET_LITE0
+        self.distance = {t: FeatureDistance(network) for t in self.targets}
 
     def update(self, target: str, pred: Tensor, true: Tensor) -> None:
-        d = (pred - true).flatten(1)
-        s = self.sums[target]
-        s["l1"] += float(d.abs().mean(1).sum())
-        s["mse"] += float((d * d).mean(1).sum())
-        s["n"] += pred.shape[0]
+        """Add a batch of one target: `pred` and `true` (B, C, H, W) in [-1, 1]."""
+        pred01 = (pred.float().clamp(-1, 1) + 1) / 2
+        true01 = ((true.float() + 1) / 2).clamp(0, 1)
+        valid = true01 > 0 if self.specs[target].kind == "depth" else None
+        self.quality.update(
+            {target: pred01}, {target: true01}, None if valid is None else {target: valid}
+        )
+        if pred01.shape[1] == 1:
+            pred01, true01 = pred01.expand(-1, 3, -1, -1), true01.expand(-1, 3, -1, -1)
+        self.distance[target].update(real=true01, fake=pred01)
 
     def compute(self) -> dict:
-        per = {}
-        for t, s in self.sums.items():
-            n = max(s["n"], 1)
-            mse = s["mse"] / n
-            per[t] = {
-                "l1": s["l1"] / n,
-                "mse": mse,
-                "mae": s["l1"] / n,
-                "rmse": math.sqrt(mse),
-                "psnr": 10 * math.log10(1 / mse) if mse > 0 else float("inf"),
-                "ssim": None,
-            }
-        out = {
-            k: sum(per[t][k] for t in per) / len(per) for k in ("l1", "rmse", "psnr", "mae", "mse")
+        per_target = self.quality.compute()
+        for t in self.targets:
+            per_target[t].update(self.distance[t].compute())
+        first = per_target[self.targets[0]]
+        result = {
+            k: sum(per_target[t][k] for t in self.targets) / len(self.targets) for k in HEADLINE
         }
-        out.update(
-            {"ssim": None, "fid": None, "kid": None, "feature_network": None, "per_target": per}
+        result.update(
+            feature_network=first["feature_network"],
+            comparable_to_inception=first["comparable_to_inception"],
+            kid_scale=100,
+            per_target=per_target,
         )
-        return out
+        return result
