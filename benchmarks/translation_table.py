@@ -41,12 +41,11 @@ from fusescope.engine.train import train  # noqa: E402
 from fusescope.io import write_json  # noqa: E402
 from fusescope.tasks import task_of  # noqa: E402
 
-# (row label, group, config name): the groups are CEN Table 4's rows and Table 5's columns
+# (row label, group, config name): the groups are CEN Table 4's rows and Table 5's columns;
+# Table 5's other single inputs, depth and normal, are in OPTIONAL_ROWS (--all, or --only)
 ROWS = [
     ("Shade", "1 input", "unimodal_shade"),
     ("Texture", "1 input", "unimodal_texture"),
-    ("Depth", "1 input", "unimodal_depth"),
-    ("Normal", "1 input", "unimodal_normal"),
     ("CEN", "Shade+Texture", "cen"),
     ("AsymFusion", "Shade+Texture", "asymfusion"),
     ("Concat (all)", "Shade+Texture", "baseline_concat_all"),
@@ -55,6 +54,10 @@ ROWS = [
     ("CEN", "Depth+Normal", "cen_depth_normal"),
     ("CEN", "Depth+Normal+Texture", "cen_depth_normal_texture"),
     ("CEN", "Depth+Normal+Texture+Shade", "cen_depth_normal_texture_shade"),
+]
+OPTIONAL_ROWS = [
+    ("Depth", "1 input", "unimodal_depth"),
+    ("Normal", "1 input", "unimodal_normal"),
 ]
 GRID_INPUTS = ["shade", "texture", "depth", "normal"]
 
@@ -157,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/translation_table", help="runs and results")
     parser.add_argument("--only", nargs="+", help="config names to run (default: every row)")
+    parser.add_argument("--all", action="store_true", help="also the depth-only and "
+                        "normal-only rows")
     parser.add_argument("--steps", type=int, help="override train.max_steps (quick looks)")
     parser.add_argument("--data-root", help="override data.root")
     parser.add_argument("--fid-weights", help="Inception weights file for FID / KID")
@@ -171,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"data.root={args.data_root}")
     if args.fid_weights:
         overrides.append(f"eval.fid_weights={args.fid_weights}")
-    rows = [r for r in ROWS if not args.only or r[2] in args.only]
+    rows = ROWS[:2] + (OPTIONAL_ROWS if args.all or args.only else []) + ROWS[2:]
+    rows = [r for r in rows if not args.only or r[2] in args.only]
     results = {}
     for label, group, name in rows:
         print(f"{group}: {label} ({name}) ...", flush=True)
