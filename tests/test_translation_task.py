@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from fusescope.config import load_config
 from fusescope.data.batching import collate
@@ -20,8 +19,10 @@ def config(root, *overrides, targets=("rgb",)):
     cfg = load_config(
         None,
         [
+            "task=translation",
             f"data.root={root}",
             "data.modalities=[shade,texture]",
+            f"data.targets=[{','.join(targets)}]",
             "model.name=cen",
             "model.depth=3",
             "model.width=4",
@@ -31,8 +32,6 @@ def config(root, *overrides, targets=("rgb",)):
             *overrides,
         ],
     )
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg))  # free-form: data.targets below
-    cfg.data.targets = list(targets)
     return cfg
 
 
@@ -53,13 +52,13 @@ def test_one_backward_gives_each_network_its_own_gradient(data, mode):
     """The combined loss's gradients equal pix2pix's two separate objectives': G's from
     L1 + adversarial through D, D's from real vs detached fake."""
     task = TranslationTask()
-    cfg = config(data, f"model.gan_mode={mode}")
+    cfg = config(data, f"train.gan_mode={mode}")
     meta = load_meta(data)
     model = task.build_model(cfg, meta)
     batch = batch_of(task, cfg)
     n = torch.tensor(4.0)
     out = model(batch)
-    loss, parts = task.loss(out, batch, meta, cfg.train, n, model=model, model_cfg=cfg.model)
+    loss, parts = task.loss(out, batch, meta, cfg.train, n)
     loss.backward()
     got = {k: p.grad.clone() for k, p in model.named_parameters()}
     model.zero_grad()
@@ -99,7 +98,7 @@ def test_a_step_moves_d_and_g_in_their_directions(data):
     import copy
 
     task = TranslationTask()
-    cfg = config(data, "model.name=early_concat", "model.recon_weight=0")
+    cfg = config(data, "model.name=early_concat", "train.recon_weight=0")
     meta = load_meta(data)
     model = task.build_model(cfg, meta)
     batch = batch_of(task, cfg)
@@ -108,9 +107,7 @@ def test_a_step_moves_d_and_g_in_their_directions(data):
     opt = torch.optim.SGD(model.parameters(), lr=0.02)
     out = model(batch)
     old_fake = out["image"].detach()
-    loss, _ = task.loss(
-        out, batch, meta, cfg.train, torch.tensor(4.0), model=model, model_cfg=cfg.model
-    )
+    loss, _ = task.loss(out, batch, meta, cfg.train, torch.tensor(4.0))
     loss.backward()
     opt.step()
     with torch.no_grad():
@@ -131,13 +128,11 @@ def test_loss_is_normalised_by_the_global_batch(data):
     model = task.build_model(cfg, meta)
     batch = batch_of(task, cfg)
     n = torch.tensor(4.0)
-    whole, _ = task.loss(model(batch), batch, meta, cfg.train, n, model=model, model_cfg=cfg.model)
+    whole, _ = task.loss(model(batch), batch, meta, cfg.train, n)
     halves = []
     for part in (slice(0, 2), slice(2, 4)):
         micro = {k: v[part] for k, v in batch.items()}
-        loss, _ = task.loss(
-            model(micro), micro, meta, cfg.train, n, aux_scale=0.5, model=model, model_cfg=cfg.model
-        )
+        loss, _ = task.loss(model(micro), micro, meta, cfg.train, n, aux_scale=0.5)
         halves.append(loss)
     torch.testing.assert_close(halves[0] + halves[1], whole, rtol=1e-5, atol=1e-5)
 
@@ -148,15 +143,7 @@ def test_gan_false_trains_l1_only(data):
     model = task.build_model(cfg, load_meta(data))
     assert model.discriminator is None
     batch = batch_of(task, cfg)
-    _, parts = task.loss(
-        model(batch),
-        batch,
-        load_meta(data),
-        cfg.train,
-        torch.tensor(4.0),
-        model=model,
-        model_cfg=cfg.model,
-    )
+    _, parts = task.loss(model(batch), batch, load_meta(data), cfg.train, torch.tensor(4.0))
     assert not any(k.startswith("gan") for k in parts)
 
 

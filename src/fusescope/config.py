@@ -67,6 +67,9 @@ class TrainConfig:
     lr_scales: dict[str, float] = field(default_factory=dict)
     grad_accum: int = 1
     per_modality_weight: float = 1.0  # weight of each `per_modality` output's task loss
+    recon_weight: float = 100.0  # translation: weight of the L1 term (pix2pix, CEN: 100)
+    gan_weight: float = 1.0  # translation: weight of the adversarial terms (with model.gan)
+    gan_mode: str = "vanilla"  # translation: vanilla (BCE, pix2pix / CEN) | lsgan
     # BatchNorms normalise with their running statistics and do not update them while the rest
     # trains (gammas and betas still learn): the CEN / AsymFusion code's FREEZE_BN
     freeze_bn_stats: bool = False
@@ -101,6 +104,7 @@ class EvalConfig:
     window: list[int] | None = None  # [H, W] sliding-window crop; null: whole image
     stride: list[int] | None = None  # default: 2/3 of the window
     batch_size: int = 8
+    fid_weights: str | None = None  # translation: Inception weights for FID / KID (else Lite0)
 
 
 @dataclass
@@ -238,8 +242,11 @@ def check_config(cfg: DictConfig) -> None:
     if t.seed >= 2**63:
         raise FusescopeError(f"train.seed={t.seed} must be < 2**63")
     number("train.lr", t.lr, 0, low_ok=False)
-    for key in ("weight_decay", "momentum", "poly_power", "per_modality_weight", "ckpt_minutes"):
+    for key in ("weight_decay", "momentum", "poly_power", "per_modality_weight", "ckpt_minutes",
+                "recon_weight", "gan_weight"):
         number(f"train.{key}", t[key], 0)
+    if t.gan_mode not in ("vanilla", "lsgan"):
+        raise FusescopeError(f"train.gan_mode={t.gan_mode!r} unknown; known: vanilla, lsgan")
     if t.optimizer not in ("adamw", "sgd"):
         raise FusescopeError(f"train.optimizer={t.optimizer!r} unknown; known: adamw, sgd")
     for prefix, scale in (t.lr_scales or {}).items():

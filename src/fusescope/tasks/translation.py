@@ -9,9 +9,10 @@ the target would break its relation to the inputs.
 
 Model: a `TRANSLATION_METHODS` generator; with `model.gan: true` also the PatchGAN
 discriminator (`models/translation/pix2pix.Translator`). The `model` section holds the
-generator's options plus this task's keys (`TASK_MODEL_KEYS`): `gan`, `gan_mode` (vanilla: BCE,
-as pix2pix and the CEN code | lsgan: least squares), `gan_weight`, `recon_weight` (the L1 weight,
-100 in pix2pix and CEN), `disc_width`, `disc_layers` (3: 70x70 patches).
+generator's options plus this task's architecture keys (`TASK_MODEL_KEYS`): `gan`, `disc_width`,
+`disc_layers` (3: 70x70 patches). The loss weights are in `train`: `recon_weight` (the L1
+weight, 100 in pix2pix and CEN), `gan_weight`, `gan_mode` (vanilla: BCE, as pix2pix and the CEN
+code | lsgan: least squares).
 
 Loss, per sample, summed over the batch and divided by the GLOBAL batch size (the engine's
 `loss_denominator`, all-reduced), so 2 processes = 1 process and `grad_accum` = one big batch:
@@ -62,17 +63,10 @@ from fusescope.errors import FusescopeError, OptionError
 from fusescope.models.translation import TRANSLATION_METHODS
 from fusescope.models.translation.patchgan import PatchDiscriminator
 from fusescope.models.translation.pix2pix import Translator
+from fusescope.tasks.base import Task, check_global_batch
 
-GAN_MODES = ("vanilla", "lsgan")
 # keys of the `model` section that this task reads; the rest go to the generator's builder
-TASK_MODEL_KEYS = {
-    "gan": True,
-    "gan_mode": "vanilla",
-    "gan_weight": 1.0,
-    "recon_weight": 100.0,
-    "disc_width": 64,
-    "disc_layers": 3,
-}
+TASK_MODEL_KEYS = {"gan": True, "disc_width": 64, "disc_layers": 3}
 
 
 def model_options(model_cfg) -> tuple[str, dict, dict]:
@@ -84,12 +78,6 @@ def model_options(model_cfg) -> tuple[str, dict, dict]:
     )
     name = section.pop("name")
     task = {k: section.pop(k, default) for k, default in TASK_MODEL_KEYS.items()}
-    if task["gan_mode"] not in GAN_MODES:
-        raise FusescopeError(
-            f"model.gan_mode must be one of {', '.join(GAN_MODES)}, not {task['gan_mode']!r}"
-        )
-    if task["gan_weight"] < 0 or task["recon_weight"] < 0:
-        raise FusescopeError("model.gan_weight and model.recon_weight must be >= 0")
     return name, section, task
 
 
@@ -159,7 +147,7 @@ def adversarial_losses(
     return g, 0.5 * (J * d_real + d_fake)
 
 
-class TranslationTask:
+class TranslationTask(Task):
     """The Task of TASKS.md for image-to-image translation (see the module docstring)."""
 
     name = "translation"
@@ -174,7 +162,7 @@ class TranslationTask:
         Raises:
             FusescopeError: one line naming the modality, split, file or key.
         """
-        d, t = cfg.data, cfg.train
+        d = cfg.data
         inputs, targets = [str(m) for m in d.modalities], targets_of(cfg)
         both = sorted(set(inputs) & set(targets))
         if both:
@@ -208,20 +196,7 @@ class TranslationTask:
                     f"for the PatchGAN with model.disc_layers={task['disc_layers']}: it needs "
                     f">= {smallest} pixels; lower disc_layers or set model.gan=false"
                 )
-        global_batch = t.batch_size * t.grad_accum
-        if global_batch > len(train_set):
-            raise FusescopeError(
-                f"train.batch_size={t.batch_size} x train.grad_accum="
-                f"{t.grad_accum} exceeds the {len(train_set)} samples of split "
-                f"{d.train_split!r} (the last partial batch of an epoch is "
-                f"dropped)"
-            )
-        if global_batch % world_size:
-            raise FusescopeError(
-                f"train.batch_size={t.batch_size} x train.grad_accum="
-                f"{t.grad_accum} must be divisible by the number of processes "
-                f"({world_size})"
-            )
+        check_global_batch(cfg, len(train_set), world_size)
 
     def normalisation_stats(self, cfg: DictConfig, progress: bool = False) -> dict:
         """Mean / std of every input and target on the train split (targets: depth range)."""
@@ -244,7 +219,10 @@ class TranslationTask:
         self._finish(ds, stats)
         return ds
 
-    def eval_dataset(self, cfg: DictConfig, split: str, stats: dict) -> PairedDataset:
+    def eval_dataset(
+        self, cfg: DictConfig, split: str, stats: dict, corruption=None, seed: int = 0
+    ) -> PairedDataset:
+        """The split's evaluation view (`corruption` is refused by `check_eval_options`)."""
         d = cfg.data
         ds = PairedDataset(d.root, split, list(d.modalities), targets_of(cfg))
         self._finish(ds, stats)
@@ -306,12 +284,10 @@ class TranslationTask:
         train_cfg,
         denominator: Tensor,
         aux_scale: float = 1.0,
-        model: Translator | None = None,
-        model_cfg=None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Sum of per-sample losses / `denominator` (see the module docstring). `model` gives
-        the discriminator (None, or a model without one: reconstruction loss only)."""
-        task = model_options(model_cfg)[2] if model_cfg is not None else dict(TASK_MODEL_KEYS)
+        """Sum of per-sample losses / `denominator` (see the module docstring). The adversarial
+        terms come with a training model that has a discriminator (`output["critic"]`)."""
+        t = train_cfg
         y = self.targets_in(batch)
         denominator = denominator.clamp(min=1e-6)
         w_modality = float(train_cfg.get("per_modality_weight", 1.0))
@@ -319,17 +295,15 @@ class TranslationTask:
         def l1(image: Tensor) -> Tensor:  # sum over the batch of per-sample mean |error|
             return (image.float() - y.float()).abs().flatten(1).mean(1).sum() / denominator
 
-        parts = {"l1": task["recon_weight"] * l1(output["image"])}
+        parts = {"l1": t.recon_weight * l1(output["image"])}
         for name, image in output.get("per_modality", {}).items():
-            parts[f"l1_{name}"] = w_modality * task["recon_weight"] * l1(image)
-        discriminator = getattr(model, "discriminator", None)
-        if discriminator is not None and task["gan_weight"] > 0:
+            parts[f"l1_{name}"] = w_modality * t.recon_weight * l1(image)
+        critic = output.get("critic")
+        if critic is not None and t.gan_weight > 0:
             judged = list(output.get("per_modality", {}).values()) or [output["image"]]
-            g, d = adversarial_losses(
-                discriminator, model.condition(batch), y, judged, task["gan_mode"]
-            )
-            parts["gan_g"] = task["gan_weight"] * g.sum() / denominator
-            parts["gan_d"] = task["gan_weight"] * d.sum() / denominator
+            g, d = adversarial_losses(critic.discriminator, critic.condition, y, judged, t.gan_mode)
+            parts["gan_g"] = t.gan_weight * g.sum() / denominator
+            parts["gan_d"] = t.gan_weight * d.sum() / denominator
         for name, value in output.get("aux_losses", {}).items():
             parts[name] = aux_scale * value
         total = torch.stack([v.float() for v in parts.values()]).sum()
@@ -389,12 +363,7 @@ class TranslationTask:
             f" dB  SSIM {num(result['ssim'])}  FID {num(result['fid'])}  KID x100 "
             f"{num(result['kid'])}"
         )
-        comparable = (
-            ""
-            if result.get("comparable_to_inception")
-            else (" (not comparable to published Inception FID / KID)")
-        )
-        lines = [head, f"FID / KID features: {result['feature_network']}{comparable}"]
+        lines = [head, f"FID / KID features: {result['feature_network']}"]
         if len(result["targets"]) > 1:
             for t in result["targets"]:
                 r = result["per_target"][t]
@@ -403,3 +372,6 @@ class TranslationTask:
                     f"{num(r['psnr'])}  SSIM {num(r['ssim'])}"
                 )
         return "\n".join(lines)
+
+
+TASK = TranslationTask()

@@ -1,18 +1,31 @@
 """The trained translation model: a generator (any `TRANSLATION_METHODS` entry) and, with
 `gan: true`, the PatchGAN discriminator that the task's adversarial loss uses.
 
-The forward is the generator's alone (`{"image", "per_modality", "aux_losses"}`); the
-discriminator never runs in it, because it needs the target, which models never see. It is a
-sub-module so that one optimiser, one checkpoint and one `model.safetensors` hold both networks
-(`generator.*`, `discriminator.*`), and the task's loss calls it (`fusescope.tasks.translation`).
+The forward is the generator's (`{"image", "per_modality", "aux_losses"}`); the discriminator
+never runs in it, because it needs the target, which models never see. It is a sub-module so
+that one optimiser, one checkpoint and one `model.safetensors` hold both networks
+(`generator.*`, `discriminator.*`); the forward hands it, with what it is conditioned on, to the
+task's loss as `output["critic"]` (`Critic`), the one way the engine's `task.loss(output, ...)`
+can reach it (`fusescope.tasks.translation`). Under DDP the loss calls the same parameters the
+wrapped model holds, so their gradients are synchronised like the generator's.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from fusescope.models.translation.patchgan import PatchDiscriminator
+
+
+class Critic(NamedTuple):
+    """What the adversarial loss needs from the model: the discriminator and its condition
+    (the inputs, concatenated, (B, sum C, H, W))."""
+
+    discriminator: nn.Module
+    condition: Tensor
 
 
 class Translator(nn.Module):
@@ -28,7 +41,10 @@ class Translator(nn.Module):
         self.modalities = list(generator.modalities)
 
     def forward(self, batch: dict[str, Tensor]) -> dict:
-        return self.generator(batch)
+        out = self.generator(batch)
+        if self.discriminator is not None and self.training:
+            out["critic"] = Critic(self.discriminator, self.condition(batch))
+        return out
 
     def condition(self, batch: dict[str, Tensor]) -> Tensor:
         """What the discriminator is conditioned on: the inputs, concatenated (B, sum C, H, W)."""
