@@ -91,7 +91,7 @@ def test_gradient_accumulation_equals_one_big_batch(data, tmp_path):
     assert diffs[worst] < 1e-5, (worst, diffs[worst])
 
 
-@pytest.mark.parametrize("method", ["cen", "early_concat"])
+@pytest.mark.parametrize("method", ["cen"])
 def test_two_processes_match_one(data, tmp_path, method):
     """DDP on 2 CPU processes (gloo), the global batch split in two: the same weights as one
     process, discriminator included (it runs in the task's loss, outside the model's forward)."""
