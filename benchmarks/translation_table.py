@@ -38,7 +38,7 @@ from fusescope.data.folder import load_modality  # noqa: E402
 from fusescope.data.meta import load_meta  # noqa: E402
 from fusescope.engine.checkpoint import WEIGHTS, load_run  # noqa: E402
 from fusescope.engine.train import train  # noqa: E402
-from fusescope.io import write_json  # noqa: E402
+from fusescope.io import read_json, write_json  # noqa: E402
 from fusescope.tasks import task_of  # noqa: E402
 
 # (row label, group, config name): the groups are CEN Table 4's rows and Table 5's columns;
@@ -58,6 +58,7 @@ ROWS = [
 OPTIONAL_ROWS = [
     ("Depth", "1 input", "unimodal_depth"),
     ("Normal", "1 input", "unimodal_normal"),
+    ("CEN, random 30% exchange", "Shade+Texture", "cen_random_exchange"),
 ]
 GRID_INPUTS = ["shade", "texture", "depth", "normal"]
 
@@ -160,8 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/translation_table", help="runs and results")
     parser.add_argument("--only", nargs="+", help="config names to run (default: every row)")
-    parser.add_argument("--all", action="store_true", help="also the depth-only and "
-                        "normal-only rows")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="also the depth-only, normal-only and CEN random-exchange rows",
+    )
     parser.add_argument("--steps", type=int, help="override train.max_steps (quick looks)")
     parser.add_argument("--data-root", help="override data.root")
     parser.add_argument("--fid-weights", help="Inception weights file for FID / KID")
@@ -176,9 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"data.root={args.data_root}")
     if args.fid_weights:
         overrides.append(f"eval.fid_weights={args.fid_weights}")
-    rows = ROWS[:2] + (OPTIONAL_ROWS if args.all or args.only else []) + ROWS[2:]
-    rows = [r for r in rows if not args.only or r[2] in args.only]
-    results = {}
+    order = ROWS[:2] + OPTIONAL_ROWS[:2] + ROWS[2:7] + OPTIONAL_ROWS[2:] + ROWS[7:]
+    rows = [r for r in order if (r in ROWS or args.all) and not args.only]
+    rows += [r for r in order if args.only and r[2] in args.only]
+    # rows measured before (another --only) stay in the table; a row run now replaces its own
+    results = read_json(out / "results.json") if (out / "results.json").is_file() else {}
     for label, group, name in rows:
         print(f"{group}: {label} ({name}) ...", flush=True)
         results[name] = run_row(name, out, overrides)
@@ -188,12 +194,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['fid']:.2f}  KID x100 {r['kid']:.2f}  ({r['train_seconds']} s)",
             flush=True,
         )
-    text = table(rows, results)
+    shown = [r for r in order if r[2] in results]
+    text = table(shown, results)
     print(text)
     write_json(out / "results.json", results)
     (out / "results.md").write_text(text + "\n")
+    in_grid = [r for r in shown if (out / r[2] / WEIGHTS).is_file()]
     grid = sample_grid(
-        out, [r[2] for r in rows], [f"{r[1]}: {r[0]}" for r in rows], args.grid_frames, scale=2
+        out,
+        [r[2] for r in in_grid],
+        [f"{r[1]}: {r[0]}" for r in in_grid],
+        args.grid_frames,
+        scale=2,
     )
     print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {grid}")
     return 0

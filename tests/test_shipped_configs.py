@@ -150,7 +150,17 @@ def make_weights(tmp: Path, name: str) -> Path:
     return path
 
 
-MAKERS = {"nyudv2": make_nyudv2, "sunrgbd": make_sunrgbd, "synthetic": make_synthetic}
+def make_translation(tmp: Path) -> Path:
+    """The known-answer generator with the translation modalities."""
+    out = tmp / "translation"
+    modalities = ["rgb", "depth", "texture", "shade", "normal", "edge"]
+    assert main(["data", "synth", "--out", str(out), "--num", "12", "--seed", "0", "--size",
+                 *map(str, FRAME), "--modalities", *modalities]) == 0
+    return out
+
+
+MAKERS = {"nyudv2": make_nyudv2, "sunrgbd": make_sunrgbd, "synthetic": make_synthetic,
+          "translation": make_translation}
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -181,7 +191,11 @@ def test_config_trains_and_evaluates(config, tiny_sets, tmp_path):
         assert log[-1]["step"] == 2 and math.isfinite(log[-1]["loss"])
         result = evaluate_run(run)  # the config's own split, tta and scales
         assert result["split"] == shipped.eval.split and result["tta"] == shipped.eval.tta
-        assert 0.0 <= result["miou"] <= 1.0
+        if shipped.task == "translation":
+            assert 0.0 < result["l1"] < 1.0 and math.isfinite(result["fid"])
+            assert result["feature_network"]
+        else:
+            assert 0.0 <= result["miou"] <= 1.0
     finally:
         # a ResNet-101 run folder holds GBs (checkpoint + weights): free the disk per config
         shutil.rmtree(run, ignore_errors=True)
