@@ -56,7 +56,7 @@ from tqdm import tqdm
 
 from fusescope.data.batching import collate
 from fusescope.data.meta import DatasetMeta
-from fusescope.data.paired import PairedDataset, TargetSpace, target_key
+from fusescope.data.paired import TARGET_PREFIX, PairedDataset, TargetSpace, target_key
 from fusescope.data.stats import compute_stats
 from fusescope.data.transforms import Normalize, TrainTransform
 from fusescope.errors import FusescopeError, OptionError
@@ -270,11 +270,10 @@ class TranslationTask(Task):
         first = next(v for k, v in batch.items() if k != "id" and isinstance(v, Tensor))
         return torch.tensor(float(first.shape[0]), device=first.device)
 
-    def targets_in(self, batch: dict, cfg_targets: list[str] | None = None) -> Tensor:
-        keys = [k for k in batch if k.startswith("target:")]
-        if cfg_targets is not None:
-            keys = [target_key(t) for t in cfg_targets]
-        return torch.cat([batch[k] for k in keys], dim=1)
+    def targets_in(self, batch: dict) -> Tensor:
+        """The targets, concatenated in `data.targets` order (the samples' key order): the
+        layout of the generator's output channels."""
+        return torch.cat([batch[k] for k in batch if k.startswith(TARGET_PREFIX)], dim=1)
 
     def loss(
         self,
