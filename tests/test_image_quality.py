@@ -134,3 +134,12 @@ def test_bad_input():
         one.update(torch.rand(1, 3, 16, 16), torch.rand(1, 1, 16, 16))
     with pytest.raises(ValueError, match="no image of target 'rgb'"):
         one.compute()
+
+
+def test_half_precision_predictions_are_scored_in_float32():
+    target = smooth_images(2, 3, 16, 16, seed=6)
+    pred = (target + 0.05).clamp(0, 1)
+    full, half = ImageQuality(["rgb"]), ImageQuality(["rgb"])
+    full.update(pred.half().float(), target)
+    half.update(pred.half(), target)
+    assert half.compute() == full.compute()

@@ -64,7 +64,7 @@ class ImageQuality:
 
     def state(self) -> dict[str, Tensor]:
         """Sums and counts per target: add two processes' states to combine them."""
-        return dict(self._state)
+        return {t: s.clone() for t, s in self._state.items()}  # in-place all_reduce is safe
 
     def load_state(self, state: Mapping[str, Tensor]) -> None:
         """Replace the state, e.g. with the sum of every process's `state()`."""
@@ -148,8 +148,10 @@ def _batch_sums(pred: Tensor, target: Tensor, valid: Tensor | None, name: str) -
         raise ValueError(
             f"{name}: target values must lie in [0, 1], got {float(low):.4g}..{float(high):.4g}"
         )
-    pred = pred.detach().to(target.dtype).clamp(0, 1)
-    target = target.detach()
+    # float32 at least: half-precision outputs (mixed precision) would blur SSIM's moments
+    dtype = torch.promote_types(target.dtype, torch.float32)
+    pred = pred.detach().to(dtype).clamp(0, 1)
+    target = target.detach().to(dtype)
     err = pred - target  # (B, C, H, W)
     if valid is None:
         mask = torch.ones_like(err, dtype=torch.bool)
