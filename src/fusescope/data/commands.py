@@ -191,8 +191,8 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                    help="resize every frame (bilinear; depth nearest), e.g. 256 256 as CEN")
     p.add_argument("--modalities", nargs="+",
-                   default=["rgb", "shade", "texture", "edge", "depth", "normal"],
-                   choices=["rgb", "shade", "texture", "edge", "depth", "normal"],
+                   default=["rgb", "shade", "normal", "depth", "texture", "edge"],
+                   choices=["rgb", "shade", "normal", "depth", "texture", "edge"],
                    help="modalities to write: shade = reshading, texture = edge_texture, "
                    "edge = edge_occlusion, depth = --depth-domain")
     p.add_argument("--depth-domain", choices=["depth_zbuffer", "depth_euclidean"],

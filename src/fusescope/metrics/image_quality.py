@@ -64,7 +64,7 @@ class ImageQuality:
 
     def state(self) -> dict[str, Tensor]:
         """Sums and counts per target: add two processes' states to combine them."""
-        return dict(self._state)
+        return {t: s.clone() for t, s in self._state.items()}  # in-place all_reduce is safe
 
     def load_state(self, state: Mapping[str, Tensor]) -> None:
         """Replace the state, e.g. with the sum of every process's `state()`."""
@@ -75,25 +75,34 @@ class ImageQuality:
     def reset(self) -> None:
         self._state = {t: torch.zeros_like(s) for t, s in self._state.items()}
 
-    def update(self, pred: Tensor | Mapping[str, Tensor], target: Tensor | Mapping[str, Tensor],
-               valid: Tensor | Mapping[str, Tensor] | None = None) -> None:
+    def update(
+        self,
+        pred: Tensor | Mapping[str, Tensor],
+        target: Tensor | Mapping[str, Tensor],
+        valid: Tensor | Mapping[str, Tensor] | None = None,
+    ) -> None:
         """Add a batch: tensors when there is one target, else mappings keyed by target name.
 
         Raises:
             ValueError: shapes differ, a target is missing or out of [0, 1], images are
                 smaller than the SSIM window.
         """
-        preds, targets, valids = (self._by_target(pred, "pred"), self._by_target(target, "target"),
-                                  self._by_target(valid, "valid") if valid is not None else {})
+        preds, targets, valids = (
+            self._by_target(pred, "pred"),
+            self._by_target(target, "target"),
+            self._by_target(valid, "valid") if valid is not None else {},
+        )
         for name in self.targets:
             self._state[name] = self._state[name].to(targets[name].device) + _batch_sums(
-                preds[name], targets[name], valids.get(name), name)
+                preds[name], targets[name], valids.get(name), name
+            )
 
     def _by_target(self, x: Tensor | Mapping[str, Tensor], what: str) -> dict[str, Tensor]:
         if isinstance(x, Tensor):
             if len(self.targets) != 1:
-                raise ValueError(f"{what}: give a mapping {{target: tensor}} for the targets "
-                                 f"{self.targets}")
+                raise ValueError(
+                    f"{what}: give a mapping {{target: tensor}} for the targets {self.targets}"
+                )
             return {self.targets[0]: x}
         missing = [t for t in self.targets if t not in x]
         if missing and what != "valid":
@@ -125,23 +134,33 @@ class ImageQuality:
 def _batch_sums(pred: Tensor, target: Tensor, valid: Tensor | None, name: str) -> Tensor:
     """One batch's contribution to a target's state vector (float64, on the batch's device)."""
     if pred.shape != target.shape or pred.dim() != 4:
-        raise ValueError(f"{name}: pred {tuple(pred.shape)} and target {tuple(target.shape)} "
-                         f"must be equal (B, C, H, W)")
+        raise ValueError(
+            f"{name}: pred {tuple(pred.shape)} and target {tuple(target.shape)} "
+            f"must be equal (B, C, H, W)"
+        )
     if min(target.shape[-2:]) < SSIM_KERNEL:
-        raise ValueError(f"{name}: images of {tuple(target.shape[-2:])} pixels are smaller than "
-                         f"the {SSIM_KERNEL} x {SSIM_KERNEL} SSIM window")
+        raise ValueError(
+            f"{name}: images of {tuple(target.shape[-2:])} pixels are smaller than "
+            f"the {SSIM_KERNEL} x {SSIM_KERNEL} SSIM window"
+        )
     low, high = torch.aminmax(target.detach())
     if low < 0 or high > 1:
-        raise ValueError(f"{name}: target values must lie in [0, 1], got {float(low):.4g}.."
-                         f"{float(high):.4g}")
-    pred = pred.detach().to(target.dtype).clamp(0, 1)
-    target = target.detach()
+        raise ValueError(
+            f"{name}: target values must lie in [0, 1], got {float(low):.4g}..{float(high):.4g}"
+        )
+    # float32 at least: half-precision outputs (mixed precision) would blur SSIM's moments
+    dtype = torch.promote_types(target.dtype, torch.float32)
+    pred = pred.detach().to(dtype).clamp(0, 1)
+    target = target.detach().to(dtype)
     err = pred - target  # (B, C, H, W)
     if valid is None:
         mask = torch.ones_like(err, dtype=torch.bool)
     else:
-        if valid.dim() != 4 or valid.shape[1] not in (1, err.shape[1]) or (
-                valid.shape[0], *valid.shape[2:]) != (err.shape[0], *err.shape[2:]):
+        if (
+            valid.dim() != 4
+            or valid.shape[1] not in (1, err.shape[1])
+            or (valid.shape[0], *valid.shape[2:]) != (err.shape[0], *err.shape[2:])
+        ):
             raise ValueError(f"{name}: valid {tuple(valid.shape)} does not fit {tuple(err.shape)}")
         mask = valid.to(torch.bool).expand_as(err)
     weights = mask.to(err.dtype)
@@ -158,17 +177,28 @@ def _batch_sums(pred: Tensor, target: Tensor, valid: Tensor | None, name: str) -
     # padding: the standard windows-inside-the-image SSIM (Wang et al.'s ssim.m, scikit-image),
     # the same for every torchmetrics version (the mean it returns changed to include them)
     _, ssim_map = structural_similarity_index_measure(
-        pred, target, data_range=1.0, gaussian_kernel=True, sigma=SSIM_SIGMA,
-        kernel_size=SSIM_KERNEL, reduction="none", return_full_image=True)
+        pred,
+        target,
+        data_range=1.0,
+        gaussian_kernel=True,
+        sigma=SSIM_SIGMA,
+        kernel_size=SSIM_KERNEL,
+        reduction="none",
+        return_full_image=True,
+    )
     pad = SSIM_KERNEL // 2
     ssim = ssim_map[..., pad:-pad, pad:-pad].mean(dim=(1, 2, 3))  # (B,)
     zero = torch.zeros((), dtype=torch.float64, device=err.device)
-    return torch.stack([
-        abs_sum.sum(), sq_sum.sum(), count.sum(),
-        psnr.sum(),
-        ssim.to(torch.float64).sum(),
-        zero + err.shape[0],
-        torch.where(scored, 2 * abs_sum / per_count, zero).sum(),  # [-1, 1] scale: |2e|
-        torch.where(scored, 4 * mse_image, zero).sum(),  # (2e)^2
-        scored.sum(dtype=torch.float64),
-    ])
+    return torch.stack(
+        [
+            abs_sum.sum(),
+            sq_sum.sum(),
+            count.sum(),
+            psnr.sum(),
+            ssim.to(torch.float64).sum(),
+            zero + err.shape[0],
+            torch.where(scored, 2 * abs_sum / per_count, zero).sum(),  # [-1, 1] scale: |2e|
+            torch.where(scored, 4 * mse_image, zero).sum(),  # (2e)^2
+            scored.sum(dtype=torch.float64),
+        ]
+    )
