@@ -14,7 +14,11 @@ from conftest import TINY_MODEL
 from fusescope.cli import main
 from fusescope.config import load_config
 from fusescope.data.batching import GlobalBatchSampler
+from fusescope.data.build import eval_dataset
+from fusescope.engine.checkpoint import load_run
+from fusescope.engine.evaluate import predict_probs
 from fusescope.engine.train import lr_factor, train
+from fusescope.io import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "synthetic" / "early_concat.yaml"
@@ -189,7 +193,18 @@ def test_cli_end_to_end(tiny_data, tmp_path, capsys):
     out = tmp_path / "pred" / "mask.png"
     assert main(["predict", str(run), "--rgb", str(tiny_data / "rgb/0000.png"), "--depth",
                  str(tiny_data / "depth/0000.png"), "--out", str(out)]) == 0
-    assert out.is_file() and (tmp_path / "pred" / "mask_overlay.png").is_file()
+    assert (tmp_path / "pred" / "mask_overlay.png").is_file()
+    # Known answer: the mask is the argmax of evaluation's predict_probs on that frame, with the
+    # run's own model and normalisation.
+    loaded = load_run(run)
+    loaded.cfg.data.root = str(tiny_data)
+    frames = eval_dataset(loaded.cfg.data, "train", loaded.stats)  # 0000 is a train frame
+    sample = frames[frames.ids.index("0000")]
+    kinds = {m: frames.meta.modalities[m].kind for m in frames.modalities}
+    with torch.no_grad():
+        probs = predict_probs(loaded.model, {m: sample[m][None] for m in kinds}, kinds,
+                              frames.meta.num_classes)
+    assert torch.equal(torch.from_numpy(read_image(out)).long(), probs.argmax(1)[0])
     # a depth map of the wrong size is named, nothing is written
     import numpy as np
 

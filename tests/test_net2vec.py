@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from fusescope.dissect import Net2Vec
-from fusescope.dissect.net2vec import cached_batches, concept_presence, probe_stats
+from fusescope.dissect.net2vec import (
+    ConceptProbe,
+    cached_batches,
+    concept_presence,
+    probe_stats,
+)
 
 C, K_EXTRA, H, STRIDE = 4, 3, 32, 2
 
@@ -74,7 +79,7 @@ def test_set_iou_pools_over_images_containing_the_concept():
     labels[0, :2] = 1  # 8 pixels of concept 1 in image 0; image 1 lacks it
     acts = torch.ones(2, 1, 4, 4)
     net2vec = Net2Vec(2, epochs=0)
-    probe, _ = net2vec._prepare(cached_batches([(acts, labels)]))
+    probe = ConceptProbe(channels=1, concepts=2)  # zero weights: the logits are the biases
     with torch.no_grad():
         probe.conv.bias.copy_(torch.tensor([-1.0, 1.0]))
     iou = net2vec.set_iou(probe, cached_batches([(acts, labels)]))

@@ -65,8 +65,16 @@ def texture_edges(texture: np.ndarray) -> np.ndarray:
     return np.round(np.clip(magnitude / EDGE_SCALE, 0, 255)).astype(np.uint8)
 
 
-def render(scene: Scene, drop: Collection[str] = (), noise: bool = True) -> Frame:
-    """Ray cast a scene to every modality and the labels.
+TRANSLATION_MODALITIES = ("texture", "shade", "normal", "edge")
+
+
+def render(
+    scene: Scene,
+    drop: Collection[str] = (),
+    noise: bool = True,
+    extra: Collection[str] = TRANSLATION_MODALITIES,
+) -> Frame:
+    """Ray cast a scene to RGB, depth, labels and the translation modalities in `extra`.
 
     Args:
         scene: the scene to render.
@@ -75,6 +83,9 @@ def render(scene: Scene, drop: Collection[str] = (), noise: bool = True) -> Fram
             parts only RGB sees (decals). RGB is unchanged by the first, depth by the second.
         noise: add sensor noise and depth holes; without it depth is only quantised. Texture,
             shade, normal and edge are noise-free either way.
+        extra: which of `TRANSLATION_MODALITIES` to compute (the others are None in the
+            frame; `edge` brings `texture`); they cost time, not random draws. Naming rgb or
+            depth is allowed: they are always made.
 
     Returns:
         The frame; labels come from the parts that remain.
@@ -82,6 +93,8 @@ def render(scene: Scene, drop: Collection[str] = (), noise: bool = True) -> Fram
     unknown = set(drop) - set(DROPPABLE)
     if unknown:
         raise ValueError(f"cannot drop {sorted(unknown)}; known cue groups: {sorted(DROPPABLE)}")
+    if set(extra) - {"rgb", "depth", *TRANSLATION_MODALITIES}:
+        raise ValueError(f"unknown modality in {sorted(extra)}; known: {TRANSLATION_MODALITIES}")
     cam = scene.camera
     hgt, wid = cam.height, cam.width
     solids, decals = scene_parts(scene)
@@ -178,24 +191,28 @@ def render(scene: Scene, drop: Collection[str] = (), noise: bool = True) -> Fram
     depth = quantise_depth(z)
 
     # Translation modalities: functions of what was cast above, no random draw.
-    texture = quantise8(albedo / TEXTURE_RANGE).reshape(3, hgt, wid).transpose(1, 2, 0)
-    # Normals of the depth-visible surface (geometry, like depth), turned to face the camera,
-    # in camera axes (x right, y down, z forward).
-    toward = np.where(dot(n_depth, view) > 0, -n_depth, n_depth)
-    normal_cam = cam.rotation.T.astype(np.float32) @ toward  # (3, N)
-    normal = quantise8((normal_cam + 1) / 2).reshape(3, hgt, wid).transpose(1, 2, 0)
-    texture = np.ascontiguousarray(texture)
-    return Frame(
-        rgb=np.ascontiguousarray(rgb8),
-        depth=depth,
-        label=label.reshape(hgt, wid),
-        texture=texture,
-        shade=quantise8(shade / SHADE_RANGE).reshape(hgt, wid),
-        normal=np.ascontiguousarray(normal),
-        edge=texture_edges(texture),
-    )
+    frame = Frame(np.ascontiguousarray(rgb8), depth, label.reshape(hgt, wid))
+    if "texture" in extra or "edge" in extra:
+        texture = quantise8(albedo / TEXTURE_RANGE).reshape(3, hgt, wid).transpose(1, 2, 0)
+        frame.texture = np.ascontiguousarray(texture)
+        if "edge" in extra:
+            frame.edge = texture_edges(frame.texture)
+    if "shade" in extra:
+        frame.shade = quantise8(shade / SHADE_RANGE).reshape(hgt, wid)
+    if "normal" in extra:
+        # Normals of the depth-visible surface (geometry, like depth), turned to face the
+        # camera, in camera axes (x right, y down, z forward).
+        toward = np.where(dot(n_depth, view) > 0, -n_depth, n_depth)
+        normal = quantise8((cam.rotation.T.astype(np.float32) @ toward + 1) / 2)  # (3, N)
+        frame.normal = np.ascontiguousarray(normal.reshape(3, hgt, wid).transpose(1, 2, 0))
+    return frame
 
 
-def render_frame(seed: int, index: int, size: tuple[int, int] = (120, 160)) -> Frame:
+def render_frame(
+    seed: int,
+    index: int,
+    size: tuple[int, int] = (120, 160),
+    extra: Collection[str] = TRANSLATION_MODALITIES,
+) -> Frame:
     """Frame `index` of a data set generated with `seed`, exactly as `generate` writes it."""
-    return render(sample_scene(seed, index, size))
+    return render(sample_scene(seed, index, size), extra=extra)

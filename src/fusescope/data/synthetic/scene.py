@@ -93,10 +93,11 @@ class Frame:
     rgb: np.ndarray  # uint8 (H, W, 3)
     depth: np.ndarray  # uint16 (H, W) millimetres, 0 = hole
     label: np.ndarray  # uint8 (H, W) class ids
-    texture: np.ndarray  # uint8 (H, W, 3) albedo / TEXTURE_RANGE
-    shade: np.ndarray  # uint8 (H, W) shading / SHADE_RANGE
-    normal: np.ndarray  # uint8 (H, W, 3) camera-frame unit normals, (n + 1) / 2
-    edge: np.ndarray  # uint8 (H, W) Sobel magnitude of the texture's luminance / 4
+    # The translation modalities, None unless asked for (`render(extra=...)`).
+    texture: np.ndarray | None = None  # uint8 (H, W, 3) albedo / TEXTURE_RANGE
+    shade: np.ndarray | None = None  # uint8 (H, W) shading / SHADE_RANGE
+    normal: np.ndarray | None = None  # uint8 (H, W, 3) camera-frame unit normals, (n + 1) / 2
+    edge: np.ndarray | None = None  # uint8 (H, W) Sobel magnitude of the texture's luminance / 4
 
 
 def make_camera(size: tuple[int, int], position: np.ndarray, yaw: float, pitch: float) -> Camera:

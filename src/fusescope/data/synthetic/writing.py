@@ -162,7 +162,7 @@ def _check_args(
 def _render_and_write(job: tuple[str, int, int, tuple[int, int], tuple[str, ...]]) -> int:
     """One frame, rendered and written by a pool worker; returns its index."""
     root, seed, index, size, modalities = job
-    write_frame(Path(root), index, render_frame(seed, index, size), modalities)
+    write_frame(Path(root), index, render_frame(seed, index, size, modalities), modalities)
     return index
 
 
@@ -220,7 +220,8 @@ def generate(
         with bar:
             if workers == 1:
                 for index in range(num):
-                    write_frame(tmp, index, render_frame(seed, index, size), modalities)
+                    frame = render_frame(seed, index, size, extra=modalities)
+                    write_frame(tmp, index, frame, modalities)
                     bar.update()
             else:
                 # spawn, not fork: the caller may hold threads (torch) that fork would copy.
@@ -247,7 +248,7 @@ def frames_per_second(
             (root / sub).mkdir()
         start = time.perf_counter()
         for index in range(num):
-            frame = render_frame(seed, index, size)
+            frame = render_frame(seed, index, size, extra=())
             if write:
                 write_frame(root, index, frame)
         return num / (time.perf_counter() - start)
