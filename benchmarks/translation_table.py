@@ -144,14 +144,10 @@ def table(rows: list[tuple[str, str, str]], results: dict[str, dict]) -> str:
             f"| {group} | {label} | {r['l1']:.4f} | {r['rmse']:.4f} | {r['psnr']:.2f} | "
             f"{r['ssim']:.3f} | {r['fid']:.2f} | {r['kid']:.2f} | {r['steps']} |"
         )
-    comparable = (
-        "comparable"
-        if first.get("comparable_to_inception")
-        else ("NOT comparable to published Inception FID / KID (a ranking only)")
-    )
     lines.append("")
     lines.append(
-        f"FID / KID features: {first['feature_network']}, {comparable}; "
+        f"FID / KID features: {first['feature_network']} "
+        f"({'comparable' if first.get('comparable_to_inception') else 'a ranking only'}); "
         f"{first['per_target'][first['targets'][0]]['images']} validation images."
     )
     return "\n".join(lines)
