@@ -130,11 +130,18 @@ def sample_grid(out: Path, names: list[str], labels: list[str], frames: int, sca
     return path
 
 
+def streams(result: dict) -> str:
+    """The multi-stream methods' per-modality outputs' L1 (the scored image is their ensemble)."""
+    per = result.get("per_modality_l1") or {}
+    return ", ".join(f"{m} {v:.4f}" for m, v in per.items()) or "-"
+
+
 def table(rows: list[tuple[str, str, str]], results: dict[str, dict]) -> str:
     first = next(iter(results.values()))
     lines = [
-        "| inputs -> RGB | method | L1 | RMSE | PSNR (dB) | SSIM | FID | KID x100 | steps |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| inputs -> RGB | method | L1 | RMSE | PSNR (dB) | SSIM | FID | KID x100 | L1 of each "
+        "stream | steps |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, group, name in rows:
         r = results.get(name)
@@ -142,7 +149,7 @@ def table(rows: list[tuple[str, str, str]], results: dict[str, dict]) -> str:
             continue
         lines.append(
             f"| {group} | {label} | {r['l1']:.4f} | {r['rmse']:.4f} | {r['psnr']:.2f} | "
-            f"{r['ssim']:.3f} | {r['fid']:.2f} | {r['kid']:.2f} | {r['steps']} |"
+            f"{r['ssim']:.3f} | {r['fid']:.2f} | {r['kid']:.2f} | {streams(r)} | {r['steps']} |"
         )
     lines.append("")
     lines.append(

@@ -172,7 +172,7 @@ def test_perfect_prediction_scores_perfectly(data):
     assert result["ssim"] == pytest.approx(1.0)
     assert abs(result["fid"]) < 1e-3  # (KID, unbiased, is noise with 2 images)
     assert result["feature_network"] and result["comparable_to_inception"] is False
-    assert result["targets"] == ["rgb"]
+    assert result["targets"] == ["rgb"] and result["per_modality_l1"] == {}
 
     # and a prediction off by a constant 0.1 (in [0, 1]) scores exactly L1 0.1
     class Offset(torch.nn.Module):

@@ -336,16 +336,26 @@ class TranslationTask(Task):
             {t: dataset.meta.modalities[t] for t in dataset.targets},
             feature_weights=cfg.eval.get("fid_weights"),
         )
+        stream_l1: dict[str, Tensor] = {}
         for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
             batch = {k: v.to(device) for k, v in batch.items() if k != "id"}
-            image = model(batch)["image"].float()
+            out = model(batch)
+            image = out["image"].float()
             start = 0
             for t in dataset.targets:
                 c = dataset.meta.modalities[t].channels
                 scores.update(t, image[:, start : start + c], batch[target_key(t)])
                 start += c
+            y = self.targets_in(batch).float()
+            for m, stream in out.get("per_modality", {}).items():
+                # each stream's own image, as the CEN code reports it beside the ensemble
+                err = ((stream.float().clamp(-1, 1) - y) / 2).abs()
+                sums = stream_l1.setdefault(m, torch.zeros(2, dtype=torch.float64))
+                sums += torch.stack([err.sum().double().cpu(), torch.tensor(err.numel() * 1.0)])
         model.train(was_training)
         result = scores.compute()
+        # L1 in [0, 1] of every stream's output (multi-stream methods), pooled over the targets
+        result["per_modality_l1"] = {m: float(s[0] / s[1]) for m, s in stream_l1.items()}
         result["targets"] = list(dataset.targets)
         result["inputs"] = list(dataset.inputs)
         return result
@@ -363,6 +373,11 @@ class TranslationTask(Task):
             f"{num(result['kid'])}"
         )
         lines = [head, f"FID / KID features: {result['feature_network']}"]
+        if result.get("per_modality_l1"):
+            lines.append(
+                "L1 of each stream's own output: "
+                + ", ".join(f"{m} {num(v)}" for m, v in result["per_modality_l1"].items())
+            )
         if len(result["targets"]) > 1:
             for t in result["targets"]:
                 r = result["per_target"][t]
