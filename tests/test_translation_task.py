@@ -217,3 +217,34 @@ def test_target_of_another_size_is_named(tmp_path):
         r"is 16x16",
     ):
         TranslationTask().check_data(config(root, "train.batch_size=1"), load_meta(root), 1)
+
+
+def test_depth_and_normal_targets_as_mango_scores_them(data):
+    """Several targets, one of them depth (metres mapped to [-1, 1] by the train range): the
+    generator outputs their channels side by side; an oracle scores zero error and MAE / MSE
+    are reported for normal and depth, as MANGO's Table 2."""
+    task = TranslationTask()
+    cfg = config(data, targets=("normal", "depth"))
+    meta = load_meta(data)
+    stats = task.normalisation_stats(cfg)
+    model = task.build_model(cfg, meta)
+    batch = batch_of(task, cfg)
+    y = batch["target:depth"]
+    assert y.min() >= -1 and y.max() <= 1 and y.std() > 0.05  # the range is used
+    out = model(batch)
+    assert out["image"].shape[1] == 4  # 3 normal channels + 1 depth channel
+    loss, _ = task.loss(out, batch, meta, cfg.train, torch.tensor(4.0))
+    assert torch.isfinite(loss)
+
+    class Oracle(torch.nn.Module):
+        def forward(self, batch):
+            # reads the targets only to build the known answer of this test
+            image = torch.cat([batch["target:normal"], batch["target:depth"]], 1)
+            return {"image": image, "per_modality": {}, "aux_losses": {}}
+
+    ds = task.eval_dataset(cfg, "val", stats)
+    result = task.evaluate(Oracle(), ds, cfg, meta)
+    for t in ("normal", "depth"):
+        assert result["per_target"][t]["l1"] == pytest.approx(0, abs=1e-6)
+        assert result["per_target"][t]["mae"] == pytest.approx(0, abs=1e-6)
+    assert "normal:" in task.format_result(result) and "depth:" in task.format_result(result)

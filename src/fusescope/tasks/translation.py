@@ -46,6 +46,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
@@ -341,11 +342,11 @@ class TranslationTask(Task):
             batch = {k: v.to(device) for k, v in batch.items() if k != "id"}
             out = model(batch)
             image = out["image"].float()
-            start = 0
-            for t in dataset.targets:
-                c = dataset.meta.modalities[t].channels
-                scores.update(t, image[:, start : start + c], batch[target_key(t)])
-                start += c
+            bounds = np.cumsum([0] + [dataset.meta.modalities[t].channels for t in dataset.targets])
+            scores.update(
+                {t: image[:, bounds[i] : bounds[i + 1]] for i, t in enumerate(dataset.targets)},
+                {t: batch[target_key(t)] for t in dataset.targets},
+            )
             y = self.targets_in(batch).float()
             for m, stream in out.get("per_modality", {}).items():
                 # each stream's own image, as the CEN code reports it beside the ensemble

@@ -53,17 +53,17 @@ class TranslationScores:
                 if isinstance(part, Metric):
                     part.sync_on_compute = part._to_sync = False
 
-    def update(self, target: str, pred: Tensor, true: Tensor) -> None:
-        """Add a batch of one target: `pred` and `true` (B, C, H, W) in [-1, 1]."""
-        pred01 = (pred.float().clamp(-1, 1) + 1) / 2
-        true01 = ((true.float() + 1) / 2).clamp(0, 1)
-        valid = true01 > 0 if self.specs[target].kind == "depth" else None
-        self.quality.update(
-            {target: pred01}, {target: true01}, None if valid is None else {target: valid}
-        )
-        if pred01.shape[1] == 1:
-            pred01, true01 = pred01.expand(-1, 3, -1, -1), true01.expand(-1, 3, -1, -1)
-        self.distance[target].update(real=true01, fake=pred01)
+    def update(self, preds: dict[str, Tensor], trues: dict[str, Tensor]) -> None:
+        """Add a batch of every target: `{target: (B, C, H, W)}` in [-1, 1]."""
+        pred01 = {t: (preds[t].float().clamp(-1, 1) + 1) / 2 for t in self.targets}
+        true01 = {t: ((trues[t].float() + 1) / 2).clamp(0, 1) for t in self.targets}
+        valid = {t: true01[t] > 0 for t in self.targets if self.specs[t].kind == "depth"}
+        self.quality.update(pred01, true01, valid or None)
+        for t in self.targets:
+            fake, real = pred01[t], true01[t]
+            if fake.shape[1] == 1:
+                fake, real = fake.expand(-1, 3, -1, -1), real.expand(-1, 3, -1, -1)
+            self.distance[t].update(real=real, fake=fake)
 
     def compute(self) -> dict:
         per_target = self.quality.compute()
