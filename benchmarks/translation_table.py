@@ -63,7 +63,7 @@ OPTIONAL_ROWS = [
 GRID_INPUTS = ["shade", "texture", "depth", "normal"]
 
 
-def run_row(name: str, out: Path, overrides: list[str]) -> dict:
+def run_row(name: str, out: Path, overrides: list[str], fid_weights: str | None) -> dict:
     cfg = load_config(ROOT / "configs" / "translation" / f"{name}.yaml", overrides)
     run = out / name
     started = time.perf_counter()
@@ -71,6 +71,8 @@ def run_row(name: str, out: Path, overrides: list[str]) -> dict:
         train(cfg, run)
     seconds = time.perf_counter() - started
     loaded = load_run(run)
+    if fid_weights:  # a finished run evaluates with the features asked for now
+        loaded.cfg.eval.fid_weights = fid_weights
     task = task_of(loaded.cfg)
     ds = task.eval_dataset(loaded.cfg, loaded.cfg.eval.split, loaded.stats)
     result = task.evaluate(loaded.model, ds, loaded.cfg, loaded.meta)
@@ -190,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     results = read_json(out / "results.json") if (out / "results.json").is_file() else {}
     for label, group, name in rows:
         print(f"{group}: {label} ({name}) ...", flush=True)
-        results[name] = run_row(name, out, overrides)
+        results[name] = run_row(name, out, overrides, args.fid_weights)
         r = results[name]
         print(
             f"  L1 {r['l1']:.4f}  PSNR {r['psnr']:.2f}  SSIM {r['ssim']:.3f}  FID "
