@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fusescope.errors import FusescopeError
 from fusescope.io import is_plain_name
+from fusescope.tasks.base import TASK_NAMES
 
 
 @dataclass
@@ -37,6 +38,7 @@ class SynthSpec:
 class DataConfig:
     root: str = "data/synthetic"
     modalities: list[str] = field(default_factory=lambda: ["rgb", "depth"])
+    targets: list[str] | None = None  # translation: the modalities to predict from the others
     synth: SynthSpec | None = None  # generate the known-answer set at `root` if it is missing
     train_split: str = "train"
     val_split: str = "val"
@@ -101,6 +103,7 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
+    task: str = "segmentation"  # segmentation | translation | classification (fusescope.tasks)
     data: DataConfig = field(default_factory=DataConfig)
     model: dict[str, Any] = field(default_factory=lambda: {"name": "early_concat"})
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -245,6 +248,10 @@ def check_config(cfg: DictConfig) -> None:
 
     if not d.root:
         raise FusescopeError("data.root is empty")
+    if cfg.task not in TASK_NAMES:
+        raise FusescopeError(f"task={cfg.task!r} unknown; known: {', '.join(TASK_NAMES)}")
+    for m in d.targets or []:
+        check_plain_name(m, "data.targets")
     if not d.modalities:
         raise FusescopeError("data.modalities is empty")
     for m in d.modalities:
