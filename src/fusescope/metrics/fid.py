@@ -24,7 +24,8 @@ min(1000, n_real, n_fake) real and generated images each drawn without replaceme
 subsets seeded (`seed`) so a result repeats. `kid` and `kid_std` (the spread over subsets) are
 reported **x 100**, as CEN's tables print them ("KID x 10^-2"). Features are computed once per
 batch and handed to both metrics. Under DDP, call `compute()` on every process: torchmetrics
-gathers the features / sums the moments of all processes.
+gathers the features / sums the moments of all processes (`sync_on_compute=False` scores each
+process's own images instead).
 
 Usage:
     d = FeatureDistance()                     # or FeatureDistance("path/to/inception.pth")
