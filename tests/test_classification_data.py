@@ -200,3 +200,21 @@ def test_frame_classification_on_a_segmentation_folder(tiny_data):
         load_config(None, [f"data.root={tiny_data}", "data.min_pixels=1000"]).data, "train", stats
     )
     assert high.targets()[:, 1].sum() == 0 and high.targets()[:, 0].all()
+
+
+def test_inspect_a_classification_folder(tmp_path):
+    from fusescope.data.stats import inspect
+
+    root = write_classification(tmp_path / "d")
+    lines = []
+    result = inspect(root, "train", samples=tmp_path / "sheet.png", print_fn=lines.append)
+    assert result["splits"] == {"train": 3, "val": 2}
+    assert result["samples_per_class"] == [1, 1, 1]
+    # a: 4 tokens, b: 6, c: 3; "." and "green" are the tokens seen twice
+    assert result["modalities"]["txt"] == {
+        "tokens_mean": pytest.approx(13 / 3),
+        "tokens_max": 6,
+        "vocabulary_min_count_2": 4,
+    }
+    assert lines[0].startswith("tiny-cls: 3 classes (multi-label)")
+    assert (tmp_path / "sheet.png").stat().st_size > 0

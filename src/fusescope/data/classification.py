@@ -33,7 +33,7 @@ from fusescope.data.batching import MASK_SUFFIX
 from fusescope.data.folder import check_folder, check_label_array, load_modality
 from fusescope.data.meta import LABEL_DIR, LABELS_FILE, DatasetMeta, load_meta, read_split
 from fusescope.data.stats import Moments
-from fusescope.data.text import Vocabulary, build_vocabulary, read_text
+from fusescope.data.text import Vocabulary, build_vocabulary, read_text, tokenize
 from fusescope.data.transforms import Normalize, TrainTransform
 from fusescope.errors import FusescopeError
 from fusescope.io import read_image, read_json
@@ -303,3 +303,99 @@ def train_dataset(data_cfg: DictConfig, stats: dict, seed: int) -> Classificatio
 
 def eval_dataset(data_cfg: DictConfig, split: str, stats: dict) -> ClassificationFolderDataset:
     return _dataset(data_cfg, split, stats, seed=0)
+
+
+def inspect(
+    root: str | os.PathLike,
+    split: str = "train",
+    samples: str | os.PathLike | None = None,
+    num_samples: int = 4,
+    print_fn=print,
+) -> dict:
+    """`fusescope data inspect` of a classification folder: samples per class, classes per
+    sample, image statistics, text lengths and vocabulary size, and a sheet of a few samples.
+
+    Returns:
+        The numbers printed, as a dict.
+    """
+    from fusescope.data.stats import modality_stats
+
+    root = Path(root)
+    ds = ClassificationFolderDataset(root, split, list(load_meta(root).modalities))
+    meta = ds.meta
+    splits = sorted(p.stem for p in (root / "splits").glob("*.txt"))
+    sizes = {s: len(read_split(root, s)) for s in splits}
+    targets = ds.targets()
+    print_fn(
+        f"{meta.name}: {meta.num_classes} classes "
+        f"({'multi-label' if ds.multi_label else 'single-label'}), modalities "
+        f"{', '.join(f'{k} ({v.kind})' for k, v in meta.modalities.items())}"
+    )
+    print_fn("splits: " + ", ".join(f"{s} {n}" for s, n in sizes.items()))
+    print_fn(f"{split}: {targets.sum(1).mean():.2f} classes per sample")
+    print_fn(f"{'id':>3} {'class':<20} {'samples':>7} {'share':>7} cue")
+    for c in meta.classes:
+        n = int(targets[:, c.id].sum())
+        print_fn(f"{c.id:>3} {c.name:<20} {n:>7d} {n / len(ds):>7.2%} {c.cue or ''}")
+    result: dict = {
+        "splits": sizes,
+        "samples_per_class": targets.sum(0).tolist(),
+        "modalities": {},
+    }
+    for name in ds.images:
+        st = modality_stats(root, name, split, meta)
+        result["modalities"][name] = {"mean": st.mean, "std": st.std}
+        print_fn(
+            f"{name}: mean {[round(m, 4) for m in st.mean]}, std {[round(s, 4) for s in st.std]}"
+        )
+    for name in ds.texts:
+        texts = [read_text(ds.files[name][i]) for i in ds.ids]
+        lengths = np.array([len(tokenize(t)) for t in texts])
+        vocab = build_vocabulary(texts, min_count=2)
+        result["modalities"][name] = {
+            "tokens_mean": float(lengths.mean()),
+            "tokens_max": int(lengths.max()),
+            "vocabulary_min_count_2": len(vocab),
+        }
+        print_fn(
+            f"{name}: {lengths.mean():.1f} tokens per sample (max {lengths.max()}), "
+            f"{len(vocab)} vocabulary entries seen twice or more"
+        )
+    samples = Path(samples) if samples is not None else root / f"inspect_samples_{split}.png"
+    _render_samples(ds, samples, num_samples)
+    print_fn(f"samples: {samples}")
+    result["samples"] = str(samples)
+    return result
+
+
+def _render_samples(ds: ClassificationFolderDataset, out: Path, num: int) -> None:
+    """A grid: one row per sample, its images, its classes and the start of its texts."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fusescope.io import atomic_path
+
+    rows = np.linspace(0, len(ds) - 1, min(num, len(ds))).astype(int)
+    cols = max(len(ds.images), 1) + bool(ds.texts)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3 * cols, 2.6 * len(rows)), squeeze=False)
+    for r, index in enumerate(rows):
+        raw = ds.load_raw(int(index))
+        names = [ds.meta.class_names[c] for c in np.flatnonzero(raw["target"])]
+        for c, name in enumerate(ds.images):
+            x = raw[name].transpose(1, 2, 0)
+            axes[r, c].imshow(x[..., 0] if x.shape[-1] == 1 else np.clip(x, 0, 1))
+        if ds.texts:
+            text = " | ".join(raw[m][:160] for m in ds.texts)
+            axes[r, -1].text(0, 1, textwrap.fill(text, 40), va="top", fontsize=6, wrap=True)
+        axes[r, 0].set_ylabel(f"{raw['id']}\n{', '.join(names)}", fontsize=7)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
