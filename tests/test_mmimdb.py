@@ -92,6 +92,17 @@ def test_release_movies_become_the_folder_format(tmp_path):
     assert sample["target"].nonzero().flatten().tolist() == [MMIMDB_GENRES.index("Film-Noir")]
 
 
+def test_cmyk_posters_become_rgb(tmp_path):
+    root = write_release(tmp_path / "raw", movies())
+    rgb = np.zeros((30, 20, 3), np.uint8)
+    rgb[:, :10] = (200, 40, 40)
+    Image.fromarray(rgb).convert("CMYK").save(root / "dataset" / "0000001.jpeg", quality=95)
+    prepare_mmimdb(root, tmp_path / "out", progress=False)
+    poster = read_image(tmp_path / "out" / "poster" / "0000001.png")
+    assert poster.shape == (30, 20, 3)
+    assert np.abs(poster.astype(int) - rgb).mean() < 6
+
+
 def test_size_resizes_every_poster(tmp_path):
     root = write_release(tmp_path / "raw", movies())
     prepare_mmimdb(root, tmp_path / "out", size=(16, 12), progress=False)

@@ -50,12 +50,27 @@ def test_genre_table():
     assert not filler & set(words)
 
 
-def test_genres_per_sample_and_frequencies():
-    counts = np.zeros(len(P.GENRES))
-    for s in (P.sample_poster(0, i) for i in range(600)):
-        assert 1 <= len(s.genres) <= 3 and len(set(s.genres)) == len(s.genres)
-        counts[list(s.genres)] += 1
-    assert counts.min() > 0.6 * counts.mean()
+def test_genre_rates_and_independence_between_cue_groups():
+    """Every movie has a genre; base rates as documented; and what the poster shows (the number
+    of motifs) says nothing about the text-only genres, what the plot shows nothing about the
+    appearance-only ones."""
+    drawn = [P.sample_poster(0, i) for i in range(6000)]
+    present = np.zeros((len(drawn), len(P.GENRES)), bool)
+    for row, s in enumerate(drawn):
+        assert s.genres and list(s.genres) == sorted(set(s.genres))
+        present[row, list(s.genres)] = True
+    cue = np.array([g.cue for g in P.GENRES])
+    rates = present.mean(0)
+    assert np.abs(rates[cue != "both"] - 0.25).max() < 0.025
+    assert np.abs(rates[cue == "both"] - (0.15 + 0.85**4 * 0.25)).max() < 0.025
+    assert abs(present.sum(1).mean() - 2.62) < 0.05
+    motifs = present[:, cue != "text"].sum(1)
+    words = present[:, cue != "appearance"].sum(1)
+    for shown, hidden in ((motifs, cue == "text"), (words, cue == "appearance")):
+        for k in np.unique(shown):
+            rows = shown == k
+            if rows.sum() >= 400:
+                assert np.abs(present[rows][:, hidden].mean(0) - 0.25).max() < 0.05, k
 
 
 def test_poster_is_blind_to_text_only_genres():
