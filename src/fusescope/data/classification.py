@@ -145,7 +145,8 @@ class ClassificationFolderDataset(Dataset):
 
     def load_raw(self, index: int) -> dict:
         """The sample in natural units: images float32 in [0, 1] (depth in metres), texts as
-        strings, "target" as a (K,) bool array; every file checked."""
+        strings, "target" as a (K,) bool array (frame classification: also the "label" map it
+        comes from); every file checked."""
         sample_id = self.ids[index]
         raw: dict = {"id": sample_id}
         size = None
@@ -154,6 +155,7 @@ class ClassificationFolderDataset(Dataset):
             label = read_image(path)
             check_label_array(label, path, self.meta)
             raw["target"] = frame_classes(label, self.meta.num_classes, self.min_pixels)
+            raw["label"] = label
             size, first = label.shape, path
         else:
             raw["target"] = self.labels[index].copy()
@@ -195,7 +197,14 @@ class ClassificationFolderDataset(Dataset):
         else:
             sample["target"] = torch.tensor(int(target.argmax()), dtype=torch.int64)
         if self.transform is not None and epoch is not None:
+            if self.from_label_maps:  # the target of the view the model sees, not the frame's
+                sample["label"] = torch.from_numpy(raw["label"].astype(np.int64))
             sample = self.transform(sample, np.random.default_rng([self.seed, 0, epoch, index]))
+            if self.from_label_maps:
+                present = frame_classes(
+                    sample.pop("label").numpy(), self.meta.num_classes, self.min_pixels
+                )
+                sample["target"] = torch.from_numpy(present.astype(np.float32))
         if self.normalize is not None:
             sample = self.normalize(sample)
         return sample
@@ -288,8 +297,11 @@ def _dataset(
 def train_dataset(data_cfg: DictConfig, stats: dict, seed: int) -> ClassificationFolderDataset:
     """The training split with augmentation (scale, crop, flip, colour jitter on the images).
 
-    Frame classification takes its targets from the whole frame: a crop can cut a small object
-    out, so its configs keep `data.scale_range: [1, 1]` and no `crop_size` (flips are safe)."""
+    Frame classification derives each training view's target from its transformed label map
+    (padding is the ignore index; `min_pixels` counts pixels of the view), so scale and crop
+    keep targets exact. `labels.json` targets describe the whole image, which a crop can cut a
+    poster motif out of: poster configs keep `data.scale_range: [1, 1]` and no `crop_size`
+    (flips and colour jitter are safe)."""
     ds = _dataset(data_cfg, data_cfg.train_split, stats, seed)
     ds.transform = TrainTransform(
         {m: ds.meta.modalities[m] for m in ds.modalities},
@@ -297,6 +309,7 @@ def train_dataset(data_cfg: DictConfig, stats: dict, seed: int) -> Classificatio
         scale_range=tuple(data_cfg.scale_range),
         hflip=data_cfg.hflip,
         color_jitter=data_cfg.color_jitter,
+        ignore_index=ds.meta.ignore_index,
     )
     return ds
 
