@@ -3,12 +3,16 @@ missing, compute the normaliser, and build train / evaluation views."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from fusescope.data.folder import FolderDataset
 from fusescope.data.meta import load_meta
+from fusescope.data.mmimdb import prepare_mmimdb
+from fusescope.data.posters import GENERATOR_VERSION as POSTERS_VERSION
+from fusescope.data.posters import generate_posters
 from fusescope.data.stats import compute_stats
 from fusescope.data.synthetic import (
     DEFAULT_MODALITIES,
@@ -48,11 +52,6 @@ def generate_poster_data(root: Path, num: int, seed: int, size: tuple[int, int],
                          progress: bool = True) -> None:
     """The known-answer posters as a classification data folder at `root`: generated in the
     MM-IMDB layout (PNG posters, exact) in a temporary folder, then prepared into `root`."""
-    import tempfile
-
-    from fusescope.data.mmimdb import prepare_mmimdb
-    from fusescope.data.posters import generate_posters
-
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{root.name}.raw-", dir=root.parent) as raw:
         generate_posters(Path(raw) / "mmimdb", num, seed=seed, size=size, image_format="png")
@@ -70,10 +69,7 @@ def check_synth_matches(root: Path, synth: DictConfig) -> None:
     """
 
     kind = synth.get("kind", "rooms")
-    if kind == "posters":
-        from fusescope.data.posters import GENERATOR_VERSION as version
-    else:
-        version = GENERATOR_VERSION
+    version = POSTERS_VERSION if kind == "posters" else GENERATOR_VERSION
     wanted = {"kind": kind, "num": int(synth.num), "seed": int(synth.seed),
               "size": [int(v) for v in synth.size], "version": version}
     found = load_meta(root).extra.get("generator")
