@@ -150,6 +150,13 @@ def test_efficientnet_features_are_labelled_and_see_distortions():
         torch.testing.assert_close(full.classifier(f[0]), full((x * 255 - 127) / 128))
 
 
+def test_a_built_network_is_shared_and_keeps_its_label():
+    net = EfficientNetLite0Features()
+    a, b = FeatureDistance(net), FeatureDistance(net)
+    assert a.network is b.network is net
+    assert "not comparable" in a.network.label and not a.network.comparable_to_inception
+
+
 def test_default_network_end_to_end():
     g = torch.Generator().manual_seed(2)
     real = torch.rand(3, 3, 24, 24, generator=g)
@@ -286,6 +293,10 @@ def worker(rank, folder):
         return state
     result = measure(part(real, "real"), part(fake, "fake"), part(target, "image"),
                      part(pred, "image"), summed)
+    # unsynchronised: this process's images alone
+    alone = FeatureDistance(Flatten(), label="pixels", sync_on_compute=False)
+    alone.update(real=part(real, "real"), fake=part(fake, "fake"))
+    result["alone"] = alone.compute()["real_images"]
     if rank == 0:
         with open(os.path.join(folder, "two.json"), "w") as f:
             json.dump(result, f)
@@ -324,6 +335,7 @@ def test_two_processes_give_the_one_process_result(tmp_path):
     )
     one = json.loads((tmp_path / "one.json").read_text())
     two = json.loads((tmp_path / "two.json").read_text())
+    assert two.pop("alone") == 5  # sync_on_compute=False: rank 0's 5 real images
     assert one["real_images"] == 9 and one["fake_images"] == 7 and one["kid_subset_size"] == 6
     # gathered in rank order, the features are the one process's in its order: the seeded KID
     # subsets are the same too

@@ -35,20 +35,20 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path):
         FusescopeError,
         match=r"bad\.yaml: unknown config key data\.synth\.nm; "
         r"did you mean data\.synth\.num\? \(section "
-        r"data\.synth accepts: num, seed, size, modalities\)",
+        r"data\.synth accepts: num, seed, size, kind, modalities\)",
     ):
         load_config(bad)
     with pytest.raises(
         FusescopeError,
         match=r"`trian\.seed=1`.*did you mean train\?.*the top "
-        r"level accepts: data, model, train, eval",
+        r"level accepts: task, data, model, train, eval",
     ):
         load_config(None, ["trian.seed=1"])
 
 
 def test_section_keys():
-    assert section_keys("") == ["data", "model", "train", "eval"]
-    assert section_keys("data.synth") == ["num", "seed", "size", "modalities"]
+    assert section_keys("") == ["task", "data", "model", "train", "eval"]
+    assert section_keys("data.synth") == ["num", "seed", "size", "kind", "modalities"]
     assert "max_steps" in section_keys("train")
     assert section_keys("model") is None  # free-form: checked when the model is built
     assert section_keys("train.max_steps") is None

@@ -24,7 +24,8 @@ min(1000, n_real, n_fake) real and generated images each drawn without replaceme
 subsets seeded (`seed`) so a result repeats. `kid` and `kid_std` (the spread over subsets) are
 reported **x 100**, as CEN's tables print them ("KID x 10^-2"). Features are computed once per
 batch and handed to both metrics. Under DDP, call `compute()` on every process: torchmetrics
-gathers the features / sums the moments of all processes.
+gathers the features / sums the moments of all processes (`sync_on_compute=False` scores each
+process's own images instead).
 
 Usage:
     d = FeatureDistance()                     # or FeatureDistance("path/to/inception.pth")
@@ -185,6 +186,8 @@ def _rows(features: list[Tensor] | Tensor) -> int:
 
 def feature_network(network: str | os.PathLike | nn.Module, label: str | None = None) -> nn.Module:
     """The feature extractor for `network` (module docstring); `label` names a custom one."""
+    if isinstance(network, EfficientNetLite0Features | InceptionFeatures):
+        return network  # built once, shared by several FeatureDistance (one per target)
     if isinstance(network, nn.Module):
         if not label or not hasattr(network, "num_features"):
             raise ValueError(
@@ -201,13 +204,18 @@ class FeatureDistance:
     """Streaming FID and KID of generated against real images (module docstring).
 
     Args:
-        network: "efficientnet_lite0", the path of torch-fidelity's Inception weights, or an
-            `nn.Module` (images -> (B, d)) with a `num_features` attribute.
+        network: "efficientnet_lite0", the path of torch-fidelity's Inception weights, a
+            built `EfficientNetLite0Features` / `InceptionFeatures` (to share one between
+            several FeatureDistance), or an `nn.Module` (images -> (B, d)) with a
+            `num_features` attribute.
         label: names a custom network in every result.
         kid_subsets: KID subsets (CEN: 50).
         kid_subset_size: the largest KID subset (CEN: 1000); smaller sets use all images.
         kid_degree: degree of KID's polynomial kernel (CEN: 3).
         seed: seeds the KID subsets.
+        sync_on_compute: gather every process's features in `compute()` (torchmetrics' sync,
+            under torch.distributed). False scores this process's images alone, e.g. when
+            every process evaluates the whole split, or only one process does.
     """
 
     def __init__(
@@ -219,10 +227,11 @@ class FeatureDistance:
         kid_subset_size: int = KID_SUBSET_SIZE,
         kid_degree: int = KID_DEGREE,
         seed: int = 0,
+        sync_on_compute: bool = True,
     ):
         self.network = feature_network(network, label).eval()
         passthrough = _Precomputed(int(self.network.num_features))
-        self._fid = FrechetInceptionDistance(feature=passthrough)
+        self._fid = FrechetInceptionDistance(feature=passthrough, sync_on_compute=sync_on_compute)
         with warnings.catch_warnings():  # "KID keeps all features": a few MB for 1,000 images
             warnings.simplefilter("ignore", UserWarning)
             self._kid = _SubsetKID(
@@ -231,6 +240,7 @@ class FeatureDistance:
                 subset_size=kid_subset_size,
                 degree=kid_degree,
                 seed=seed,
+                sync_on_compute=sync_on_compute,
             )
         self.device = torch.device("cpu")
 
