@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from torch import Tensor
-from torchmetrics import Metric
 
 from fusescope.data.meta import ModalitySpec
 from fusescope.metrics.fid import EFFICIENTNET_LITE0, FeatureDistance
@@ -42,16 +41,10 @@ class TranslationScores:
         self.specs = specs
         self.quality = ImageQuality(self.targets)
         network = feature_weights or EFFICIENTNET_LITE0
-        self.distance = {t: FeatureDistance(network) for t in self.targets}
-        for distance in self.distance.values():
-            # every process scores the whole split (see TranslationTask.evaluate): its metrics
-            # must not gather other processes' features (after a multi-process training only
-            # the first process evaluates, and a gather would wait for the others forever)
-            # (torchmetrics reads `_to_sync`, copied from `sync_on_compute` when built; a
-            # FeatureDistance option to build its metrics unsynchronised would be cleaner)
-            for part in vars(distance).values():
-                if isinstance(part, Metric):
-                    part.sync_on_compute = part._to_sync = False
+        # every process scores the whole split (see TranslationTask.evaluate): no process
+        # gathers another's features (after a multi-process training only the first process
+        # evaluates, and a gather would wait for the others forever)
+        self.distance = {t: FeatureDistance(network, sync_on_compute=False) for t in self.targets}
 
     def update(self, preds: dict[str, Tensor], trues: dict[str, Tensor]) -> None:
         """Add a batch of every target: `{target: (B, C, H, W)}` in [-1, 1]."""
