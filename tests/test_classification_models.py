@@ -86,8 +86,9 @@ def test_padding_never_changes_a_methods_logits(name, mods):
         if SPECS[m]["kind"] != "text":
             one[m] = full[m][:1]
     with torch.no_grad():
-        torch.testing.assert_close(model(full)["logits"][:1], model(one)["logits"],
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            model(full)["logits"][:1], model(one)["logits"], atol=1e-5, rtol=0
+        )
 
 
 @pytest.mark.parametrize("name, mods", PARAMS)
@@ -97,8 +98,7 @@ def test_contract(name, mods, tmp_path):
     out = model(b)  # the batch holds no target: models never read one
     assert set(out) == {"logits", "per_modality", "aux_losses"}
     assert out["logits"].shape == (2, 5) and torch.isfinite(out["logits"]).all()
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(
-        out["logits"], torch.ones(2, 5))
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(out["logits"], torch.ones(2, 5))
     for logits in out["per_modality"].values():
         assert logits.shape == (2, 5)
         loss = loss + logits.sigmoid().sum()
@@ -120,15 +120,17 @@ def test_late_is_the_mean_and_ensemble_the_softmax_mix():
     b = batch(mods)
     late = build("late", mods).eval()
     out = late(b)
-    torch.testing.assert_close(out["logits"], (out["per_modality"]["poster"]
-                                               + out["per_modality"]["plot"]) / 2)
+    torch.testing.assert_close(
+        out["logits"], (out["per_modality"]["poster"] + out["per_modality"]["plot"]) / 2
+    )
     ens = build("ensemble", mods).eval()
     with torch.no_grad():
         ens.ensemble.alpha.copy_(torch.tensor([0.3, -1.2]))
     out = ens(b)
     w = torch.softmax(torch.tensor([0.3, -1.2]), 0)
-    torch.testing.assert_close(out["logits"], w[0] * out["per_modality"]["poster"]
-                               + w[1] * out["per_modality"]["plot"])
+    torch.testing.assert_close(
+        out["logits"], w[0] * out["per_modality"]["poster"] + w[1] * out["per_modality"]["plot"]
+    )
 
 
 def trained_like(model):
@@ -145,8 +147,10 @@ def trained_like(model):
 def test_cen_with_theta_zero_is_the_plain_multistream_network():
     mods = ["rgb", "depth"]
     b = batch(mods)
-    plain, cen, loose = (trained_like(build(n, mods, **o)) for n, o in (
-        ("multistream", {}), ("cen", {"theta": 0.0}), ("cen", {"theta": 10.0})))
+    plain, cen, loose = (
+        trained_like(build(n, mods, **o))
+        for n, o in (("multistream", {}), ("cen", {"theta": 0.0}), ("cen", {"theta": 10.0}))
+    )
     with torch.no_grad():
         torch.testing.assert_close(cen(b)["logits"], plain(b)["logits"])
         # and it can fail: a threshold above every gamma exchanges channels

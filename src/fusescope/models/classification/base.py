@@ -48,8 +48,11 @@ def masked_mean(tokens: Tensor, mask: Tensor | None) -> Tensor:
     return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
-def class_output(logits: Tensor, per_modality: dict[str, Tensor] | None = None,
-                 aux_losses: dict[str, Tensor] | None = None) -> dict:
+def class_output(
+    logits: Tensor,
+    per_modality: dict[str, Tensor] | None = None,
+    aux_losses: dict[str, Tensor] | None = None,
+) -> dict:
     return {"logits": logits, "per_modality": per_modality or {}, "aux_losses": aux_losses or {}}
 
 
@@ -62,7 +65,7 @@ class Classifier(nn.Module):
         self.num_classes = num_classes
 
     def inputs(self, batch: Mapping[str, Tensor]) -> list[tuple[Tensor, Tensor | None]]:
-        """(input, mask or None) per modality, in modality order; a clear error if one is missing."""
+        """(input, mask or None) per modality in order; a clear error if one is missing."""
         missing = [m for m in self.modalities if m not in batch]
         if missing:
             raise KeyError(f"batch lacks modalities {missing}; has {sorted(batch)}")
@@ -70,8 +73,10 @@ class Classifier(nn.Module):
 
     def encode(self, batch: Mapping[str, Tensor]) -> dict[str, Encoded]:
         """Every branch on its modality: {modality: Encoded}."""
-        return {m: self.branches[m](x, mask)
-                for m, (x, mask) in zip(self.modalities, self.inputs(batch), strict=True)}
+        return {
+            m: self.branches[m](x, mask)
+            for m, (x, mask) in zip(self.modalities, self.inputs(batch), strict=True)
+        }
 
     def lr_scales(self) -> list[tuple[nn.Parameter, float]]:
         return []
@@ -113,9 +118,18 @@ BRANCH_DEFAULTS: dict[str, Any] = {
 }
 
 
-def build_branch(modality: str, spec: Mapping[str, Any], *, backbone: str | Mapping,
-                 pretrained: bool | str, text_dim: int, text_layers: int, text_heads: int,
-                 text_dropout: float, glove: str | None) -> nn.Module:
+def build_branch(
+    modality: str,
+    spec: Mapping[str, Any],
+    *,
+    backbone: str | Mapping,
+    pretrained: bool | str,
+    text_dim: int,
+    text_layers: int,
+    text_heads: int,
+    text_dropout: float,
+    glove: str | None,
+) -> nn.Module:
     """The branch for one modality: `ImageBranch` for image kinds, `TextEncoder` for text.
 
     Args:
@@ -128,9 +142,15 @@ def build_branch(modality: str, spec: Mapping[str, Any], *, backbone: str | Mapp
 
     if spec.get("kind") == TEXT_KIND:
         init = glove_embeddings(spec, glove, text_dim, modality) if glove else None
-        return TextEncoder(int(spec["vocab_size"]), text_dim, text_layers, text_heads,
-                           dropout=text_dropout, pad_id=int(spec.get("pad_id", 0)),
-                           embeddings=init)
+        return TextEncoder(
+            int(spec["vocab_size"]),
+            text_dim,
+            text_layers,
+            text_heads,
+            dropout=text_dropout,
+            pad_id=int(spec.get("pad_id", 0)),
+            embeddings=init,
+        )
     if "channels" not in spec:
         raise OptionError(f"modality {modality!r} ({spec.get('kind')}) has no channel count")
     return ImageBranch(int(spec["channels"]), backbone, pretrained)
@@ -145,8 +165,13 @@ def check_modalities(modalities: list[str], count: tuple[int, ...] | None, metho
 def head(dim: int, num_classes: int, dropout: float = 0.0, hidden: int | None = None) -> nn.Module:
     """Dropout + linear (or a one-hidden-layer MLP) from a pooled vector to class logits."""
     if hidden:
-        return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, hidden), nn.GELU(),
-                             nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+        return nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_classes))
 
 

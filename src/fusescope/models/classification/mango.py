@@ -65,19 +65,44 @@ class MangoClassifier(Classifier):
     """Two branches -> slot tokens -> MANGO flow -> head on Z. Parts under stable names:
     `branches.{m}`, `project.{m}`, `slots.{m}`, `flow`, `head`."""
 
-    def __init__(self, modalities, in_specs, num_classes, branch_opts, *, width, slots,
-                 attn_dim, coupling_hidden, blocks, partitions, coupling, nll_weight,
-                 log_scale_bound, dropout, hidden):
+    def __init__(
+        self,
+        modalities,
+        in_specs,
+        num_classes,
+        branch_opts,
+        *,
+        width,
+        slots,
+        attn_dim,
+        coupling_hidden,
+        blocks,
+        partitions,
+        coupling,
+        nll_weight,
+        log_scale_bound,
+        dropout,
+        hidden,
+    ):
         super().__init__(modalities, num_classes)
-        self.branches = nn.ModuleDict({m: build_branch(m, in_specs[m], **branch_opts)
-                                       for m in modalities})
-        self.project = nn.ModuleDict({m: nn.Linear(self.branches[m].dim, width)
-                                      for m in modalities})
+        self.branches = nn.ModuleDict(
+            {m: build_branch(m, in_specs[m], **branch_opts) for m in modalities}
+        )
+        self.project = nn.ModuleDict(
+            {m: nn.Linear(self.branches[m].dim, width) for m in modalities}
+        )
         self.slots = nn.ModuleDict({m: SlotPooling(width, slots) for m in modalities})
         self.latent_norm = nn.LayerNorm(width, elementwise_affine=False)
-        self.flow = MangoFlow(width, blocks, 2 * slots, partitions=tuple(partitions),
-                              coupling=coupling, attn_dim=attn_dim, hidden=coupling_hidden,
-                              log_scale_bound=log_scale_bound)
+        self.flow = MangoFlow(
+            width,
+            blocks,
+            2 * slots,
+            partitions=tuple(partitions),
+            coupling=coupling,
+            attn_dim=attn_dim,
+            hidden=coupling_hidden,
+            log_scale_bound=log_scale_bound,
+        )
         self.head = head(2 * width, num_classes, dropout, hidden)
         self.nll_weight = nll_weight
         self.num_slots = slots
@@ -86,8 +111,10 @@ class MangoClassifier(Classifier):
     def tokens(self, batch: dict[str, Tensor]) -> Tensor:
         """The flow's input (B, 2*slots, width): modality A's slot tokens, then B's."""
         encoded = self.encode(batch)
-        parts = [self.slots[m](self.project[m](encoded[m].tokens), encoded[m].mask)
-                 for m in self.modalities]
+        parts = [
+            self.slots[m](self.project[m](encoded[m].tokens), encoded[m].mask)
+            for m in self.modalities
+        ]
         return self.latent_norm(torch.cat(parts, dim=1))
 
     def forward(self, batch: dict[str, Tensor]) -> dict:
@@ -98,8 +125,10 @@ class MangoClassifier(Classifier):
         dims = tokens.shape[1] * tokens.shape[2]
         nll = nll_per_dim(log_prob, dims).mean()
         # tensors, not floats: converting here would sync the device every step
-        self._stats = {"flow_nll_nats": nll.detach(),
-                       "flow_bpd": bits_per_dim(log_prob, dims).mean().detach()}
+        self._stats = {
+            "flow_nll_nats": nll.detach(),
+            "flow_bpd": bits_per_dim(log_prob, dims).mean().detach(),
+        }
         b, n, d = z.shape
         pooled = z.view(b, 2, n // 2, d).mean(2).flatten(1)  # (B, 2*width): per-modality means
         logits = self.head(pooled.to(tokens.dtype))
@@ -111,13 +140,29 @@ class MangoClassifier(Classifier):
 
 
 @CLASSIFICATION_METHODS.register("mango")
-def mango(modalities, in_specs, num_classes, backbone="resnet18", pretrained=False,
-          text_dim: int = 64, text_layers: int = 2, text_heads: int = 4,
-          text_dropout: float = 0.1, glove: str | None = None, width: int = 64, slots: int = 8,
-          attn_dim: int = 64, coupling_hidden: int = 128, blocks: int = 12,
-          partitions: Sequence[str] = PARTITIONS, coupling: bool = True,
-          nll_weight: float = 0.1, log_scale_bound: float = 2.0, dropout: float = 0.0,
-          hidden: int | None = 128) -> Classifier:
+def mango(
+    modalities,
+    in_specs,
+    num_classes,
+    backbone="resnet18",
+    pretrained=False,
+    text_dim: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 4,
+    text_dropout: float = 0.1,
+    glove: str | None = None,
+    width: int = 64,
+    slots: int = 8,
+    attn_dim: int = 64,
+    coupling_hidden: int = 128,
+    blocks: int = 12,
+    partitions: Sequence[str] = PARTITIONS,
+    coupling: bool = True,
+    nll_weight: float = 0.1,
+    log_scale_bound: float = 2.0,
+    dropout: float = 0.0,
+    hidden: int | None = 128,
+) -> Classifier:
     """MANGO: task loss + `nll_weight` x the flow's NLL per dimension.
 
     Args:
@@ -133,13 +178,37 @@ def mango(modalities, in_specs, num_classes, backbone="resnet18", pretrained=Fal
     if unknown:
         raise OptionError(f"unknown partitions {unknown}; known: {', '.join(PARTITIONS)}")
     if slots < 1 or width < 2 or nll_weight < 0:
-        raise OptionError(f"need slots >= 1, width >= 2, nll_weight >= 0; got {slots}, {width}, "
-                          f"{nll_weight}")
-    opts = {k: v for k, v in locals().items()
-            if k in ("backbone", "pretrained", "text_dim", "text_layers", "text_heads",
-                     "text_dropout", "glove")}
-    return MangoClassifier(modalities, in_specs, num_classes, opts, width=width, slots=slots,
-                           attn_dim=attn_dim, coupling_hidden=coupling_hidden, blocks=blocks,
-                           partitions=list(partitions), coupling=coupling,
-                           nll_weight=nll_weight, log_scale_bound=log_scale_bound,
-                           dropout=dropout, hidden=hidden)
+        raise OptionError(
+            f"need slots >= 1, width >= 2, nll_weight >= 0; got {slots}, {width}, {nll_weight}"
+        )
+    opts = {
+        k: v
+        for k, v in locals().items()
+        if k
+        in (
+            "backbone",
+            "pretrained",
+            "text_dim",
+            "text_layers",
+            "text_heads",
+            "text_dropout",
+            "glove",
+        )
+    }
+    return MangoClassifier(
+        modalities,
+        in_specs,
+        num_classes,
+        opts,
+        width=width,
+        slots=slots,
+        attn_dim=attn_dim,
+        coupling_hidden=coupling_hidden,
+        blocks=blocks,
+        partitions=list(partitions),
+        coupling=coupling,
+        nll_weight=nll_weight,
+        log_scale_bound=log_scale_bound,
+        dropout=dropout,
+        hidden=hidden,
+    )

@@ -45,8 +45,9 @@ class PerModalityHeads(Classifier):
     def __init__(self, modalities, in_specs, num_classes, branch_opts, dropout, combine):
         super().__init__(modalities, num_classes)
         self.branches = _branches(modalities, in_specs, branch_opts)
-        self.heads = nn.ModuleDict({m: head(self.branches[m].dim, num_classes, dropout)
-                                    for m in modalities})
+        self.heads = nn.ModuleDict(
+            {m: head(self.branches[m].dim, num_classes, dropout) for m in modalities}
+        )
         self.combine = combine
         self.ensemble = Ensemble(len(modalities)) if combine == "ensemble" else None
 
@@ -63,47 +64,82 @@ class PerModalityHeads(Classifier):
         """The scored logits from the present modalities only (a modality left out)."""
         if self.ensemble is None:
             return torch.stack([per_modality[m] for m in present]).mean(0)
-        mask = torch.tensor([m in present for m in self.modalities],
-                            device=self.ensemble.alpha.device)
+        mask = torch.tensor(
+            [m in present for m in self.modalities], device=self.ensemble.alpha.device
+        )
         weights = torch.softmax(self.ensemble.alpha.masked_fill(~mask, float("-inf")), 0)
         return torch.tensordot(weights, stack_logits(per_modality), dims=1)
 
 
 @CLASSIFICATION_METHODS.register("unimodal")
-def unimodal(modalities, in_specs, num_classes, backbone="resnet18", pretrained=False,
-             text_dim: int = 64, text_layers: int = 2, text_heads: int = 4,
-             text_dropout: float = 0.1, glove: str | None = None,
-             dropout: float = 0.0) -> Classifier:
+def unimodal(
+    modalities,
+    in_specs,
+    num_classes,
+    backbone="resnet18",
+    pretrained=False,
+    text_dim: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 4,
+    text_dropout: float = 0.1,
+    glove: str | None = None,
+    dropout: float = 0.0,
+) -> Classifier:
     """One modality's branch (timm image backbone or the text encoder) and a linear head."""
     check_modalities(modalities, (1,), "unimodal")
     return PerModalityHeads(modalities, in_specs, num_classes, _opts(locals()), dropout, "mean")
 
 
 @CLASSIFICATION_METHODS.register("late")
-def late(modalities, in_specs, num_classes, backbone="resnet18", pretrained=False,
-         text_dim: int = 64, text_layers: int = 2, text_heads: int = 4, text_dropout: float = 0.1,
-         glove: str | None = None, dropout: float = 0.0) -> Classifier:
+def late(
+    modalities,
+    in_specs,
+    num_classes,
+    backbone="resnet18",
+    pretrained=False,
+    text_dim: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 4,
+    text_dropout: float = 0.1,
+    glove: str | None = None,
+    dropout: float = 0.0,
+) -> Classifier:
     """Late fusion: the mean of the modalities' logits (each head supervised on its own too)."""
     check_modalities(modalities, None, "late")
     return PerModalityHeads(modalities, in_specs, num_classes, _opts(locals()), dropout, "mean")
 
 
 @CLASSIFICATION_METHODS.register("ensemble")
-def ensemble(modalities, in_specs, num_classes, backbone="resnet18", pretrained=False,
-             text_dim: int = 64, text_layers: int = 2, text_heads: int = 4,
-             text_dropout: float = 0.1, glove: str | None = None,
-             dropout: float = 0.0) -> Classifier:
+def ensemble(
+    modalities,
+    in_specs,
+    num_classes,
+    backbone="resnet18",
+    pretrained=False,
+    text_dim: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 4,
+    text_dropout: float = 0.1,
+    glove: str | None = None,
+    dropout: float = 0.0,
+) -> Classifier:
     """CEN's learned ensemble over per-modality heads."""
     check_modalities(modalities, None, "ensemble")
     if len(modalities) < 2:
         raise OptionError(f"ensemble combines >= 2 modalities; data.modalities is {modalities}")
-    return PerModalityHeads(modalities, in_specs, num_classes, _opts(locals()), dropout,
-                            "ensemble")
+    return PerModalityHeads(modalities, in_specs, num_classes, _opts(locals()), dropout, "ensemble")
 
 
 def _opts(local: dict) -> dict:
-    keys = ("backbone", "pretrained", "text_dim", "text_layers", "text_heads", "text_dropout",
-            "glove")
+    keys = (
+        "backbone",
+        "pretrained",
+        "text_dim",
+        "text_layers",
+        "text_heads",
+        "text_dropout",
+        "glove",
+    )
     return {k: local[k] for k in keys}
 
 
@@ -127,8 +163,9 @@ class EarlyConcat(Classifier):
 
 
 @CLASSIFICATION_METHODS.register("early_concat")
-def early_concat(modalities, in_specs, num_classes, backbone="resnet18", pretrained=False,
-                 dropout: float = 0.0) -> Classifier:
+def early_concat(
+    modalities, in_specs, num_classes, backbone="resnet18", pretrained=False, dropout: float = 0.0
+) -> Classifier:
     """Input-level fusion of image modalities (RGB-D): one encoder over stacked channels."""
     return EarlyConcat(modalities, in_specs, num_classes, backbone, pretrained, dropout)
 
@@ -136,12 +173,24 @@ def early_concat(modalities, in_specs, num_classes, backbone="resnet18", pretrai
 class ConcatFusion(Classifier):
     """Pooled vectors -> Linear to `width` each -> concat -> MLP head; optional BMC."""
 
-    def __init__(self, modalities, in_specs, num_classes, branch_opts, width, hidden, dropout,
-                 bmc, bmc_weight, bmc_mode):
+    def __init__(
+        self,
+        modalities,
+        in_specs,
+        num_classes,
+        branch_opts,
+        width,
+        hidden,
+        dropout,
+        bmc,
+        bmc_weight,
+        bmc_mode,
+    ):
         super().__init__(modalities, num_classes)
         self.branches = _branches(modalities, in_specs, branch_opts)
-        self.project = nn.ModuleDict({m: nn.Linear(self.branches[m].dim, width)
-                                      for m in modalities})
+        self.project = nn.ModuleDict(
+            {m: nn.Linear(self.branches[m].dim, width) for m in modalities}
+        )
         self.head = head(width * len(modalities), num_classes, dropout, hidden)
         self.bmc_weight = float(bmc_weight)
         self.bmc = BMC(width, mode=bmc_mode) if bmc else None
@@ -165,37 +214,80 @@ class ConcatFusion(Classifier):
 
 
 @CLASSIFICATION_METHODS.register("concat")
-def concat(modalities, in_specs, num_classes, backbone="resnet18", pretrained=False,
-           text_dim: int = 64, text_layers: int = 2, text_heads: int = 4,
-           text_dropout: float = 0.1, glove: str | None = None, width: int = 128,
-           hidden: int | None = 128, dropout: float = 0.0, bmc: bool | None = None,
-           bmc_weight: float = 0.1, bmc_mode: str = "both") -> Classifier:
+def concat(
+    modalities,
+    in_specs,
+    num_classes,
+    backbone="resnet18",
+    pretrained=False,
+    text_dim: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 4,
+    text_dropout: float = 0.1,
+    glove: str | None = None,
+    width: int = 128,
+    hidden: int | None = 128,
+    dropout: float = 0.0,
+    bmc: bool | None = None,
+    bmc_weight: float = 0.1,
+    bmc_mode: str = "both",
+) -> Classifier:
     """Feature-level concat fusion; `bmc: true` adds BMC (`bmc_weight`, `bmc_mode`)."""
     check_modalities(modalities, None, "concat")
     if bmc_mode not in BMC_MODES:
         raise OptionError(f"bmc_mode must be one of {', '.join(BMC_MODES)}; got {bmc_mode!r}")
     if width < 2 or (bmc and bmc_weight < 0):
         raise OptionError(f"width must be >= 2 and bmc_weight >= 0; got {width}, {bmc_weight}")
-    return ConcatFusion(modalities, in_specs, num_classes, _opts(locals()), width, hidden,
-                        dropout, bmc, bmc_weight, bmc_mode)
+    return ConcatFusion(
+        modalities,
+        in_specs,
+        num_classes,
+        _opts(locals()),
+        width,
+        hidden,
+        dropout,
+        bmc,
+        bmc_weight,
+        bmc_mode,
+    )
 
 
 class AttentionFusion(Classifier):
     """Transformer layers over the tokens of every modality at once (see the module doc)."""
 
-    def __init__(self, modalities, in_specs, num_classes, branch_opts, width, layers, heads,
-                 mode, dropout, attn_dropout):
+    def __init__(
+        self,
+        modalities,
+        in_specs,
+        num_classes,
+        branch_opts,
+        width,
+        layers,
+        heads,
+        mode,
+        dropout,
+        attn_dropout,
+    ):
         super().__init__(modalities, num_classes)
         self.mode = mode
         self.branches = _branches(modalities, in_specs, branch_opts)
-        self.project = nn.ModuleDict({m: nn.Linear(self.branches[m].dim, width)
-                                      for m in modalities})
+        self.project = nn.ModuleDict(
+            {m: nn.Linear(self.branches[m].dim, width) for m in modalities}
+        )
         self.modality_code = nn.Parameter(torch.zeros(len(modalities), width))
         nn.init.normal_(self.modality_code, std=0.02)
         self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(width, heads, 2 * width, attn_dropout, activation="gelu",
-                                       batch_first=True, norm_first=True)
-            for _ in range(layers))
+            nn.TransformerEncoderLayer(
+                width,
+                heads,
+                2 * width,
+                attn_dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            for _ in range(layers)
+        )
         self.norm = nn.LayerNorm(width)
         self.head = head(width * len(modalities), num_classes, dropout)
 
@@ -206,8 +298,9 @@ class AttentionFusion(Classifier):
             t = self.project[m](encoded[m].tokens) + self.modality_code[i]  # (B, N_m, W)
             tokens.append(t)
             mask = encoded[m].mask
-            masks.append(torch.ones(t.shape[:2], dtype=torch.bool, device=t.device)
-                         if mask is None else mask)
+            masks.append(
+                torch.ones(t.shape[:2], dtype=torch.bool, device=t.device) if mask is None else mask
+            )
             owner.append(torch.full((t.shape[1],), i, device=t.device))
         x = torch.cat(tokens, 1)  # (B, N, W), N = sum of N_m
         valid = torch.cat(masks, 1)  # (B, N)
@@ -218,18 +311,31 @@ class AttentionFusion(Classifier):
             x = layer(x, src_mask=same, src_key_padding_mask=~valid)
         x = self.norm(x)
         # masked mean per modality, all at once: one (B, M, N) weight matrix
-        member = (owner[None, :] == torch.arange(len(self.modalities), device=x.device)[:, None])
+        member = owner[None, :] == torch.arange(len(self.modalities), device=x.device)[:, None]
         weights = (member[None] & valid[:, None]).to(x.dtype)  # (B, M, N)
         pooled = (weights @ x) / weights.sum(-1, keepdim=True).clamp(min=1.0)  # (B, M, W)
         return class_output(self.head(pooled.flatten(1)))
 
 
 @CLASSIFICATION_METHODS.register("attention")
-def attention(modalities, in_specs, num_classes, backbone="resnet18", pretrained=False,
-              text_dim: int = 64, text_layers: int = 2, text_heads: int = 4,
-              text_dropout: float = 0.1, glove: str | None = None, width: int = 128,
-              layers: int = 2, heads: int = 4, mode: str = "cross", dropout: float = 0.0,
-              attn_dropout: float = 0.1) -> Classifier:
+def attention(
+    modalities,
+    in_specs,
+    num_classes,
+    backbone="resnet18",
+    pretrained=False,
+    text_dim: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 4,
+    text_dropout: float = 0.1,
+    glove: str | None = None,
+    width: int = 128,
+    layers: int = 2,
+    heads: int = 4,
+    mode: str = "cross",
+    dropout: float = 0.0,
+    attn_dropout: float = 0.1,
+) -> Classifier:
     """Self- or cross-attention fusion over the modalities' tokens.
 
     Args:
@@ -241,11 +347,21 @@ def attention(modalities, in_specs, num_classes, backbone="resnet18", pretrained
     if mode not in ("self", "cross"):
         raise OptionError(f"mode must be 'self' or 'cross', got {mode!r}")
     if mode == "cross" and len(modalities) < 2:
-        raise OptionError(f"cross-attention needs >= 2 modalities; data.modalities is "
-                          f"{modalities}")
+        raise OptionError(f"cross-attention needs >= 2 modalities; data.modalities is {modalities}")
     if layers < 1 or width % heads:
-        raise OptionError(f"need layers >= 1 and heads dividing width; got layers={layers}, "
-                          f"width={width}, heads={heads}")
-    return AttentionFusion(modalities, in_specs, num_classes, _opts(locals()), width, layers,
-                           heads, mode, dropout, attn_dropout)
-
+        raise OptionError(
+            f"need layers >= 1 and heads dividing width; got layers={layers}, "
+            f"width={width}, heads={heads}"
+        )
+    return AttentionFusion(
+        modalities,
+        in_specs,
+        num_classes,
+        _opts(locals()),
+        width,
+        layers,
+        heads,
+        mode,
+        dropout,
+        attn_dropout,
+    )

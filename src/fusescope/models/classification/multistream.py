@@ -44,10 +44,13 @@ class MultiStreamClassifier(Classifier):
         super().__init__(modalities, num_classes)
         text = [m for m in modalities if in_specs[m].get("kind") == TEXT_KIND]
         if text or len(modalities) < 2:
-            raise OptionError(f"a multi-stream encoder shares convolutions between >= 2 image "
-                              f"modalities; data.modalities is {modalities}")
-        self.in_chans = common_channels(modalities, {m: int(in_specs[m]["channels"])
-                                                     for m in modalities})
+            raise OptionError(
+                f"a multi-stream encoder shares convolutions between >= 2 image "
+                f"modalities; data.modalities is {modalities}"
+            )
+        self.in_chans = common_channels(
+            modalities, {m: int(in_specs[m]["channels"]) for m in modalities}
+        )
         plain = create_encoder(backbone, self.in_chans, pretrained)
         self.encoder = MultiStreamEncoder(plain, len(modalities), shared=shared)
         self.head = head(feature_channels(plain)[-1], num_classes, dropout)
@@ -68,8 +71,9 @@ class MultiStreamClassifier(Classifier):
         alpha = self.ensemble.alpha
         mask = torch.tensor([m in present for m in self.modalities], device=alpha.device)
         weights = torch.softmax(alpha.masked_fill(~mask, float("-inf")), 0)
-        return torch.tensordot(weights, torch.stack([per_modality[m] for m in self.modalities]),
-                               dims=1)
+        return torch.tensordot(
+            weights, torch.stack([per_modality[m] for m in self.modalities]), dims=1
+        )
 
     def lr_scales(self) -> list[tuple[nn.Parameter, float]]:
         return [pair for op in fusion_ops(self) for pair in getattr(op, "lr_scales", list)()]
@@ -87,46 +91,91 @@ class MultiStreamClassifier(Classifier):
 
 
 @CLASSIFICATION_METHODS.register("multistream")
-def multistream(modalities, in_specs, num_classes, backbone="resnet18", pretrained=False,
-                shared: bool = True, dropout: float = 0.0) -> Classifier:
+def multistream(
+    modalities,
+    in_specs,
+    num_classes,
+    backbone="resnet18",
+    pretrained=False,
+    shared: bool = True,
+    dropout: float = 0.0,
+) -> Classifier:
     """Shared convolutions, private BNs, no exchange: the multi-stream baseline."""
-    return MultiStreamClassifier(modalities, in_specs, num_classes, backbone, pretrained, shared,
-                                 dropout)
+    return MultiStreamClassifier(
+        modalities, in_specs, num_classes, backbone, pretrained, shared, dropout
+    )
 
 
 @CLASSIFICATION_METHODS.register("cen")
-def cen(modalities, in_specs, num_classes, backbone="resnet18", pretrained=False,
-        theta: float = 2e-2, l1_weight: float = 2e-4, mode: str = "exchange", split: bool = True,
-        random_portion: float = 0.3, shared: bool = True,
-        stages: list[int] | tuple[int, ...] = (1, 2, 3, 4), gamma_lr_scale: float = 1.0,
-        exchange_scope: str = "own_part", l1_per_output: bool = False,
-        dropout: float = 0.0) -> Classifier:
+def cen(
+    modalities,
+    in_specs,
+    num_classes,
+    backbone="resnet18",
+    pretrained=False,
+    theta: float = 2e-2,
+    l1_weight: float = 2e-4,
+    mode: str = "exchange",
+    split: bool = True,
+    random_portion: float = 0.3,
+    shared: bool = True,
+    stages: list[int] | tuple[int, ...] = (1, 2, 3, 4),
+    gamma_lr_scale: float = 1.0,
+    exchange_scope: str = "own_part",
+    l1_per_output: bool = False,
+    dropout: float = 0.0,
+) -> Classifier:
     """CEN with a pooled head; options as the segmentation `cen` (fusion/exchange.py)."""
     if mode not in MODES or exchange_scope not in EXCHANGE_SCOPES:
-        raise OptionError(f"mode must be one of {', '.join(MODES)} and exchange_scope one of "
-                          f"{', '.join(EXCHANGE_SCOPES)}; got {mode!r}, {exchange_scope!r}")
+        raise OptionError(
+            f"mode must be one of {', '.join(MODES)} and exchange_scope one of "
+            f"{', '.join(EXCHANGE_SCOPES)}; got {mode!r}, {exchange_scope!r}"
+        )
     if theta < 0 or l1_weight < 0 or not 0 <= random_portion <= 1 or gamma_lr_scale <= 0:
         raise OptionError(
-            "theta and l1_weight must be >= 0, random_portion in [0, 1], gamma_lr_scale > 0")
-    model = MultiStreamClassifier(modalities, in_specs, num_classes, backbone, pretrained,
-                                  shared, dropout)
+            "theta and l1_weight must be >= 0, random_portion in [0, 1], gamma_lr_scale > 0"
+        )
+    model = MultiStreamClassifier(
+        modalities, in_specs, num_classes, backbone, pretrained, shared, dropout
+    )
     model.encoder.insert(
         Where(("bn_out",), stages=tuple(stages)),
-        lambda point: ChannelExchange(point, theta, l1_weight, mode, split, random_portion,
-                                      gamma_lr_scale, exchange_scope, l1_per_output))
+        lambda point: ChannelExchange(
+            point,
+            theta,
+            l1_weight,
+            mode,
+            split,
+            random_portion,
+            gamma_lr_scale,
+            exchange_scope,
+            l1_per_output,
+        ),
+    )
     return model
 
 
 @CLASSIFICATION_METHODS.register("asymfusion")
-def asymfusion(modalities, in_specs, num_classes, backbone="resnet18", pretrained=False,
-               shuffle: bool = True, shift: bool = True, shared: bool = True,
-               stages: list[int] | tuple[int, ...] = (1, 2, 3, 4),
-               dropout: float = 0.0) -> Classifier:
+def asymfusion(
+    modalities,
+    in_specs,
+    num_classes,
+    backbone="resnet18",
+    pretrained=False,
+    shuffle: bool = True,
+    shift: bool = True,
+    shared: bool = True,
+    stages: list[int] | tuple[int, ...] = (1, 2, 3, 4),
+    dropout: float = 0.0,
+) -> Classifier:
     """AsymFusion (channel shuffle + pixel shift) with a pooled head (fusion/asym.py)."""
     if not (shuffle or shift):
         raise OptionError("asymfusion needs shuffle or shift (use name: multistream for neither)")
-    model = MultiStreamClassifier(modalities, in_specs, num_classes, backbone, pretrained,
-                                  shared, dropout)
-    model.encoder.insert(Where(("conv_in", "act_out"), stages=tuple(stages), blocks="last"),
-                         lambda point: AsymmetricFusion(point, shuffle, shift))
+    model = MultiStreamClassifier(
+        modalities, in_specs, num_classes, backbone, pretrained, shared, dropout
+    )
+    model.encoder.insert(
+        Where(("conv_in", "act_out"), stages=tuple(stages), blocks="last"),
+        lambda point: AsymmetricFusion(point, shuffle, shift),
+    )
     return model

@@ -27,8 +27,9 @@ from fusescope.models.classification.base import Encoded, masked_mean
 def sinusoidal_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """(length, dim) sinusoidal position codes (Vaswani et al.), computed for any length."""
     pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
-    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32)
-                     * (-math.log(10000.0) / dim))
+    freq = torch.exp(
+        torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim)
+    )
     codes = torch.zeros(length, dim, device=device)
     codes[:, 0::2] = torch.sin(pos * freq)
     codes[:, 1::2] = torch.cos(pos * freq[: dim // 2])
@@ -48,26 +49,40 @@ class TextEncoder(nn.Module):
         embeddings: initial (vocab_size, dim) embedding table (e.g. GloVe vectors).
     """
 
-    def __init__(self, vocab_size: int, dim: int = 64, layers: int = 2, heads: int = 4,
-                 dropout: float = 0.1, pad_id: int = 0, embeddings: Tensor | None = None):
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int = 64,
+        layers: int = 2,
+        heads: int = 4,
+        dropout: float = 0.1,
+        pad_id: int = 0,
+        embeddings: Tensor | None = None,
+    ):
         super().__init__()
         if vocab_size < 2 or dim < 2 or layers < 0 or heads < 1 or dim % heads:
-            raise OptionError(f"text encoder: need vocab_size >= 2, dim >= 2, layers >= 0 and "
-                              f"heads dividing dim; got vocab_size={vocab_size}, dim={dim}, "
-                              f"layers={layers}, heads={heads}")
+            raise OptionError(
+                f"text encoder: need vocab_size >= 2, dim >= 2, layers >= 0 and "
+                f"heads dividing dim; got vocab_size={vocab_size}, dim={dim}, "
+                f"layers={layers}, heads={heads}"
+            )
         self.dim, self.pad_id = dim, pad_id
         self.embed = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
         if embeddings is not None:
             if tuple(embeddings.shape) != (vocab_size, dim):
-                raise OptionError(f"text embeddings of shape {tuple(embeddings.shape)} do not "
-                                  f"fit ({vocab_size}, {dim})")
+                raise OptionError(
+                    f"text embeddings of shape {tuple(embeddings.shape)} do not "
+                    f"fit ({vocab_size}, {dim})"
+                )
             with torch.no_grad():
                 self.embed.weight.copy_(embeddings)
                 self.embed.weight[pad_id].zero_()
         self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, activation="gelu",
-                                       batch_first=True, norm_first=True)
-            for _ in range(layers))
+            nn.TransformerEncoderLayer(
+                dim, heads, 2 * dim, dropout, activation="gelu", batch_first=True, norm_first=True
+            )
+            for _ in range(layers)
+        )
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, ids: Tensor, mask: Tensor | None = None) -> Encoded:
@@ -92,15 +107,21 @@ def glove_embeddings(spec: Mapping[str, Any], path: str, dim: int, modality: str
     file keep a random start, as the data side's `glove_matrix` decides)."""
     vocab = spec.get("vocab")
     if not vocab:
-        raise FusescopeError(f"model.glove needs the vocabulary of text modality {modality!r}, "
-                             f"which its data set does not record")
+        raise FusescopeError(
+            f"model.glove needs the vocabulary of text modality {modality!r}, "
+            f"which its data set does not record"
+        )
     from fusescope.data.text import glove_matrix
 
     table = torch.as_tensor(glove_matrix(list(vocab), path), dtype=torch.float32)
     if table.shape[1] != dim:
-        raise FusescopeError(f"{path}: GloVe vectors have {table.shape[1]} dimensions; set "
-                             f"model.text_dim: {table.shape[1]}")
+        raise FusescopeError(
+            f"{path}: GloVe vectors have {table.shape[1]} dimensions; set "
+            f"model.text_dim: {table.shape[1]}"
+        )
     if table.shape[0] != int(spec["vocab_size"]):
-        raise FusescopeError(f"{path}: GloVe table has {table.shape[0]} rows for a vocabulary "
-                             f"of {spec['vocab_size']}")
+        raise FusescopeError(
+            f"{path}: GloVe table has {table.shape[0]} rows for a vocabulary "
+            f"of {spec['vocab_size']}"
+        )
     return table
