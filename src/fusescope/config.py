@@ -23,6 +23,8 @@ from omegaconf.errors import OmegaConfBaseException
 from fusescope.errors import FusescopeError
 from fusescope.io import is_plain_name
 
+SYNTH_KINDS = ("rooms", "posters")
+
 
 @dataclass
 class SynthSpec:
@@ -31,6 +33,7 @@ class SynthSpec:
     num: int = 600
     seed: int = 0
     size: list[int] = field(default_factory=lambda: [120, 160])
+    kind: str = "rooms"  # rooms: RGB-D frames (data/synthetic.py); posters: image + text
 
 
 @dataclass
@@ -45,6 +48,10 @@ class DataConfig:
     hflip: bool = True
     color_jitter: float = 0.2  # brightness/contrast/saturation strength, colour modality only
     num_workers: int = 0
+    max_tokens: int = 256  # text modalities: token ids kept per sample (the rest is cut)
+    vocab_size: int = 20000  # text: most vocabulary entries, <pad> and <unk> included
+    vocab_min_count: int = 2  # text: fewer occurrences in the train split: <unk>
+    min_pixels: int = 20  # frame classification: a class is present if it covers this many pixels
 
 
 @dataclass
@@ -261,6 +268,13 @@ def check_config(cfg: DictConfig) -> None:
     if d.color_jitter > 1:
         raise FusescopeError(f"data.color_jitter={d.color_jitter} must be at most 1")
     number("data.num_workers", d.num_workers, 0, integer=True)
+    number("data.max_tokens", d.max_tokens, 1, integer=True)
+    number("data.vocab_size", d.vocab_size, 2, integer=True)
+    number("data.vocab_min_count", d.vocab_min_count, 1, integer=True)
+    number("data.min_pixels", d.min_pixels, 1, integer=True)
+    if d.synth is not None and d.synth.kind not in SYNTH_KINDS:
+        raise FusescopeError(f"data.synth.kind={d.synth.kind!r} unknown; known: "
+                             f"{', '.join(SYNTH_KINDS)}")
 
     check_plain_name(e.split, "eval.split")
     if e.tta not in ("none", "flip", "ms-flip"):

@@ -7,6 +7,7 @@ module imports a training loop to get a collate function.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch.utils.data import default_collate
 
 from fusescope.errors import FusescopeError
@@ -44,9 +45,36 @@ class GlobalBatchSampler:
             pos += self.batch_size
 
 
+MASK_SUFFIX = "_mask"
+
+
+def pad_sequences(samples: list[dict]) -> list[dict]:
+    """Right-pad every variable-length sequence to the batch's longest.
+
+    A sequence is a key `k` with a partner `k + "_mask"` (a text modality's token ids and its
+    bool mask): ids are padded with 0 (`<pad>`), masks with False, so a model that reads only the
+    masked-in positions gives each sample the same output in any batch.
+    """
+    keys = [k for k in samples[0] if f"{k}{MASK_SUFFIX}" in samples[0]]
+    if not keys:
+        return samples
+    out = [dict(s) for s in samples]
+    for k in keys:
+        length = max(s[k].shape[-1] for s in samples)
+        for s in out:
+            n = s[k].shape[-1]
+            if n < length:
+                s[k] = torch.cat([s[k], s[k].new_zeros(length - n)])
+                mask = s[f"{k}{MASK_SUFFIX}"]
+                s[f"{k}{MASK_SUFFIX}"] = torch.cat([mask, mask.new_zeros(length - n)])
+    return out
+
+
 def collate(samples: list[dict]) -> dict:
-    """Stack sample dicts into a batch dict; `id` stays a list of strings."""
+    """Stack sample dicts into a batch dict; `id` stays a list of strings; sequences (a key with
+    a `<key>_mask` partner, e.g. a text modality) are padded to the batch's longest first."""
     ids = [s.pop("id") for s in samples]
+    samples = pad_sequences(samples)
     try:
         batch = default_collate(samples)
     except RuntimeError as err:

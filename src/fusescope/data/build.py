@@ -16,8 +16,9 @@ from fusescope.errors import FusescopeError
 
 
 def ensure_data(data_cfg: DictConfig, progress: bool = True) -> Path:
-    """The data root, generating the known-answer benchmark there first if `data.synth` is set
-    and the folder does not exist yet."""
+    """The data root, generating the known-answer data there first if `data.synth` is set and
+    the folder does not exist yet (`data.synth.kind`: `rooms`, the RGB-D frames, or `posters`,
+    image + text in the classification layout)."""
     root = Path(data_cfg.root)
     if not (root / "meta.json").is_file():
         if data_cfg.synth is None:
@@ -26,11 +27,30 @@ def ensure_data(data_cfg: DictConfig, progress: bool = True) -> Path:
         if root.exists() and any(root.iterdir()):
             raise FusescopeError(f"{root}: folder exists without meta.json; not overwriting it")
         s = data_cfg.synth
-        generate(root, num=s.num, seed=s.seed, size=tuple(s.size), progress=progress,
-                 workers=2)
+        if s.get("kind", "rooms") == "posters":
+            generate_poster_data(root, num=s.num, seed=s.seed, size=tuple(s.size),
+                                 progress=progress)
+        else:
+            generate(root, num=s.num, seed=s.seed, size=tuple(s.size), progress=progress,
+                     workers=2)
     elif data_cfg.synth is not None:
         check_synth_matches(root, data_cfg.synth)
     return root
+
+
+def generate_poster_data(root: Path, num: int, seed: int, size: tuple[int, int],
+                         progress: bool = True) -> None:
+    """The known-answer posters as a classification data folder at `root`: generated in the
+    MM-IMDB layout (PNG posters, exact) in a temporary folder, then prepared into `root`."""
+    import tempfile
+
+    from fusescope.data.mmimdb import prepare_mmimdb
+    from fusescope.data.posters import generate_posters
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{root.name}.raw-", dir=root.parent) as raw:
+        generate_posters(Path(raw) / "mmimdb", num, seed=seed, size=size, image_format="png")
+        prepare_mmimdb(Path(raw) / "mmimdb", root, overwrite=root.exists(), progress=progress)
 
 
 def check_synth_matches(root: Path, synth: DictConfig) -> None:
@@ -41,9 +61,16 @@ def check_synth_matches(root: Path, synth: DictConfig) -> None:
         FusescopeError: naming what differs and the ways out.
     """
 
-    wanted = {"num": int(synth.num), "seed": int(synth.seed),
-              "size": [int(v) for v in synth.size], "version": GENERATOR_VERSION}
+    kind = synth.get("kind", "rooms")
+    if kind == "posters":
+        from fusescope.data.posters import GENERATOR_VERSION as version
+    else:
+        version = GENERATOR_VERSION
+    wanted = {"kind": kind, "num": int(synth.num), "seed": int(synth.seed),
+              "size": [int(v) for v in synth.size], "version": version}
     found = load_meta(root).extra.get("generator")
+    if isinstance(found, dict):
+        found = {"kind": "rooms", **found}  # data generated before posters existed: rooms
     fixes = (f"delete {root} to generate it, set data.root to another folder, or "
              f"data.synth=null to train on the folder as it is")
     if not isinstance(found, dict):

@@ -1,4 +1,5 @@
-"""The `fusescope data ...` subcommands: prepare (nyudv2, sunrgbd, cityscapes), hha, inspect.
+"""The `fusescope data ...` subcommands: prepare (nyudv2, sunrgbd, cityscapes, mmimdb),
+synth-posters, hha, inspect.
 
 `register(data_subparsers)` adds them to the `data` command's subparsers; each sets
 `func(args)`, which the CLI calls with the parsed namespace. Errors are `FusescopeError`.
@@ -60,6 +61,23 @@ def _prepare_cityscapes(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {meta.name}, {meta.num_classes} classes")
 
 
+def _prepare_mmimdb(args: argparse.Namespace) -> None:
+    from fusescope.data.mmimdb import prepare_mmimdb
+
+    meta = prepare_mmimdb(args.root, args.out, size=tuple(args.size) if args.size else None,
+                          overwrite=args.overwrite, progress=True)
+    print(f"wrote {args.out}: {meta.name}, {meta.num_classes} genres")
+
+
+def _synth_posters(args: argparse.Namespace) -> None:
+    from fusescope.data.posters import generate_posters
+
+    generate_posters(args.out, args.num, seed=args.seed, size=tuple(args.size),
+                     image_format=args.format, jpeg_quality=args.jpeg_quality)
+    print(f"wrote {args.num} posters of {args.size[0]}x{args.size[1]} with plots to {args.out} "
+          f"(MM-IMDB layout; fusescope data prepare mmimdb --root {args.out} --out DIR)")
+
+
 def _hha(args: argparse.Namespace) -> None:
     import time
 
@@ -108,7 +126,7 @@ def _inspect(args: argparse.Namespace) -> None:
 
 
 def register(data_subparsers: argparse._SubParsersAction) -> None:
-    """Add `prepare`, `hha` and `inspect` to the `fusescope data` subparsers."""
+    """Add `prepare`, `synth-posters`, `hha` and `inspect` to the `fusescope data` subparsers."""
     prep = data_subparsers.add_parser("prepare", help="convert an official data set")
     sub = prep.add_subparsers(dest="dataset", required=True, metavar="DATASET")
 
@@ -159,6 +177,27 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
     p.set_defaults(func=_prepare_cityscapes)
+
+    p = sub.add_parser("mmimdb", help="MM-IMDB posters, plots and 23 genres (multi-label)")
+    p.add_argument("--root", type=Path, required=True,
+                   help="folder with the release's split.json and dataset/ (<id>.jpeg, <id>.json)")
+    p.add_argument("--out", type=Path, required=True, help="data folder to write")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="resize every poster to H x W (default: keep each poster's size)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
+    p.set_defaults(func=_prepare_mmimdb)
+
+    p = data_subparsers.add_parser(
+        "synth-posters", help="generate known-answer posters and plots in the MM-IMDB layout")
+    p.add_argument("out", type=Path, help="folder to create (new or empty)")
+    p.add_argument("--num", type=int, default=1000, help="movies (70/15/15%% train/dev/test)")
+    p.add_argument("--seed", type=int, default=0, help="movie i is drawn from (seed, i)")
+    p.add_argument("--size", type=int, nargs=2, default=[96, 64], metavar=("H", "W"),
+                   help="poster height and width in pixels")
+    p.add_argument("--format", choices=["jpeg", "png"], default="jpeg",
+                   help="poster files: jpeg as MM-IMDB (lossy) or png (exact pixels)")
+    p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1-100")
+    p.set_defaults(func=_synth_posters)
 
     p = data_subparsers.add_parser("hha", help="HHA encoding of one depth image")
     p.add_argument("--depth", type=Path, required=True, help="depth image (e.g. uint16 PNG)")

@@ -16,7 +16,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fusescope.data.meta import LABEL_DIR, DatasetMeta, ModalitySpec, load_meta, read_split
+from fusescope.data.meta import (
+    LABEL_DIR,
+    LABELS_FILE,
+    DatasetMeta,
+    ModalitySpec,
+    load_meta,
+    read_split,
+)
+from fusescope.data.text import TEXT_EXTENSION
 from fusescope.errors import FusescopeError
 from fusescope.io import read_image
 
@@ -25,8 +33,15 @@ EXTENSIONS = (".png", ".jpg", ".jpeg")
 PLAUSIBLE_DEPTH_M = (0.05, 200.0)
 
 
-def find_file(folder: Path, sample_id: str) -> Path | None:
-    for ext in EXTENSIONS:
+def extensions(meta: DatasetMeta, name: str) -> tuple[str, ...]:
+    """The file extensions of folder `name` (a modality or the label folder)."""
+    spec = meta.modalities.get(name)
+    return (TEXT_EXTENSION,) if spec is not None and spec.kind == "text" else EXTENSIONS
+
+
+def find_file(folder: Path, sample_id: str,
+              exts: tuple[str, ...] = EXTENSIONS) -> Path | None:
+    for ext in exts:
         path = folder / f"{sample_id}{ext}"
         if path.is_file():
             return path
@@ -102,14 +117,15 @@ def check_folder(root: Path, meta: DatasetMeta, modalities: list[str], ids: list
         folder = root / name
         if not folder.is_dir():
             raise FusescopeError(f"{folder}: folder missing for '{name}'")
-        present = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS}
+        exts = extensions(meta, name)
+        present = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in exts}
         missing = [i for i in ids if i not in present]
         if missing:
             raise FusescopeError(f"{folder}: {len(missing)} file(s) of the split missing, e.g. "
-                                 f"{missing[0]}.png")
+                                 f"{missing[0]}{exts[0]}")
         files[name] = {i: present[i] for i in ids}
     # a file present for one modality but not another is a broken pairing
-    stems = [set(p.stem for p in (root / n).iterdir() if p.suffix.lower() in EXTENSIONS)
+    stems = [set(p.stem for p in (root / n).iterdir() if p.suffix.lower() in extensions(meta, n))
              for n in folders]
     union = set().union(*stems)
     for name, have in zip(folders, stems, strict=True):
@@ -145,6 +161,11 @@ class FolderDataset(Dataset):
         self.split = split
         self.modalities = list(modalities)
         self.ids = read_split(self.root, split)
+        texts = [m for m in self.modalities if self.meta.modalities.get(m, None) is not None
+                 and self.meta.modalities[m].kind == "text"]
+        if texts:
+            raise FusescopeError(f"{self.root / 'meta.json'}: {texts[0]!r} is a text modality; "
+                                 f"text serves classification (task: classification)")
         self.files = check_folder(self.root, self.meta, self.modalities, self.ids)
         self.transform = transform
         self.normalize = normalize
@@ -190,11 +211,15 @@ def fingerprint(root: str | os.PathLike, modalities: list[str], splits: list[str
     size (not content: hashing gigabytes of images at every start would cost minutes)."""
     root = Path(root)
     h = hashlib.sha256((root / "meta.json").read_bytes())
+    meta = load_meta(root)
+    if (root / LABELS_FILE).is_file():  # classification labels (a segmentation set has none)
+        h.update((root / LABELS_FILE).read_bytes())
     for split in sorted(set(splits)):
         ids = read_split(root, split)
         h.update(f"{split}:{','.join(ids)}".encode())
         for name in [*modalities, LABEL_DIR]:
+            exts = extensions(meta, name)
             for i in ids:
-                path = find_file(root / name, i)
+                path = find_file(root / name, i, exts)
                 h.update(f"{name}/{i}:{path.stat().st_size if path else -1};".encode())
     return h.hexdigest()[:16]

@@ -3,14 +3,21 @@
 Every data folder fusescope reads, synthetic or prepared from official files, has the same layout:
 
     ROOT/meta.json
-    ROOT/<modality>/<id>.png     one sub-folder per modality named in meta.json
+    ROOT/<modality>/<id>.png     one sub-folder per modality named in meta.json (text: <id>.txt)
     ROOT/label/<id>.png          uint8 class ids, `ignore_index` (255) = not labelled
+    ROOT/labels.json             classification data: {id: [class names]} (`task: classification`)
     ROOT/splits/<split>.txt      one sample id per line (train.txt, val.txt, test.txt)
 
 Modality kinds say how a file becomes a float tensor:
     color  8-bit RGB; photometric augmentation applies to it alone.
     image  any other 8-bit image (HHA, normals, infrared); C = 1 or 3.
     depth  uint16 PNG; value * `scale` = metres; 0 = invalid (a hole).
+    text   one UTF-8 file per sample (`fusescope.data.text`); no channels.
+
+`task` says what a sample is labelled with: `segmentation` (the default: `label/` maps) or
+`classification` (`labels.json`; `multi_label` true: any number of classes per sample, false:
+exactly one). A segmentation folder serves frame classification as it is
+(`fusescope.data.classification`).
 """
 
 from __future__ import annotations
@@ -24,9 +31,13 @@ from typing import Any
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, is_plain_name, read_json, write_json
 
-MODALITY_KINDS = ("color", "image", "depth")
-CUES = ("appearance", "geometry", "both")
+MODALITY_KINDS = ("color", "image", "depth", "text")
+# appearance: only the image (RGB, a poster) identifies the class; geometry: only depth; text:
+# only the text; both: either modality does
+CUES = ("appearance", "geometry", "text", "both")
+TASKS = ("segmentation", "classification")
 LABEL_DIR = "label"
+LABELS_FILE = "labels.json"
 
 
 @dataclass(frozen=True)
@@ -40,7 +51,7 @@ class ClassInfo:
 @dataclass(frozen=True)
 class ModalitySpec:
     kind: str
-    channels: int
+    channels: int  # 0 for text
     scale: float | None = None  # depth only: metres per stored unit (0.001 for millimetres)
     units: str | None = None
 
@@ -62,6 +73,16 @@ class DatasetMeta:
     def class_names(self) -> list[str]:
         return [c.name for c in self.classes]
 
+    @property
+    def task(self) -> str:
+        """`segmentation` (label maps) or `classification` (`labels.json`)."""
+        return self.extra.get("task", "segmentation")
+
+    @property
+    def multi_label(self) -> bool:
+        """Classification: whether a sample may have any number of classes (else exactly one)."""
+        return bool(self.extra.get("multi_label", False))
+
     def cue_groups(self) -> dict[str, list[int]]:
         """Class ids per cue type, for the benchmark's per-group mIoU (empty without cues)."""
         groups: dict[str, list[int]] = {}
@@ -74,7 +95,8 @@ class DatasetMeta:
         d = {
             "name": self.name,
             "classes": [asdict(c) for c in self.classes],
-            "modalities": {k: {kk: vv for kk, vv in asdict(v).items() if vv is not None}
+            "modalities": {k: {kk: vv for kk, vv in asdict(v).items()
+                               if vv is not None and not (v.kind == "text" and kk == "channels")}
                            for k, v in self.modalities.items()},
             "ignore_index": self.ignore_index,
         }
@@ -119,6 +141,12 @@ def meta_from_dict(d: dict[str, Any], where: str = "meta.json") -> DatasetMeta:
     """
     if not isinstance(d, dict):
         raise FusescopeError(f"{where}: expected a JSON object")
+    task = d.get("task", "segmentation")
+    if task not in TASKS:
+        raise FusescopeError(f"{where}: task {task!r} is not one of {', '.join(TASKS)}")
+    if not isinstance(d.get("multi_label", False), bool):
+        raise FusescopeError(f"{where}: multi_label must be true or false, got "
+                             f"{d['multi_label']!r}")
     raw_classes = _require(d, "classes", where)
     if not isinstance(raw_classes, list):
         raise FusescopeError(f"{where}: 'classes' must be a list")
@@ -130,7 +158,9 @@ def meta_from_dict(d: dict[str, Any], where: str = "meta.json") -> DatasetMeta:
         cid = _require(c, "id", here)
         if isinstance(cid, bool) or cid != i:
             raise FusescopeError(f"{here}: class ids must be 0..K-1 in order, got id {cid!r}")
-        color = _require(c, "color", here)
+        # classes of a classification data set need no colour: they are never drawn as a map
+        color = c.get("color", _default_color(i)) if task == "classification" else _require(
+            c, "color", here)
         if not (isinstance(color, list | tuple) and len(color) == 3):
             raise FusescopeError(f"{here}: color must be [r, g, b]")
         color = tuple(_integer(v, f"{here}.color", 0, 255) for v in color)
@@ -141,6 +171,10 @@ def meta_from_dict(d: dict[str, Any], where: str = "meta.json") -> DatasetMeta:
         if not isinstance(name, str | int | float) or isinstance(name, bool):
             raise FusescopeError(f"{here}: name must be a string, got {name!r}")
         classes.append(ClassInfo(str(name), i, color, cue))
+    if task == "classification" and len({c.name for c in classes}) != len(classes):
+        # labels.json names classes, so a name must say which one
+        dup = next(c.name for c in classes if [k.name for k in classes].count(c.name) > 1)
+        raise FusescopeError(f"{where}: class name {dup!r} appears twice")
     if not classes:
         raise FusescopeError(f"{where}: 'classes' is empty")
     raw_modalities = _require(d, "modalities", where)
@@ -160,6 +194,11 @@ def meta_from_dict(d: dict[str, Any], where: str = "meta.json") -> DatasetMeta:
             raise FusescopeError(f"{here}: kind {kind!r} is not one of {', '.join(MODALITY_KINDS)}")
         if name == LABEL_DIR:
             raise FusescopeError(f"{here}: 'label' is reserved for the label folder")
+        if kind == "text":
+            if spec.get("channels", 0) != 0:
+                raise FusescopeError(f"{here}: a text modality has no channels")
+            modalities[name] = ModalitySpec("text", 0)
+            continue
         channels = _integer(_require(spec, "channels", here), f"{here}.channels", 1)
         if kind == "depth" and channels != 1 or kind != "depth" and channels not in (1, 3):
             raise FusescopeError(f"{here}: {channels} channels; a {kind} modality has "
@@ -192,6 +231,13 @@ def meta_from_dict(d: dict[str, Any], where: str = "meta.json") -> DatasetMeta:
                        modalities=modalities, ignore_index=ignore_index,
                        intrinsics=intrinsics,
                        extra={k: v for k, v in d.items() if k not in known})
+
+
+def _default_color(index: int) -> tuple[int, int, int]:
+    """A distinct colour per class id (the PASCAL VOC palette, without black)."""
+    from fusescope.data.prepare import palette
+
+    return palette(index + 1)[index]
 
 
 def load_meta(root: str | os.PathLike) -> DatasetMeta:

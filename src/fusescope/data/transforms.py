@@ -1,7 +1,7 @@
-"""Joint transforms: geometry applied identically to every modality and the label, photometry to
-colour modalities only. Each sample gets its own `np.random.Generator` (seeded from the run seed,
-the epoch and the sample index), so augmentation is independent of workers, process count and
-resumption.
+"""Joint transforms: geometry applied identically to every image modality and the label, photometry
+to colour modalities only; text modalities pass through untouched. Each sample gets its own
+`np.random.Generator` (seeded from the run seed, the epoch and the sample index), so augmentation
+is independent of workers, process count and resumption.
 """
 
 from __future__ import annotations
@@ -53,8 +53,10 @@ class TrainTransform:
         self.ignore_index = ignore_index
 
     def __call__(self, sample: dict[str, Tensor], rng: np.random.Generator) -> dict[str, Tensor]:
-        names = [k for k in sample if isinstance(sample[k], Tensor)]
-        h, w = sample["label"].shape[-2:]
+        # images and the label map; text, class targets and masks are not spatial
+        names = [k for k in sample if isinstance(sample[k], Tensor) and (
+            k == "label" or k in self.specs and self.specs[k].kind != "text")]
+        h, w = sample["label" if "label" in sample else names[0]].shape[-2:]
         # draw every random number up front, in a fixed order, so the stream is the same
         # whatever the modalities are
         scale = rng.uniform(*self.scale_range)
@@ -99,7 +101,9 @@ class Normalize:
     Works on a sample (C, H, W) or a batch (B, C, H, W) alike."""
 
     def __init__(self, specs: dict[str, ModalitySpec], stats: dict[str, dict[str, list[float]]]):
-        self.specs = specs
+        # text modalities are encoded by their vocabulary (their statistics), not normalised
+        self.specs = {k: v for k, v in specs.items() if v.kind != "text"}
+        stats = {k: v for k, v in stats.items() if "mean" in v}
         self.mean = {k: torch.tensor(v["mean"]).view(-1, 1, 1) for k, v in stats.items()}
         self.std = {k: torch.tensor(v["std"]).view(-1, 1, 1) for k, v in stats.items()}
 

@@ -1,0 +1,305 @@
+"""Classification data over the folder layout: a set of classes per sample, from `labels.json`
+or from the label maps of a segmentation data set (which classes a frame shows).
+
+Two sources of targets, chosen by the data folder's `meta.json`:
+
+- `task: classification`: `ROOT/labels.json` maps every sample id to a list of class names
+  (`{"0000008": ["Drama", "Comedy"]}`); `multi_label: false` asks for exactly one name per sample.
+  Image posters and plot texts (MM-IMDB, `fusescope data synth-posters`) are such folders.
+- a segmentation folder (no `task`, or `task: segmentation`): the targets are multi-label, "which
+  classes are present in this frame": class c is present if at least `min_pixels` pixels of the
+  frame's label map are c (the ignore index never counts). The known-answer RGB-D set serves frame
+  classification as it is, and each class keeps its cue group.
+
+A sample is `{<image modality>: float32 (C,H,W), <text modality>: int64 (L,) token ids,
+<text modality>_mask: bool (L,) (all true; `collate` pads), "target": float32 (K,) multi-hot, or
+int64 () class id when single-label, "id": str}`. Text is encoded with the vocabulary in the run's
+statistics (`fusescope.data.text`), cut to `max_tokens`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from fusescope.data.batching import MASK_SUFFIX
+from fusescope.data.folder import check_folder, check_label_array, load_modality
+from fusescope.data.meta import LABEL_DIR, LABELS_FILE, DatasetMeta, load_meta, read_split
+from fusescope.data.stats import Moments
+from fusescope.data.text import Vocabulary, build_vocabulary, read_text
+from fusescope.data.transforms import Normalize, TrainTransform
+from fusescope.errors import FusescopeError
+from fusescope.io import read_image, read_json
+
+DEFAULT_MIN_PIXELS = 20
+
+
+def is_multi_label(meta: DatasetMeta) -> bool:
+    """Whether samples of this folder have any number of classes (frame classification: yes)."""
+    return meta.multi_label if meta.task == "classification" else True
+
+
+def read_labels(root: str | os.PathLike, meta: DatasetMeta, ids: list[str]) -> np.ndarray:
+    """The class ids of `ids` from `ROOT/labels.json`, as a (N, K) bool matrix.
+
+    Raises:
+        FusescopeError: naming the file and the id: the file is missing or not an object of
+            lists of names, an id has no entry, a name is not a class, or a single-label data set
+            gives other than one class.
+    """
+    path = Path(root) / LABELS_FILE
+    labels = read_json(path)
+    if not isinstance(labels, dict):
+        raise FusescopeError(f"{path}: expected an object {{sample id: [class names]}}")
+    index = {name: c for c, name in enumerate(meta.class_names)}
+    out = np.zeros((len(ids), meta.num_classes), dtype=bool)
+    for row, sample_id in enumerate(ids):
+        if sample_id not in labels:
+            raise FusescopeError(f"{path}: no labels for sample {sample_id}")
+        names = labels[sample_id]
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise FusescopeError(
+                f"{path}: sample {sample_id}: expected a list of class names, got {names!r}"
+            )
+        for name in names:
+            if name not in index:
+                raise FusescopeError(
+                    f"{path}: sample {sample_id}: class {name!r} is not in meta.json's classes"
+                )
+            out[row, index[name]] = True
+        if not meta.multi_label and out[row].sum() != 1:
+            raise FusescopeError(
+                f"{path}: sample {sample_id}: {len(names)} classes; a "
+                f"single-label data set (multi_label: false) needs exactly one"
+            )
+    return out
+
+
+def frame_classes(label: np.ndarray, num_classes: int, min_pixels: int) -> np.ndarray:
+    """(K,) bool: the classes covering at least `min_pixels` pixels of a label map (ids >= K,
+    e.g. the ignore index, never count)."""
+    return np.bincount(label.ravel(), minlength=num_classes)[:num_classes] >= min_pixels
+
+
+class ClassificationFolderDataset(Dataset):
+    """Samples of one split for classification (module docstring for the keys).
+
+    Indexing with an int gives the evaluation view (no augmentation); indexing with
+    (epoch, index) seeds augmentation from (seed, epoch, index), as `FolderDataset` does.
+
+    Args:
+        root: data folder.
+        split: split name (a file `splits/<split>.txt`).
+        modalities: modality names to load, in model order (images and texts).
+        vocabularies: the vocabulary of each text modality (from the run's statistics);
+            needed to index samples with text, not to read them raw (`load_raw`).
+        max_tokens: token ids kept per text.
+        min_pixels: frame classification: pixels a class needs to be present.
+        transform: joint augmentation `(sample, rng) -> sample` (images only) before
+            normalisation.
+        normalize: `(sample) -> sample` with train statistics; None keeps natural units.
+        seed: run seed.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        modalities: list[str],
+        vocabularies: dict[str, Vocabulary] | None = None,
+        max_tokens: int = 256,
+        min_pixels: int = DEFAULT_MIN_PIXELS,
+        transform: Callable | None = None,
+        normalize: Callable | None = None,
+        seed: int = 0,
+    ):
+        self.root = Path(root)
+        self.meta = load_meta(self.root)
+        self.split = split
+        self.modalities = list(modalities)
+        self.ids = read_split(self.root, split)
+        self.from_label_maps = self.meta.task != "classification"
+        self.multi_label = is_multi_label(self.meta)
+        self.files = check_folder(
+            self.root, self.meta, self.modalities, self.ids, with_labels=self.from_label_maps
+        )
+        self.labels = None if self.from_label_maps else read_labels(self.root, self.meta, self.ids)
+        self.texts = [m for m in self.modalities if self.meta.modalities[m].kind == "text"]
+        self.images = [m for m in self.modalities if m not in self.texts]
+        self.vocabularies = dict(vocabularies or {})
+        self.max_tokens = max_tokens
+        self.min_pixels = min_pixels
+        self.transform = transform
+        self.normalize = normalize
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load_raw(self, index: int) -> dict:
+        """The sample in natural units: images float32 in [0, 1] (depth in metres), texts as
+        strings, "target" as a (K,) bool array; every file checked."""
+        sample_id = self.ids[index]
+        raw: dict = {"id": sample_id}
+        size = None
+        if self.from_label_maps:
+            path = self.files[LABEL_DIR][sample_id]
+            label = read_image(path)
+            check_label_array(label, path, self.meta)
+            raw["target"] = frame_classes(label, self.meta.num_classes, self.min_pixels)
+            size, first = label.shape, path
+        else:
+            raw["target"] = self.labels[index].copy()
+        for name in self.images:
+            path = self.files[name][sample_id]
+            x = load_modality(path, name, self.meta.modalities[name])
+            if size is None:
+                size, first = x.shape[-2:], path
+            elif x.shape[-2:] != size:
+                raise FusescopeError(
+                    f"{path}: size {x.shape[-2]}x{x.shape[-1]} differs from "
+                    f"{first}'s {size[0]}x{size[1]}"
+                )
+            raw[name] = x
+        for name in self.texts:
+            raw[name] = read_text(self.files[name][sample_id])
+        return raw
+
+    def encode(self, name: str, text: str) -> torch.Tensor:
+        if name not in self.vocabularies:
+            raise FusescopeError(
+                f"text modality {name!r}: no vocabulary (the run's statistics hold it)"
+            )
+        return torch.from_numpy(self.vocabularies[name].encode(text, self.max_tokens))
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (None, key)
+        raw = self.load_raw(index)
+        target = raw.pop("target")
+        sample: dict = {"id": raw.pop("id")}
+        for name in self.images:
+            sample[name] = torch.from_numpy(raw[name])
+        for name in self.texts:
+            ids = self.encode(name, raw[name])
+            sample[name] = ids
+            sample[f"{name}{MASK_SUFFIX}"] = torch.ones(ids.shape, dtype=torch.bool)
+        if self.multi_label:
+            sample["target"] = torch.from_numpy(target.astype(np.float32))
+        else:
+            sample["target"] = torch.tensor(int(target.argmax()), dtype=torch.int64)
+        if self.transform is not None and epoch is not None:
+            sample = self.transform(sample, np.random.default_rng([self.seed, 0, epoch, index]))
+        if self.normalize is not None:
+            sample = self.normalize(sample)
+        return sample
+
+    def targets(self) -> np.ndarray:
+        """(N, K) bool: every sample's classes (reads label maps for frame classification)."""
+        if self.labels is not None:
+            return self.labels.copy()
+        out = np.zeros((len(self), self.meta.num_classes), dtype=bool)
+        for i, sample_id in enumerate(self.ids):
+            label = read_image(self.files[LABEL_DIR][sample_id])
+            check_label_array(label, self.files[LABEL_DIR][sample_id], self.meta)
+            out[i] = frame_classes(label, self.meta.num_classes, self.min_pixels)
+        return out
+
+
+def compute_stats(
+    dataset: ClassificationFolderDataset,
+    vocab_size: int = 20000,
+    vocab_min_count: int = 2,
+    progress: bool = False,
+) -> dict[str, dict]:
+    """The normaliser's statistics of a classification data set: images' per-channel mean / std
+    (as `fusescope.data.stats.compute_stats`), texts' vocabulary (`{"vocab": [tokens]}`), both
+    over `dataset` (the training split)."""
+    moments: dict[str, Moments] = {}
+    texts: dict[str, list[str]] = {name: [] for name in dataset.texts}
+    for i in tqdm(range(len(dataset)), desc="statistics", disable=not progress, leave=False):
+        raw = dataset.load_raw(i)
+        for name in dataset.images:
+            x = raw[name].astype(np.float64)
+            x = x.reshape(x.shape[0], -1)  # (C, H*W)
+            depth = dataset.meta.modalities[name].kind == "depth"
+            valid = x > 0 if depth else np.ones_like(x, dtype=bool)
+            moments.setdefault(name, Moments(x.shape[0])).add(x, valid)
+        for name in dataset.texts:
+            texts[name].append(raw[name])
+    stats = {
+        name: {"mean": m.mean().tolist(), "std": np.maximum(m.std(), 1e-6).tolist()}
+        for name, m in moments.items()
+    }
+    for name, items in texts.items():
+        stats[name] = build_vocabulary(items, vocab_min_count, vocab_size).to_stats()
+    return {name: stats[name] for name in dataset.modalities}
+
+
+def vocabularies(stats: dict, modalities: list[str], meta: DatasetMeta) -> dict[str, Vocabulary]:
+    """The vocabulary of every text modality among `modalities`, from a run's statistics."""
+    return {
+        m: Vocabulary.from_stats(stats.get(m), f"statistics of {m!r}")
+        for m in modalities
+        if meta.modalities[m].kind == "text"
+    }
+
+
+# From the `data` config section to data sets (as `fusescope.data.build` does for segmentation)
+
+
+def normalisation_stats(data_cfg: DictConfig, progress: bool = False) -> dict:
+    ds = ClassificationFolderDataset(
+        data_cfg.root,
+        data_cfg.train_split,
+        list(data_cfg.modalities),
+        min_pixels=data_cfg.min_pixels,
+    )
+    return compute_stats(
+        ds,
+        vocab_size=data_cfg.vocab_size,
+        vocab_min_count=data_cfg.vocab_min_count,
+        progress=progress,
+    )
+
+
+def _dataset(
+    data_cfg: DictConfig, split: str, stats: dict, seed: int
+) -> ClassificationFolderDataset:
+    ds = ClassificationFolderDataset(
+        data_cfg.root,
+        split,
+        list(data_cfg.modalities),
+        max_tokens=data_cfg.max_tokens,
+        min_pixels=data_cfg.min_pixels,
+        seed=seed,
+    )
+    ds.vocabularies = vocabularies(stats, ds.modalities, ds.meta)
+    ds.normalize = Normalize({m: ds.meta.modalities[m] for m in ds.modalities}, stats)
+    return ds
+
+
+def train_dataset(data_cfg: DictConfig, stats: dict, seed: int) -> ClassificationFolderDataset:
+    """The training split with augmentation (scale, crop, flip, colour jitter on the images).
+
+    Frame classification takes its targets from the whole frame: a crop can cut a small object
+    out, so its configs keep `data.scale_range: [1, 1]` and no `crop_size` (flips are safe)."""
+    ds = _dataset(data_cfg, data_cfg.train_split, stats, seed)
+    ds.transform = TrainTransform(
+        {m: ds.meta.modalities[m] for m in ds.modalities},
+        crop_size=tuple(data_cfg.crop_size) if data_cfg.crop_size else None,
+        scale_range=tuple(data_cfg.scale_range),
+        hflip=data_cfg.hflip,
+        color_jitter=data_cfg.color_jitter,
+    )
+    return ds
+
+
+def eval_dataset(data_cfg: DictConfig, split: str, stats: dict) -> ClassificationFolderDataset:
+    return _dataset(data_cfg, split, stats, seed=0)

@@ -1,0 +1,237 @@
+"""MM-IMDB (Arevalo et al., 2017: movie posters, plots and genres) to the classification folder
+format.
+
+The release layout read here:
+
+    ROOT/split.json              {"train": [ids], "dev": [ids], "test": [ids]}
+    ROOT/dataset/<id>.jpeg       the poster (.jpg / .png are read too)
+    ROOT/dataset/<id>.json       {"genres": [names], "plot": [paragraphs] (or one string), ...}
+    ROOT/genres.json             optional, fusescope's: {"genres": [{name, cue}], "generator"}
+                                 replaces the 23 MM-IMDB genres (the poster generator writes it)
+
+written as (docs/architecture.md): `poster/<id>.png` (colour), `plot/<id>.txt` (the paragraphs
+joined by a blank line), `labels.json` ({id: [genres]}), `splits/{train,val,test}.txt` (val =
+dev) and `meta.json` (`task: classification`, `multi_label: true`, the genres as classes in the
+order of `MMIMDB_GENRES`). Posters are decoded (grey ones become RGB) and, with `size`, resized.
+
+A handful of release files also name genres that are not among the 23 (`Adult`, `News`,
+`Reality-TV`, `Talk-Show`); MM-IMDB's 23-genre label matrix leaves them out, and so does this
+converter (counted in `meta.json` under `left_out_genres`). Any other name is an error.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from fusescope.data.meta import LABELS_FILE, ClassInfo, DatasetMeta, ModalitySpec, write_split
+from fusescope.data.prepare import palette, staged_output
+from fusescope.errors import FusescopeError
+from fusescope.io import is_plain_name, read_image, read_json, write_json, write_png
+
+# the 23 genres of MM-IMDB, most frequent first, as the release names them
+MMIMDB_GENRES = (
+    "Drama",
+    "Comedy",
+    "Romance",
+    "Thriller",
+    "Crime",
+    "Action",
+    "Adventure",
+    "Horror",
+    "Documentary",
+    "Mystery",
+    "Sci-Fi",
+    "Fantasy",
+    "Family",
+    "Biography",
+    "War",
+    "History",
+    "Music",
+    "Animation",
+    "Musical",
+    "Western",
+    "Sport",
+    "Short",
+    "Film-Noir",
+)
+LEFT_OUT_GENRES = ("Adult", "News", "Reality-TV", "Talk-Show")
+SPLITS = {"train": "train", "dev": "val", "test": "test"}  # release name -> fusescope name
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
+POSTER, PLOT = "poster", "plot"
+
+
+def _read_splits(root: Path) -> dict[str, list[str]]:
+    path = root / "split.json"
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise FusescopeError(f"{path}: expected an object with train, dev and test id lists")
+    seen: dict[str, str] = {}
+    out = {}
+    for name in SPLITS:
+        ids = data.get(name)
+        if not isinstance(ids, list) or not ids:
+            raise FusescopeError(f"{path}: {name!r} must be a non-empty list of ids")
+        for sample_id in ids:
+            if not is_plain_name(sample_id):
+                raise FusescopeError(f"{path}: {name}: {sample_id!r} is not a sample id")
+            if sample_id in seen:
+                raise FusescopeError(
+                    f"{path}: id {sample_id} is in both {seen[sample_id]} and {name}"
+                )
+            seen[sample_id] = name
+        out[name] = list(ids)
+    return out
+
+
+def _read_genres(root: Path) -> tuple[list[ClassInfo], tuple[str, ...], dict | None]:
+    """The classes, the genres left out, and the generator block of a generated set."""
+    path = root / "genres.json"
+    if not path.is_file():
+        colors = palette(len(MMIMDB_GENRES))
+        return (
+            [ClassInfo(g, i, colors[i]) for i, g in enumerate(MMIMDB_GENRES)],
+            LEFT_OUT_GENRES,
+            None,
+        )
+    data = read_json(path)
+    table = data.get("genres") if isinstance(data, dict) else None
+    if not isinstance(table, list) or not table:
+        raise FusescopeError(f'{path}: expected {{"genres": [{{name, cue}}, ...]}}')
+    colors = palette(len(table))
+    classes = []
+    for i, g in enumerate(table):
+        if not (isinstance(g, dict) and isinstance(g.get("name"), str) and g["name"]):
+            raise FusescopeError(f"{path}: genres[{i}] needs a name")
+        classes.append(ClassInfo(g["name"], i, colors[i], g.get("cue")))
+    generator = data.get("generator")
+    return classes, (), generator if isinstance(generator, dict) else None
+
+
+def _find_image(folder: Path, sample_id: str) -> Path:
+    for ext in IMAGE_EXTENSIONS:
+        path = folder / f"{sample_id}{ext}"
+        if path.is_file():
+            return path
+    raise FusescopeError(
+        f"{folder / sample_id}.jpeg: poster of id {sample_id} (in split.json) not found"
+    )
+
+
+def _read_movie(
+    path: Path, sample_id: str, known: set[str], left_out: tuple[str, ...]
+) -> tuple[list[str], str, list[str]]:
+    """(genres kept, plot text, genres left out) of one release json."""
+    if not path.is_file():
+        raise FusescopeError(f"{path}: metadata of id {sample_id} (in split.json) not found")
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise FusescopeError(f"{path}: expected a JSON object with genres and plot")
+    genres = data.get("genres")
+    if not (isinstance(genres, list) and all(isinstance(g, str) for g in genres)):
+        raise FusescopeError(f"{path}: 'genres' must be a list of names, got {genres!r}")
+    if not genres:
+        raise FusescopeError(f"{path}: no genres")
+    for g in genres:
+        if g not in known and g not in left_out:
+            raise FusescopeError(f"{path}: genre {g!r} is not one of the {len(known)} genres")
+    plot = data.get("plot")
+    if isinstance(plot, str):
+        plot = [plot]
+    if not (isinstance(plot, list) and all(isinstance(p, str) for p in plot)):
+        raise FusescopeError(f"{path}: 'plot' must be a list of paragraphs, got {plot!r}")
+    text = "\n\n".join(p.strip() for p in plot if p.strip())
+    if not any(c.isalnum() for c in text):
+        raise FusescopeError(f"{path}: empty plot")
+    kept = sorted(set(g for g in genres if g in known), key=genres.index)
+    return kept, text + "\n", [g for g in genres if g not in known]
+
+
+def _poster(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    image = read_image(path)
+    if image.dtype != np.uint8:
+        raise FusescopeError(f"{path}: a poster must be an 8-bit image, got {image.dtype}")
+    if image.ndim == 2:  # some posters are grey
+        image = np.repeat(image[..., None], 3, axis=2)
+    if size is not None and image.shape[:2] != tuple(size):
+        image = np.asarray(
+            Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BICUBIC)
+        )
+    return image
+
+
+def prepare_mmimdb(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    size: tuple[int, int] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> DatasetMeta:
+    """Convert the MM-IMDB release layout at `root` into a classification data folder `out`.
+
+    Args:
+        root: the folder holding `split.json` and `dataset/`.
+        out: the data folder to write (all or nothing).
+        size: resize every poster to (height, width); None keeps each poster's own size.
+        overwrite: replace an existing `out`.
+        progress: show a progress bar.
+
+    Returns:
+        The metadata written to `out/meta.json`.
+
+    Raises:
+        FusescopeError: naming the file or id: a missing split file, json or poster, an id in
+            two splits, a genre outside the list, an empty plot, an unreadable poster.
+    """
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise FusescopeError(f"{root}: folder not found")
+    if size is not None and (len(size) != 2 or min(size) < 1):
+        raise FusescopeError(f"--size must be two positive integers H W, got {size}")
+    splits = _read_splits(root)
+    classes, left_out, generator = _read_genres(root)
+    known = {c.name for c in classes}
+    dataset = root / "dataset"
+    if not dataset.is_dir():
+        raise FusescopeError(f"{dataset}: folder not found (the release's per-movie files)")
+    labels: dict[str, list[str]] = {}
+    dropped: dict[str, int] = {}
+    ids = [i for name in SPLITS for i in splits[name]]
+    with staged_output(out, overwrite=overwrite) as tmp:
+        for sample_id in tqdm(ids, desc=f"mmimdb -> {out.name}", disable=not progress):
+            genres, text, other = _read_movie(
+                dataset / f"{sample_id}.json", sample_id, known, left_out
+            )
+            image = _poster(_find_image(dataset, sample_id), size)
+            for g in other:
+                dropped[g] = dropped.get(g, 0) + 1
+            labels[sample_id] = genres
+            write_png(tmp / POSTER / f"{sample_id}.png", image, compress_level=1)
+            (tmp / PLOT).mkdir(exist_ok=True)
+            (tmp / PLOT / f"{sample_id}.txt").write_text(text, encoding="utf-8")
+        write_json(tmp / LABELS_FILE, labels)
+        for name, fs_name in SPLITS.items():
+            write_split(tmp, fs_name, splits[name])
+        extra: dict = {
+            "task": "classification",
+            "multi_label": True,
+            "source": "MM-IMDB release layout (split.json, dataset/)",
+        }
+        if size is not None:
+            extra["size"] = list(size)
+        if dropped:
+            extra["left_out_genres"] = dict(sorted(dropped.items()))
+        if generator is not None:
+            extra["generator"] = generator
+        meta = DatasetMeta(
+            name="posters" if generator is not None else "mmimdb",
+            classes=classes,
+            modalities={POSTER: ModalitySpec("color", 3), PLOT: ModalitySpec("text", 0)},
+            extra=extra,
+        )
+        meta.save(tmp)
+    return meta
