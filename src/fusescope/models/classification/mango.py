@@ -150,7 +150,7 @@ def mango(
     text_layers: int = 2,
     text_heads: int = 4,
     text_dropout: float = 0.1,
-    glove: str | None = None,
+    glove: str | bool | None = None,
     width: int = 64,
     slots: int = 8,
     attn_dim: int = 64,

@@ -82,7 +82,7 @@ def unimodal(
     text_layers: int = 2,
     text_heads: int = 4,
     text_dropout: float = 0.1,
-    glove: str | None = None,
+    glove: str | bool | None = None,
     dropout: float = 0.0,
 ) -> Classifier:
     """One modality's branch (timm image backbone or the text encoder) and a linear head."""
@@ -101,7 +101,7 @@ def late(
     text_layers: int = 2,
     text_heads: int = 4,
     text_dropout: float = 0.1,
-    glove: str | None = None,
+    glove: str | bool | None = None,
     dropout: float = 0.0,
 ) -> Classifier:
     """Late fusion: the mean of the modalities' logits (each head supervised on its own too)."""
@@ -120,7 +120,7 @@ def ensemble(
     text_layers: int = 2,
     text_heads: int = 4,
     text_dropout: float = 0.1,
-    glove: str | None = None,
+    glove: str | bool | None = None,
     dropout: float = 0.0,
 ) -> Classifier:
     """CEN's learned ensemble over per-modality heads."""
@@ -224,7 +224,7 @@ def concat(
     text_layers: int = 2,
     text_heads: int = 4,
     text_dropout: float = 0.1,
-    glove: str | None = None,
+    glove: str | bool | None = None,
     width: int = 128,
     hidden: int | None = 128,
     dropout: float = 0.0,
@@ -328,7 +328,7 @@ def attention(
     text_layers: int = 2,
     text_heads: int = 4,
     text_dropout: float = 0.1,
-    glove: str | None = None,
+    glove: str | bool | None = None,
     width: int = 128,
     layers: int = 2,
     heads: int = 4,

