@@ -152,6 +152,7 @@ def _assert_one_line_error(code, stderr: str) -> None:
 @given(key=st.sampled_from(KEYS), value=VALUES)
 def test_any_override_works_or_is_a_one_line_error(data, monkeypatch, key, value):
     from fusescope.engine import train as train_module
+    from fusescope.tasks import task_of
 
     def stop(*args, **kwargs):
         raise _ModelReached
@@ -162,7 +163,8 @@ def test_any_override_works_or_is_a_one_line_error(data, monkeypatch, key, value
         real_make_fabric(t)  # the values are checked, but no process is launched
         return _OneProcess()
 
-    monkeypatch.setattr(train_module, "build_run_model", stop)
+    # the model is built only after every check of the config and the data
+    monkeypatch.setattr(type(task_of("segmentation")), "build_model", stop)
     monkeypatch.setattr(train_module, "make_fabric", one_process)
     out = Path(tempfile.mkdtemp()) / "run"
     try:

@@ -148,21 +148,12 @@ def unfinished_note(result: dict, run: str) -> str:
 
 
 def format_result(result: dict, run: str = "RUN") -> str:
-    def pct(x):
-        return "  n/a" if x is None else f"{100 * x:5.1f}"
+    """The task's lines for an evaluation result, with a note when the run is unfinished."""
+    from fusescope.tasks import task_of
 
-    lines = [f"{result['model']} on {result['split']} (tta {result['tta']}"
-             f"{', ' + result['corrupt'] if result.get('corrupt') else ''}"
-             f"{''.join(', without ' + m for m in result.get('drop') or [])}): "
-             f"mIoU {pct(result['miou'])}  pixel acc {pct(result['pixel_acc'])}  "
-             f"mean acc {pct(result['mean_acc'])}"]
+    lines = task_of(result.get("task", "segmentation")).format_result(result).split("\n")
     if not result.get("finished", True):
-        lines.append(f"  {unfinished_note(result, run)}")
-    for name, value in (result.get("cue_group_miou") or {}).items():
-        lines.append(f"  {name + '-cue classes':24s} mIoU {pct(value)}")
-    width = max(len(n) for n in result["class_names"])
-    for name, iou in zip(result["class_names"], result["per_class_iou"], strict=True):
-        lines.append(f"  {name:{width}s} IoU {pct(iou)}")
+        lines.insert(1, f"  {unfinished_note(result, run)}")
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fusescope.errors import FusescopeError
 from fusescope.io import is_plain_name
+from fusescope.tasks.base import TASK_NAMES
 
 SYNTH_KINDS = ("rooms", "posters")
 
@@ -40,6 +41,7 @@ class SynthSpec:
 class DataConfig:
     root: str = "data/synthetic"
     modalities: list[str] = field(default_factory=lambda: ["rgb", "depth"])
+    targets: list[str] | None = None  # translation: the modalities to predict from the others
     synth: SynthSpec | None = None  # generate the known-answer set at `root` if it is missing
     train_split: str = "train"
     val_split: str = "val"
@@ -108,6 +110,7 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
+    task: str = "segmentation"  # segmentation | translation | classification (fusescope.tasks)
     data: DataConfig = field(default_factory=DataConfig)
     model: dict[str, Any] = field(default_factory=lambda: {"name": "early_concat"})
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -252,6 +255,10 @@ def check_config(cfg: DictConfig) -> None:
 
     if not d.root:
         raise FusescopeError("data.root is empty")
+    if cfg.task not in TASK_NAMES:
+        raise FusescopeError(f"task={cfg.task!r} unknown; known: {', '.join(TASK_NAMES)}")
+    for m in d.targets or []:
+        check_plain_name(m, "data.targets")
     if not d.modalities:
         raise FusescopeError("data.modalities is empty")
     for m in d.modalities:

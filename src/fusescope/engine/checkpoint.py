@@ -28,7 +28,7 @@ from fusescope.config import config_from_dict
 from fusescope.data.meta import DatasetMeta, meta_from_dict
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, read_json
-from fusescope.models import build_model
+from fusescope.tasks import task_of
 
 CHECKPOINT = "checkpoints/last.ckpt"
 WEIGHTS = "model.safetensors"
@@ -179,14 +179,10 @@ def read_run_info(run_dir: str | os.PathLike) -> tuple[DictConfig, dict, Dataset
 
 
 def build_run_model(cfg: DictConfig, meta: DatasetMeta, pretrained: bool = True) -> nn.Module:
-    """The run's model; `pretrained=False` skips `model.pretrained` (for a model whose weights
-    are loaded next from a run or checkpoint: no download, no need for the original file)."""
-    modalities = list(cfg.data.modalities)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    if not pretrained and "pretrained" in model_cfg:
-        model_cfg["pretrained"] = False
-    return build_model(model_cfg, modalities,
-                       {m: meta.modalities[m].channels for m in modalities}, meta.num_classes)
+    """The run's model, built by its task; `pretrained=False` skips `model.pretrained` (for a
+    model whose weights are loaded next from a run or checkpoint: no download, no need for the
+    original file)."""
+    return task_of(cfg).build_model(cfg, meta, pretrained=pretrained)
 
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> Run:

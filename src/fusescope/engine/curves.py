@@ -61,11 +61,11 @@ def _panels(series_list: list[dict]) -> list[tuple[str, list[str]]]:
     """(title, keys) of each panel that some run has data for."""
     keys = set().union(*(s.keys() for s in series_list))
     exchanged = sorted(k for k in keys if k.startswith("exchanged/"))
-    panels = [
-        ("training loss", ["loss"]),
-        ("learning rate", ["lr"]),
-        ("validation mIoU", ["val_miou"]),
-    ]
+    panels = [("training loss", ["loss"]), ("learning rate", ["lr"])]
+    # each task logs its own validation metric as val_<metric> (segmentation: val_miou)
+    validation = sorted(k for k in keys if k.startswith("val_")) or ["val_miou"]
+    names = {"val_miou": "mIoU"}
+    panels += [(f"validation {names.get(k, k[4:])}", [k]) for k in validation]
     if exchanged:
         panels.append(("CEN exchanged fraction", exchanged))
     return panels

@@ -18,7 +18,6 @@ from tqdm import tqdm
 
 from fusescope.config import check_config
 from fusescope.data.batching import collate
-from fusescope.data.build import eval_dataset
 from fusescope.data.corruptions import make_corruption
 from fusescope.data.folder import fingerprint
 from fusescope.engine.checkpoint import load_run
@@ -26,6 +25,7 @@ from fusescope.engine.metrics import SegMetrics, group_miou, metrics_from_confus
 from fusescope.engine.missing import leave_out
 from fusescope.errors import FusescopeError
 from fusescope.io import json_safe, write_json
+from fusescope.tasks import task_of
 
 TTA_MODES = ("none", "flip", "ms-flip")
 
@@ -143,6 +143,8 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, tta: str | None 
     """Evaluate a run folder; arguments left None take the run's `eval` config. `drop` lists
     modalities to leave out (`fusescope.engine.missing`: zeros, or the method's own rule)."""
     run = load_run(run_dir, device=device)
+    task = task_of(run.cfg)
+    task.check_eval_options(tta=tta, corrupt=corrupt, window=window, drop=drop)
     if drop:
         leave_out(run, drop)
     cfg = run.cfg
@@ -158,19 +160,13 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, tta: str | None 
     if data_root is not None:
         cfg.data.root = data_root
     check_config(cfg)  # the options given here, e.g. a window of positive sizes
-    corruption = None
-    if corrupt:
-
-        corruption = make_corruption(corrupt)
-    ds = eval_dataset(cfg.data, cfg.eval.split, run.stats, corruption=corruption,
-                      seed=cfg.train.seed)
-    if ds.meta.num_classes != run.meta.num_classes:
-        raise FusescopeError(f"{cfg.data.root}: {ds.meta.num_classes} classes, the run was "
-                             f"trained on {run.meta.num_classes}")
-    result = evaluate(run.model, ds, cfg.eval, device=device, progress=progress)
+    corruption = make_corruption(corrupt) if corrupt else None
+    ds = task.eval_dataset(cfg, cfg.eval.split, run.stats, corruption=corruption,
+                           seed=cfg.train.seed)
+    result = task.evaluate(run.model, ds, cfg, run.meta, device=device, progress=progress)
     # every option that changes the numbers, so a result file says what it measured
     result.update({
-        "split": cfg.eval.split, "tta": cfg.eval.tta, "corrupt": corrupt,
+        "task": task.name, "split": cfg.eval.split, "tta": cfg.eval.tta, "corrupt": corrupt,
         "model": cfg.model.name, "step": run.step,
         "max_steps": int(cfg.train.max_steps), "finished": run.finished,
         "scales": list(cfg.eval.scales) if cfg.eval.tta == "ms-flip" else None,

@@ -13,7 +13,6 @@ import contextlib
 import errno
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,20 +20,18 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import fusescope
 from fusescope.config import check_config, config_from_dict, to_container
 from fusescope.data.batching import GlobalBatchSampler, collate
-from fusescope.data.build import ensure_data, eval_dataset, normalisation_stats, train_dataset
-from fusescope.data.folder import FolderDataset, fingerprint
-from fusescope.data.meta import LABEL_DIR, load_meta
+from fusescope.data.build import ensure_data
+from fusescope.data.folder import fingerprint
+from fusescope.data.meta import load_meta
 from fusescope.engine.checkpoint import (
     CHECKPOINT,
     WEIGHTS,
-    build_run_model,
     load_checkpoint,
     load_weights,
     run_folder_lock,
@@ -42,12 +39,11 @@ from fusescope.engine.checkpoint import (
     save_weights,
 )
 from fusescope.engine.distributed import convert_batchnorm
-from fusescope.engine.evaluate import evaluate
-from fusescope.engine.loss import label_weight, total_loss
 from fusescope.engine.missing import drop_modalities, dropout_probabilities
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, disk_full_error, read_json, remove_stale_temps, write_json
 from fusescope.nn.norm import is_norm, tracks_batch_stats
+from fusescope.tasks import task_of
 
 
 def lr_factor(step: int, warmup: int, max_steps: int, power: float) -> float:
@@ -169,70 +165,6 @@ def resume_changes(out: Path, saved: dict, current: dict, step: int) -> dict[str
     return changes
 
 
-def check_training_data(cfg: DictConfig, meta, world_size: int = 1) -> None:
-    """Everything about the data that would otherwise fail after the run folder is written:
-    both splits present and non-empty with their files, the global batch no larger than the
-    train split, class weights for every class, and a batch that fits in memory.
-
-    Raises:
-        FusescopeError: naming the split, key or file.
-    """
-
-    t, d = cfg.train, cfg.data
-    modalities = list(d.modalities)
-    train_set = FolderDataset(d.root, d.train_split, modalities)
-    FolderDataset(d.root, d.val_split, modalities)  # read at the end: check it now
-    global_batch = t.batch_size * t.grad_accum
-    if global_batch > len(train_set):
-        raise FusescopeError(f"train.batch_size={t.batch_size} x train.grad_accum={t.grad_accum} "
-                             f"exceeds the {len(train_set)} samples of split "
-                             f"{d.train_split!r} (the last partial batch of an epoch is dropped)")
-    if global_batch % world_size:
-        raise FusescopeError(f"train.batch_size={t.batch_size} x train.grad_accum="
-                             f"{t.grad_accum} must be divisible by the number of processes "
-                             f"({world_size})")
-    if t.class_weights is not None and len(t.class_weights) != meta.num_classes:
-        raise FusescopeError(f"train.class_weights has {len(t.class_weights)} values; the data "
-                             f"set has {meta.num_classes} classes")
-    first = train_set.files[LABEL_DIR][train_set.ids[0]]
-    try:
-        with Image.open(first) as image:
-            width, height = image.size
-    except OSError as err:
-        raise FusescopeError(f"{first}: cannot read image ({err})") from None
-    check_batch_memory(cfg, meta, (height, width), world_size)
-
-
-def physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_batch_memory(cfg: DictConfig, meta, frame: tuple[int, int],
-                       world_size: int = 1) -> None:
-    """Refuse a crop or rescale so large that one batch of inputs alone (a lower bound of what
-    a step needs) exceeds this machine's memory, before anything is allocated."""
-    t, d = cfg.train, cfg.data
-    total = physical_memory()
-    if total is None:
-        return
-    per_pixel = 4 * sum(meta.modalities[m].channels for m in d.modalities) + 8  # float32, int64
-    top = max(d.scale_range)
-    resized = (round(frame[0] * top), round(frame[1] * top))
-    crop = tuple(d.crop_size) if d.crop_size else tuple(frame)
-    one = max(resized[0], crop[0]) * max(resized[1], crop[1]) * per_pixel  # before the crop
-    batch = t.batch_size * t.grad_accum // world_size * crop[0] * crop[1] * per_pixel
-    needed = one + batch
-    if needed > total:
-        raise FusescopeError(
-            f"data.crop_size={list(crop)} (frames {frame[0]}x{frame[1]}, data.scale_range up to "
-            f"{top}) with train.batch_size={t.batch_size} x grad_accum={t.grad_accum}: one batch "
-            f"of inputs alone needs {needed / 2**30:.1f} GiB, more than this machine's "
-            f"{total / 2**30:.1f} GiB of memory; lower them")
-
-
 def _keep_metrics_until(path: Path, step: int) -> None:
     """Drop the rows of metrics.jsonl logged after `step` (a killed run logged them before its
     last checkpoint was overwritten; the resumed run logs those steps again), and a row cut
@@ -308,7 +240,8 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
         ensure_data(cfg.data, progress=t.progress)
     fabric.barrier()
     meta = load_meta(cfg.data.root)
-    check_training_data(cfg, meta, fabric.world_size)
+    task = task_of(cfg)
+    task.check_data(cfg, meta, fabric.world_size)
     saved_cfg = out / "config.yaml"
     saved = _read_saved_config(saved_cfg) if saved_cfg.is_file() else None
     if saved is not None and not _same_run(saved, resolved):
@@ -325,12 +258,12 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
         stats = info["normalization"]
     else:
         info = None
-        stats = normalisation_stats(cfg.data, progress=t.progress and fabric.global_rank == 0)
-    dataset = train_dataset(cfg.data, stats, t.seed)
+        stats = task.normalisation_stats(cfg, progress=t.progress and rank0)
+    dataset = task.train_dataset(cfg, stats, t.seed)
 
     torch.manual_seed(t.seed)  # same initial weights on every process
     # a resumed run's checkpoint replaces the pretrained weights: don't fetch them
-    model = build_run_model(cfg, meta, pretrained=state is None)
+    model = task.build_model(cfg, meta, pretrained=state is None)
     if fabric.world_size > 1 and t.sync_bn:
         model = convert_batchnorm(model, fabric.device.type)
     optimizer = make_optimizer(model, t)
@@ -397,8 +330,6 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
     # one sampler batch feeds one optimiser step; split it into grad_accum micro-batches
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                         collate_fn=collate, persistent_workers=cfg.data.num_workers > 0)
-    class_weights = (torch.tensor(list(t.class_weights), device=fabric.device)
-                     if t.class_weights is not None else None)
     stats_fn = getattr(raw_model, "training_stats", None)
     last_save = time.monotonic()
 
@@ -438,9 +369,9 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
     try:
         while step < t.max_steps:
             big = next(batches)
-            # the loss is a mean over the labelled pixels of the whole global batch
-            weight = label_weight(fabric.to_device(big["label"]), meta.ignore_index,
-                                  class_weights)
+            # the loss is a mean over the whole global batch (e.g. its labelled pixels)
+            weight = task.loss_denominator(
+                fabric.to_device({k: v for k, v in big.items() if k != "id"}), meta, t)
             if fabric.world_size > 1:
                 weight = fabric.all_reduce(weight, reduce_op="sum") / fabric.world_size
             for i in range(t.grad_accum):
@@ -449,9 +380,8 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
                 micro = drop_modalities(micro, dropout, list(cfg.data.modalities))
                 with fabric.no_backward_sync(model, enabled=i < t.grad_accum - 1):
                     output = model(micro)
-                    loss, parts = total_loss(output, micro["label"], meta.ignore_index,
-                                             t.per_modality_weight, class_weights, weight,
-                                             aux_scale=1 / t.grad_accum)
+                    loss, parts = task.loss(output, micro, meta, t, weight,
+                                            aux_scale=1 / t.grad_accum)
                     fabric.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -538,7 +468,9 @@ def open_tensorboard(out: Path):
 
 
 def _evaluate_during_training(fabric, model, cfg, stats, meta, step, log_file) -> None:
-    ds = eval_dataset(cfg.data, cfg.data.val_split, stats)
-    result = evaluate(model, ds, cfg.eval, device=fabric.device, fabric=fabric)
+    task = task_of(cfg)
+    ds = task.eval_dataset(cfg, cfg.data.val_split, stats)
+    result = task.evaluate(model, ds, cfg, meta, device=fabric.device, fabric=fabric)
     if log_file is not None:
-        log_file.write(json.dumps({"step": step, "val_miou": result["miou"]}) + "\n")
+        key = task.primary_metric
+        log_file.write(json.dumps({"step": step, f"val_{key}": result[key]}) + "\n")

@@ -1,0 +1,129 @@
+"""The `Task` interface the engine drives, and the lookup of a run's task by name."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig
+
+from fusescope.errors import FusescopeError
+from fusescope.registry import Registry
+
+if TYPE_CHECKING:  # the engine's types; importing this module needs no torch
+    from torch import Tensor, nn
+    from torch.utils.data import Dataset
+
+# every task's module is fusescope.tasks.<name>; it defines TASK, an instance of a Task subclass
+TASK_NAMES = ("segmentation", "translation", "classification")
+
+
+class Task:
+    """What the engine asks of a task. `cfg` is the whole run config, `meta` the data set's
+    `DatasetMeta`; batches are dicts of tensors (every key of the collated samples but "id",
+    on the device).
+
+    Attributes:
+        name: the config's `task` value.
+        methods: the registry `model.name` is looked up in.
+        primary_metric: key of `evaluate`'s result logged as `val_<key>` during training.
+    """
+
+    name: str
+    methods: Registry
+    primary_metric: str
+
+    def check_data(self, cfg: DictConfig, meta, world_size: int = 1) -> None:
+        """Everything about the data that would otherwise fail after the run folder is written.
+
+        Raises:
+            FusescopeError: naming the split, key or file.
+        """
+        raise NotImplementedError
+
+    def normalisation_stats(self, cfg: DictConfig, progress: bool = False) -> dict:
+        """The input normaliser's statistics from the train split (kept in run.json)."""
+        raise NotImplementedError
+
+    def train_dataset(self, cfg: DictConfig, stats: dict, seed: int) -> Dataset:
+        raise NotImplementedError
+
+    def eval_dataset(self, cfg: DictConfig, split: str, stats: dict, corruption=None,
+                     seed: int = 0) -> Dataset:
+        raise NotImplementedError
+
+    def build_model(self, cfg: DictConfig, meta, pretrained: bool = True) -> nn.Module:
+        """The run's model; `pretrained=False` skips downloads (weights are loaded next)."""
+        raise NotImplementedError
+
+    def loss_denominator(self, batch: dict[str, Tensor], meta, train_cfg: DictConfig) -> Tensor:
+        """What the summed loss of the whole global `batch` is divided by (e.g. its labelled
+        pixels), so a loss does not depend on how the batch is split into micro-batches and
+        processes (the engine all-reduces it under several processes)."""
+        raise NotImplementedError
+
+    def loss(self, output: dict, batch: dict[str, Tensor], meta, train_cfg: DictConfig,
+             denominator: Tensor, aux_scale: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+        """The micro-batch's total loss (its summed supervised losses / `denominator`, plus the
+        model's `aux_losses` x `aux_scale`) and its detached parts for logging."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, dataset: Dataset, cfg: DictConfig, meta,
+                 device: Any = "cpu", fabric=None, progress: bool = False) -> dict:
+        """Metrics of `model` on `dataset` under `cfg.eval` (summed over processes)."""
+        raise NotImplementedError
+
+    def format_result(self, result: dict) -> str:
+        """`fusescope eval`'s human-readable lines for `evaluate_run`'s result."""
+        raise NotImplementedError
+
+    def check_eval_options(self, **options: Any) -> None:
+        """Refuse `fusescope eval` options the task has no meaning for (segmentation's tta,
+        window, corrupt, drop), naming them; a task that supports one overrides this."""
+        given = sorted(k for k, v in options.items() if v)
+        if given:
+            raise FusescopeError(f"fusescope eval: --{', --'.join(given)} "
+                                 f"{'is' if len(given) == 1 else 'are'} not supported for "
+                                 f"task {self.name!r}")
+
+
+def check_global_batch(cfg: DictConfig, train_size: int, world_size: int) -> None:
+    """The global batch (batch_size x grad_accum) fits in the train split and splits evenly
+    over the processes. Every task checks this."""
+    t = cfg.train
+    global_batch = t.batch_size * t.grad_accum
+    if global_batch > train_size:
+        raise FusescopeError(f"train.batch_size={t.batch_size} x train.grad_accum={t.grad_accum} "
+                             f"exceeds the {train_size} samples of split "
+                             f"{cfg.data.train_split!r} (the last partial batch of an epoch is "
+                             f"dropped)")
+    if global_batch % world_size:
+        raise FusescopeError(f"train.batch_size={t.batch_size} x train.grad_accum="
+                             f"{t.grad_accum} must be divisible by the number of processes "
+                             f"({world_size})")
+
+
+
+_LOADED: dict[str, Task] = {}
+
+
+def task_of(cfg_or_name: DictConfig | str) -> Task:
+    """The task of a run config (its `task` key) or of a task name.
+
+    Raises:
+        FusescopeError: an unknown task name, listing the known ones.
+    """
+    name = cfg_or_name if isinstance(cfg_or_name, str) else cfg_or_name.get("task",
+                                                                              "segmentation")
+    if name not in TASK_NAMES:
+        raise FusescopeError(f"task={name!r} unknown; known: {', '.join(TASK_NAMES)}")
+    if name not in _LOADED:
+        try:
+            module = importlib.import_module(f"fusescope.tasks.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"fusescope.tasks.{name}":
+                raise
+            raise FusescopeError(f"task={name!r} is not available in this version") from None
+        _LOADED[name] = module.TASK
+    return _LOADED[name]
+
