@@ -23,13 +23,14 @@ import math
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from fusescope.data import classification as data
 from fusescope.data.batching import collate
+from fusescope.data.text import PAD_ID
 from fusescope.engine.classification_metrics import (
     choose_threshold,
     cue_group_f1,
@@ -39,27 +40,38 @@ from fusescope.engine.classification_metrics import (
 )
 from fusescope.errors import FusescopeError
 from fusescope.models.classification import CLASSIFICATION_METHODS, build_classifier
-from fusescope.tasks.base import Task
+from fusescope.tasks.base import Task, check_global_batch
 
 
-def in_specs(meta, modalities: list[str], stats: dict | None, data_cfg: DictConfig) -> dict:
-    """What each modality is, for the model builder: image kind and channels; text vocabulary
-    (its size from the run's statistics where they are known, else `data.vocab_size`)."""
+def in_specs(
+    meta,
+    modalities: list[str],
+    data_cfg: DictConfig,
+    vocabularies: dict[str, list[str]] | None = None,
+) -> dict:
+    """What each modality is, for the model builder: image kind and channels; for text, an
+    embedding table of `data.vocab_size` rows (every vocabulary the run can build fits it, so
+    the model's shapes follow from the config alone) and, when known, the vocabulary itself
+    (GloVe initialisation looks its words up)."""
     specs = {}
     for m in modalities:
         spec = meta.modalities[m]
         if spec.kind == "text":
-            vocab = (stats or {}).get(m, {}).get("vocab")
-            specs[m] = {"kind": "text", "pad_id": 0, "vocab": vocab,
-                        "vocab_size": len(vocab) if vocab else int(data_cfg.vocab_size)}
+            specs[m] = {
+                "kind": "text",
+                "pad_id": PAD_ID,
+                "vocab_size": int(data_cfg.vocab_size),
+                "vocab": (vocabularies or {}).get(m),
+            }
         else:
             specs[m] = {"kind": spec.kind, "channels": int(spec.channels)}
     return specs
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, dataset: Dataset, batch_size: int, device,
-                   fabric=None, progress: bool = False) -> tuple[Tensor, Tensor]:
+def predict_logits(
+    model: nn.Module, dataset: Dataset, batch_size: int, device, fabric=None, progress: bool = False
+) -> tuple[Tensor, Tensor]:
     """Logits (N, K) float32 and targets of every sample of `dataset`, on the CPU.
 
     Under several processes each takes every world_size-th sample and the results are gathered
@@ -68,7 +80,7 @@ def predict_logits(model: nn.Module, dataset: Dataset, batch_size: int, device,
     indices = list(range(len(dataset)))
     world = fabric.world_size if fabric is not None else 1
     if world > 1:
-        indices = indices[fabric.global_rank::world]
+        indices = indices[fabric.global_rank :: world]
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, collate_fn=collate)
     was_training = model.training
     model.eval()
@@ -80,8 +92,10 @@ def predict_logits(model: nn.Module, dataset: Dataset, batch_size: int, device,
     model.train(was_training)
     logits, targets = torch.cat(logits), torch.cat(targets)
     if world > 1:
-        logits, targets = _gather(fabric, logits, len(dataset)), _gather(fabric, targets,
-                                                                       len(dataset))
+        logits, targets = (
+            _gather(fabric, logits, len(dataset)),
+            _gather(fabric, targets, len(dataset)),
+        )
     return logits.cpu(), targets.cpu()
 
 
@@ -99,9 +113,15 @@ def _gather(fabric, x: Tensor, total: int) -> Tensor:
 def sibling_split(dataset, split: str):
     """The same data set (folder, vocabularies, normaliser) over another split."""
     twin = data.ClassificationFolderDataset(
-        dataset.root, split, dataset.modalities, vocabularies=dataset.vocabularies,
-        max_tokens=dataset.max_tokens, min_pixels=dataset.min_pixels,
-        normalize=dataset.normalize, seed=dataset.seed)
+        dataset.root,
+        split,
+        dataset.modalities,
+        vocabularies=dataset.vocabularies,
+        max_tokens=dataset.max_tokens,
+        min_pixels=dataset.min_pixels,
+        normalize=dataset.normalize,
+        seed=dataset.seed,
+    )
     return twin
 
 
@@ -112,8 +132,9 @@ def scores(logits: Tensor, targets: Tensor, meta, threshold: float | None) -> di
         from torchmetrics.functional.classification import multiclass_f1_score
 
         out["micro_f1"] = out["accuracy"]
-        out["macro_f1"] = float(multiclass_f1_score(logits.argmax(1), targets, logits.shape[1],
-                                                    average="macro"))
+        out["macro_f1"] = float(
+            multiclass_f1_score(logits.argmax(1), targets, logits.shape[1], average="macro")
+        )
         return out
     probs = logits.sigmoid()
     out = multilabel_f1(probs, targets, threshold)
@@ -132,53 +153,100 @@ class ClassificationTask(Task):
     methods = CLASSIFICATION_METHODS
     primary_metric = "micro_f1"
 
-    def check_data(self, cfg: DictConfig, meta, world_size: int) -> None:
-        missing = [m for m in cfg.data.modalities if m not in meta.modalities]
+    def __init__(self):
+        # the text vocabularies of the statistics last handed to `train_dataset`, for GloVe
+        # initialisation in `build_model` (the engine builds the training set first, and
+        # `build_model` is not given the statistics; without GloVe nothing reads this)
+        self._vocabularies: dict[str, list[str]] = {}
+
+    def check_data(self, cfg: DictConfig, meta, world_size: int = 1) -> None:
+        """The modalities exist, both splits are readable with their labels, the global batch
+        fits the train split, and no segmentation-only setting is set."""
+        d = cfg.data
+        missing = [m for m in d.modalities if m not in meta.modalities]
         if missing:
-            raise FusescopeError(f"{cfg.data.root}: data.modalities {missing} are not in its "
-                                 f"meta.json (has {', '.join(meta.modalities)})")
+            raise FusescopeError(
+                f"{d.root}: data.modalities {missing} are not in its "
+                f"meta.json (has {', '.join(meta.modalities)})"
+            )
         if cfg.train.class_weights is not None:
-            raise FusescopeError("train.class_weights is for segmentation; classification "
-                                 "weighs every (sample, class) entry alike")
-        if cfg.model.get("name") not in CLASSIFICATION_METHODS:
-            CLASSIFICATION_METHODS.get(str(cfg.model.get("name")))  # the error lists them
+            raise FusescopeError(
+                "train.class_weights is for segmentation; classification "
+                "weighs every (sample, class) entry alike"
+            )
+        CLASSIFICATION_METHODS.get(str(cfg.model.get("name")))  # an unknown name lists them
+        options = dict(min_pixels=d.min_pixels)
+        train_set = data.ClassificationFolderDataset(
+            d.root, d.train_split, list(d.modalities), **options
+        )
+        data.ClassificationFolderDataset(d.root, d.val_split, list(d.modalities), **options)
+        check_global_batch(cfg, len(train_set), world_size)
 
     def normalisation_stats(self, cfg: DictConfig, progress: bool = False) -> dict:
         return data.normalisation_stats(cfg.data, progress=progress)
 
     def train_dataset(self, cfg: DictConfig, stats: dict, seed: int) -> Dataset:
-        return data.train_dataset(cfg.data, stats, seed)
+        ds = data.train_dataset(cfg.data, stats, seed)
+        self._vocabularies = {m: list(v.tokens) for m, v in ds.vocabularies.items()}
+        return ds
 
-    def eval_dataset(self, cfg: DictConfig, split: str, stats: dict) -> Dataset:
+    def eval_dataset(
+        self, cfg: DictConfig, split: str, stats: dict, corruption=None, seed: int = 0
+    ) -> Dataset:
+        if corruption is not None:
+            raise FusescopeError(
+                "corruptions are defined for segmentation's depth and RGB "
+                "frames, not for classification data"
+            )
         return data.eval_dataset(cfg.data, split, stats)
 
-    def build_model(self, cfg: DictConfig, meta, pretrained: bool, stats: dict | None = None
-                    ) -> nn.Module:
-        model_cfg = dict(cfg.model)
+    def build_model(self, cfg: DictConfig, meta, pretrained: bool = True) -> nn.Module:
+        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
         if not pretrained:  # the run's own weights replace them: nothing to read or download
-            model_cfg.pop("pretrained", None)
-            model_cfg.pop("glove", None)
+            for key in ("pretrained", "glove"):
+                if key in model_cfg:
+                    model_cfg[key] = None if key == "glove" else False
         modalities = list(cfg.data.modalities)
-        return build_classifier(model_cfg, modalities,
-                                in_specs(meta, modalities, stats, cfg.data), meta.num_classes)
+        vocabularies = self._vocabularies if pretrained else None
+        return build_classifier(
+            model_cfg,
+            modalities,
+            in_specs(meta, modalities, cfg.data, vocabularies),
+            meta.num_classes,
+        )
 
     def loss_denominator(self, batch: dict, meta, train_cfg: DictConfig) -> Tensor:
         target = batch["target"]
         count = target.numel() if target.is_floating_point() else target.shape[0]
         return torch.tensor(float(count), device=target.device)
 
-    def loss(self, output: dict, batch: dict, meta, train_cfg: DictConfig, denominator: Tensor,
-             aux_scale: float) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(
+        self,
+        output: dict,
+        batch: dict,
+        meta,
+        train_cfg: DictConfig,
+        denominator: Tensor,
+        aux_scale: float,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         target = batch["target"]
         denominator = denominator.clamp(min=1e-6)
         if target.is_floating_point():
+
             def term(logits: Tensor) -> Tensor:
-                return F.binary_cross_entropy_with_logits(
-                    logits.float(), target.float(), reduction="sum") / denominator
+                return (
+                    F.binary_cross_entropy_with_logits(
+                        logits.float(), target.float(), reduction="sum"
+                    )
+                    / denominator
+                )
+
             name = "bce"
         else:
+
             def term(logits: Tensor) -> Tensor:
                 return F.cross_entropy(logits.float(), target, reduction="sum") / denominator
+
             name = "ce"
         parts = {name: term(output["logits"])}
         for m, logits in output.get("per_modality", {}).items():
@@ -188,8 +256,16 @@ class ClassificationTask(Task):
         total = torch.stack([v.float() for v in parts.values()]).sum()
         return total, {k: v.detach() for k, v in parts.items()}
 
-    def evaluate(self, model: nn.Module, dataset, cfg: DictConfig, meta, device, fabric=None,
-                 progress: bool = True) -> dict:
+    def evaluate(
+        self,
+        model: nn.Module,
+        dataset,
+        cfg: DictConfig,
+        meta,
+        device,
+        fabric=None,
+        progress: bool = True,
+    ) -> dict:
         batch = int(cfg.eval.batch_size)
         logits, targets = predict_logits(model, dataset, batch, device, fabric, progress)
         threshold = None
@@ -199,29 +275,46 @@ class ClassificationTask(Task):
                 val_logits, val_targets = logits, targets
             else:
                 val_logits, val_targets = predict_logits(
-                    model, sibling_split(dataset, val_split), batch, device, fabric, progress)
+                    model, sibling_split(dataset, val_split), batch, device, fabric, progress
+                )
             threshold = choose_threshold(val_logits.sigmoid(), val_targets)
         result = scores(logits, targets, meta, threshold)
-        result.update({"split": dataset.split, "threshold_split": val_split if threshold
-                       is not None else None, "num_samples": int(targets.shape[0]),
-                       "multi_label": bool(targets.is_floating_point()),
-                       "class_names": meta.class_names})
+        result.update(
+            {
+                "task": self.name,
+                "split": dataset.split,
+                "threshold_split": val_split if threshold is not None else None,
+                "num_samples": int(targets.shape[0]),
+                "multi_label": bool(targets.is_floating_point()),
+                "class_names": meta.class_names,
+            }
+        )
         return result
 
     def format_result(self, result: dict) -> str:
-        lines = []
+        lines = [
+            f"{result.get('model', 'model')} on {result.get('split')} "
+            f"({result.get('num_samples')} samples)"
+        ]
         if result.get("multi_label", True) and "samples_f1" in result:
             lines.append(
-                f"micro-F1 {100 * result['micro_f1']:.1f}  macro-F1 {100 * result['macro_f1']:.1f}"
+                "  "
+                + f"micro-F1 {100 * result['micro_f1']:.1f}  macro-F1 {100 * result['macro_f1']:.1f}"
                 f"  weighted-F1 {100 * result['weighted_f1']:.1f}  samples-F1 "
                 f"{100 * result['samples_f1']:.1f}  (threshold {result['threshold']:.2f}, "
-                f"chosen on {result['threshold_split']})")
+                f"chosen on {result['threshold_split']})"
+            )
             for cue, f1 in result.get("cue_group_f1", {}).items():
-                lines.append(f"  cue {cue:<11s} F1 {100 * f1:.1f}")
+                lines.append(f"  {cue + '-cue classes':24s} F1 {100 * f1:5.1f}")
             for name, f1 in zip(result["class_names"], result["per_class_f1"], strict=True):
-                lines.append(f"    {name:<20s} {100 * f1:5.1f}")
+                lines.append(f"  {name:24s} F1 {100 * f1:5.1f}")
         else:
-            lines.append(f"accuracy {100 * result['accuracy']:.1f}  mean class accuracy "
-                         f"{100 * result['mean_class_accuracy']:.1f}  macro-F1 "
-                         f"{100 * result['macro_f1']:.1f}")
+            lines.append(
+                f"accuracy {100 * result['accuracy']:.1f}  mean class accuracy "
+                f"{100 * result['mean_class_accuracy']:.1f}  macro-F1 "
+                f"{100 * result['macro_f1']:.1f}"
+            )
         return "\n".join(lines)
+
+
+TASK = ClassificationTask()

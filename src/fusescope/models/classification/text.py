@@ -117,12 +117,16 @@ def glove_embeddings(spec: Mapping[str, Any], glove: str | bool, dim: int, modal
     table = glove_matrix(Vocabulary(tuple(vocab)), path).to(torch.float32)
     if table.shape[1] != dim:
         raise FusescopeError(
-            f"{path}: GloVe vectors have {table.shape[1]} dimensions; set "
+            f"{path or 'GloVe 6B 50d'}: GloVe vectors have {table.shape[1]} dimensions; set "
             f"model.text_dim: {table.shape[1]}"
         )
-    if table.shape[0] != int(spec["vocab_size"]):
+    rows = int(spec["vocab_size"])
+    if table.shape[0] > rows:
         raise FusescopeError(
-            f"{path}: GloVe table has {table.shape[0]} rows for a vocabulary "
-            f"of {spec['vocab_size']}"
+            f"the vocabulary of {modality!r} has {table.shape[0]} entries, more "
+            f"than the embedding's {rows} (data.vocab_size)"
         )
-    return table
+    # rows past the vocabulary are never looked up; they keep a plain random start
+    full = torch.randn(rows, dim) * table[2:].std()
+    full[: table.shape[0]] = table
+    return full
