@@ -298,9 +298,9 @@ class ClassificationTask(Task):
         ]
         if result.get("multi_label", True) and "samples_f1" in result:
             lines.append(
-                "  "
-                + f"micro-F1 {100 * result['micro_f1']:.1f}  macro-F1 {100 * result['macro_f1']:.1f}"
-                f"  weighted-F1 {100 * result['weighted_f1']:.1f}  samples-F1 "
+                f"  micro-F1 {100 * result['micro_f1']:.1f}  macro-F1 "
+                f"{100 * result['macro_f1']:.1f}  weighted-F1 {100 * result['weighted_f1']:.1f}"
+                f"  samples-F1 "
                 f"{100 * result['samples_f1']:.1f}  (threshold {result['threshold']:.2f}, "
                 f"chosen on {result['threshold_split']})"
             )
