@@ -227,7 +227,7 @@ class ClassificationTask(Task):
         meta,
         train_cfg: DictConfig,
         denominator: Tensor,
-        aux_scale: float,
+        aux_scale: float = 1.0,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         target = batch["target"]
         denominator = denominator.clamp(min=1e-6)

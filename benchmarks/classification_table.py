@@ -1,0 +1,79 @@
+"""The measured known answer of classification: every config of configs/classification trained
+in turn (finished runs are kept), evaluated on its test split with the threshold chosen on
+validation, printed as two tables (known-answer posters, RGB-D frames): micro / macro F1 overall
+and F1 per cue group.
+
+Run:  nice -n 10 python benchmarks/classification_table.py --runs runs/classification
+      [--only posters] [KEY=VALUE ...]   (overrides for every config, e.g. train.max_steps=100)
+
+What the tables must show (the data are built so): the poster-only model fails the text-cue
+genres, the text-only model the appearance-cue genres, and fusion recovers both; on the RGB-D
+frames, RGB alone fails the geometry-cue classes and depth alone the appearance-cue classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from fusescope.config import load_config
+from fusescope.engine.evaluate import evaluate_run
+from fusescope.engine.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs" / "classification"
+GROUPS = {"posters": ("appearance", "text", "both"), "frames": ("appearance", "geometry", "both")}
+
+
+def run_one(config: Path, runs: Path, overrides: list[str]) -> dict:
+    """Train (or keep) the run of `config` and evaluate it; the result plus CPU seconds."""
+    out = runs / config.stem
+    cfg = load_config(config, ["train.progress=false", *overrides])
+    start = time.process_time()
+    train(cfg, out)
+    result = evaluate_run(out)
+    result["cpu_seconds"] = time.process_time() - start
+    (out / "table_row.json").write_text(json.dumps(result))
+    return result
+
+
+def table(kind: str, rows: list[tuple[str, dict]]) -> str:
+    groups = GROUPS[kind]
+    head = "| config | micro-F1 | macro-F1 | " + " | ".join(f"{g}-cue F1" for g in groups) + " |"
+    lines = [head, "|" + "---|" * (3 + len(groups))]
+    for name, r in rows:
+        cue = r.get("cue_group_f1", {})
+        cells = [f"{100 * r['micro_f1']:.1f}", f"{100 * r['macro_f1']:.1f}"]
+        cells += [f"{100 * cue[g]:.1f}" if g in cue else "-" for g in groups]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="runs/classification", help="folder of the runs")
+    parser.add_argument("--only", choices=sorted(GROUPS), help="one table only")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # the tables are measured one run at a time, on one core
+    runs = Path(args.runs)
+    for kind in sorted(GROUPS, reverse=True):
+        if args.only and kind != args.only:
+            continue
+        rows = []
+        for config in sorted(CONFIGS.glob(f"{kind}_*.yaml")):
+            result = run_one(config, runs, args.overrides)
+            rows.append((config.stem, result))
+            print(f"{config.stem}: micro-F1 {100 * result['micro_f1']:.1f}  macro-F1 "
+                  f"{100 * result['macro_f1']:.1f}  ({result['cpu_seconds']:.0f} CPU s)",
+                  flush=True)
+        print(f"\n{kind} (test split, threshold chosen on val)\n{table(kind, rows)}\n",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
