@@ -4,6 +4,7 @@ evaluation JSON, and one-line errors for bad data through the CLI."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +22,19 @@ from fusescope.tasks.classification import scores
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "classification"
-TINY = ["data.synth=null", "train.batch_size=4", "train.max_steps=6", "train.log_every=2",
-        "train.ckpt_every=3", "train.progress=false", "train.warmup_steps=2",
-        "eval.batch_size=8", "model.text_dim=16", "model.text_layers=1", "model.text_heads=2"]
+TINY = [
+    "data.synth=null",
+    "train.batch_size=4",
+    "train.max_steps=6",
+    "train.log_every=2",
+    "train.ckpt_every=3",
+    "train.progress=false",
+    "train.warmup_steps=2",
+    "eval.batch_size=8",
+    "model.text_dim=16",
+    "model.text_layers=1",
+    "model.text_heads=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,39 +57,61 @@ def test_loss_is_the_mean_over_the_global_batch_however_split():
     task = task_of("classification")
     cfg = load_config(None, ["task=classification"])
     g = torch.Generator().manual_seed(0)
-    out = {"logits": torch.randn(6, 4, generator=g),
-           "per_modality": {"a": torch.randn(6, 4, generator=g)},
-           "aux_losses": {"flow_nll": torch.tensor(0.5)}}
+    out = {
+        "logits": torch.randn(6, 4, generator=g),
+        "per_modality": {"a": torch.randn(6, 4, generator=g)},
+        "aux_losses": {"flow_nll": torch.tensor(0.5)},
+    }
     batch = {"target": (torch.rand(6, 4, generator=g) > 0.5).float()}
     den = task.loss_denominator(batch, None, cfg.train)
     assert float(den) == 24
     whole, parts = task.loss(out, batch, None, cfg.train, den, aux_scale=1.0)
-    expected = (torch.nn.functional.binary_cross_entropy_with_logits(out["logits"],
-                                                                     batch["target"])
-                + torch.nn.functional.binary_cross_entropy_with_logits(
-                    out["per_modality"]["a"], batch["target"]) + 0.5)
+    expected = (
+        torch.nn.functional.binary_cross_entropy_with_logits(out["logits"], batch["target"])
+        + torch.nn.functional.binary_cross_entropy_with_logits(
+            out["per_modality"]["a"], batch["target"]
+        )
+        + 0.5
+    )
     torch.testing.assert_close(whole, expected)
     assert set(parts) == {"bce", "bce_a", "flow_nll"}
     halves = [
-        task.loss({"logits": out["logits"][s], "per_modality": {"a": out["per_modality"]["a"][s]},
-                   "aux_losses": out["aux_losses"]}, {"target": batch["target"][s]}, None,
-                  cfg.train, den, aux_scale=0.5)[0]
-        for s in (slice(0, 2), slice(2, 6))]
+        task.loss(
+            {
+                "logits": out["logits"][s],
+                "per_modality": {"a": out["per_modality"]["a"][s]},
+                "aux_losses": out["aux_losses"],
+            },
+            {"target": batch["target"][s]},
+            None,
+            cfg.train,
+            den,
+            aux_scale=0.5,
+        )[0]
+        for s in (slice(0, 2), slice(2, 6))
+    ]
     torch.testing.assert_close(halves[0] + halves[1], whole)
     # single-label: cross-entropy over the samples
     single = {"target": torch.tensor([0, 3, 1, 1, 2, 0])}
     den = task.loss_denominator(single, None, cfg.train)
     loss, parts = task.loss({"logits": out["logits"]}, single, None, cfg.train, den)
-    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(out["logits"],
-                                                                       single["target"]))
+    torch.testing.assert_close(
+        loss, torch.nn.functional.cross_entropy(out["logits"], single["target"])
+    )
     result = scores(out["logits"], single["target"], None, None)
     assert result["micro_f1"] == result["accuracy"]
 
 
 def test_killed_and_resumed_run_equals_uninterrupted(posters, tmp_path):
     # attention: dropout in the fusion layers, so the resumed RNG state matters too
-    cfg = cfg_of("posters_attention", posters, "train.max_steps=5", "model.width=16",
-                 "model.heads=2", "model.layers=1")
+    cfg = cfg_of(
+        "posters_attention",
+        posters,
+        "train.max_steps=5",
+        "model.width=16",
+        "model.heads=2",
+        "model.layers=1",
+    )
     train(cfg, tmp_path / "whole")
 
     class Interrupt(Exception):
@@ -99,13 +132,35 @@ def test_killed_and_resumed_run_equals_uninterrupted(posters, tmp_path):
 def test_two_processes_match_one(posters, tmp_path):
     """DDP on 2 CPU processes (gloo), the global batch split in two: the weights of one
     process up to float summation order (BN statistics synchronised; dropout off; SGD)."""
-    common = [sys.executable, "-m", "fusescope", "train", str(CONFIGS / "posters_late.yaml"),
-              f"data.root={posters}", *TINY, "train.accelerator=cpu", "model.text_dropout=0.0",
-              "train.optimizer=sgd", "train.lr=0.05", "train.max_steps=4"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = [
+        sys.executable,
+        "-m",
+        "fusescope",
+        "train",
+        str(CONFIGS / "posters_late.yaml"),
+        f"data.root={posters}",
+        *TINY,
+        "train.accelerator=cpu",
+        "model.text_dropout=0.0",
+        "train.optimizer=sgd",
+        "train.lr=0.05",
+        "train.max_steps=4",
+    ]
+    # a free port of its own: other test processes may run DDP at the same time
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(port)}
     for devices, name in ((1, "one"), (2, "two")):
-        subprocess.run([*common, "--out", str(tmp_path / name), f"train.devices={devices}",
-                        "--no-eval"], check=True, env=env, capture_output=True, timeout=400)
+        done = subprocess.run(
+            [*common, "--out", str(tmp_path / name), f"train.devices={devices}", "--no-eval"],
+            check=False,
+            env=env,
+            capture_output=True,
+            timeout=400,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     key = "branches.poster.encoder.bn1.running_mean"
     assert float(a[key].abs().max()) > 1e-3  # training did happen
@@ -116,10 +171,25 @@ def test_two_processes_match_one(posters, tmp_path):
 
 def test_bf16_training_and_eval_json(posters, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", str(CONFIGS / "posters_mango.yaml"), "--out", str(run),
-                 f"data.root={posters}", *TINY, "train.max_steps=2", "model.blocks=1",
-                 "model.width=16", "model.slots=2", "train.precision=bf16-mixed",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(CONFIGS / "posters_mango.yaml"),
+                "--out",
+                str(run),
+                f"data.root={posters}",
+                *TINY,
+                "train.max_steps=2",
+                "model.blocks=1",
+                "model.width=16",
+                "model.slots=2",
+                "train.precision=bf16-mixed",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in log if "loss" in r)
     capsys.readouterr()
@@ -153,8 +223,17 @@ def _broken_copy(posters, tmp_path, how):
 @pytest.mark.parametrize("how", ["empty text", "unknown label", "unreadable image"])
 def test_bad_data_is_a_one_line_error(posters, tmp_path, capsys, how):
     root, expected = _broken_copy(posters, tmp_path, how)
-    code = main(["train", str(CONFIGS / "posters_late.yaml"), "--out", str(tmp_path / "run"),
-                 f"data.root={root}", *TINY, "--quiet"])
+    code = main(
+        [
+            "train",
+            str(CONFIGS / "posters_late.yaml"),
+            "--out",
+            str(tmp_path / "run"),
+            f"data.root={root}",
+            *TINY,
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert expected in err and len(err.splitlines()) == 1, err
