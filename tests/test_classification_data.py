@@ -200,3 +200,51 @@ def test_frame_classification_on_a_segmentation_folder(tiny_data):
         load_config(None, [f"data.root={tiny_data}", "data.min_pixels=1000"]).data, "train", stats
     )
     assert high.targets()[:, 1].sum() == 0 and high.targets()[:, 0].all()
+
+
+def test_inspect_a_classification_folder(tmp_path):
+    from fusescope.data.stats import inspect
+
+    root = write_classification(tmp_path / "d")
+    lines = []
+    result = inspect(root, "train", samples=tmp_path / "sheet.png", print_fn=lines.append)
+    assert result["splits"] == {"train": 3, "val": 2}
+    assert result["samples_per_class"] == [1, 1, 1]
+    # a: 4 tokens, b: 6, c: 3; "." and "green" are the tokens seen twice
+    assert result["modalities"]["txt"] == {
+        "tokens_mean": pytest.approx(13 / 3),
+        "tokens_max": 6,
+        "vocabulary_min_count_2": 4,
+    }
+    assert lines[0].startswith("tiny-cls: 3 classes (multi-label)")
+    assert (tmp_path / "sheet.png").stat().st_size > 0
+
+
+def test_frame_targets_follow_the_training_crop(tiny_data):
+    """A training view's target is the set of classes in its own (cropped) label map: the same
+    transform applied to the label alone gives it."""
+    from fusescope.data.transforms import TrainTransform
+    from fusescope.io import read_image
+
+    cfg = load_config(
+        None,
+        [
+            f"data.root={tiny_data}",
+            "data.min_pixels=1",
+            "data.crop_size=[8,8]",
+            "data.scale_range=[1,1]",
+        ],
+    )
+    stats = cls.normalisation_stats(cfg.data)
+    ds = cls.train_dataset(cfg.data, stats, seed=3)
+    crop = TrainTransform({}, crop_size=(8, 8), scale_range=(1, 1), ignore_index=255)
+    differs = 0
+    for index in range(len(ds)):
+        sample = ds[(2, index)]
+        label = torch.from_numpy(read_image(tiny_data / "label" / f"{ds.ids[index]}.png"))
+        view = crop({"label": label.long()}, np.random.default_rng([3, 0, 2, index]))["label"]
+        expected = cls.frame_classes(view.numpy(), 3, 1).astype(np.float32)
+        assert sample["target"].tolist() == expected.tolist() and "label" not in sample
+        assert sample["rgb"].shape == (3, 8, 8)
+        differs += expected.tolist() != cls.frame_classes(label.numpy(), 3, 1).tolist()
+    assert differs >= 2  # the crop does cut classes out

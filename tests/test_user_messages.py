@@ -35,7 +35,7 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path):
         FusescopeError,
         match=r"bad\.yaml: unknown config key data\.synth\.nm; "
         r"did you mean data\.synth\.num\? \(section "
-        r"data\.synth accepts: num, seed, size\)",
+        r"data\.synth accepts: num, seed, size, kind\)",
     ):
         load_config(bad)
     with pytest.raises(
@@ -48,7 +48,7 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path):
 
 def test_section_keys():
     assert section_keys("") == ["data", "model", "train", "eval"]
-    assert section_keys("data.synth") == ["num", "seed", "size"]
+    assert section_keys("data.synth") == ["num", "seed", "size", "kind"]
     assert "max_steps" in section_keys("train")
     assert section_keys("model") is None  # free-form: checked when the model is built
     assert section_keys("train.max_steps") is None

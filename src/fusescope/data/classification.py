@@ -33,7 +33,7 @@ from fusescope.data.batching import MASK_SUFFIX
 from fusescope.data.folder import check_folder, check_label_array, load_modality
 from fusescope.data.meta import LABEL_DIR, LABELS_FILE, DatasetMeta, load_meta, read_split
 from fusescope.data.stats import Moments
-from fusescope.data.text import Vocabulary, build_vocabulary, read_text
+from fusescope.data.text import Vocabulary, build_vocabulary, read_text, tokenize
 from fusescope.data.transforms import Normalize, TrainTransform
 from fusescope.errors import FusescopeError
 from fusescope.io import read_image, read_json
@@ -145,7 +145,8 @@ class ClassificationFolderDataset(Dataset):
 
     def load_raw(self, index: int) -> dict:
         """The sample in natural units: images float32 in [0, 1] (depth in metres), texts as
-        strings, "target" as a (K,) bool array; every file checked."""
+        strings, "target" as a (K,) bool array (frame classification: also the "label" map it
+        comes from); every file checked."""
         sample_id = self.ids[index]
         raw: dict = {"id": sample_id}
         size = None
@@ -154,6 +155,7 @@ class ClassificationFolderDataset(Dataset):
             label = read_image(path)
             check_label_array(label, path, self.meta)
             raw["target"] = frame_classes(label, self.meta.num_classes, self.min_pixels)
+            raw["label"] = label
             size, first = label.shape, path
         else:
             raw["target"] = self.labels[index].copy()
@@ -195,7 +197,14 @@ class ClassificationFolderDataset(Dataset):
         else:
             sample["target"] = torch.tensor(int(target.argmax()), dtype=torch.int64)
         if self.transform is not None and epoch is not None:
+            if self.from_label_maps:  # the target of the view the model sees, not the frame's
+                sample["label"] = torch.from_numpy(raw["label"].astype(np.int64))
             sample = self.transform(sample, np.random.default_rng([self.seed, 0, epoch, index]))
+            if self.from_label_maps:
+                present = frame_classes(
+                    sample.pop("label").numpy(), self.meta.num_classes, self.min_pixels
+                )
+                sample["target"] = torch.from_numpy(present.astype(np.float32))
         if self.normalize is not None:
             sample = self.normalize(sample)
         return sample
@@ -288,8 +297,11 @@ def _dataset(
 def train_dataset(data_cfg: DictConfig, stats: dict, seed: int) -> ClassificationFolderDataset:
     """The training split with augmentation (scale, crop, flip, colour jitter on the images).
 
-    Frame classification takes its targets from the whole frame: a crop can cut a small object
-    out, so its configs keep `data.scale_range: [1, 1]` and no `crop_size` (flips are safe)."""
+    Frame classification derives each training view's target from its transformed label map
+    (padding is the ignore index; `min_pixels` counts pixels of the view), so scale and crop
+    keep targets exact. `labels.json` targets describe the whole image, which a crop can cut a
+    poster motif out of: poster configs keep `data.scale_range: [1, 1]` and no `crop_size`
+    (flips and colour jitter are safe)."""
     ds = _dataset(data_cfg, data_cfg.train_split, stats, seed)
     ds.transform = TrainTransform(
         {m: ds.meta.modalities[m] for m in ds.modalities},
@@ -297,9 +309,106 @@ def train_dataset(data_cfg: DictConfig, stats: dict, seed: int) -> Classificatio
         scale_range=tuple(data_cfg.scale_range),
         hflip=data_cfg.hflip,
         color_jitter=data_cfg.color_jitter,
+        ignore_index=ds.meta.ignore_index,
     )
     return ds
 
 
 def eval_dataset(data_cfg: DictConfig, split: str, stats: dict) -> ClassificationFolderDataset:
     return _dataset(data_cfg, split, stats, seed=0)
+
+
+def inspect(
+    root: str | os.PathLike,
+    split: str = "train",
+    samples: str | os.PathLike | None = None,
+    num_samples: int = 4,
+    print_fn=print,
+) -> dict:
+    """`fusescope data inspect` of a classification folder: samples per class, classes per
+    sample, image statistics, text lengths and vocabulary size, and a sheet of a few samples.
+
+    Returns:
+        The numbers printed, as a dict.
+    """
+    from fusescope.data.stats import modality_stats
+
+    root = Path(root)
+    ds = ClassificationFolderDataset(root, split, list(load_meta(root).modalities))
+    meta = ds.meta
+    splits = sorted(p.stem for p in (root / "splits").glob("*.txt"))
+    sizes = {s: len(read_split(root, s)) for s in splits}
+    targets = ds.targets()
+    print_fn(
+        f"{meta.name}: {meta.num_classes} classes "
+        f"({'multi-label' if ds.multi_label else 'single-label'}), modalities "
+        f"{', '.join(f'{k} ({v.kind})' for k, v in meta.modalities.items())}"
+    )
+    print_fn("splits: " + ", ".join(f"{s} {n}" for s, n in sizes.items()))
+    print_fn(f"{split}: {targets.sum(1).mean():.2f} classes per sample")
+    print_fn(f"{'id':>3} {'class':<20} {'samples':>7} {'share':>7} cue")
+    for c in meta.classes:
+        n = int(targets[:, c.id].sum())
+        print_fn(f"{c.id:>3} {c.name:<20} {n:>7d} {n / len(ds):>7.2%} {c.cue or ''}")
+    result: dict = {
+        "splits": sizes,
+        "samples_per_class": targets.sum(0).tolist(),
+        "modalities": {},
+    }
+    for name in ds.images:
+        st = modality_stats(root, name, split, meta)
+        result["modalities"][name] = {"mean": st.mean, "std": st.std}
+        print_fn(
+            f"{name}: mean {[round(m, 4) for m in st.mean]}, std {[round(s, 4) for s in st.std]}"
+        )
+    for name in ds.texts:
+        texts = [read_text(ds.files[name][i]) for i in ds.ids]
+        lengths = np.array([len(tokenize(t)) for t in texts])
+        vocab = build_vocabulary(texts, min_count=2)
+        result["modalities"][name] = {
+            "tokens_mean": float(lengths.mean()),
+            "tokens_max": int(lengths.max()),
+            "vocabulary_min_count_2": len(vocab),
+        }
+        print_fn(
+            f"{name}: {lengths.mean():.1f} tokens per sample (max {lengths.max()}), "
+            f"{len(vocab)} vocabulary entries seen twice or more"
+        )
+    samples = Path(samples) if samples is not None else root / f"inspect_samples_{split}.png"
+    _render_samples(ds, samples, num_samples)
+    print_fn(f"samples: {samples}")
+    result["samples"] = str(samples)
+    return result
+
+
+def _render_samples(ds: ClassificationFolderDataset, out: Path, num: int) -> None:
+    """A grid: one row per sample, its images, its classes and the start of its texts."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fusescope.io import atomic_path
+
+    rows = np.linspace(0, len(ds) - 1, min(num, len(ds))).astype(int)
+    cols = max(len(ds.images), 1) + bool(ds.texts)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3 * cols, 2.6 * len(rows)), squeeze=False)
+    for r, index in enumerate(rows):
+        raw = ds.load_raw(int(index))
+        names = [ds.meta.class_names[c] for c in np.flatnonzero(raw["target"])]
+        for c, name in enumerate(ds.images):
+            x = raw[name].transpose(1, 2, 0)
+            axes[r, c].imshow(x[..., 0] if x.shape[-1] == 1 else np.clip(x, 0, 1))
+        if ds.texts:
+            text = " | ".join(raw[m][:160] for m in ds.texts)
+            axes[r, -1].text(0, 1, textwrap.fill(text, 40), va="top", fontsize=6, wrap=True)
+        axes[r, 0].set_ylabel(f"{raw['id']}\n{', '.join(names)}", fontsize=7)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)

@@ -25,13 +25,13 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from fusescope.data.meta import LABELS_FILE, ClassInfo, DatasetMeta, ModalitySpec, write_split
 from fusescope.data.prepare import palette, staged_output
 from fusescope.errors import FusescopeError
-from fusescope.io import is_plain_name, read_image, read_json, write_json, write_png
+from fusescope.io import is_plain_name, read_json, write_json, write_png
 
 # the 23 genres of MM-IMDB, most frequent first, as the release names them
 MMIMDB_GENRES = (
@@ -152,16 +152,17 @@ def _read_movie(
 
 
 def _poster(path: Path, size: tuple[int, int] | None) -> np.ndarray:
-    image = read_image(path)
-    if image.dtype != np.uint8:
-        raise FusescopeError(f"{path}: a poster must be an 8-bit image, got {image.dtype}")
-    if image.ndim == 2:  # some posters are grey
-        image = np.repeat(image[..., None], 3, axis=2)
-    if size is not None and image.shape[:2] != tuple(size):
-        image = np.asarray(
-            Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BICUBIC)
-        )
-    return image
+    """A poster as uint8 RGB (H, W, 3): grey, palette and CMYK JPEGs (all in the release)
+    converted by Pillow, resized to `size` if given."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            rgb = image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise FusescopeError(f"{path}: cannot read image ({err})") from None
+    if size is not None and (rgb.height, rgb.width) != tuple(size):
+        rgb = rgb.resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    return np.asarray(rgb)
 
 
 def prepare_mmimdb(

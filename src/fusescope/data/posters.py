@@ -1,11 +1,21 @@
 """Known-answer image + text data: procedural movie posters and generated plots, multi-label.
 
-Each sample is a "movie" with 1-3 genres. Every genre declares where its cue lives (`cue`):
+Each sample is a "movie" with one or more genres. Every genre declares where its cue lives
+(`cue`):
 
 - `appearance`: a shape motif on the poster (a disc, a ring, a cross...); the plot never
   mentions the genre, so only the image identifies it.
 - `text`: sentences built from the genre's word list in the plot; nothing on the poster.
 - `both`: the motif on the poster and the sentences in the plot.
+
+Genres are drawn so that neither modality can infer the genres it does not show: each
+`appearance` and each `text` genre is present independently with probability `P_SINGLE`, and the
+`both` genres are drawn on their own (each with probability `P_BOTH`; one of them uniformly if
+that gave none, so every movie has a genre). The three groups are independent, so the poster
+(a function of the appearance and both genres) carries no information about the text-only
+genres, not even through the number of motifs, and the plot none about the appearance-only
+ones: a single-modality model can do no better on the other modality's genres than a constant
+guess. Base rates: 0.25 per single-cue genre, 0.28 per both-cue genre; 2.6 genres per movie.
 
 How cue isolation is made exact. The poster is drawn from the genres with an image cue only and
 the plot from the genres with a text cue only, and every random choice comes from its own
@@ -13,7 +23,7 @@ stream, seeded by `(seed, index, purpose[, genre])`: the background, the noise, 
 and the filler text are drawn whatever the genres are, and each genre's motif or sentences from
 the genre's own stream. So `render_poster(sample, drop=("text",))` (text-only genres removed)
 gives the same poster bytes and `drop=("appearance",)` the same plot text; the tests check both
-byte for byte. A motif sits in a cell of its own (2 x 3 grid above a title strip), so motifs never
+byte for byte. A motif sits in a cell of its own (2 x 4 grid above a title strip), so motifs never
 hide each other; neutral elements (title strip, a plain rectangle, filler sentences) carry no
 genre.
 
@@ -39,10 +49,12 @@ from PIL import Image
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, give_default_mode, write_json
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: genres drawn per cue group independently
 GROUPS = ("appearance", "text")  # the droppable cue groups; "both" genres are in each modality
 IMAGE_FORMATS = ("jpeg", "png")
-CELL_ROWS, CELL_COLS = 3, 2
+CELL_ROWS, CELL_COLS = 4, 2  # 8 cells: up to 7 motifs and the neutral rectangle
+P_SINGLE = 0.25  # probability of each appearance-only and each text-only genre
+P_BOTH = 0.15  # probability of each both-cue genre (one is forced if none is drawn)
 TITLE_FRACTION = 0.16  # the bottom strip holding the title blocks
 
 
@@ -102,6 +114,8 @@ GENRES: tuple[Genre, ...] = (
     ),
 )
 GENRE_ID = {g.name: i for i, g in enumerate(GENRES)}
+SINGLE_IDS = tuple(i for i, g in enumerate(GENRES) if g.cue != "both")
+BOTH_IDS = tuple(i for i, g in enumerate(GENRES) if g.cue == "both")
 
 _NAMES = (
     "alice",
@@ -177,10 +191,13 @@ def sample_id(index: int) -> str:
 
 
 def sample_poster(seed: int, index: int, size: tuple[int, int] = (96, 64)) -> PosterSample:
-    """Movie `index` of a data set generated with `seed`: 1-3 distinct genres, uniformly."""
+    """Movie `index` of a data set generated with `seed` (genres drawn as the module says)."""
     rng = _rng(seed, index, _S_GENRES)
-    count = int(rng.integers(1, 4))
-    genres = tuple(sorted(int(g) for g in rng.choice(len(GENRES), size=count, replace=False)))
+    u = rng.uniform(size=len(GENRES))  # one number per genre, whatever the outcome
+    fallback = int(rng.integers(len(BOTH_IDS)))
+    single = [g for g in SINGLE_IDS if u[g] < P_SINGLE]
+    both = [g for g in BOTH_IDS if u[g] < P_BOTH] or [BOTH_IDS[fallback]]
+    genres = tuple(sorted(single + both))
     return PosterSample(seed, index, (int(size[0]), int(size[1])), genres)
 
 
@@ -253,7 +270,7 @@ def render_image(sample: PosterSample, drop: Collection[str] = ()) -> np.ndarray
         color[motif_rng.integers(3)] = 1.0  # bright against the dark background
         cell = image[row * ch : (row + 1) * ch, col * cw : (col + 1) * cw]
         cell[mask] = color
-    if neutral:  # a plain rectangle in the last cell, which no motif uses (at most 3 genres)
+    if neutral:  # a plain rectangle in the last cell, which no motif uses (at most 7 motifs)
         row, col = divmod(int(cells[-1]), CELL_COLS)
         bh, bw = max(int(ch * neutral_box[0]), 1), max(int(cw * neutral_box[1]), 1)
         y0, x0 = row * ch + (ch - bh) // 2, col * cw + (cw - bw) // 2

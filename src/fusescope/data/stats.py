@@ -271,6 +271,10 @@ def inspect(
     """
     root = Path(root)
     meta = load_meta(root)
+    if meta.task == "classification":
+        from fusescope.data.classification import inspect as inspect_classification
+
+        return inspect_classification(root, split, samples, num_samples, print_fn)
     splits = sorted(p.stem for p in (root / "splits").glob("*.txt"))
     sizes = {s: len(read_split(root, s)) for s in splits}
     # the same file checks as training: every modality and the label present and paired
