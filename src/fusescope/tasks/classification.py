@@ -187,6 +187,8 @@ class ClassificationTask(Task):
 
     def train_dataset(self, cfg: DictConfig, stats: dict, seed: int) -> Dataset:
         ds = data.train_dataset(cfg.data, stats, seed)
+        if not ds.images:  # text alone: the joint image augmentation has nothing to act on
+            ds.transform = None
         self._vocabularies = {m: list(v.tokens) for m, v in ds.vocabularies.items()}
         return ds
 
