@@ -4,7 +4,10 @@ validation, printed as two tables (known-answer posters, RGB-D frames): micro / 
 and F1 per cue group.
 
 Run:  nice -n 10 python benchmarks/classification_table.py --runs runs/classification
-      [--only posters] [KEY=VALUE ...]   (overrides for every config, e.g. train.max_steps=100)
+      [--only posters] [--configs NAME ...] [KEY=VALUE ...]  (overrides for every config)
+Several such processes may share one --runs folder (e.g. one per table, or one from each end
+with --reverse): a run another process is training is skipped, and `--table-only` prints the
+tables of the finished runs at the end.
 
 What the tables must show (the data are built so): the poster-only model fails the text-cue
 genres, the text-only model the appearance-cue genres, and fusion recovers both; on the RGB-D
@@ -23,21 +26,32 @@ import torch
 from fusescope.config import load_config
 from fusescope.engine.evaluate import evaluate_run
 from fusescope.engine.train import train
+from fusescope.errors import FusescopeError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "classification"
 GROUPS = {"posters": ("appearance", "text", "both"), "frames": ("appearance", "geometry", "both")}
 
 
-def run_one(config: Path, runs: Path, overrides: list[str]) -> dict:
-    """Train (or keep) the run of `config` and evaluate it; the result plus CPU seconds."""
+def run_one(config: Path, runs: Path, overrides: list[str]) -> dict | None:
+    """Train (or keep) the run of `config` and evaluate it; the result plus the CPU seconds of
+    its training and evaluation (None: another process is training it)."""
     out = runs / config.stem
+    row = out / "table_row.json"
+    if row.is_file():
+        return json.loads(row.read_text())
     cfg = load_config(config, ["train.progress=false", *overrides])
     start = time.process_time()
-    train(cfg, out)
+    try:
+        train(cfg, out)
+    except FusescopeError as err:
+        if "another fusescope process" not in str(err):
+            raise
+        print(f"{config.stem}: skipped, {err}", flush=True)
+        return None
     result = evaluate_run(out)
     result["cpu_seconds"] = time.process_time() - start
-    (out / "table_row.json").write_text(json.dumps(result))
+    row.write_text(json.dumps(result))
     return result
 
 
@@ -57,22 +71,40 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="runs/classification", help="folder of the runs")
     parser.add_argument("--only", choices=sorted(GROUPS), help="one table only")
+    parser.add_argument("--configs", nargs="+", metavar="NAME", help="these configs only")
+    parser.add_argument("--reverse", action="store_true", help="configs in reverse order")
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help="train nothing: print the tables of the finished runs",
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args()
-    torch.set_num_threads(1)  # the tables are measured one run at a time, on one core
+    torch.set_num_threads(1)  # each run is measured on one core
     runs = Path(args.runs)
     for kind in sorted(GROUPS, reverse=True):
         if args.only and kind != args.only:
             continue
+        configs = sorted(CONFIGS.glob(f"{kind}_*.yaml"), reverse=args.reverse)
+        if args.configs:
+            configs = [c for c in configs if c.stem in args.configs]
         rows = []
-        for config in sorted(CONFIGS.glob(f"{kind}_*.yaml")):
-            result = run_one(config, runs, args.overrides)
+        for config in configs:
+            if args.table_only:
+                row = runs / config.stem / "table_row.json"
+                result = json.loads(row.read_text()) if row.is_file() else None
+            else:
+                result = run_one(config, runs, args.overrides)
+            if result is None:
+                continue
             rows.append((config.stem, result))
-            print(f"{config.stem}: micro-F1 {100 * result['micro_f1']:.1f}  macro-F1 "
-                  f"{100 * result['macro_f1']:.1f}  ({result['cpu_seconds']:.0f} CPU s)",
-                  flush=True)
-        print(f"\n{kind} (test split, threshold chosen on val)\n{table(kind, rows)}\n",
-              flush=True)
+            print(
+                f"{config.stem}: micro-F1 {100 * result['micro_f1']:.1f}  macro-F1 "
+                f"{100 * result['macro_f1']:.1f}  ({result['cpu_seconds']:.0f} CPU s)",
+                flush=True,
+            )
+        rows.sort()
+        print(f"\n{kind} (test split, threshold chosen on val)\n{table(kind, rows)}\n", flush=True)
 
 
 if __name__ == "__main__":
