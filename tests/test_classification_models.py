@@ -196,3 +196,31 @@ def test_bad_options_are_one_line_errors():
         build("attention", ["poster", "plot"], mode="both")
     with pytest.raises(FusescopeError, match="unknown classification method"):
         build_classifier({"name": "nope"}, ["poster"], SPECS, 5)
+
+
+def test_glove_initialises_the_word_embeddings(tmp_path):
+    glove = tmp_path / "glove.txt"
+    glove.write_text("zebra 0.5 -1.0 2.0 0.25\nhorse 1.0 1.0 -1.0 0.0\nunused 9 9 9 9\n")
+    specs = {
+        "plot": {
+            "kind": "text",
+            "vocab_size": 6,
+            "pad_id": 0,
+            "vocab": ["<pad>", "<unk>", "zebra", "horse"],
+        }
+    }
+    model = build_classifier(
+        {"name": "unimodal", "text_dim": 4, "text_heads": 2, "glove": str(glove)},
+        ["plot"],
+        specs,
+        3,
+    )
+    table = model.branches["plot"].embed.weight.detach()
+    assert table.shape == (6, 4)
+    torch.testing.assert_close(table[2], torch.tensor([0.5, -1.0, 2.0, 0.25]))
+    torch.testing.assert_close(table[3], torch.tensor([1.0, 1.0, -1.0, 0.0]))
+    assert (table[0] == 0).all()  # padding
+    with pytest.raises(FusescopeError, match="set model.text_dim: 4"):
+        build_classifier(
+            {"name": "unimodal", "text_dim": 8, "glove": str(glove)}, ["plot"], specs, 3
+        )
