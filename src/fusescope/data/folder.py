@@ -161,8 +161,8 @@ class FolderDataset(Dataset):
         self.split = split
         self.modalities = list(modalities)
         self.ids = read_split(self.root, split)
-        texts = [m for m in self.modalities if self.meta.modalities.get(m, None) is not None
-                 and self.meta.modalities[m].kind == "text"]
+        texts = [m for m in self.modalities
+                 if m in self.meta.modalities and self.meta.modalities[m].kind == "text"]
         if texts:
             raise FusescopeError(f"{self.root / 'meta.json'}: {texts[0]!r} is a text modality; "
                                  f"text serves classification (task: classification)")

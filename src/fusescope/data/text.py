@@ -232,7 +232,8 @@ def glove_matrix(vocab: Vocabulary, path: str | os.PathLike | None = None, seed:
     Raises:
         FusescopeError: no vectors found, or none of the vocabulary's tokens in them.
     """
-    rows, vectors = read_glove(glove_path() if path is None else path, set(vocab.tokens))
+    path = glove_path() if path is None else Path(path)
+    rows, vectors = read_glove(path, set(vocab.tokens))
     if not rows:
         raise FusescopeError(
             f"{path}: none of the vocabulary's {len(vocab)} tokens has a GloVe "
