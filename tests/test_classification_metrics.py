@@ -1,13 +1,17 @@
 """Classification metrics against an independent NumPy reference and hand-computed cases."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from fusescope.engine.classification_metrics import (
+    chance_f1,
     choose_threshold,
     cue_group_f1,
     multilabel_f1,
+    per_class_ap,
     per_class_f1,
     single_label_scores,
 )
@@ -83,3 +87,15 @@ def test_cue_groups_and_single_label():
     assert out["accuracy"] == pytest.approx(0.5)
     # class 0: 1/1, class 1: 1/3, class 2 absent (left out)
     assert out["mean_class_accuracy"] == pytest.approx((1 + 1 / 3) / 2)
+
+
+def test_average_precision_and_the_chance_floor():
+    targets = torch.tensor([[1, 0], [0, 0], [1, 1], [0, 1]], dtype=torch.float32)
+    # class 0 ranked perfectly; class 1: positives at ranks 1 and 4 -> AP (1 + 2/4) / 2
+    probs = torch.tensor([[0.9, 0.8], [0.1, 0.7], [0.8, 0.3], [0.2, 0.9]])
+    assert per_class_ap(probs, targets) == pytest.approx([1.0, (1 + 2 / 4) / 2])
+    assert math.isnan(per_class_ap(probs, torch.zeros(4, 2))[0])  # no positive: undefined
+    # predicting every sample: precision p, recall 1 -> 2p / (1 + p)
+    assert chance_f1(targets) == pytest.approx([2 * 0.5 / 1.5, 2 * 0.5 / 1.5])
+    ones = torch.ones(4, 2)
+    assert multilabel_f1(ones, targets, 0.5)["macro_f1"] == pytest.approx(2 * 0.5 / 1.5)

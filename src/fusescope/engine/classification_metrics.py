@@ -18,6 +18,7 @@ from torch import Tensor
 from torchmetrics.functional.classification import (
     binary_f1_score,
     multiclass_accuracy,
+    multilabel_average_precision,
     multilabel_f1_score,
 )
 
@@ -54,6 +55,21 @@ def per_class_f1(probs: Tensor, targets: Tensor, threshold: float) -> list[float
     return [float(v) for v in f1]
 
 
+def per_class_ap(probs: Tensor, targets: Tensor) -> list[float]:
+    """Average precision of every class (K,): threshold-free; a classifier that knows nothing
+    about a class scores its prevalence. NaN for a class without a positive sample."""
+    target = targets.round().long()
+    ap = multilabel_average_precision(probs, target, probs.shape[1], average="none")
+    return [float(v) if target[:, k].any() else math.nan for k, v in enumerate(ap)]
+
+
+def chance_f1(targets: Tensor) -> list[float]:
+    """Per class, the F1 of predicting the class for every sample, 2p / (1 + p) at prevalence
+    p: what a label whose cue a model cannot see still scores at a low threshold."""
+    p = targets.float().mean(0)
+    return [float(v) for v in 2 * p / (1 + p)]
+
+
 def choose_threshold(
     probs: Tensor, targets: Tensor, candidates: Sequence[float] = THRESHOLDS
 ) -> float:
@@ -63,11 +79,12 @@ def choose_threshold(
 
 
 def cue_group_f1(per_class: Sequence[float], cues: Sequence[str | None]) -> dict[str, float]:
-    """Mean per-class F1 over each cue group (`appearance`, `text`, `both`, ...): the classes
-    whose `cue` names it. Classes without a cue are left out; groups without classes too."""
+    """Mean of a per-class score (F1, AP, ...) over each cue group (`appearance`, `text`,
+    `both`, ...): the classes whose `cue` names it. Classes without a cue or with a NaN score
+    are left out; groups without classes too."""
     groups: dict[str, list[float]] = {}
     for f1, cue in zip(per_class, cues, strict=True):
-        if cue:
+        if cue and not math.isnan(f1):
             groups.setdefault(str(cue), []).append(f1)
     return {cue: sum(v) / len(v) for cue, v in sorted(groups.items())}
 

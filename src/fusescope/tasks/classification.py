@@ -32,9 +32,11 @@ from fusescope.data import classification as data
 from fusescope.data.batching import collate
 from fusescope.data.text import PAD_ID
 from fusescope.engine.classification_metrics import (
+    chance_f1,
     choose_threshold,
     cue_group_f1,
     multilabel_f1,
+    per_class_ap,
     per_class_f1,
     single_label_scores,
 )
@@ -142,9 +144,15 @@ def scores(logits: Tensor, targets: Tensor, meta, threshold: float | None) -> di
     at_half = multilabel_f1(probs, targets, 0.5)
     out["micro_f1_at_0.5"], out["macro_f1_at_0.5"] = at_half["micro_f1"], at_half["macro_f1"]
     out["per_class_f1"] = per_class_f1(probs, targets, threshold)
+    out["per_class_ap"] = per_class_ap(probs, targets)
+    present = [v for v in out["per_class_ap"] if not math.isnan(v)]
+    out["map"] = sum(present) / len(present) if present else math.nan
+    out["per_class_chance_f1"] = chance_f1(targets)
     cues = [c.cue for c in meta.classes]
     if any(cues):
         out["cue_group_f1"] = cue_group_f1(out["per_class_f1"], cues)
+        out["cue_group_ap"] = cue_group_f1(out["per_class_ap"], cues)
+        out["cue_group_chance_f1"] = cue_group_f1(out["per_class_chance_f1"], cues)
     return out
 
 
@@ -306,8 +314,13 @@ class ClassificationTask(Task):
                 f"{100 * result['samples_f1']:.1f}  (threshold {result['threshold']:.2f}, "
                 f"chosen on {result['threshold_split']})"
             )
+            lines.append(f"  mAP {100 * result['map']:.1f}")
             for cue, f1 in result.get("cue_group_f1", {}).items():
-                lines.append(f"  {cue + '-cue classes':24s} F1 {100 * f1:5.1f}")
+                lines.append(
+                    f"  {cue + '-cue classes':24s} F1 {100 * f1:5.1f}  AP "
+                    f"{100 * result['cue_group_ap'][cue]:5.1f}  (predicting every sample: F1 "
+                    f"{100 * result['cue_group_chance_f1'][cue]:.1f})"
+                )
             for name, f1 in zip(result["class_names"], result["per_class_f1"], strict=True):
                 lines.append(f"  {name:24s} F1 {100 * f1:5.1f}")
         else:
