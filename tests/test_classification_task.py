@@ -237,3 +237,57 @@ def test_bad_data_is_a_one_line_error(posters, tmp_path, capsys, how):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert expected in err and len(err.splitlines()) == 1, err
+
+
+def test_single_label_run_reports_accuracy(tmp_path, capsys):
+    """A single-label folder (multi_label: false): cross-entropy, and eval's JSON has accuracy,
+    mean class accuracy and the macro-F1 of the argmax."""
+    from fusescope.data.meta import write_split
+    from fusescope.io import write_json
+
+    root = tmp_path / "data"
+    words = ["sun", "rain", "snow"]
+    write_json(
+        root / "meta.json",
+        {
+            "name": "weather",
+            "task": "classification",
+            "multi_label": False,
+            "classes": [{"name": w, "id": i} for i, w in enumerate(words)],
+            "modalities": {"txt": {"kind": "text"}},
+        },
+    )
+    (root / "txt").mkdir(parents=True)
+    labels = {}
+    for i in range(12):
+        sid = f"{i:02d}"
+        (root / "txt" / f"{sid}.txt").write_text(f"today {words[i % 3]} again", encoding="utf-8")
+        labels[sid] = [words[i % 3]]
+    write_json(root / "labels.json", labels)
+    ids = sorted(labels)
+    for split, part in (("train", ids[:6]), ("val", ids[6:9]), ("test", ids[9:])):
+        write_split(root, split, part)
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                str(CONFIGS / "posters_text_only.yaml"),
+                "--out",
+                str(run),
+                f"data.root={root}",
+                "data.modalities=[txt]",
+                *TINY,
+                "train.max_steps=2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["multi_label"] is False and result["micro_f1"] == result["accuracy"]
+    assert 0.0 <= result["mean_class_accuracy"] <= 1.0 and "macro_f1" in result
+    log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("ce" in r for r in log)  # cross-entropy, not BCE
