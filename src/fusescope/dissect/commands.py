@@ -20,11 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="what each modality contributes: Set IoU, SVar, CKA, Grad-CAM, as a report",
         description="Dissect an RGB-only run, a depth-only run and a joint two-stream run "
         "(two_stream_concat) with the protocol of 'Dissecting RGB-D Learning for Improved "
-        "Multi-modal Fusion'; writes REPORT/index.html, results.json and PNG plots.",
+        "Multi-modal Fusion'; or one classification run (fusescope.dissect.classification). "
+        "Writes REPORT/index.html, results.json and PNG plots.",
     )
-    p.add_argument("run_rgb", help="run folder of the RGB-only model (model: unimodal)")
-    p.add_argument("run_depth", help="run folder of the depth-only model")
-    p.add_argument("run_joint", help="run folder of the joint model (two_stream_concat)")
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="RUN_RGB RUN_DEPTH RUN_JOINT: the RGB-only model (model: unimodal), the "
+                   "depth-only model and the joint model (two_stream_concat); or one "
+                   "classification RUN (per-modality contribution of each label, CKA, Grad-CAM)")
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--split", default="test", help="probe split (default: test)")
     p.add_argument("--probe-size", type=int, default=200, help="first N probe images (0: all)")
@@ -91,7 +93,13 @@ def cmd_dissect(args: argparse.Namespace) -> None:
     if args.batch_size < 4:
         raise FusescopeError("--batch-size must be >= 4 (debiased CKA per batch)")
     device = str(resolve_device(args.device))  # before any training or loading
-    runs_dirs = [args.run_rgb, args.run_depth, args.run_joint]
+    if len(args.runs) == 1 and not args.train:
+        cmd_dissect_classifier(args, device)
+        return
+    if len(args.runs) != 3:
+        raise FusescopeError(f"fusescope dissect takes RUN_RGB RUN_DEPTH RUN_JOINT (segmentation) "
+                             f"or one classification RUN; got {len(args.runs)} runs")
+    runs_dirs = list(args.runs)
     if args.train:
         stage("training the three runs (finished ones are kept)", not args.quiet)
         train_runs(args.train, runs_dirs, args.set)
@@ -131,4 +139,26 @@ def cmd_dissect(args: argparse.Namespace) -> None:
             f"  SVar {row['svar']:+9.2f} +- {row['svar_sd']:.2f}"
         )
     # the last line: where to look (absolute, and as a URL a terminal or browser opens)
+    print(f"report: {index.resolve()}  (open {index.resolve().as_uri()})")
+
+
+def cmd_dissect_classifier(args: argparse.Namespace, device: str) -> None:
+    """One classification run: per-modality contribution of each label, CKA, Grad-CAM."""
+    from fusescope.console import stage
+    from fusescope.dissect.classification import dissect_classifier, write_classification_report
+    from fusescope.engine.checkpoint import load_run
+
+    run = load_run(args.runs[0], device=device)
+    if run.cfg.get("task", "segmentation") != "classification":
+        raise FusescopeError(f"{args.runs[0]}: a {run.cfg.get('task', 'segmentation')} run; "
+                             f"segmentation dissection takes RUN_RGB RUN_DEPTH RUN_JOINT")
+    stage("dissecting the classifier", not args.quiet)
+    result = dissect_classifier(run, split=args.split, probe_size=args.probe_size or None,
+                                batch_size=args.batch_size, device=device,
+                                gradcam_images=args.gradcam_images, progress=not args.quiet)
+    index = write_classification_report(result, Path(args.out))
+    for group, verdict in result["verdicts"].items():
+        drops = ", ".join(f"without {m} {by[group]:+.3f}"
+                          for m, by in result["f1_drop_by_cue"].items())
+        print(f"  {group}-cue labels: {verdict} (F1 lost: {drops})")
     print(f"report: {index.resolve()}  (open {index.resolve().as_uri()})")

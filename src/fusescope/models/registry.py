@@ -5,3 +5,4 @@ from fusescope.registry import Registry
 
 FUSION_METHODS = Registry("fusion method")
 DECODERS = Registry("decoder")
+CLASSIFICATION_METHODS = Registry("classification method")  # fusescope.models.classification
