@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from translation_helpers import write_translation_dataset
 
 from fusescope.cli import main
 from fusescope.config import load_config
 from fusescope.engine.train import train
+from translation_helpers import write_translation_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "translation" / "cen.yaml"
