@@ -60,6 +60,15 @@ def test_cli_train_and_eval_json(data, tmp_path, capsys):
     assert result["split"] == "val" and 0 < result["l1"] < 1
     assert main(["eval", str(run)]) == 0
     assert "FID / KID features: efficientnet_lite0" in capsys.readouterr().out
+    # commands made for segmentation runs refuse a translation run by name, before any work
+    shade = data / "shade" / sorted(p.name for p in (data / "shade").iterdir())[0]
+    for command in (["predict", str(run), "--input", f"shade={shade}", "--out",
+                     str(tmp_path / "p.png")], ["export", str(run), "--out", str(tmp_path / "m.onnx")]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"fusescope: error: {run}: a translation run; fusescope {command[0]} "
+                       f"handles segmentation runs (fusescope eval scores every task)")
+    assert not (tmp_path / "p.png").exists() and not (tmp_path / "m.onnx").exists()
 
 
 def test_killed_and_resumed_run_equals_uninterrupted(data, tmp_path):

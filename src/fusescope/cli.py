@@ -158,7 +158,7 @@ def format_result(result: dict, run: str = "RUN") -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from fusescope.engine.checkpoint import load_run
+    from fusescope.engine.checkpoint import load_run, require_task
     from fusescope.engine.device import resolve_device
     from fusescope.engine.predict import predict
 
@@ -173,6 +173,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
             inputs[name] = getattr(args, name)
     device = str(resolve_device(args.device))
     run = load_run(args.run, device=device)
+    require_task(run, "segmentation", "fusescope predict")
     if args.onnx:
         from fusescope.engine.export import OnnxSegmentor
 

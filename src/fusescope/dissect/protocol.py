@@ -54,7 +54,7 @@ from fusescope.dissect.gradcam import GradCAM, shared_scale
 from fusescope.dissect.net2vec import Net2Vec, concept_pixels
 from fusescope.dissect.svar import concept_variance, semantic_variance
 from fusescope.dissect.taps import Tap, find_module, move_batch, stream_features
-from fusescope.engine.checkpoint import load_run
+from fusescope.engine.checkpoint import load_run, require_task
 from fusescope.engine.train import train
 from fusescope.errors import FusescopeError
 from fusescope.io import json_safe
@@ -172,6 +172,8 @@ def load_runs(
 ) -> Runs:
     """Load and cross-check the three runs (one modality each, then both, same classes)."""
     rgb, depth, joint = (load_run(d, device=device) for d in (rgb_dir, depth_dir, joint_dir))
+    for run in (rgb, depth, joint):
+        require_task(run, "segmentation", "fusescope dissect RUN_RGB RUN_DEPTH RUN_JOINT")
     for run, what in ((rgb, "RGB"), (depth, "depth")):
         mods = list(run.cfg.data.modalities)
         if len(mods) != 1:

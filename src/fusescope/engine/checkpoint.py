@@ -211,3 +211,17 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
         load_weights(model, state["model"], ckpt)
         step = int(state["step"])
     return Run(run_dir, cfg, info, meta, model.to(device).eval(), step)
+
+
+def require_task(run: Run, task: str, command: str) -> None:
+    """Refuse a run of another task than `command` handles (a translation run given to
+    `fusescope predict`, say), naming both, instead of failing deep inside.
+
+    Raises:
+        FusescopeError: the run's task is not `task`.
+    """
+    found = run.cfg.get("task", "segmentation")
+    if found != task:
+        raise FusescopeError(f"{run.path}: a {found} run; {command} handles {task} runs "
+                             f"(fusescope eval scores every task)")
+

@@ -11,11 +11,12 @@ from pathlib import Path
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from fusescope.engine.checkpoint import load_run
+    from fusescope.engine.checkpoint import load_run, require_task
     from fusescope.engine.export import _require_onnx, export_run, sidecar_path
 
     _require_onnx()
     run = load_run(args.run)
+    require_task(run, "segmentation", "fusescope export")
     info = export_run(run, args.out, size=tuple(args.size) if args.size else None)
     print(
         f"wrote {args.out} (opset {info['opset']}, inputs "
