@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from conftest import TINY_MODEL
 from fusescope.config import load_config
 from fusescope.engine.train import freeze_bn_statistics, make_optimizer, train
+from fusescope.errors import FusescopeError
 from fusescope.models import build_model
 from fusescope.models.multistream import ModalityBatchNorm
 
@@ -107,3 +108,16 @@ def test_real_data_configs_optimise_as_the_authors(dataset, method):
         assert setting[id(p)] == (pytest.approx(5e-4 if encoder else 3e-3), pytest.approx(1e-5)), (
             name
         )
+
+
+def test_adam_betas_reach_the_optimiser_and_bad_ones_are_named():
+    """pix2pix / CEN translation train with Adam beta1 = 0.5: `train.betas` sets it."""
+    cfg = load_config(None, ["train.betas=[0.5,0.999]"])
+    model = torch.nn.Linear(3, 2)
+    groups = make_optimizer(model, cfg.train).param_groups
+    assert {g["betas"] for g in groups} == {(0.5, 0.999)}
+    assert {g["betas"] for g in make_optimizer(model, load_config(None, []).train).param_groups} == {
+        (0.9, 0.999)
+    }
+    with pytest.raises(FusescopeError, match=r"train.betas=\[1.5, 0.999\] must be two numbers"):
+        load_config(None, ["train.betas=[1.5,0.999]"])

@@ -62,8 +62,9 @@ def test_cli_train_and_eval_json(data, tmp_path, capsys):
     assert "FID / KID features: efficientnet_lite0" in capsys.readouterr().out
     # commands made for segmentation runs refuse a translation run by name, before any work
     shade = data / "shade" / sorted(p.name for p in (data / "shade").iterdir())[0]
-    for command in (["predict", str(run), "--input", f"shade={shade}", "--out",
-                     str(tmp_path / "p.png")], ["export", str(run), "--out", str(tmp_path / "m.onnx")]):
+    predict = ["predict", str(run), "--input", f"shade={shade}", "--out", str(tmp_path / "p.png")]
+    export = ["export", str(run), "--out", str(tmp_path / "m.onnx")]
+    for command in (predict, export):
         assert main(command) == 2
         err = capsys.readouterr().err.strip()
         assert err == (f"fusescope: error: {run}: a translation run; fusescope {command[0]} "

@@ -67,6 +67,7 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw; pix2pix: [0.5, 0.999]
     warmup_steps: int = 20
     poly_power: float = 0.9
     # learning-rate multipliers by module name prefix, e.g. {decoder: 6.0} (CEN trains its
@@ -254,6 +255,8 @@ def check_config(cfg: DictConfig) -> None:
         number(f"train.{key}", t[key], 0)
     if t.gan_mode not in ("vanilla", "lsgan"):
         raise FusescopeError(f"train.gan_mode={t.gan_mode!r} unknown; known: vanilla, lsgan")
+    if len(t.betas) != 2 or not all(isinstance(v, int | float) and 0 <= v < 1 for v in t.betas):
+        raise FusescopeError(f"train.betas={list(t.betas)!r} must be two numbers in [0, 1)")
     if t.optimizer not in ("adamw", "sgd"):
         raise FusescopeError(f"train.optimizer={t.optimizer!r} unknown; known: adamw, sgd")
     for prefix, scale in (t.lr_scales or {}).items():

@@ -88,7 +88,7 @@ def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optim
         for (decayed, scale), params in groups.items()
     ]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(param_groups, lr=cfg.lr)
+        return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas))
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=cfg.lr, momentum=cfg.momentum)
     raise FusescopeError(f"train.optimizer {cfg.optimizer!r} unknown; known: adamw, sgd")
