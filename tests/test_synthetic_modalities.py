@@ -151,7 +151,7 @@ def test_meta_kinds_and_the_loaders(full_set):
         "depth": ("depth", 1),
         "texture": ("color", 3),
         "shade": ("image", 1),
-        "normal": ("image", 3),
+        "normal": ("normal", 3),
         "edge": ("image", 1),
     }
     ds = FolderDataset(full_set, "train", list(ALL))

@@ -81,7 +81,7 @@ def test_prepare_with_cen_lists(tree, tmp_path):
         "texture": ("image", 1),
         "edge": ("image", 1),
         "depth": ("depth", 1),
-        "normal": ("image", 3),
+        "normal": ("normal", 3),
     }
     assert meta.modalities["depth"].scale == 1 / 512
     assert meta.extra["domains"] == {

@@ -64,3 +64,20 @@ def test_normalize_keeps_depth_holes_at_zero():
     n = Normalize({"depth": SPECS["depth"]}, {"depth": {"mean": [3.0], "std": [2.0]}})
     out = n({"depth": torch.tensor([[[0.0, 5.0]]])})
     assert out["depth"].tolist() == [[[0.0, 1.0]]]
+
+
+def test_a_mirrored_normal_map_faces_the_other_way_along_x():
+    """Flipping an image mirrors the surfaces in it: a normal pointing right then points left,
+    so x changes sign ((n + 1) / 2 encoding: x -> 1 - x) while y and z only move with pixels."""
+    n = torch.rand(3, 4, 5)
+    label = torch.zeros(4, 5, dtype=torch.int64)
+    specs = {"normal": ModalitySpec("normal", 3), "shade": ModalitySpec("image", 1)}
+    t = TrainTransform(specs, crop_size=None, scale_range=(1.0, 1.0), hflip=True, color_jitter=0)
+    sample = {"normal": n, "shade": n[:1].clone(), "label": label}
+    flipped = [out for seed in range(20)
+               if not torch.equal((out := t(sample, np.random.default_rng(seed)))["shade"], n[:1])]
+    assert flipped  # some seed flips
+    for out in flipped:
+        assert torch.allclose(out["normal"][0], 1 - n[0].flip(-1))
+        assert torch.equal(out["normal"][1:], n[1:].flip(-1))
+        assert torch.equal(out["shade"], n[:1].flip(-1))  # an ordinary image just moves

@@ -32,7 +32,9 @@ from typing import Any
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, is_plain_name, read_json, write_json
 
-MODALITY_KINDS = ("color", "image", "depth", "text")
+# normal: a surface-normal map, 8-bit (n + 1) / 2 per axis (x right, y down, z forward); an
+# image whose x axis changes sign when the image is mirrored
+MODALITY_KINDS = ("color", "image", "normal", "depth", "text")
 # appearance: only the image (RGB, a poster) identifies the class; geometry: only depth; text:
 # only the text; both: either modality does
 CUES = ("appearance", "geometry", "text", "both")
@@ -202,9 +204,10 @@ def meta_from_dict(d: dict[str, Any], where: str = "meta.json") -> DatasetMeta:
             modalities[name] = ModalitySpec("text", 0)
             continue
         channels = _integer(_require(spec, "channels", here), f"{here}.channels", 1)
-        if kind == "depth" and channels != 1 or kind != "depth" and channels not in (1, 3):
+        allowed = {"depth": (1,), "normal": (3,)}.get(kind, (1, 3))
+        if channels not in allowed:
             raise FusescopeError(f"{here}: {channels} channels; a {kind} modality has "
-                                 f"{'1' if kind == 'depth' else '1 or 3'}")
+                                 f"{' or '.join(map(str, allowed))}")
         scale = spec.get("scale")
         if kind == "depth" and not (isinstance(scale, int | float) and not isinstance(scale, bool)
                                     and math.isfinite(scale) and scale > 0):

@@ -142,7 +142,7 @@ def domains(depth_domain: str = "depth_zbuffer") -> dict[str, Domain]:
             "reshading", ModalitySpec("image", 1), _shading, encoding="unchanged (first channel)"
         ),
         "normal": Domain(
-            "normal", ModalitySpec("image", 3), _eight_bit(3), encoding="unchanged (127-centred)"
+            "normal", ModalitySpec("normal", 3), _eight_bit(3), encoding="unchanged (127-centred)"
         ),
         "depth": Domain(
             depth_domain,

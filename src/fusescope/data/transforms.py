@@ -79,6 +79,9 @@ class TrainTransform:
         if flip:
             for k in names:
                 out[k] = out[k].flip(-1)
+                if k != "label" and self.specs[k].kind == "normal":
+                    # a mirrored surface faces the other way along x: n_x -> -n_x
+                    out[k] = torch.cat([1 - out[k][:1], out[k][1:]])
         for k in names:
             if k != "label" and self.specs[k].kind == "color" and self.color_jitter > 0:
                 out[k] = color_jitter(out[k], *jitter)

@@ -35,7 +35,7 @@ MODALITIES: dict[str, ModalitySpec] = {
     "depth": ModalitySpec("depth", 1, DEPTH_SCALE, "mm"),
     "texture": ModalitySpec("color", 3),
     "shade": ModalitySpec("image", 1),
-    "normal": ModalitySpec("image", 3),
+    "normal": ModalitySpec("normal", 3),
     "edge": ModalitySpec("image", 1),
 }
 """Every modality the generator can write, in the order it writes them."""
