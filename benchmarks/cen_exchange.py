@@ -66,8 +66,12 @@ def main() -> None:
             first = next((s for s, v in zip(steps, values, strict=True) if v > 0), None)
             print(f"  {stage}: first exchange at step {first}, final fraction {values[-1]:.3f}")
             row[0].plot(steps, values, label=stage)
-        row[0].set(title=f"{run_dir.name}: exchanged fraction", xlabel="step",
-                   ylabel="fraction of exchangeable channels", ylim=(-0.02, 1.02))
+        row[0].set(
+            title=f"{run_dir.name}: exchanged fraction",
+            xlabel="step",
+            ylabel="fraction of exchangeable channels",
+            ylim=(-0.02, 1.02),
+        )
         row[0].legend(fontsize=8)
         names, gammas, theta = final_gammas(run_dir)
         top = max(float(g.max()) for g in gammas)
@@ -75,8 +79,12 @@ def main() -> None:
         for name, g in zip(names, gammas, strict=True):
             row[1].hist(g.clamp_min(1e-4).numpy(), bins=bins.numpy(), alpha=0.6, label=name)
         row[1].axvline(theta, color="k", linestyle="--", label=f"theta = {theta:g}")
-        row[1].set(xscale="log", title="final |gamma| of the exchangeable channels",
-                   xlabel="|gamma|", ylabel="channels")
+        row[1].set(
+            xscale="log",
+            title="final |gamma| of the exchangeable channels",
+            xlabel="|gamma|",
+            ylabel="channels",
+        )
         row[1].legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(args.out) as tmp:

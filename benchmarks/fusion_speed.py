@@ -61,14 +61,19 @@ def stacked_vs_separate(backbone: str, M: int, args) -> dict[str, float]:
         for m, model in zip(mods, separate, strict=True):
             training_step(model, {m: batch[m]}, label)
 
-    return interleave({
-        "stacked": lambda: training_step(stacked.train(), batch, label),
-        "separate": run_separate,
-    }, args.steps, args.warmup)
+    return interleave(
+        {
+            "stacked": lambda: training_step(stacked.train(), batch, label),
+            "separate": run_separate,
+        },
+        args.steps,
+        args.warmup,
+    )
 
 
-def handwritten_bn(x: Tensor, M: int, weight: Tensor, bias: Tensor, running_mean: Tensor,
-                   running_var: Tensor) -> Tensor:
+def handwritten_bn(
+    x: Tensor, M: int, weight: Tensor, bias: Tensor, running_mean: Tensor, running_var: Tensor
+) -> Tensor:
     """The former ModalityBatchNorm (modality-major stack): grouped var_mean, folded affine."""
     MB, C, H, W = x.shape
     x5 = x.view(M, MB // M, C, H, W)
@@ -79,8 +84,9 @@ def handwritten_bn(x: Tensor, M: int, weight: Tensor, bias: Tensor, running_mean
         running_var.lerp_(var * n / (n - 1), 0.1)
     scale = weight * torch.rsqrt(var + 1e-5)
     shift = bias - mean * scale
-    return torch.addcmul(shift[:, None, :, None, None], x5,
-                         scale[:, None, :, None, None]).reshape(MB, C, H, W)
+    return torch.addcmul(shift[:, None, :, None, None], x5, scale[:, None, :, None, None]).reshape(
+        MB, C, H, W
+    )
 
 
 def batchnorm_contenders(M: int, B: int, C: int, H: int, W: int) -> dict[str, Callable]:
@@ -90,8 +96,12 @@ def batchnorm_contenders(M: int, B: int, C: int, H: int, W: int) -> dict[str, Ca
     stacked_grad = grad.repeat(M, 1, 1, 1)
     ours = ModalityBatchNorm(C, M).train()
     natives = [nn.BatchNorm2d(C).train() for _ in range(M)]
-    old = [torch.ones(M, C, requires_grad=True), torch.zeros(M, C, requires_grad=True),
-           torch.zeros(M, C), torch.ones(M, C)]
+    old = [
+        torch.ones(M, C, requires_grad=True),
+        torch.zeros(M, C, requires_grad=True),
+        torch.zeros(M, C),
+        torch.ones(M, C),
+    ]
 
     def run_ours():
         ours(stacked).relu_().backward(stacked_grad)
@@ -103,8 +113,11 @@ def batchnorm_contenders(M: int, B: int, C: int, H: int, W: int) -> dict[str, Ca
     def run_old():
         handwritten_bn(stacked, M, *old).relu_().backward(stacked_grad)
 
-    return {"ModalityBatchNorm": run_ours, "M native BatchNorm2d": run_natives,
-            "hand-written (before)": run_old}
+    return {
+        "ModalityBatchNorm": run_ours,
+        "M native BatchNorm2d": run_natives,
+        "hand-written (before)": run_old,
+    }
 
 
 class LoopResNet(nn.Module):
@@ -117,13 +130,19 @@ class LoopResNet(nn.Module):
         M = num_modalities
         self.M, self.exchange, self.theta = M, exchange, theta
         self.enc = create_encoder("resnet18")
-        self.bns = nn.ModuleDict({  # per-modality copies of every BN, keyed by module path
-            name.replace(".", "_"): nn.ModuleList(copy.deepcopy(mod) for _ in range(M))
-            for name, mod in self.enc.named_modules() if isinstance(mod, nn.BatchNorm2d)
-        })
+        self.bns = nn.ModuleDict(
+            {  # per-modality copies of every BN, keyed by module path
+                name.replace(".", "_"): nn.ModuleList(copy.deepcopy(mod) for _ in range(M))
+                for name, mod in self.enc.named_modules()
+                if isinstance(mod, nn.BatchNorm2d)
+            }
+        )
         self.decoders = nn.ModuleList(
-            build_decoder("light", feature_channels(self.enc), feature_reductions(self.enc),
-                          CLASSES) for _ in range(M))
+            build_decoder(
+                "light", feature_channels(self.enc), feature_reductions(self.enc), CLASSES
+            )
+            for _ in range(M)
+        )
         self.alpha = nn.Parameter(torch.ones(M))
 
     def bn(self, name: str, xs: list[Tensor]) -> list[Tensor]:
@@ -136,7 +155,7 @@ class LoopResNet(nn.Module):
             gamma = bns[m].weight.abs()
             half = torch.zeros_like(gamma, dtype=torch.bool)
             C = gamma.numel()
-            half[m * C // 2:(m + 1) * C // 2] = True
+            half[m * C // 2 : (m + 1) * C // 2] = True
             mask = (gamma < self.theta) & half
             y = x.clone()
             y[:, mask] = xs[1 - m][:, mask]
@@ -181,21 +200,29 @@ def fusion_contenders(args) -> dict[str, Callable]:
     mods, chans = ["rgb", "depth"], {"rgb": 3, "depth": 3}
     batch = {m: torch.randn(B, 3, H, W) for m in mods}
     label = torch.randint(0, CLASSES, (B, H, W))
-    models = {name: build_model({"name": name, "backbone": "resnet18"}, mods, chans, CLASSES)
-              for name in ("multistream", "cen", "asymfusion")}
-    loops = {"loop, no fusion (authors' style)": LoopResNet(2, exchange=False),
-             "loop, cen exchange (authors' style)": LoopResNet(2, exchange=True)}
+    models = {
+        name: build_model({"name": name, "backbone": "resnet18"}, mods, chans, CLASSES)
+        for name in ("multistream", "cen", "asymfusion")
+    }
+    loops = {
+        "loop, no fusion (authors' style)": LoopResNet(2, exchange=False),
+        "loop, cen exchange (authors' style)": LoopResNet(2, exchange=True),
+    }
     for model in [*models.values(), *loops.values()]:
         model.train()
         with torch.no_grad():  # ~10 % of gammas under theta: the exchange paths do real work
             for mod in model.modules():
                 if isinstance(mod, (nn.BatchNorm2d, ModalityBatchNorm)):
-                    mod.weight.copy_(torch.where(torch.rand_like(mod.weight) < 0.1, 0.0,
-                                                 mod.weight))
-    out = {f"{name} (stacked)": (lambda m=model: training_step(m, batch, label))
-           for name, model in models.items()}
-    out.update({name: (lambda m=model: loop_step(m, batch, label))
-                for name, model in loops.items()})
+                    mod.weight.copy_(
+                        torch.where(torch.rand_like(mod.weight) < 0.1, 0.0, mod.weight)
+                    )
+    out = {
+        f"{name} (stacked)": (lambda m=model: training_step(m, batch, label))
+        for name, model in models.items()
+    }
+    out.update(
+        {name: (lambda m=model: loop_step(m, batch, label)) for name, model in loops.items()}
+    )
     return out
 
 
@@ -206,8 +233,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--size", type=int, nargs=2, default=[120, 160])
-    parser.add_argument("--backbones", nargs="+",
-                        default=["resnet18", "resnet50", "efficientnet_lite0"])
+    parser.add_argument(
+        "--backbones", nargs="+", default=["resnet18", "resnet50", "efficientnet_lite0"]
+    )
     parser.add_argument("--modalities", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--fusion", action="store_true", help="also table 3")
     parser.add_argument("--tables", type=int, nargs="+", default=[1, 2, 3])
@@ -228,28 +256,40 @@ def main() -> None:
 
 def step_table(args) -> None:
     B, (H, W) = args.batch, args.size
-    print(f"1. training step (forward + backward), batch {B}, {H}x{W}, light decoder, "
-          f"{args.threads} threads, median of {args.steps} after {args.warmup} warm-up rounds")
+    print(
+        f"1. training step (forward + backward), batch {B}, {H}x{W}, light decoder, "
+        f"{args.threads} threads, median of {args.steps} after {args.warmup} warm-up rounds"
+    )
     print(f"   {'backbone':<20} {'M':>2} {'stacked / M separate':>21} {'separate (ms)':>14}")
     for backbone in args.backbones:
         for M in args.modalities:
             t = stacked_vs_separate(backbone, M, args)
-            print(f"   {backbone:<20} {M:>2} {t['stacked'] / t['separate']:>20.3f}x "
-                  f"{t['separate'] * 1e3:>14.0f}")
+            print(
+                f"   {backbone:<20} {M:>2} {t['stacked'] / t['separate']:>20.3f}x "
+                f"{t['separate'] * 1e3:>14.0f}"
+            )
 
 
 def batchnorm_table(args) -> None:
     B, (H, W) = args.batch, args.size
     print("2. per-modality BatchNorm, forward + backward, ratio to M native BatchNorm2d calls")
-    print(f"   {'M':>2} {'shape (B, C, H, W)':<22} {'ModalityBatchNorm':>18} "
-          f"{'hand-written (before)':>22}")
+    print(
+        f"   {'M':>2} {'shape (B, C, H, W)':<22} {'ModalityBatchNorm':>18} "
+        f"{'hand-written (before)':>22}"
+    )
     for M in args.modalities:
-        for C, h, w in ((64, H // 4, W // 4), (128, H // 8, W // 8), (256, H // 16, W // 16),
-                        (512, H // 32, W // 32)):
+        for C, h, w in (
+            (64, H // 4, W // 4),
+            (128, H // 8, W // 8),
+            (256, H // 16, W // 16),
+            (512, H // 32, W // 32),
+        ):
             t = interleave(batchnorm_contenders(M, B, C, h, w), 5 * args.steps, args.warmup)
             base = t["M native BatchNorm2d"]
-            print(f"   {M:>2} {str((B, C, h, w)):<22} {t['ModalityBatchNorm'] / base:>17.3f}x "
-                  f"{t['hand-written (before)'] / base:>21.3f}x")
+            print(
+                f"   {M:>2} {str((B, C, h, w)):<22} {t['ModalityBatchNorm'] / base:>17.3f}x "
+                f"{t['hand-written (before)'] / base:>21.3f}x"
+            )
 
 
 if __name__ == "__main__":

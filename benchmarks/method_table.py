@@ -23,9 +23,21 @@ from fusescope.config import load_config
 from fusescope.models import build_model
 from fusescope.models.cost import count_flops
 
-CONFIGS = ["rgb_only", "early_concat", "late_average", "two_stream_concat", "multistream", "cen",
-           "asymfusion", "baseline_concat_all", "baseline_align_all", "baseline_attention_all",
-           "baseline_concat_early_merged", "sagate", "mango"]
+CONFIGS = [
+    "rgb_only",
+    "early_concat",
+    "late_average",
+    "two_stream_concat",
+    "multistream",
+    "cen",
+    "asymfusion",
+    "baseline_concat_all",
+    "baseline_align_all",
+    "baseline_attention_all",
+    "baseline_concat_early_merged",
+    "sagate",
+    "mango",
+]
 CHANNELS = {"rgb": 3, "depth": 1}
 
 
@@ -45,9 +57,11 @@ def main() -> None:
         models[name] = (model, mods)
         opts[name] = torch.optim.SGD(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
-    batch = {"rgb": torch.randn(8, 3, 120, 160, generator=g),
-             "depth": torch.randn(8, 1, 120, 160, generator=g),
-             "label": torch.randint(0, 14, (8, 120, 160), generator=g)}
+    batch = {
+        "rgb": torch.randn(8, 3, 120, 160, generator=g),
+        "depth": torch.randn(8, 1, 120, 160, generator=g),
+        "label": torch.randint(0, 14, (8, 120, 160), generator=g),
+    }
     times = {name: [] for name in models}
     for step in range(args.steps + 1):  # the first round warms up
         for name, (model, mods) in models.items():
@@ -55,8 +69,10 @@ def main() -> None:
             out = model({m: batch[m] for m in mods})
             loss = F.cross_entropy(out["logits"], batch["label"])
             loss = loss + sum(out["aux_losses"].values(), torch.zeros(()))
-            loss = loss + sum((F.cross_entropy(v, batch["label"])
-                               for v in out["per_modality"].values()), torch.zeros(()))
+            loss = loss + sum(
+                (F.cross_entropy(v, batch["label"]) for v in out["per_modality"].values()),
+                torch.zeros(()),
+            )
             opts[name].zero_grad()
             loss.backward()
             opts[name].step()
@@ -70,10 +86,14 @@ def main() -> None:
     for name, (model, mods) in models.items():
         params = sum(p.numel() for p in model.parameters())
         flops = count_flops(model, {m: frame[m] for m in mods})
-        print(f"| {name} | {params / 1e6:.2f} | {params / base_params:.2f} | "
-              f"{flops / 1e9:.2f} | {statistics.median(times[name]) / base:.2f} |")
-    print(f"\n(unimodal step: {1000 * base:.0f} ms median over {args.steps} steps, "
-          f"{args.threads} threads)")
+        print(
+            f"| {name} | {params / 1e6:.2f} | {params / base_params:.2f} | "
+            f"{flops / 1e9:.2f} | {statistics.median(times[name]) / base:.2f} |"
+        )
+    print(
+        f"\n(unimodal step: {1000 * base:.0f} ms median over {args.steps} steps, "
+        f"{args.threads} threads)"
+    )
 
 
 if __name__ == "__main__":

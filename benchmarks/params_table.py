@@ -25,8 +25,7 @@ IN_CHANNELS = {"rgb": 3, "depth": 1}
 VARIANTS = {  # extra rows beyond each method's defaults
     "baseline": [
         {"fusion": f, "position": p, **setting}
-        for setting in ({"shared": True}, {"shared": False},
-                        {"shared": False, "streams": "merge"})
+        for setting in ({"shared": True}, {"shared": False}, {"shared": False, "streams": "merge"})
         for f in ("concat", "align", "attention")
         for p in ("early", "middle", "late", "all")
     ],
@@ -63,14 +62,25 @@ CEN = {"backbone": "resnet101", "decoder": "refinenet"}
 CEN_ROWS = [
     ("RGB uni-modal", {"name": "unimodal"}, ["rgb"], 118.1, 118.1),
     ("Depth uni-modal", {"name": "unimodal"}, ["depth"], 118.1, 118.1),
-    *[(f"{label} ({pos})", {"name": "baseline", "fusion": fusion, "position": pos},
-       ["rgb", "depth"], common, ours)
-      for fusion, label, numbers in (
-          ("concat", "Concat", [(120.1, 118.8), (147.7, 120.3), (169.0, 126.6), (171.7, 129.4)]),
-          ("align", "Align", [(238.8, 120.8), (246.7, 128.7), (278.1, 160.1), (291.9, 173.9)]),
-          ("attention", "Self-att.", [(124.9, 123.6), (166.9, 139.4), (245.5, 203.2),
-                                      (272.3, 231.0)]))
-      for pos, (common, ours) in zip(("early", "middle", "late", "all"), numbers, strict=True)],
+    *[
+        (
+            f"{label} ({pos})",
+            {"name": "baseline", "fusion": fusion, "position": pos},
+            ["rgb", "depth"],
+            common,
+            ours,
+        )
+        for fusion, label, numbers in (
+            ("concat", "Concat", [(120.1, 118.8), (147.7, 120.3), (169.0, 126.6), (171.7, 129.4)]),
+            ("align", "Align", [(238.8, 120.8), (246.7, 128.7), (278.1, 160.1), (291.9, 173.9)]),
+            (
+                "attention",
+                "Self-att.",
+                [(124.9, 123.6), (166.9, 139.4), (245.5, 203.2), (272.3, 231.0)],
+            ),
+        )
+        for pos, (common, ours) in zip(("early", "middle", "late", "all"), numbers, strict=True)
+    ],
     ("CEN (ours in the paper)", {"name": "cen"}, ["rgb", "depth"], None, 118.2),
 ]
 # settings of CEN Table 2's two column groups, as model options of the `baseline` method
@@ -92,10 +102,14 @@ def diff(ours: float, paper: float | None) -> str:
 def paper_tables() -> None:
     chans = {"rgb": 3, "depth": 3}  # CEN tiles depth to 3 channels; so does its uni-modal net
     size = (480, 640)
-    print("CEN Table 2: RefineNet (ResNet-101), 40 classes; GFLOPs of one 480x640 frame "
-          "(the paper gives none)")
-    print("| approach | paper params, commonly-used (M) | ours (M) | diff | GFLOPs | "
-          "paper params, CEN's setting (M) | ours (M) | diff | GFLOPs |")
+    print(
+        "CEN Table 2: RefineNet (ResNet-101), 40 classes; GFLOPs of one 480x640 frame "
+        "(the paper gives none)"
+    )
+    print(
+        "| approach | paper params, commonly-used (M) | ours (M) | diff | GFLOPs | "
+        "paper params, CEN's setting (M) | ours (M) | diff | GFLOPs |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for label, options, mods, common, same in CEN_ROWS:
         cells = []
@@ -105,35 +119,47 @@ def paper_tables() -> None:
                 continue
             extra = setting if options["name"] == "baseline" else {}
             params, flops = meta_cost({**CEN, **options, **extra}, mods, chans, 40, size)
-            cells.append(f"{paper} | {params / 1e6:.1f} | {diff(params / 1e6, paper)} | "
-                         f"{flops / 1e9:.0f}")
+            cells.append(
+                f"{paper} | {params / 1e6:.1f} | {diff(params / 1e6, paper)} | {flops / 1e9:.0f}"
+            )
         print(f"| {label} | {' | '.join(cells)} |")
     # the authors' dual ResNet hands one `downsample` module to both streams
     # (`self.hha_downsample = downsample`), so each stage's projection shortcut is shared
     with torch.device("meta"):
         encoder = create_encoder(SAGATE_BACKBONE)
     shared = sum(p.numel() for n, p in encoder.named_parameters() if ".downsample." in n)
-    print("\nSA-Gate Table 1: DeepLabV3+ (ResNet-50), 40 classes, 3 x 480 x 480; 'shared "
-          f"shortcuts': minus the second stream's projection shortcuts ({shared / 1e6:.2f} M), "
-          "which the authors' code shares between the streams")
-    print("| method | paper params (M) | ours (M) | diff | ours, shared shortcuts (M) | diff | "
-          "paper GFLOPs | ours | diff |")
+    print(
+        "\nSA-Gate Table 1: DeepLabV3+ (ResNet-50), 40 classes, 3 x 480 x 480; 'shared "
+        f"shortcuts': minus the second stream's projection shortcuts ({shared / 1e6:.2f} M), "
+        "which the authors' code shares between the streams"
+    )
+    print(
+        "| method | paper params (M) | ours (M) | diff | ours, shared shortcuts (M) | diff | "
+        "paper GFLOPs | ours | diff |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for label, options, paper_params, paper_flops in SAGATE_ROWS:
         params, flops = meta_cost(
             {"backbone": SAGATE_BACKBONE, "decoder": "deeplabv3plus", **options},
-            ["rgb", "hha"], {"rgb": 3, "hha": 3}, 40, (480, 480))
+            ["rgb", "hha"],
+            {"rgb": 3, "hha": 3},
+            40,
+            (480, 480),
+        )
         authors = (params - shared) / 1e6
-        print(f"| {label} | {paper_params} | {params / 1e6:.1f} | "
-              f"{diff(params / 1e6, paper_params)} | {authors:.1f} | "
-              f"{diff(authors, paper_params)} | {paper_flops} | {flops / 1e9:.1f} | "
-              f"{diff(flops / 1e9, paper_flops)} |")
+        print(
+            f"| {label} | {paper_params} | {params / 1e6:.1f} | "
+            f"{diff(params / 1e6, paper_params)} | {authors:.1f} | "
+            f"{diff(authors, paper_params)} | {paper_flops} | {flops / 1e9:.1f} | "
+            f"{diff(flops / 1e9, paper_flops)} |"
+        )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--paper", action="store_true",
-                        help="the papers' configurations beside their tables")
+    parser.add_argument(
+        "--paper", action="store_true", help="the papers' configurations beside their tables"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()

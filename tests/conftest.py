@@ -10,9 +10,12 @@ import tempfile
 # `pretrained=True` loads. Set before anything imports huggingface_hub, which reads these once;
 # subprocesses of tests inherit them.
 _EMPTY_CACHE = tempfile.TemporaryDirectory(prefix="fusescope-test-cache-")
-os.environ.update(HF_HUB_OFFLINE="1", HF_HOME=_EMPTY_CACHE.name,
-                  HF_HUB_CACHE=os.path.join(_EMPTY_CACHE.name, "hub"),
-                  TORCH_HOME=os.path.join(_EMPTY_CACHE.name, "torch"))
+os.environ.update(
+    HF_HUB_OFFLINE="1",
+    HF_HOME=_EMPTY_CACHE.name,
+    HF_HUB_CACHE=os.path.join(_EMPTY_CACHE.name, "hub"),
+    TORCH_HOME=os.path.join(_EMPTY_CACHE.name, "torch"),
+)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -34,8 +37,9 @@ def _seed_everything():
     yield
 
 
-def write_folder_dataset(root, n=12, size=(32, 40), num_classes=3, seed=0,
-                         modalities=("rgb", "depth"), splits=None):
+def write_folder_dataset(
+    root, n=12, size=(32, 40), num_classes=3, seed=0, modalities=("rgb", "depth"), splits=None
+):
     """A tiny data set in the folder layout whose labels are learnable from the inputs:
     class 1 regions are red in RGB, class 2 regions are closer in depth, the rest is class 0."""
     from pathlib import Path
@@ -46,19 +50,24 @@ def write_folder_dataset(root, n=12, size=(32, 40), num_classes=3, seed=0,
     root = Path(root)
     rng = np.random.default_rng(seed)
     h, w = size
-    specs = {"rgb": ModalitySpec("color", 3), "depth": ModalitySpec("depth", 1, 0.001, "mm"),
-             "hha": ModalitySpec("image", 3)}
-    meta = DatasetMeta("tiny", [ClassInfo(f"c{i}", i, (40 * i, 255 - 60 * i, 90))
-                                for i in range(num_classes)],
-                       {m: specs[m] for m in modalities}, intrinsics={"fx": 50.0, "fy": 50.0,
-                                                                     "cx": w / 2, "cy": h / 2})
+    specs = {
+        "rgb": ModalitySpec("color", 3),
+        "depth": ModalitySpec("depth", 1, 0.001, "mm"),
+        "hha": ModalitySpec("image", 3),
+    }
+    meta = DatasetMeta(
+        "tiny",
+        [ClassInfo(f"c{i}", i, (40 * i, 255 - 60 * i, 90)) for i in range(num_classes)],
+        {m: specs[m] for m in modalities},
+        intrinsics={"fx": 50.0, "fy": 50.0, "cx": w / 2, "cy": h / 2},
+    )
     ids = [f"{i:04d}" for i in range(n)]
     for i in ids:
         label = np.zeros((h, w), np.uint8)
         y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
-        label[y0:y0 + h // 3, x0:x0 + w // 3] = 1
+        label[y0 : y0 + h // 3, x0 : x0 + w // 3] = 1
         y1, x1 = rng.integers(0, h // 2), rng.integers(w // 2, w - 4)
-        label[y1:y1 + h // 3, x1:x1 + w // 4] = 2 % num_classes
+        label[y1 : y1 + h // 3, x1 : x1 + w // 4] = 2 % num_classes
         rgb = rng.integers(60, 120, (h, w, 3)).astype(np.uint8)
         rgb[label == 1] = (220, 30, 30)
         depth = np.full((h, w), 3000, np.uint16) + rng.integers(0, 50, (h, w)).astype(np.uint16)
@@ -67,8 +76,11 @@ def write_folder_dataset(root, n=12, size=(32, 40), num_classes=3, seed=0,
         for m in modalities:
             write_png(root / m / f"{i}.png", arrays[m])
         write_png(root / "label" / f"{i}.png", label)
-    splits = splits or {"train": ids[: n * 2 // 3], "val": ids[n * 2 // 3:],
-                        "test": ids[n * 2 // 3:]}
+    splits = splits or {
+        "train": ids[: n * 2 // 3],
+        "val": ids[n * 2 // 3 :],
+        "test": ids[n * 2 // 3 :],
+    }
     for name, members in splits.items():
         write_split(root, name, members)
     meta.save(root)
@@ -80,9 +92,16 @@ def tiny_data(tmp_path):
     return write_folder_dataset(tmp_path / "data")
 
 
-TINY_MODEL = ["model.backbone=resnet18", "train.batch_size=4", "train.max_steps=6",
-              "train.log_every=2", "train.ckpt_every=3", "train.progress=false",
-              "train.warmup_steps=2", "data.crop_size=[32,40]"]
+TINY_MODEL = [
+    "model.backbone=resnet18",
+    "train.batch_size=4",
+    "train.max_steps=6",
+    "train.log_every=2",
+    "train.ckpt_every=3",
+    "train.progress=false",
+    "train.warmup_steps=2",
+    "data.crop_size=[32,40]",
+]
 
 
 def cli_train(run, data_root, *extra, config=None) -> int:
@@ -93,5 +112,15 @@ def cli_train(run, data_root, *extra, config=None) -> int:
     from fusescope.cli import main
 
     config = config or Path(__file__).resolve().parents[1] / "configs/synthetic/early_concat.yaml"
-    return main(["train", str(config), "--out", str(run), f"data.root={data_root}",
-                 "data.synth=null", *TINY_MODEL, *extra])
+    return main(
+        [
+            "train",
+            str(config),
+            "--out",
+            str(run),
+            f"data.root={data_root}",
+            "data.synth=null",
+            *TINY_MODEL,
+            *extra,
+        ]
+    )

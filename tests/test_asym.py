@@ -90,14 +90,23 @@ def authors_shift(x: torch.Tensor, offsets) -> torch.Tensor:
     return out
 
 
-def authors_bottleneck(block, xs, training, offsets=((-1, 0), (0, -1), (0, 1), (1, 0)),
-                       second_shuffle=True):
+def authors_bottleneck(
+    block, xs, training, offsets=((-1, 0), (0, -1), (0, 1), (1, 0)), second_shuffle=True
+):
     """Two modalities as a list through a timm Bottleneck whose BNs are ModalityBatchNorms."""
     F = torch.nn.functional
 
     def bn(mbn, x, m):
-        return F.batch_norm(x, mbn.running_mean[m].clone(), mbn.running_var[m].clone(),
-                            mbn.weight[m], mbn.bias[m], training, 0.0, mbn.eps)
+        return F.batch_norm(
+            x,
+            mbn.running_mean[m].clone(),
+            mbn.running_var[m].clone(),
+            mbn.weight[m],
+            mbn.bias[m],
+            training,
+            0.0,
+            mbn.eps,
+        )
 
     def conv(layer, x):  # the weights only: calling the module would run the fusion hooks
         return F.conv2d(x, layer.weight, None, layer.stride, layer.padding)
@@ -108,13 +117,17 @@ def authors_bottleneck(block, xs, training, offsets=((-1, 0), (0, -1), (0, 1), (
     T = 4 * group
     zeros = torch.zeros_like(out[0][:, T:])
     shift = [torch.cat([authors_shift(o[:, :T], offsets), zeros], 1) for o in out]
-    shuffled = [torch.cat([out[0][:, :T], out[1][:, T:]], 1),
-                torch.cat([out[1][:, :T], out[0][:, T:]], 1)]
+    shuffled = [
+        torch.cat([out[0][:, :T], out[1][:, T:]], 1),
+        torch.cat([out[1][:, :T], out[0][:, T:]], 1),
+    ]
     out = [F.relu(bn(block.bn2, conv(block.conv2, s), m)) for m, s in enumerate(shuffled)]
     out = [out[0] + shift[1], out[1] + shift[0]]
     if second_shuffle:
-        out = [torch.cat([out[0][:, :T], out[1][:, T:]], 1),
-               torch.cat([out[1][:, :T], out[0][:, T:]], 1)]
+        out = [
+            torch.cat([out[0][:, :T], out[1][:, T:]], 1),
+            torch.cat([out[1][:, :T], out[0][:, T:]], 1),
+        ]
     out = [bn(block.bn3, conv(block.conv3, o), m) for m, o in enumerate(out)]
     return [F.relu(o + x) for o, x in zip(out, xs, strict=True)]
 

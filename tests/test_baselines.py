@@ -166,7 +166,7 @@ def test_merged_streams_see_other_modalities_only_through_fusion(position):
         for op in model.fuse.values():
             assert isinstance(op, ConcatFusion)
             conv = op.reduce[0]
-            conv.weight[:, conv.in_channels // 2:] = 0
+            conv.weight[:, conv.in_channels // 2 :] = 0
     outs = [model({"rgb": rgb, "depth": d[None]})["logits"] for d in depths]
     torch.testing.assert_close(*outs)
 
@@ -186,12 +186,21 @@ def test_merged_streams_of_one_input_equal_the_plain_pretrained_network():
     pretrained encoder, so the model equals the plain unimodal network with those weights
     (efficientnet_lite0: its BatchNormAct2d activations survive the conversion and the cut)."""
     torch.manual_seed(0)
-    model = merged(2, backbone="efficientnet_lite0", pretrained=True, fusion="align",
-                   position="late").eval()
-    plain = build_model({"name": "unimodal", "backbone": "efficientnet_lite0", "pretrained": True},
-                        ["rgb"], CHANS, 4).eval()
+    model = merged(
+        2, backbone="efficientnet_lite0", pretrained=True, fusion="align", position="late"
+    ).eval()
+    plain = build_model(
+        {"name": "unimodal", "backbone": "efficientnet_lite0", "pretrained": True},
+        ["rgb"],
+        CHANS,
+        4,
+    ).eval()
     plain.decoder.load_state_dict(model.decoder.state_dict())
     gray = torch.randn(2, 1, 50, 70)
     rgb = gray.expand(-1, 3, -1, -1)
-    torch.testing.assert_close(model({"rgb": rgb, "depth": gray})["logits"],
-                               plain({"rgb": rgb})["logits"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        model({"rgb": rgb, "depth": gray})["logits"],
+        plain({"rgb": rgb})["logits"],
+        atol=1e-5,
+        rtol=1e-4,
+    )

@@ -166,16 +166,20 @@ def test_gamma_lr_scale_gives_the_exchange_gammas_their_own_learning_rate():
     from fusescope.engine.train import lr_factor, make_optimizer
 
     model = build(gamma_lr_scale=10.0)
-    cfg = OmegaConf.create({"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4,
-                            "momentum": 0.9})
+    cfg = OmegaConf.create(
+        {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "momentum": 0.9}
+    )
     opt = make_optimizer(model, cfg)
     gammas = {id(op.gamma) for op in model.modules() if isinstance(op, ChannelExchange)}
     lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     assert len(lr_of) == sum(1 for _ in model.parameters())  # every parameter, once
     assert {lr_of[i] for i in gammas} == {1e-2}
     assert {lr for i, lr in lr_of.items() if i not in gammas} == {1e-3}
-    assert all(g["weight_decay"] == 0.0 for g in opt.param_groups
-               if any(id(p) in gammas for p in g["params"]))
+    assert all(
+        g["weight_decay"] == 0.0
+        for g in opt.param_groups
+        if any(id(p) in gammas for p in g["params"])
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, 2, 10, 0.9))
     for _ in range(5):
         opt.step()
@@ -221,7 +225,8 @@ def test_exchange_scope_any_equals_the_authors_exchange():
             assert torch.equal(y[:, 0, 7], x0[:, 7]) and torch.equal(y[:, 1, 2], x1[:, 2])
             assert torch.equal(y[:, 0, 1], x1[:, 1]) and torch.equal(y[:, 1, 8], x0[:, 8])
     assert op.aux_losses()["l1_gamma"].item() == pytest.approx(
-        float(gammas[0, :5].abs().sum() + gammas[1, 5:].abs().sum()))  # l1: own halves only
+        float(gammas[0, :5].abs().sum() + gammas[1, 5:].abs().sum())
+    )  # l1: own halves only
     with pytest.raises(Exception, match="exchange_scope"):
         build(exchange_scope="everywhere")
 
@@ -241,8 +246,12 @@ def test_l1_per_output_and_the_loss_equal_the_authors():
     modality 0's first half and modality 1's second half, counted M + 1 times."""
     from fusescope.engine.loss import total_loss
 
-    model = build_model({"name": "cen", "backbone": "resnet26", "l1_per_output": True,
-                         "exchange_scope": "any"}, MODS[2], CHANS, 5).double()
+    model = build_model(
+        {"name": "cen", "backbone": "resnet26", "l1_per_output": True, "exchange_scope": "any"},
+        MODS[2],
+        CHANS,
+        5,
+    ).double()
     with torch.no_grad():
         for mod in model.modules():
             if isinstance(mod, ModalityBatchNorm):
@@ -263,9 +272,11 @@ def test_l1_per_output_and_the_loss_equal_the_authors():
     l1_term = authors_loss(no_task, torch.zeros(1, 1, 1, dtype=torch.long), slim, 2e-4) - constant
     torch.testing.assert_close(out["aux_losses"]["l1_gamma"], l1_term, rtol=1e-12, atol=0)
     ours, _ = total_loss(out, label, ignore_index=255)  # the engine's sum, cross-entropy in fp32
-    torch.testing.assert_close(ours.double(), authors_loss(outputs, label, slim, 2e-4),
-                               rtol=1e-6, atol=0)
+    torch.testing.assert_close(
+        ours.double(), authors_loss(outputs, label, slim, 2e-4), rtol=1e-6, atol=0
+    )
     once = build_model({"name": "cen", "backbone": "resnet26"}, MODS[2], CHANS, 5).double()
     once.load_state_dict(model.state_dict())
-    torch.testing.assert_close(3 * once.aux_losses()["l1_gamma"],
-                               model.aux_losses()["l1_gamma"], rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        3 * once.aux_losses()["l1_gamma"], model.aux_losses()["l1_gamma"], rtol=1e-12, atol=0
+    )

@@ -6,15 +6,21 @@ from fusescope.models import build_model
 
 
 def test_overrides_and_types():
-    cfg = load_config(None, ["train.max_steps=7", "model.backbone=resnet34",
-                             "data.modalities=[rgb,hha,depth]"])
+    cfg = load_config(
+        None, ["train.max_steps=7", "model.backbone=resnet34", "data.modalities=[rgb,hha,depth]"]
+    )
     assert cfg.train.max_steps == 7 and cfg.model.backbone == "resnet34"
     assert list(cfg.data.modalities) == ["rgb", "hha", "depth"]
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("train.nope=1", "train.nope"), ("train.max_steps=abc", "train.max_steps"),
-    ("nothing", "key=value")])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("train.nope=1", "train.nope"),
+        ("train.max_steps=abc", "train.max_steps"),
+        ("nothing", "key=value"),
+    ],
+)
 def test_bad_overrides_name_the_key(override, needle):
     with pytest.raises(FusescopeError, match=needle):
         load_config(None, [override])

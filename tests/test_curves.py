@@ -16,10 +16,7 @@ def test_curves_and_compare(tiny_data, tmp_path, capsys):
     runs = []
     for name, extra in (("a", []), ("b", ["train.lr=1e-3", "train.eval_every=2"])):
         run = tmp_path / name
-        assert (
-            cli_train(run, tiny_data, "train.max_steps=4", *extra)
-            == 0
-        )
+        assert cli_train(run, tiny_data, "train.max_steps=4", *extra) == 0
         png = run / "curves.png"
         assert png.is_file()
         image = np.asarray(Image.open(png).convert("L"))

@@ -105,5 +105,7 @@ def test_training_makes_rgb_specialise_in_appearance_and_depth_in_geometry(tmp_p
         "rgb_leads_on_appearance": "yes",
         "depth_leads_on_geometry": "yes",
     }, after["known_answer_detail"]
-    assert lead(after) > lead(before) + MARGIN, (after["known_answer_detail"],
-                                                 before["known_answer_detail"])
+    assert lead(after) > lead(before) + MARGIN, (
+        after["known_answer_detail"],
+        before["known_answer_detail"],
+    )

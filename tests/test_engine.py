@@ -51,13 +51,15 @@ def test_killed_and_resumed_run_equals_uninterrupted(tiny_data, tmp_path):
     a, b = weights(tmp_path / "whole"), weights(tmp_path / "broken")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs"
+
     def logged(run):
         return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
     # step 4 was logged before the kill and again after resuming from 3: logged once
     assert [r["step"] for r in logged(tmp_path / "broken")] == [2, 4, 6, 7]
-    assert ([r["loss"] for r in logged(tmp_path / "broken")]
-            == [r["loss"] for r in logged(tmp_path / "whole")])
+    assert [r["loss"] for r in logged(tmp_path / "broken")] == [
+        r["loss"] for r in logged(tmp_path / "whole")
+    ]
 
 
 def test_checkpoint_with_other_optimiser_groups(tiny_data, tmp_path):
@@ -89,9 +91,17 @@ def test_run_folder_records_what_produced_it(tiny_data, tmp_path):
 
 def test_folder_of_another_config_is_refused(tiny_data, tmp_path, capsys):
     train(tiny_cfg(tiny_data), tmp_path / "run")
-    code = main(["train", str(ROOT / "configs/synthetic/late_average.yaml"), "--out",
-                 str(tmp_path / "run"), f"data.root={tiny_data}", "data.synth=null",
-                 *TINY_MODEL])
+    code = main(
+        [
+            "train",
+            str(ROOT / "configs/synthetic/late_average.yaml"),
+            "--out",
+            str(tmp_path / "run"),
+            f"data.root={tiny_data}",
+            "data.synth=null",
+            *TINY_MODEL,
+        ]
+    )
     assert code == 2 and "another data/model config" in capsys.readouterr().err
 
 
@@ -123,16 +133,29 @@ def test_lr_scales_by_module_prefix_and_no_decay_on_norms():
     from fusescope.models import build_model
     from fusescope.models.multistream import ModalityBatchNorm
 
-    model = build_model({"name": "multistream", "backbone": "resnet18"}, ["rgb", "depth"],
-                        {"rgb": 3, "depth": 1}, 5)
-    cfg = OmegaConf.create({"optimizer": "sgd", "lr": 0.1, "weight_decay": 1e-4, "momentum": 0.9,
-                            "lr_scales": {"decoder": 6.0, "decoder.classifier": 2.0}})
+    model = build_model(
+        {"name": "multistream", "backbone": "resnet18"}, ["rgb", "depth"], {"rgb": 3, "depth": 1}, 5
+    )
+    cfg = OmegaConf.create(
+        {
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "weight_decay": 1e-4,
+            "momentum": 0.9,
+            "lr_scales": {"decoder": 6.0, "decoder.classifier": 2.0},
+        }
+    )
     groups = make_optimizer(model, cfg).param_groups
     setting = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
     for name, p in model.named_parameters():
         lr, wd = setting[id(p)]
-        want = 0.2 if name.startswith("decoder.classifier.") else 0.6 if name.startswith(
-            "decoder.") else 0.1
+        want = (
+            0.2
+            if name.startswith("decoder.classifier.")
+            else 0.6
+            if name.startswith("decoder.")
+            else 0.1
+        )
         assert lr == pytest.approx(want), name
         owner = model.get_submodule(name.rsplit(".", 1)[0])
         is_norm = isinstance(owner, ModalityBatchNorm) or p.ndim == 1
@@ -164,13 +187,29 @@ def test_two_processes_match_one(tiny_data, tmp_path, method):
     Adam: Adam's first steps are ~sign(gradient) * lr, which turns float summation-order noise
     in near-zero gradients into full-size steps. CEN covers the per-modality BNs."""
     config = CONFIG.with_name(f"{method}.yaml")
-    common = [sys.executable, "-m", "fusescope", "train", str(config), f"data.root={tiny_data}",
-              "data.synth=null", *TINY_MODEL, "train.accelerator=cpu",
-              "model.decoder={name: light, dropout: 0.0}", "train.optimizer=sgd", "train.lr=0.05"]
+    common = [
+        sys.executable,
+        "-m",
+        "fusescope",
+        "train",
+        str(config),
+        f"data.root={tiny_data}",
+        "data.synth=null",
+        *TINY_MODEL,
+        "train.accelerator=cpu",
+        "model.decoder={name: light, dropout: 0.0}",
+        "train.optimizer=sgd",
+        "train.lr=0.05",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for devices, name in ((1, "one"), (2, "two")):
-        subprocess.run([*common, "--out", str(tmp_path / name), f"train.devices={devices}"],
-                       check=True, env=env, capture_output=True, timeout=300)
+        subprocess.run(
+            [*common, "--out", str(tmp_path / name), f"train.devices={devices}"],
+            check=True,
+            env=env,
+            capture_output=True,
+            timeout=300,
+        )
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     stem = "encoder.bn1" if method == "early_concat" else "encoder.body.bn1"
     assert float(a[f"{stem}.running_mean"].abs().max()) > 1e-3  # training did happen
@@ -181,8 +220,20 @@ def test_two_processes_match_one(tiny_data, tmp_path, method):
 
 def test_cli_end_to_end(tiny_data, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", str(CONFIG), "--out", str(run), f"data.root={tiny_data}",
-                 "data.synth=null", *TINY_MODEL]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(CONFIG),
+                "--out",
+                str(run),
+                f"data.root={tiny_data}",
+                "data.synth=null",
+                *TINY_MODEL,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["eval", str(run), "--json", "--tta", "flip"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -191,8 +242,21 @@ def test_cli_end_to_end(tiny_data, tmp_path, capsys):
     assert main(["eval", str(run), "--json", "--window", "24", "24"]) == 0
     capsys.readouterr()
     out = tmp_path / "pred" / "mask.png"
-    assert main(["predict", str(run), "--rgb", str(tiny_data / "rgb/0000.png"), "--depth",
-                 str(tiny_data / "depth/0000.png"), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                "--rgb",
+                str(tiny_data / "rgb/0000.png"),
+                "--depth",
+                str(tiny_data / "depth/0000.png"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "pred" / "mask_overlay.png").is_file()
     # Known answer: the mask is the argmax of evaluation's predict_probs on that frame, with the
     # run's own model and normalisation.
@@ -202,8 +266,9 @@ def test_cli_end_to_end(tiny_data, tmp_path, capsys):
     sample = frames[frames.ids.index("0000")]
     kinds = {m: frames.meta.modalities[m].kind for m in frames.modalities}
     with torch.no_grad():
-        probs = predict_probs(loaded.model, {m: sample[m][None] for m in kinds}, kinds,
-                              frames.meta.num_classes)
+        probs = predict_probs(
+            loaded.model, {m: sample[m][None] for m in kinds}, kinds, frames.meta.num_classes
+        )
     assert torch.equal(torch.from_numpy(read_image(out)).long(), probs.argmax(1)[0])
     # a depth map of the wrong size is named, nothing is written
     import numpy as np
@@ -212,8 +277,21 @@ def test_cli_end_to_end(tiny_data, tmp_path, capsys):
 
     write_png(tmp_path / "small.png", np.full((10, 10), 1000, np.uint16))
     bad = tmp_path / "pred" / "bad.png"
-    assert main(["predict", str(run), "--rgb", str(tiny_data / "rgb/0000.png"), "--depth",
-                 str(tmp_path / "small.png"), "--out", str(bad)]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                "--rgb",
+                str(tiny_data / "rgb/0000.png"),
+                "--depth",
+                str(tmp_path / "small.png"),
+                "--out",
+                str(bad),
+            ]
+        )
+        == 2
+    )
     assert "small.png 10x10" in capsys.readouterr().err and not bad.exists()
 
 

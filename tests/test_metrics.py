@@ -15,8 +15,11 @@ def test_matches_torchmetrics_with_ignore_index(seed):
     target = torch.randint(0, k, (3, 17, 23), generator=g)
     target[torch.rand(target.shape, generator=g) < 0.2] = 255
     # predictions correlated with targets so the metrics are not all ~1/k
-    pred = torch.where(torch.rand(target.shape, generator=g) < 0.6, target.clamp(max=k - 1),
-                       torch.randint(0, k, target.shape, generator=g))
+    pred = torch.where(
+        torch.rand(target.shape, generator=g) < 0.6,
+        target.clamp(max=k - 1),
+        torch.randint(0, k, target.shape, generator=g),
+    )
     m = SegMetrics(k, ignore_index=255)
     m.update(pred[:2], target[:2])
     m.update(pred[2:], target[2:])  # accumulation over updates
@@ -58,4 +61,6 @@ def test_confusion_sums_across_shards_equal_whole():
 
 def test_group_miou():
     assert group_miou([0.2, 0.4, float("nan"), 1.0], {"x": [0, 1], "y": [2, 3]}) == {
-        "x": pytest.approx(0.3), "y": 1.0}
+        "x": pytest.approx(0.3),
+        "y": 1.0,
+    }

@@ -12,8 +12,9 @@ MODS = {"rgb": 3, "depth": 1, "hha": 3}
 @pytest.mark.parametrize("name", ["early_concat", "late_average", "two_stream_concat"])
 @pytest.mark.parametrize("modalities", [["rgb", "depth"], ["rgb", "depth", "hha"]])
 def test_forward_backward_any_size(name, modalities):
-    model = build_model({"name": name, "backbone": "resnet18"}, modalities,
-                        {m: MODS[m] for m in modalities}, 5)
+    model = build_model(
+        {"name": name, "backbone": "resnet18"}, modalities, {m: MODS[m] for m in modalities}, 5
+    )
     batch = {m: torch.randn(2, MODS[m], 37, 51) for m in modalities}
     out = model(batch)
     assert out["logits"].shape == (2, 5, 37, 51)
@@ -27,8 +28,9 @@ def test_unimodal_rejects_two_modalities():
 
 
 def test_late_average_is_mean_of_streams():
-    model = build_model({"name": "late_average"}, ["rgb", "depth"], {"rgb": 3, "depth": 1},
-                        4).eval()
+    model = build_model(
+        {"name": "late_average"}, ["rgb", "depth"], {"rgb": 3, "depth": 1}, 4
+    ).eval()
     out = model({"rgb": torch.randn(1, 3, 32, 32), "depth": torch.randn(1, 1, 32, 32)})
     mean = (out["per_modality"]["rgb"] + out["per_modality"]["depth"]) / 2
     assert torch.allclose(out["logits"], mean)
@@ -42,8 +44,7 @@ def test_efficientnet_lite0_imagenet_weights_are_ported_exactly():
     own = enc.state_dict()
     # the stem and the last block's projection, by position in the original file
     assert torch.equal(own["conv_stem.weight"], source["_conv_stem.weight"])
-    assert torch.equal(own["blocks.6.0.bn3.running_var"],
-                       source["_blocks.15._bn2.running_var"])
+    assert torch.equal(own["blocks.6.0.bn3.running_var"], source["_blocks.15._bn2.running_var"])
     # and the encoder behaves as the full timm model with those weights
     full = timm.create_model("efficientnet_lite0")
     full.load_state_dict(dict(zip(full.state_dict(), source.values(), strict=True)))
@@ -70,8 +71,9 @@ def test_local_weight_file(tmp_path):
     from safetensors.torch import save_file
 
     ref = timm.create_model("resnet18")
-    save_file({k: v.contiguous() for k, v in ref.state_dict().items()},
-              str(tmp_path / "r18.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "r18.safetensors")
+    )
     enc = create_encoder("resnet18", pretrained=str(tmp_path / "r18.safetensors"))
     assert torch.equal(enc.conv1.weight, ref.conv1.weight)
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")

@@ -61,13 +61,13 @@ def test_modality_batchnorm_equals_separate_batchnorms(M, momentum):
     mbn.zero_grad()
     x = stack_modalities(xs).requires_grad_()
     y = mbn(x)
-    torch.testing.assert_close(
-        y, stack_modalities([bn(t) for bn, t in zip(refs, xs, strict=True)])
-    )
+    torch.testing.assert_close(y, stack_modalities([bn(t) for bn, t in zip(refs, xs, strict=True)]))
     # eval mode with gradients (frozen statistics while training): gradients of every input
     y.add_(1.0).square().sum().backward()
-    grads = [torch.autograd.grad(bn(t.requires_grad_()).add(1.0).square().sum(),
-                                 [t, bn.weight, bn.bias]) for bn, t in zip(refs, xs, strict=True)]
+    grads = [
+        torch.autograd.grad(bn(t.requires_grad_()).add(1.0).square().sum(), [t, bn.weight, bn.bias])
+        for bn, t in zip(refs, xs, strict=True)
+    ]
     torch.testing.assert_close(x.grad, stack_modalities([g[0] for g in grads]))
     torch.testing.assert_close(mbn.weight.grad, torch.stack([g[1] for g in grads]))
     torch.testing.assert_close(mbn.bias.grad, torch.stack([g[2] for g in grads]))
@@ -95,7 +95,8 @@ def test_synchronised_modality_batchnorm_sees_the_global_batch(M):
     for rank, (bn, part) in enumerate(zip(shards, parts, strict=True)):
         other = moments(parts[1 - rank])
         bn.gather_stats = lambda local, other=other, rank=rank: torch.stack(
-            [local, other] if rank == 0 else [other, local])
+            [local, other] if rank == 0 else [other, local]
+        )
         ys.append(bn(part.reshape(-1, 6, 5, 7)).view(-1, M, 6, 5, 7))
     ref = whole(x5.reshape(-1, 6, 5, 7)).view(8, M, 6, 5, 7)
     torch.testing.assert_close(torch.cat(ys), ref, atol=2e-5, rtol=1e-5)
@@ -109,8 +110,10 @@ def test_combine_moments_equals_the_whole():
     parts = [x[:4], x[4:5], x[5:]]
     stats = [torch.var_mean(p, dim=0, correction=0) for p in parts]
     mean, var, n = combine_moments(
-        torch.stack([m for _, m in stats]), torch.stack([v for v, _ in stats]),
-        torch.tensor([[4.0], [1.0], [5.0]], dtype=torch.float64))
+        torch.stack([m for _, m in stats]),
+        torch.stack([v for v, _ in stats]),
+        torch.tensor([[4.0], [1.0], [5.0]], dtype=torch.float64),
+    )
     torch.testing.assert_close(mean, x.mean(0))
     torch.testing.assert_close(var, x.var(0, correction=0))
     assert n.item() == 10

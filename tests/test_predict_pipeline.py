@@ -12,10 +12,7 @@ from fusescope.io import read_image
 def test_workers_give_the_same_masks_and_clean_errors(tiny_data, tmp_path, capsys):
 
     run = tmp_path / "run"
-    assert (
-        cli_train(run, tiny_data, "train.max_steps=2", "--no-eval")
-        == 0
-    )
+    assert cli_train(run, tiny_data, "train.max_steps=2", "--no-eval") == 0
     folders = ["--rgb", str(tiny_data / "rgb"), "--depth", str(tiny_data / "depth")]
     for workers in (0, 2):
         assert (

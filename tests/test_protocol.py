@@ -77,8 +77,9 @@ def test_report_folder(report):
     assert "What each modality specialises in" in page
     # every known-answer verdict of results.json is in the page's table, with its "leads" check
     res = json.loads((report / "results.json").read_text())
-    verdicts = [v for lvl in res["specialisation_by_level"].values()
-                for v in lvl["known_answer"].values()]
+    verdicts = [
+        v for lvl in res["specialisation_by_level"].values() for v in lvl["known_answer"].values()
+    ]
     assert verdicts and "leads</td>" in page
     for verdict in set(verdicts):
         assert f">{verdict}</span>" in page, verdict
@@ -115,8 +116,11 @@ def test_results_json(report):
         assert set(res[key][level]) == set(res["features"])
     per_split = np.array(res["set_iou_splits"][level]["rgb_sep"], dtype=float)
     assert per_split.shape == (3, 3)
-    assert np.allclose(np.nanmean(per_split, 0), np.array(res["set_iou"][level]["rgb_sep"],
-                                                           dtype=float), equal_nan=True)
+    assert np.allclose(
+        np.nanmean(per_split, 0),
+        np.array(res["set_iou"][level]["rgb_sep"], dtype=float),
+        equal_nan=True,
+    )
     assert all(len(r["svar_splits"]) == 3 and r["svar_sd"] >= 0 for r in res["svar"])
     assert set(res["specialisation"]["known_answer"].values()) <= {"yes", "no", "not resolved"}
     assert res["gradcam"]["region"] == "label"  # the paper's region by default

@@ -149,10 +149,7 @@ def test_second_process_on_a_run_folder_is_refused(tiny_data, tmp_path, capsys):
         with pytest.raises(BlockingIOError):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.close(fd)
-        assert (
-            cli_train(run, tiny_data)
-            == 2
-        )
+        assert cli_train(run, tiny_data) == 2
         line = one_line_error(capsys)
         assert str(run) in line and "another fusescope process" in line
     assert sorted(p.name for p in run.iterdir()) == [".lock"]
@@ -303,10 +300,7 @@ def test_refused_run_leaves_no_folder(tmp_path, capsys, problem, match):
     else:
         extra = ["train.class_weights=[1.0,2.0]"]
     run = tmp_path / "run"
-    assert (
-        cli_train(run, data, *extra)
-        == 2
-    )
+    assert cli_train(run, data, *extra) == 2
     assert match in one_line_error(capsys)
     assert not run.exists()
 
@@ -336,10 +330,7 @@ def test_refused_run_leaves_no_folder(tmp_path, capsys, problem, match):
 )
 def test_bad_values_are_one_line_errors(tiny_data, tmp_path, capsys, override, match):
     run = tmp_path / "run"
-    assert (
-        cli_train(run, tiny_data, override)
-        == 2
-    )
+    assert cli_train(run, tiny_data, override) == 2
     assert match in one_line_error(capsys)
     assert not run.exists()
 

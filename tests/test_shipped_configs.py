@@ -32,7 +32,8 @@ from test_sunrgbd import encode
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(
-    p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").glob("*/*.yaml")
+    p.relative_to(ROOT / "configs").as_posix()
+    for p in (ROOT / "configs").glob("*/*.yaml")
     if p.parent.name != "classification"  # tests/test_classification_configs.py
 )
 FRAME = (32, 40)  # prepared frames (H, W); real-data configs train on crops of this size
@@ -81,21 +82,24 @@ def make_nyudv2(tmp: Path) -> Path:
         {"mapClass": rng.integers(1, 41, 894)[None, :], "className": names[None, :]},
     )
     out = tmp / "nyudv2"
-    assert main(
-        [
-            "data",
-            "prepare",
-            "nyudv2",
-            "--mat",
-            str(tmp / "labeled.mat"),
-            "--splits",
-            str(tmp / "splits.mat"),
-            "--mapping",
-            str(tmp / "map40.mat"),
-            "--out",
-            str(out),
-        ]
-    ) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                "nyudv2",
+                "--mat",
+                str(tmp / "labeled.mat"),
+                "--splits",
+                str(tmp / "splits.mat"),
+                "--mapping",
+                str(tmp / "map40.mat"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -117,28 +121,31 @@ def make_sunrgbd(tmp: Path) -> Path:
     (src / "sunrgbd_testing_images.txt").write_text("\n".join(lists["test"]) + "\n")
     (src / "sunrgbd_training_images.txt").write_text("\n".join(lists["train"]) + "\n")
     out = tmp / "sunrgbd"
-    assert main(
-        ["data", "prepare", "sunrgbd", str(src), "--out", str(out), "--any-split-size"]
-    ) == 0
+    assert (
+        main(["data", "prepare", "sunrgbd", str(src), "--out", str(out), "--any-split-size"]) == 0
+    )
     return out
 
 
 def make_synthetic(tmp: Path) -> Path:
     out = tmp / "synthetic"
-    assert main(
-        [
-            "data",
-            "synth",
-            "--out",
-            str(out),
-            "--num",
-            "12",
-            "--seed",
-            "0",
-            "--size",
-            *map(str, FRAME),
-        ]
-    ) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                "--out",
+                str(out),
+                "--num",
+                "12",
+                "--seed",
+                "0",
+                "--size",
+                *map(str, FRAME),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -155,13 +162,34 @@ def make_translation(tmp: Path) -> Path:
     """The known-answer generator with the translation modalities."""
     out = tmp / "translation"
     modalities = ["rgb", "depth", "texture", "shade", "normal", "edge"]
-    assert main(["data", "synth", "--out", str(out), "--num", "12", "--seed", "0", "--size",
-                 *map(str, FRAME), "--modalities", *modalities]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                "--out",
+                str(out),
+                "--num",
+                "12",
+                "--seed",
+                "0",
+                "--size",
+                *map(str, FRAME),
+                "--modalities",
+                *modalities,
+            ]
+        )
+        == 0
+    )
     return out
 
 
-MAKERS = {"nyudv2": make_nyudv2, "sunrgbd": make_sunrgbd, "synthetic": make_synthetic,
-          "translation": make_translation}
+MAKERS = {
+    "nyudv2": make_nyudv2,
+    "sunrgbd": make_sunrgbd,
+    "synthetic": make_synthetic,
+    "translation": make_translation,
+}
 
 
 @pytest.mark.parametrize("config", CONFIGS)

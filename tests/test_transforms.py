@@ -6,23 +6,33 @@ from hypothesis import strategies as st
 from fusescope.data.meta import ModalitySpec
 from fusescope.data.transforms import Normalize, TrainTransform
 
-SPECS = {"rgb": ModalitySpec("color", 3), "depth": ModalitySpec("depth", 1, 0.001),
-         "hha": ModalitySpec("image", 3)}
+SPECS = {
+    "rgb": ModalitySpec("color", 3),
+    "depth": ModalitySpec("depth", 1, 0.001),
+    "hha": ModalitySpec("image", 3),
+}
 
 
 def coded_sample(h, w):
     """Every modality and the label carry the same pixel code, so misalignment shows."""
     code = torch.arange(h * w).reshape(h, w) % 251
-    return {"rgb": (code / 255.0).expand(3, h, w).clone(),
-            "depth": (code.float() + 1)[None],
-            "hha": (code / 255.0).expand(3, h, w).clone(),
-            "label": code.long()}
+    return {
+        "rgb": (code / 255.0).expand(3, h, w).clone(),
+        "depth": (code.float() + 1)[None],
+        "hha": (code / 255.0).expand(3, h, w).clone(),
+        "label": code.long(),
+    }
 
 
 @settings(max_examples=40, deadline=None)
-@given(h=st.integers(8, 40), w=st.integers(8, 40), seed=st.integers(0, 10**6),
-       crop=st.one_of(st.none(), st.tuples(st.integers(4, 48), st.integers(4, 48))),
-       lo=st.floats(0.5, 1.0), hi=st.floats(1.0, 2.0))
+@given(
+    h=st.integers(8, 40),
+    w=st.integers(8, 40),
+    seed=st.integers(0, 10**6),
+    crop=st.one_of(st.none(), st.tuples(st.integers(4, 48), st.integers(4, 48))),
+    lo=st.floats(0.5, 1.0),
+    hi=st.floats(1.0, 2.0),
+)
 def test_geometry_is_identical_across_modalities_and_label(h, w, seed, crop, lo, hi):
     t = TrainTransform(SPECS, crop, (lo, hi), hflip=True, color_jitter=0.0)
     out = t(coded_sample(h, w), np.random.default_rng(seed))
@@ -74,8 +84,11 @@ def test_a_mirrored_normal_map_faces_the_other_way_along_x():
     specs = {"normal": ModalitySpec("normal", 3), "shade": ModalitySpec("image", 1)}
     t = TrainTransform(specs, crop_size=None, scale_range=(1.0, 1.0), hflip=True, color_jitter=0)
     sample = {"normal": n, "shade": n[:1].clone(), "label": label}
-    flipped = [out for seed in range(20)
-               if not torch.equal((out := t(sample, np.random.default_rng(seed)))["shade"], n[:1])]
+    flipped = [
+        out
+        for seed in range(20)
+        if not torch.equal((out := t(sample, np.random.default_rng(seed)))["shade"], n[:1])
+    ]
     assert flipped  # some seed flips
     for out in flipped:
         assert torch.allclose(out["normal"][0], 1 - n[0].flip(-1))

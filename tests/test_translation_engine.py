@@ -22,10 +22,20 @@ from translation_helpers import write_translation_dataset
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "translation" / "cen.yaml"
 # a tiny U-Net and PatchGAN; dropout off so that process count and resumption cannot matter
-TINY = ["data.synth=null", "model.depth=3", "model.width=4", "model.dropout=0",
-        "model.disc_width=4", "train.batch_size=2", "train.max_steps=4", "train.log_every=1",
-        "train.ckpt_every=2", "train.progress=false", "train.warmup_steps=1",
-        "eval.batch_size=4"]
+TINY = [
+    "data.synth=null",
+    "model.depth=3",
+    "model.width=4",
+    "model.dropout=0",
+    "model.disc_width=4",
+    "train.batch_size=2",
+    "train.max_steps=4",
+    "train.log_every=1",
+    "train.ckpt_every=2",
+    "train.progress=false",
+    "train.warmup_steps=1",
+    "eval.batch_size=4",
+]
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +77,10 @@ def test_cli_train_and_eval_json(data, tmp_path, capsys):
     for command in (predict, export):
         assert main(command) == 2
         err = capsys.readouterr().err.strip()
-        assert err == (f"fusescope: error: {run}: a translation run; fusescope {command[0]} "
-                       f"handles segmentation runs (fusescope eval scores every task)")
+        assert err == (
+            f"fusescope: error: {run}: a translation run; fusescope {command[0]} "
+            f"handles segmentation runs (fusescope eval scores every task)"
+        )
     assert not (tmp_path / "p.png").exists() and not (tmp_path / "m.onnx").exists()
 
 
@@ -93,8 +105,7 @@ def test_gradient_accumulation_equals_one_big_batch(data, tmp_path):
     the gradient of one batch of 4 (instance norms are per sample; SGD keeps float noise small)."""
     common = ["train.optimizer=sgd", "train.lr=0.05", "train.max_steps=2"]
     train(cfg_for(data, *common, "train.batch_size=4"), tmp_path / "big")
-    train(cfg_for(data, *common, "train.batch_size=2", "train.grad_accum=2"),
-          tmp_path / "accum")
+    train(cfg_for(data, *common, "train.batch_size=2", "train.grad_accum=2"), tmp_path / "accum")
     a, b = weights(tmp_path / "big"), weights(tmp_path / "accum")
     diffs = {k: float((a[k] - b[k]).abs().max()) for k in a}
     worst = max(diffs, key=diffs.get)
@@ -106,12 +117,27 @@ def test_two_processes_match_one(data, tmp_path, method):
     """DDP on 2 CPU processes (gloo), the global batch split in two: the same weights as one
     process, discriminator included (it runs in the task's loss, outside the model's forward)."""
     config = CONFIG.with_name(f"{method}.yaml")
-    common = [sys.executable, "-m", "fusescope", "train", str(config), f"data.root={data}",
-              *TINY, "train.accelerator=cpu", "train.optimizer=sgd", "train.lr=0.05"]
+    common = [
+        sys.executable,
+        "-m",
+        "fusescope",
+        "train",
+        str(config),
+        f"data.root={data}",
+        *TINY,
+        "train.accelerator=cpu",
+        "train.optimizer=sgd",
+        "train.lr=0.05",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for devices, name in ((1, "one"), (2, "two")):
-        subprocess.run([*common, "--out", str(tmp_path / name), f"train.devices={devices}"],
-                       check=True, env=env, capture_output=True, timeout=300)
+        subprocess.run(
+            [*common, "--out", str(tmp_path / name), f"train.devices={devices}"],
+            check=True,
+            env=env,
+            capture_output=True,
+            timeout=300,
+        )
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     init = weights(tmp_path / "one")  # (trained: compare to the untrained model below)
     assert init.keys() == b.keys()
@@ -123,24 +149,24 @@ def test_two_processes_match_one(data, tmp_path, method):
 def test_bf16_autocast_trains_and_evaluates(data, tmp_path):
     from fusescope.engine.evaluate import evaluate_run
 
-    run = train(cfg_for(data, "train.precision=bf16-mixed", "train.max_steps=2"),
-                tmp_path / "run")
+    run = train(cfg_for(data, "train.precision=bf16-mixed", "train.max_steps=2"), tmp_path / "run")
     log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss"]) for r in log if "loss" in r)
     result = evaluate_run(run)
     assert math.isfinite(result["l1"]) and math.isfinite(result["psnr"])
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["data.modalities=[shade,albedo]"], "no input modality ['albedo']"),
-    (["data.targets=[shade]"], "data.targets ['shade'] are also inputs"),
-    (["data.targets=[colour]"], "no target modality ['colour']"),
-])
-def test_bad_data_is_a_one_line_error_and_leaves_no_folder(data, tmp_path, capsys, extra,
-                                                           message):
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["data.modalities=[shade,albedo]"], "no input modality ['albedo']"),
+        (["data.targets=[shade]"], "data.targets ['shade'] are also inputs"),
+        (["data.targets=[colour]"], "no target modality ['colour']"),
+    ],
+)
+def test_bad_data_is_a_one_line_error_and_leaves_no_folder(data, tmp_path, capsys, extra, message):
     run = tmp_path / "run"
-    assert main(["train", str(CONFIG), "--out", str(run), f"data.root={data}", *TINY,
-                 *extra]) == 2
+    assert main(["train", str(CONFIG), "--out", str(run), f"data.root={data}", *TINY, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
     assert not run.exists()

@@ -28,8 +28,11 @@ CASES = [
     ("baseline", {"fusion": "concat", "position": "all"}, ["shade", "texture", "normal"]),
     ("baseline", {"fusion": "attention", "position": "middle"}, ["shade", "texture"]),
     ("baseline", {"fusion": "align", "position": "early"}, ["depth", "normal"]),
-    ("baseline", {"fusion": "average", "position": "late", "decoder_norms": "private"},
-     ["depth", "normal"]),
+    (
+        "baseline",
+        {"fusion": "average", "position": "late", "decoder_norms": "private"},
+        ["depth", "normal"],
+    ),
     (
         "mango",
         {"blocks": 1, "attn_dim": 8, "coupling_hidden": 16, "flow_width": 8},

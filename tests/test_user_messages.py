@@ -278,8 +278,7 @@ def test_specialisation_sentence_without_a_lead_reads_plainly():
     from fusescope.dissect.protocol import specialisation
 
     meta = SimpleNamespace(class_names=["a", "b"], classes=[SimpleNamespace(cue=None)] * 2)
-    out = specialisation({"rgb_sep": [[0.5, 0.5]], "depth_sep": [[0.45, 0.52]]}, None, meta, 3,
-                         0.1)
+    out = specialisation({"rgb_sep": [[0.5, 0.5]], "depth_sep": [[0.45, 0.52]]}, None, meta, 3, 0.1)
     assert out["rgb"]["sentence"] == (
         "RGB (separately trained, stage 4) identifies no class clearly better than depth: on "
         "every class its Set IoU is less than 0.10 above depth's."

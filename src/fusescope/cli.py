@@ -46,10 +46,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if ("default" in text or default is None or default is False
-                or default == argparse.SUPPRESS or (isinstance(default, list) and not default)
-                or (not action.option_strings
-                    and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))):
+        if (
+            "default" in text
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+            or (isinstance(default, list) and not default)
+            or (
+                not action.option_strings
+                and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
+            )
+        ):
             return text
         shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else default
         return f"{text} (default: {str(shown).replace('%', '%%')})"
@@ -96,10 +103,19 @@ def cmd_synth(args: argparse.Namespace) -> None:
         if not (out / "meta.json").is_file():
             raise FusescopeError(f"{out}: not a fusescope data folder; refusing to delete it")
         shutil.rmtree(out)
-    meta = generate(out, num=args.num, seed=args.seed, size=tuple(args.size),
-                    progress=not args.quiet, workers=args.workers, modalities=args.modalities)
-    print(f"wrote {args.num} frames of {args.size[0]}x{args.size[1]} to {out} "
-          f"({meta.num_classes} classes; {', '.join(meta.modalities)})")
+    meta = generate(
+        out,
+        num=args.num,
+        seed=args.seed,
+        size=tuple(args.size),
+        progress=not args.quiet,
+        workers=args.workers,
+        modalities=args.modalities,
+    )
+    print(
+        f"wrote {args.num} frames of {args.size[0]}x{args.size[1]} to {out} "
+        f"({meta.num_classes} classes; {', '.join(meta.modalities)})"
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -119,9 +135,17 @@ def cmd_train(args: argparse.Namespace) -> None:
 
         # on the device the run trained on (a GPU run is not evaluated on the CPU)
         device = str(training_device(cfg.train.accelerator))
-        print(format_result(save_eval(out, evaluate_run(out, split=cfg.data.val_split,
-                                                        device=device, progress=not args.quiet)),
-                                  str(out)))
+        print(
+            format_result(
+                save_eval(
+                    out,
+                    evaluate_run(
+                        out, split=cfg.data.val_split, device=device, progress=not args.quiet
+                    ),
+                ),
+                str(out),
+            )
+        )
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -129,10 +153,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from fusescope.engine.evaluate import evaluate_run, save_eval
 
     device = str(resolve_device(args.device))
-    result = save_eval(args.run, evaluate_run(
-        args.run, split=args.split, tta=args.tta, corrupt=args.corrupt, window=args.window,
-        batch_size=args.batch_size, data_root=args.data_root, device=device,
-        progress=not args.json, drop=args.drop))
+    result = save_eval(
+        args.run,
+        evaluate_run(
+            args.run,
+            split=args.split,
+            tta=args.tta,
+            corrupt=args.corrupt,
+            window=args.window,
+            batch_size=args.batch_size,
+            data_root=args.data_root,
+            device=device,
+            progress=not args.json,
+            drop=args.drop,
+        ),
+    )
     if args.json:
         if not result.get("finished", True):
             print(f"fusescope: warning: {unfinished_note(result, args.run)}", file=sys.stderr)
@@ -142,9 +177,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def unfinished_note(result: dict, run: str) -> str:
-    return (f"unfinished run: these weights were trained for {result['step']} of "
-            f"{result['max_steps']} steps (`fusescope train` with the same config and "
-            f"--out {run} resumes it)")
+    return (
+        f"unfinished run: these weights were trained for {result['step']} of "
+        f"{result['max_steps']} steps (`fusescope train` with the same config and "
+        f"--out {run} resumes it)"
+    )
 
 
 def format_result(result: dict, run: str = "RUN") -> str:
@@ -183,43 +220,77 @@ def cmd_predict(args: argparse.Namespace) -> None:
     absent = absent_for_inputs(run, list(inputs))
     if absent:
         print(f"note: {', '.join(absent)} absent: {fill_rule(run.model.model)}", file=sys.stderr)
-    written = predict(run, inputs, args.out, tta=args.tta, device=device,
-                      batch_size=args.batch_size, overwrite=args.overwrite,
-                      workers=args.workers)
-    print(f"wrote {len(written)} mask(s) and overlay(s): {written[0]}"
-          + (" ..." if len(written) > 1 else ""))
+    written = predict(
+        run,
+        inputs,
+        args.out,
+        tta=args.tta,
+        device=device,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        workers=args.workers,
+    )
+    print(
+        f"wrote {len(written)} mask(s) and overlay(s): {written[0]}"
+        + (" ..." if len(written) > 1 else "")
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from fusescope.bench.known_answer import run_demo
 
-    run_demo(Path(args.out), steps=args.steps, fusion=args.fusion, num=args.num,
-             backbone=args.backbone)
+    run_demo(
+        Path(args.out), steps=args.steps, fusion=args.fusion, num=args.num, backbone=args.backbone
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     from fusescope.engine.device import add_device_argument, positive_int
 
     parser = Parser(prog="fusescope", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"fusescope {__version__}",
-                        help="print the package version and exit")
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"fusescope {__version__}",
+        help="print the package version and exit",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     from fusescope.bench.known_answer import DEMO_DEFAULTS
 
-    p = sub.add_parser("demo", help="generate the known-answer data, train RGB-only, "
-                       "depth-only and a fusion model, print the per-cue table, draw a figure")
-    p.add_argument("--out", default="runs/demo",
-                   help="folder for the data, the three runs, results.json/.md and the figure")
-    p.add_argument("--steps", type=int, default=None,
-                   help=f"training steps per model (default: {DEMO_DEFAULTS['steps']})")
-    p.add_argument("--fusion", default=None, help="fusion config name under configs/synthetic, "
-                   f"e.g. cen, late_average (default: {DEMO_DEFAULTS['fusion']})")
-    p.add_argument("--num", type=int, default=None,
-                   help=f"frames to generate (default: {DEMO_DEFAULTS['num']})")
-    p.add_argument("--backbone", default=None,
-                   help="encoder of all three models, e.g. resnet34 (default: each config's, "
-                   "resnet18)")
+    p = sub.add_parser(
+        "demo",
+        help="generate the known-answer data, train RGB-only, "
+        "depth-only and a fusion model, print the per-cue table, draw a figure",
+    )
+    p.add_argument(
+        "--out",
+        default="runs/demo",
+        help="folder for the data, the three runs, results.json/.md and the figure",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"training steps per model (default: {DEMO_DEFAULTS['steps']})",
+    )
+    p.add_argument(
+        "--fusion",
+        default=None,
+        help="fusion config name under configs/synthetic, "
+        f"e.g. cen, late_average (default: {DEMO_DEFAULTS['fusion']})",
+    )
+    p.add_argument(
+        "--num",
+        type=int,
+        default=None,
+        help=f"frames to generate (default: {DEMO_DEFAULTS['num']})",
+    )
+    p.add_argument(
+        "--backbone",
+        default=None,
+        help="encoder of all three models, e.g. resnet34 (default: each config's, resnet18)",
+    )
     p.set_defaults(func=cmd_demo)
 
     data = sub.add_parser("data", help="data sets: synth, prepare, hha, inspect")
@@ -228,12 +299,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="data folder to create (new or empty)")
     p.add_argument("--num", type=int, default=600, help="frames (70/15/15%% train/val/test)")
     p.add_argument("--seed", type=int, default=0, help="frame i is drawn from (seed, i)")
-    p.add_argument("--size", type=int, nargs=2, default=[120, 160], metavar=("H", "W"),
-                   help="frame height and width in pixels")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=[120, 160],
+        metavar=("H", "W"),
+        help="frame height and width in pixels",
+    )
     p.add_argument("--workers", type=int, default=2, help="processes (same bytes for any)")
-    p.add_argument("--modalities", nargs="+", default=None, metavar="NAME",
-                   help="modalities to write, of rgb depth texture shade normal edge "
-                   "(default: rgb depth; the others are the translation modalities)")
+    p.add_argument(
+        "--modalities",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="modalities to write, of rgb depth texture shade normal edge "
+        "(default: rgb depth; the others are the translation modalities)",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing data folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
@@ -241,41 +323,78 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a config into a run folder")
     p.add_argument("config", help="YAML config, e.g. configs/synthetic/cen.yaml")
-    p.add_argument("--out", required=True,
-                   help="run folder (a folder with a checkpoint of this config is resumed)")
-    p.add_argument("--no-resume", action="store_true",
-                   help="start over: delete the folder's old checkpoint and weights instead of "
-                   "resuming")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="run folder (a folder with a checkpoint of this config is resumed)",
+    )
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over: delete the folder's old checkpoint and weights instead of resuming",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-eval", action="store_true", help="skip the validation at the end")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="dotted config overrides, e.g. train.max_steps=100 model.backbone=resnet34")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted config overrides, e.g. train.max_steps=100 model.backbone=resnet34",
+    )
     p.set_defaults(func=cmd_train)
 
     from fusescope.data.corruptions import KINDS, MAX_SEVERITY
 
     p = sub.add_parser("eval", help="evaluate a run folder")
     p.add_argument("run", help="run folder written by `fusescope train`")
-    p.add_argument("--split", default=None,
-                   help="split to evaluate (default: the run's eval.split, which is val unless "
-                   "the config says otherwise; the README's tables use --split test)")
-    p.add_argument("--tta", default=None, choices=["none", "flip", "ms-flip"],
-                   help="test-time augmentation: flip averages with the mirrored image, "
-                   "ms-flip also over eval.scales (default: the run's eval.tta, none)")
-    p.add_argument("--window", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="sliding-window inference with this crop (default: the run's "
-                   "eval.window, normally none: whole images)")
-    p.add_argument("--corrupt", default=None, metavar="KIND:SEVERITY",
-                   help=f"corrupt the inputs, e.g. depth_noise:3; SEVERITY 1-{MAX_SEVERITY}, "
-                   f"KIND one of {', '.join(sorted(KINDS))}")
-    p.add_argument("--batch-size", type=positive_int, default=None,
-                   help="images per forward pass (default: the run's eval.batch_size, 8)")
+    p.add_argument(
+        "--split",
+        default=None,
+        help="split to evaluate (default: the run's eval.split, which is val unless "
+        "the config says otherwise; the README's tables use --split test)",
+    )
+    p.add_argument(
+        "--tta",
+        default=None,
+        choices=["none", "flip", "ms-flip"],
+        help="test-time augmentation: flip averages with the mirrored image, "
+        "ms-flip also over eval.scales (default: the run's eval.tta, none)",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="sliding-window inference with this crop (default: the run's "
+        "eval.window, normally none: whole images)",
+    )
+    p.add_argument(
+        "--corrupt",
+        default=None,
+        metavar="KIND:SEVERITY",
+        help=f"corrupt the inputs, e.g. depth_noise:3; SEVERITY 1-{MAX_SEVERITY}, "
+        f"KIND one of {', '.join(sorted(KINDS))}",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=None,
+        help="images per forward pass (default: the run's eval.batch_size, 8)",
+    )
     add_device_argument(p)
-    p.add_argument("--data-root", default=None,
-                   help="evaluate on another data folder (default: the run's data.root)")
-    p.add_argument("--drop", action="append", metavar="MODALITY",
-                   help="evaluate with this modality absent (zeros after normalisation, or the "
-                   "method's own rule); repeatable")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="evaluate on another data folder (default: the run's data.root)",
+    )
+    p.add_argument(
+        "--drop",
+        action="append",
+        metavar="MODALITY",
+        help="evaluate with this modality absent (zeros after normalisation, or the "
+        "method's own rule); repeatable",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
@@ -284,23 +403,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rgb", help="colour image, or a folder of them")
     p.add_argument("--depth", help="depth image in the run's data units, or a folder of them")
     p.add_argument("--hha", help="HHA image, or a folder of them")
-    p.add_argument("--input", action="append", metavar="NAME=PATH",
-                   help="any other modality of the run")
+    p.add_argument(
+        "--input", action="append", metavar="NAME=PATH", help="any other modality of the run"
+    )
     p.add_argument("--out", required=True, help="mask .png (or folder for folder inputs)")
-    p.add_argument("--tta", default="none", choices=["none", "flip", "ms-flip"],
-                   help="test-time augmentation (see `fusescope eval --help`)")
-    p.add_argument("--batch-size", type=positive_int, default=1,
-                   help="frames per forward pass for folders (frames of one size are batched)")
+    p.add_argument(
+        "--tta",
+        default="none",
+        choices=["none", "flip", "ms-flip"],
+        help="test-time augmentation (see `fusescope eval --help`)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=1,
+        help="frames per forward pass for folders (frames of one size are batched)",
+    )
     add_device_argument(p)
-    p.add_argument("--overwrite", action="store_true",
-                   help="allow --out to be, or be inside, an input (replacing input files)")
-    p.add_argument("--onnx", metavar="FILE", help="run this ONNX export of RUN (fusescope "
-                   "export) through ONNX Runtime instead of PyTorch")
-    p.add_argument("--workers", type=int, default=2,
-                   help="processes reading the next frames of a folder while the model runs "
-                   "(0: read in the main process)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="ONNX Runtime threads (0: all cores); with --onnx")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="allow --out to be, or be inside, an input (replacing input files)",
+    )
+    p.add_argument(
+        "--onnx",
+        metavar="FILE",
+        help="run this ONNX export of RUN (fusescope "
+        "export) through ONNX Runtime instead of PyTorch",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="processes reading the next frames of a folder while the model runs "
+        "(0: read in the main process)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores); with --onnx"
+    )
     p.set_defaults(func=cmd_predict)
 
     _optional_register("fusescope.engine.commands", sub)
@@ -329,7 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a full disk outside fusescope's atomic writes (logs, plots)
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        print(f"fusescope: error: {err.filename or 'a file'}: no space left on the device",
-              file=sys.stderr)
+        print(
+            f"fusescope: error: {err.filename or 'a file'}: no space left on the device",
+            file=sys.stderr,
+        )
         return 2
     return 0

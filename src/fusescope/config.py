@@ -165,8 +165,9 @@ def _merge(cfg: DictConfig, other: DictConfig, where: str) -> DictConfig:
     except OmegaConfBaseException as err:
         raise FusescopeError(f"{where}: {_explain(err)}") from None
     except (TypeError, ValueError) as err:
-        raise FusescopeError(f"{where}: {str(err).splitlines()[0]} (a value of the wrong "
-                             f"shape for its key?)") from None
+        raise FusescopeError(
+            f"{where}: {str(err).splitlines()[0]} (a value of the wrong shape for its key?)"
+        ) from None
 
 
 def _read_yaml(path: Path) -> DictConfig:
@@ -179,8 +180,10 @@ def _read_yaml(path: Path) -> DictConfig:
     except UnicodeDecodeError as err:
         raise FusescopeError(f"{path}: not UTF-8 text ({err})") from None
     if not isinstance(loaded, DictConfig):
-        raise FusescopeError(f"{path}: a config must be a mapping of sections (data, model, "
-                             f"train, eval), not a {type(loaded).__name__}")
+        raise FusescopeError(
+            f"{path}: a config must be a mapping of sections (data, model, "
+            f"train, eval), not a {type(loaded).__name__}"
+        )
     return loaded
 
 
@@ -193,8 +196,9 @@ def _parse_overrides(overrides) -> DictConfig:
         return OmegaConf.from_dotlist(list(overrides))
     except yaml.YAMLError as err:
         bad = next((o for o in overrides if _yaml_fails(o.split("=", 1)[1])), overrides[0])
-        raise FusescopeError(f"override {bad!r}: the value is not valid YAML "
-                             f"({str(err).splitlines()[0]})") from None
+        raise FusescopeError(
+            f"override {bad!r}: the value is not valid YAML ({str(err).splitlines()[0]})"
+        ) from None
 
 
 def _yaml_fails(text: str) -> bool:
@@ -208,8 +212,9 @@ def _yaml_fails(text: str) -> bool:
 def check_plain_name(value: Any, what: str) -> None:
     """A split or modality name is a name inside the data root, never a path."""
     if not is_plain_name(value):
-        raise FusescopeError(f"{what}={value!r} must be a plain name, not a path (no / or \\, "
-                             f"not . or ..)")
+        raise FusescopeError(
+            f"{what}={value!r} must be a plain name, not a path (no / or \\, not . or ..)"
+        )
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -221,8 +226,9 @@ def check_config(cfg: DictConfig) -> None:
     """
     t, d, e = cfg.train, cfg.data, cfg.eval
 
-    def number(key: str, value: Any, low: float, low_ok: bool = True,
-               integer: bool = False) -> None:
+    def number(
+        key: str, value: Any, low: float, low_ok: bool = True, integer: bool = False
+    ) -> None:
         kind = int if integer else (int, float)
         ok = isinstance(value, kind) and not isinstance(value, bool)
         if ok and not integer:
@@ -241,8 +247,15 @@ def check_config(cfg: DictConfig) -> None:
         for v in value:
             number(key, v, 1 if integer else 0, low_ok=integer, integer=integer)
 
-    for key in ("max_steps", "batch_size", "grad_accum", "ckpt_every", "log_every", "devices",
-                "num_nodes"):
+    for key in (
+        "max_steps",
+        "batch_size",
+        "grad_accum",
+        "ckpt_every",
+        "log_every",
+        "devices",
+        "num_nodes",
+    ):
         number(f"train.{key}", t[key], 1, integer=True)
     for key in ("eval_every", "warmup_steps"):
         number(f"train.{key}", t[key], 0, integer=True)
@@ -250,8 +263,15 @@ def check_config(cfg: DictConfig) -> None:
     if t.seed >= 2**63:
         raise FusescopeError(f"train.seed={t.seed} must be < 2**63")
     number("train.lr", t.lr, 0, low_ok=False)
-    for key in ("weight_decay", "momentum", "poly_power", "per_modality_weight", "ckpt_minutes",
-                "recon_weight", "gan_weight"):
+    for key in (
+        "weight_decay",
+        "momentum",
+        "poly_power",
+        "per_modality_weight",
+        "ckpt_minutes",
+        "recon_weight",
+        "gan_weight",
+    ):
         number(f"train.{key}", t[key], 0)
     if t.gan_mode not in ("vanilla", "lsgan"):
         raise FusescopeError(f"train.gan_mode={t.gan_mode!r} unknown; known: vanilla, lsgan")
@@ -292,8 +312,9 @@ def check_config(cfg: DictConfig) -> None:
     number("data.vocab_min_count", d.vocab_min_count, 1, integer=True)
     number("data.min_pixels", d.min_pixels, 1, integer=True)
     if d.synth is not None and d.synth.kind not in SYNTH_KINDS:
-        raise FusescopeError(f"data.synth.kind={d.synth.kind!r} unknown; known: "
-                             f"{', '.join(SYNTH_KINDS)}")
+        raise FusescopeError(
+            f"data.synth.kind={d.synth.kind!r} unknown; known: {', '.join(SYNTH_KINDS)}"
+        )
 
     check_plain_name(e.split, "eval.split")
     if e.tta not in ("none", "flip", "ms-flip"):

@@ -55,16 +55,22 @@ def disk_full_error(path: Path, written: int = 0, needed: int | None = None) -> 
         free = shutil.disk_usage(path.parent).free
     except OSError:
         free = None
-    need = (f"it needs about {_size(needed)}" if needed
-            else f"{_size(written)} were written before the disk filled")
+    need = (
+        f"it needs about {_size(needed)}"
+        if needed
+        else f"{_size(written)} were written before the disk filled"
+    )
     has = f", {_size(free)} free" if free is not None else ""
-    return FusescopeError(f"{path}: no space left on the device while writing it ({need}{has}); "
-                          f"the previous file, if any, is unchanged")
+    return FusescopeError(
+        f"{path}: no space left on the device while writing it ({need}{has}); "
+        f"the previous file, if any, is unchanged"
+    )
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None,
-                size_hint: int | None = None) -> Iterator[Path]:
+def atomic_path(
+    path: str | os.PathLike, suffix: str | None = None, size_hint: int | None = None
+) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
     Args:
@@ -79,8 +85,9 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None,
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix,
-                                   dir=path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.", suffix=suffix or path.suffix, dir=path.parent
+        )
         os.close(fd)
         tmp = Path(tmp)
         give_default_mode(tmp)
@@ -116,8 +123,11 @@ def is_plain_name(value: Any) -> bool:
     """Whether `value` names one file or folder inside its parent: not empty, no separator, no
     control character, not `.` or `..`, so joining it to a folder can never leave that folder
     (and an error message naming it stays one line)."""
-    return (isinstance(value, str) and value not in ("", ".", "..")
-            and not re.search(r"[/\\\x00-\x1f\x7f]", value))
+    return (
+        isinstance(value, str)
+        and value not in ("", ".", "..")
+        and not re.search(r"[/\\\x00-\x1f\x7f]", value)
+    )
 
 
 def json_safe(obj: Any) -> Any:
@@ -193,8 +203,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise FusescopeError(f"{path}: cannot read image ({err})") from None
 
 
-def write_label_png(path: str | os.PathLike, label: np.ndarray,
-                    colors: list[tuple[int, int, int]]) -> None:
+def write_label_png(
+    path: str | os.PathLike, label: np.ndarray, colors: list[tuple[int, int, int]]
+) -> None:
     """Write class ids as a palette PNG: pixel values stay the ids, viewers show the colours."""
     image = Image.fromarray(label.astype(np.uint8), mode="P")
     palette = np.zeros((256, 3), dtype=np.uint8)

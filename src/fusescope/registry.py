@@ -28,8 +28,9 @@ class Registry:
     def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def add(builder: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._builders:
-                warnings.warn(f"{self.kind} {name!r} registered twice; the later one wins",
-                              stacklevel=2)
+                warnings.warn(
+                    f"{self.kind} {name!r} registered twice; the later one wins", stacklevel=2
+                )
             self._builders[name] = builder
             return builder
 
@@ -43,8 +44,7 @@ class Registry:
 
     def get(self, name: str) -> Callable[..., Any]:
         if name not in self._builders:
-            raise FusescopeError(
-                f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
+            raise FusescopeError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}")
         return self._builders[name]
 
     def build(self, name: str, options: Mapping[str, Any], where: str = "", **fixed: Any) -> Any:
@@ -62,8 +62,9 @@ class Registry:
         return builder(**fixed, **dict(options))
 
 
-def check_keywords(fn: Callable[..., Any], options: Mapping[str, Any], where: str,
-                   exclude: set[str] = frozenset()) -> None:
+def check_keywords(
+    fn: Callable[..., Any], options: Mapping[str, Any], where: str, exclude: set[str] = frozenset()
+) -> None:
     """Raise a FusescopeError naming every key of `options` that `fn` does not accept."""
     params = inspect.signature(fn).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):

@@ -58,13 +58,21 @@ def _trained_to(run_dir: Path, max_steps: int) -> bool:
     from omegaconf import OmegaConf
 
     saved = run_dir / "config.yaml"
-    return ((run_dir / "model.safetensors").is_file() and saved.is_file()
-            and OmegaConf.load(saved).train.max_steps >= max_steps)
+    return (
+        (run_dir / "model.safetensors").is_file()
+        and saved.is_file()
+        and OmegaConf.load(saved).train.max_steps >= max_steps
+    )
 
 
-def train_and_evaluate(config: Path, run_dir: Path, overrides: list[str],
-                       split: str = "test", device: str | None = None,
-                       batch_size: int | None = None) -> dict:
+def train_and_evaluate(
+    config: Path,
+    run_dir: Path,
+    overrides: list[str],
+    split: str = "test",
+    device: str | None = None,
+    batch_size: int | None = None,
+) -> dict:
     """Train one config (or resume a finished run) and evaluate it; returns a table row.
 
     The evaluation runs on `device` (default: where the training ran) with `batch_size`
@@ -82,14 +90,19 @@ def train_and_evaluate(config: Path, run_dir: Path, overrides: list[str],
     train(cfg, run_dir)
     seconds = None if finished else time.perf_counter() - start
     device = device or str(training_device(cfg.train.accelerator))
-    result = evaluate_run(run_dir, split=split, device=device, batch_size=batch_size,
-                          progress=True)
+    result = evaluate_run(run_dir, split=split, device=device, batch_size=batch_size, progress=True)
     params = count_params(load_run(run_dir).model)
     groups = result.get("cue_group_miou", {})
-    return {"method": config.stem, "run": str(run_dir), "miou": result["miou"],
-            **{cue: groups.get(cue) for cue in CUE_COLUMNS},
-            "params_m": params / 1e6, "train_s": seconds,
-            "per_class_iou": result["per_class_iou"], "class_names": result["class_names"]}
+    return {
+        "method": config.stem,
+        "run": str(run_dir),
+        "miou": result["miou"],
+        **{cue: groups.get(cue) for cue in CUE_COLUMNS},
+        "params_m": params / 1e6,
+        "train_s": seconds,
+        "per_class_iou": result["per_class_iou"],
+        "class_names": result["class_names"],
+    }
 
 
 def format_table(rows: list[dict]) -> str:
@@ -97,21 +110,32 @@ def format_table(rows: list[dict]) -> str:
         return "  n/a" if x is None or x != x else f"{100 * x:5.1f}"
 
     width = max([22, *(len(r["method"]) for r in rows)])
-    head = (f"| {'method':{width}s} | mIoU  | appearance-only | geometry-only | both-cue | "
-            f"params (M) | train (s) |")
+    head = (
+        f"| {'method':{width}s} | mIoU  | appearance-only | geometry-only | both-cue | "
+        f"params (M) | train (s) |"
+    )
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
     for r in rows:
         seconds = "earlier" if r["train_s"] is None else f"{r['train_s']:.0f}"
-        lines.append(f"| {r['method']:{width}s} | {pct(r['miou'])} | "
-                     f"{pct(r['appearance']):>15s} | {pct(r['geometry']):>13s} | "
-                     f"{pct(r['both']):>8s} | {r['params_m']:10.2f} | {seconds:>9s} |")
+        lines.append(
+            f"| {r['method']:{width}s} | {pct(r['miou'])} | "
+            f"{pct(r['appearance']):>15s} | {pct(r['geometry']):>13s} | "
+            f"{pct(r['both']):>8s} | {r['params_m']:10.2f} | {seconds:>9s} |"
+        )
     return "\n".join(lines)
 
 
-def run_benchmark(configs: list[str], out: Path, steps: int | None = None,
-                  data_root: Path | None = None, num: int = 600, size=(120, 160),
-                  extra: list[str] = (), device: str | None = None,
-                  batch_size: int | None = None) -> list[dict]:
+def run_benchmark(
+    configs: list[str],
+    out: Path,
+    steps: int | None = None,
+    data_root: Path | None = None,
+    num: int = 600,
+    size=(120, 160),
+    extra: list[str] = (),
+    device: str | None = None,
+    batch_size: int | None = None,
+) -> list[dict]:
     """Train and evaluate every config on one data set with one budget; writes results.json
     and results.md in `out` and returns the rows (evaluation device and batch size as in
     `train_and_evaluate`)."""
@@ -120,16 +144,23 @@ def run_benchmark(configs: list[str], out: Path, steps: int | None = None,
         common = [f"data.root={data_root}", "data.synth=null", *extra]  # the folder as it is
     else:
         data_root = data_root or out / "data"
-        common = [f"data.root={data_root}", f"data.synth.num={num}",
-                  f"data.synth.size=[{size[0]},{size[1]}]", *extra]
+        common = [
+            f"data.root={data_root}",
+            f"data.synth.num={num}",
+            f"data.synth.size=[{size[0]},{size[1]}]",
+            *extra,
+        ]
     if steps is not None:
         common.append(f"train.max_steps={steps}")
     rows = []
     for name in configs:
         config = resolve_config(name)
         print(f"\n== {config.stem} ==", flush=True)
-        rows.append(train_and_evaluate(config, out / config.stem, common, device=device,
-                                       batch_size=batch_size))
+        rows.append(
+            train_and_evaluate(
+                config, out / config.stem, common, device=device, batch_size=batch_size
+            )
+        )
     table = format_table(rows)
     write_json(out / "results.json", rows)
     with atomic_path(out / "results.md") as tmp:
@@ -139,8 +170,9 @@ def run_benchmark(configs: list[str], out: Path, steps: int | None = None,
     return rows
 
 
-def prediction_figure(run_dirs: list[Path], labels: list[str], out: Path, num: int = 4,
-                      split: str = "test") -> None:
+def prediction_figure(
+    run_dirs: list[Path], labels: list[str], out: Path, num: int = 4, split: str = "test"
+) -> None:
     """RGB, depth, ground truth and each model's prediction, side by side, for a few frames."""
     import matplotlib
 
@@ -179,10 +211,13 @@ def prediction_figure(run_dirs: list[Path], labels: list[str], out: Path, num: i
     from matplotlib.patches import Patch
 
     meta = runs[0].meta
-    handles = [Patch(color=np.asarray(c.color) / 255,
-                     label=f"{c.name} ({c.cue})" if c.cue else c.name) for c in meta.classes]
-    fig.legend(handles=handles, loc="lower center", ncol=min(7, len(handles)), fontsize=7,
-               frameon=False)
+    handles = [
+        Patch(color=np.asarray(c.color) / 255, label=f"{c.name} ({c.cue})" if c.cue else c.name)
+        for c in meta.classes
+    ]
+    fig.legend(
+        handles=handles, loc="lower center", ncol=min(7, len(handles)), fontsize=7, frameon=False
+    )
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     with atomic_path(out, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)
@@ -193,8 +228,13 @@ def prediction_figure(run_dirs: list[Path], labels: list[str], out: Path, num: i
 DEMO_DEFAULTS = {"steps": 250, "fusion": "early_concat", "num": 400, "size": (96, 128)}
 
 
-def run_demo(out: Path, steps: int | None = None, fusion: str | None = None,
-             num: int | None = None, backbone: str | None = None) -> list[dict]:
+def run_demo(
+    out: Path,
+    steps: int | None = None,
+    fusion: str | None = None,
+    num: int | None = None,
+    backbone: str | None = None,
+) -> list[dict]:
     """The README's first command: data, RGB-only, depth-only and a fusion model, the table and
     a figure, all under `out`."""
     steps = steps or DEMO_DEFAULTS["steps"]
@@ -203,8 +243,9 @@ def run_demo(out: Path, steps: int | None = None, fusion: str | None = None,
     extra = [f"model.backbone={backbone}"] if backbone else []
     configs = ["rgb_only", "depth_only", fusion]
     start = time.perf_counter()
-    rows = run_benchmark(configs, out, steps=steps, num=num, size=DEMO_DEFAULTS["size"],
-                         extra=extra)
+    rows = run_benchmark(
+        configs, out, steps=steps, num=num, size=DEMO_DEFAULTS["size"], extra=extra
+    )
     figure = out / "predictions.png"
     prediction_figure([Path(r["run"]) for r in rows], [r["method"] for r in rows], figure)
     print(f"\nfigure: {figure}  ({time.perf_counter() - start:.0f} s in all)")

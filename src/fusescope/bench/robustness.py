@@ -232,8 +232,12 @@ def robustness(
     from tqdm import tqdm
 
     # one evaluation per run and severity, each a pass over the split: say which one is running
-    bar = tqdm(total=len(run_dirs) * len(severities), desc=f"robustness {kind}", unit="eval",
-               disable=echo is None)
+    bar = tqdm(
+        total=len(run_dirs) * len(severities),
+        desc=f"robustness {kind}",
+        unit="eval",
+        disable=echo is None,
+    )
 
     def evaluate_counted(run_dir, **kwargs):
         bar.set_postfix_str(f"{Path(run_dir).name} {kwargs.get('corrupt') or 'clean'}")
@@ -242,8 +246,9 @@ def robustness(
         return result
 
     with bar:
-        curves = [severity_curve(r, kind, severities, evaluate_counted, **eval_kwargs)
-                  for r in run_dirs]
+        curves = [
+            severity_curve(r, kind, severities, evaluate_counted, **eval_kwargs) for r in run_dirs
+        ]
     result = RobustnessResult.from_curves(kind, severities, run_names(run_dirs), curves)
     if echo is not None:
         echo(result.table())

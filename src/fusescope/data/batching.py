@@ -21,14 +21,16 @@ class GlobalBatchSampler:
     Items are (epoch, index) pairs, which seed each sample's augmentation.
     """
 
-    def __init__(self, n: int, batch_size: int, rank: int, world_size: int, seed: int,
-                 start: int = 0):
+    def __init__(
+        self, n: int, batch_size: int, rank: int, world_size: int, seed: int, start: int = 0
+    ):
         if batch_size % world_size:
-            raise FusescopeError(f"train.batch_size={batch_size} must be divisible by the "
-                                 f"number of processes ({world_size})")
+            raise FusescopeError(
+                f"train.batch_size={batch_size} must be divisible by the "
+                f"number of processes ({world_size})"
+            )
         if n < batch_size:
-            raise FusescopeError(f"train.batch_size={batch_size} exceeds the {n} training "
-                                 f"samples")
+            raise FusescopeError(f"train.batch_size={batch_size} exceeds the {n} training samples")
         self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
         self.local = batch_size // world_size
         self.rank = rank
@@ -39,8 +41,8 @@ class GlobalBatchSampler:
         while True:
             epoch, offset = divmod(pos, per_epoch)
             perm = np.random.default_rng([self.seed, 7, epoch]).permutation(self.n)
-            batch = perm[offset:offset + self.batch_size]
-            mine = batch[self.rank * self.local:(self.rank + 1) * self.local]
+            batch = perm[offset : offset + self.batch_size]
+            mine = batch[self.rank * self.local : (self.rank + 1) * self.local]
             yield [(epoch, int(i)) for i in mine]
             pos += self.batch_size
 
@@ -78,7 +80,9 @@ def collate(samples: list[dict]) -> dict:
     try:
         batch = default_collate(samples)
     except RuntimeError as err:
-        raise FusescopeError(f"cannot batch samples {ids[:4]} of different sizes: set "
-                             f"data.crop_size, or eval.batch_size=1 ({err})") from None
+        raise FusescopeError(
+            f"cannot batch samples {ids[:4]} of different sizes: set "
+            f"data.crop_size, or eval.batch_size=1 ({err})"
+        ) from None
     batch["id"] = ids
     return batch

@@ -76,21 +76,36 @@ def _prepare_taskonomy(args: argparse.Namespace) -> None:
         progress=True,
     )
     print(f"wrote {args.out}: {meta.name}, modalities {', '.join(meta.modalities)}")
+
+
 def _prepare_mmimdb(args: argparse.Namespace) -> None:
     from fusescope.data.mmimdb import prepare_mmimdb
 
-    meta = prepare_mmimdb(args.root, args.out, size=tuple(args.size) if args.size else None,
-                          overwrite=args.overwrite, progress=True)
+    meta = prepare_mmimdb(
+        args.root,
+        args.out,
+        size=tuple(args.size) if args.size else None,
+        overwrite=args.overwrite,
+        progress=True,
+    )
     print(f"wrote {args.out}: {meta.name}, {meta.num_classes} genres")
 
 
 def _synth_posters(args: argparse.Namespace) -> None:
     from fusescope.data.posters import generate_posters
 
-    generate_posters(args.out, args.num, seed=args.seed, size=tuple(args.size),
-                     image_format=args.format, jpeg_quality=args.jpeg_quality)
-    print(f"wrote {args.num} posters of {args.size[0]}x{args.size[1]} with plots to {args.out} "
-          f"(MM-IMDB layout; fusescope data prepare mmimdb --root {args.out} --out DIR)")
+    generate_posters(
+        args.out,
+        args.num,
+        seed=args.seed,
+        size=tuple(args.size),
+        image_format=args.format,
+        jpeg_quality=args.jpeg_quality,
+    )
+    print(
+        f"wrote {args.num} posters of {args.size[0]}x{args.size[1]} with plots to {args.out} "
+        f"(MM-IMDB layout; fusescope data prepare mmimdb --root {args.out} --out DIR)"
+    )
 
 
 def _hha(args: argparse.Namespace) -> None:
@@ -194,45 +209,87 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_prepare_cityscapes)
 
     p = sub.add_parser("taskonomy", help="Taskonomy domains for image translation (CEN's names)")
-    p.add_argument("--root", type=Path, required=True,
-                   help="folder with one sub-folder per domain (rgb/, reshading/, normal/, "
-                   "depth_zbuffer/, edge_texture/, edge_occlusion/)")
+    p.add_argument(
+        "--root",
+        type=Path,
+        required=True,
+        help="folder with one sub-folder per domain (rgb/, reshading/, normal/, "
+        "depth_zbuffer/, edge_texture/, edge_occlusion/)",
+    )
     p.add_argument("--out", type=Path, required=True, help="data folder to write")
-    p.add_argument("--train-list", type=Path,
-                   help="frames of the training split, e.g. CEN's train_domain.txt (1,000)")
-    p.add_argument("--val-list", type=Path,
-                   help="frames of the validation split, e.g. CEN's val_domain.txt (500); "
-                   "without both lists every frame is converted and split 2:1 at random")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                   help="resize every frame (bilinear; depth nearest), e.g. 256 256 as CEN")
-    p.add_argument("--modalities", nargs="+",
-                   default=["rgb", "shade", "normal", "depth", "texture", "edge"],
-                   choices=["rgb", "shade", "normal", "depth", "texture", "edge"],
-                   help="modalities to write: shade = reshading, texture = edge_texture, "
-                   "edge = edge_occlusion, depth = --depth-domain")
-    p.add_argument("--depth-domain", choices=["depth_zbuffer", "depth_euclidean"],
-                   default="depth_zbuffer", help="the Taskonomy domain written as depth")
+    p.add_argument(
+        "--train-list",
+        type=Path,
+        help="frames of the training split, e.g. CEN's train_domain.txt (1,000)",
+    )
+    p.add_argument(
+        "--val-list",
+        type=Path,
+        help="frames of the validation split, e.g. CEN's val_domain.txt (500); "
+        "without both lists every frame is converted and split 2:1 at random",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="resize every frame (bilinear; depth nearest), e.g. 256 256 as CEN",
+    )
+    p.add_argument(
+        "--modalities",
+        nargs="+",
+        default=["rgb", "shade", "normal", "depth", "texture", "edge"],
+        choices=["rgb", "shade", "normal", "depth", "texture", "edge"],
+        help="modalities to write: shade = reshading, texture = edge_texture, "
+        "edge = edge_occlusion, depth = --depth-domain",
+    )
+    p.add_argument(
+        "--depth-domain",
+        choices=["depth_zbuffer", "depth_euclidean"],
+        default="depth_zbuffer",
+        help="the Taskonomy domain written as depth",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
     p.set_defaults(func=_prepare_taskonomy)
 
     p = sub.add_parser("mmimdb", help="MM-IMDB posters, plots and 23 genres (multi-label)")
-    p.add_argument("--root", type=Path, required=True,
-                   help="folder with the release's split.json and dataset/ (<id>.jpeg, <id>.json)")
+    p.add_argument(
+        "--root",
+        type=Path,
+        required=True,
+        help="folder with the release's split.json and dataset/ (<id>.jpeg, <id>.json)",
+    )
     p.add_argument("--out", type=Path, required=True, help="data folder to write")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                   help="resize every poster to H x W (default: keep each poster's size)")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="resize every poster to H x W (default: keep each poster's size)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
     p.set_defaults(func=_prepare_mmimdb)
 
     p = data_subparsers.add_parser(
-        "synth-posters", help="generate known-answer posters and plots in the MM-IMDB layout")
+        "synth-posters", help="generate known-answer posters and plots in the MM-IMDB layout"
+    )
     p.add_argument("out", type=Path, help="folder to create (new or empty)")
     p.add_argument("--num", type=int, default=1000, help="movies (70/15/15%% train/dev/test)")
     p.add_argument("--seed", type=int, default=0, help="movie i is drawn from (seed, i)")
-    p.add_argument("--size", type=int, nargs=2, default=[96, 64], metavar=("H", "W"),
-                   help="poster height and width in pixels")
-    p.add_argument("--format", choices=["jpeg", "png"], default="jpeg",
-                   help="poster files: jpeg as MM-IMDB (lossy) or png (exact pixels)")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=[96, 64],
+        metavar=("H", "W"),
+        help="poster height and width in pixels",
+    )
+    p.add_argument(
+        "--format",
+        choices=["jpeg", "png"],
+        default="jpeg",
+        help="poster files: jpeg as MM-IMDB (lossy) or png (exact pixels)",
+    )
     p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1-100")
     p.set_defaults(func=_synth_posters)
 

@@ -39,8 +39,7 @@ def extensions(meta: DatasetMeta, name: str) -> tuple[str, ...]:
     return (TEXT_EXTENSION,) if spec is not None and spec.kind == "text" else EXTENSIONS
 
 
-def find_file(folder: Path, sample_id: str,
-              exts: tuple[str, ...] = EXTENSIONS) -> Path | None:
+def find_file(folder: Path, sample_id: str, exts: tuple[str, ...] = EXTENSIONS) -> Path | None:
     for ext in exts:
         path = folder / f"{sample_id}{ext}"
         if path.is_file():
@@ -62,8 +61,9 @@ def load_modality(path: str | os.PathLike, name: str, spec: ModalitySpec) -> np.
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32) / 255.0
 
 
-def check_modality_array(array: np.ndarray, path: str | os.PathLike, name: str,
-                         spec: ModalitySpec) -> None:
+def check_modality_array(
+    array: np.ndarray, path: str | os.PathLike, name: str, spec: ModalitySpec
+) -> None:
     """The checks every reader of a modality file makes (training, evaluation, `data inspect`):
     dtype, channels and, for depth, plausible units.
 
@@ -72,8 +72,10 @@ def check_modality_array(array: np.ndarray, path: str | os.PathLike, name: str,
     """
     if spec.kind == "depth":
         if array.dtype != np.uint16:
-            raise FusescopeError(f"{path}: depth '{name}' must be a 16-bit PNG (value * "
-                                 f"{spec.scale} = metres), got {array.dtype}")
+            raise FusescopeError(
+                f"{path}: depth '{name}' must be a 16-bit PNG (value * "
+                f"{spec.scale} = metres), got {array.dtype}"
+            )
         if array.ndim != 2:
             raise FusescopeError(f"{path}: depth '{name}' must have one channel")
         metres = array.astype(np.float32) * np.float32(spec.scale)
@@ -84,14 +86,16 @@ def check_modality_array(array: np.ndarray, path: str | os.PathLike, name: str,
             if not lo <= median <= hi:
                 raise FusescopeError(
                     f"{path}: depth '{name}' has median {median:.4g} m with scale {spec.scale} "
-                    f"m/unit; expected {lo}-{hi} m: wrong units or scale in meta.json?")
+                    f"m/unit; expected {lo}-{hi} m: wrong units or scale in meta.json?"
+                )
         return
     if array.dtype != np.uint8:
         raise FusescopeError(f"{path}: '{name}' must be an 8-bit image, got {array.dtype}")
     channels = 1 if array.ndim == 2 else array.shape[-1]
     if channels != spec.channels:
-        raise FusescopeError(f"{path}: '{name}' has {channels} channels, meta.json says "
-                             f"{spec.channels}")
+        raise FusescopeError(
+            f"{path}: '{name}' has {channels} channels, meta.json says {spec.channels}"
+        )
 
 
 def check_label_array(label: np.ndarray, path: str | os.PathLike, meta: DatasetMeta) -> None:
@@ -100,17 +104,22 @@ def check_label_array(label: np.ndarray, path: str | os.PathLike, meta: DatasetM
         raise FusescopeError(f"{path}: label must be a single-channel 8-bit PNG")
     bad = (label >= meta.num_classes) & (label != meta.ignore_index)
     if bad.any():
-        raise FusescopeError(f"{path}: label id {int(label[bad].max())} out of range "
-                             f"(0..{meta.num_classes - 1} or {meta.ignore_index} = ignore)")
+        raise FusescopeError(
+            f"{path}: label id {int(label[bad].max())} out of range "
+            f"(0..{meta.num_classes - 1} or {meta.ignore_index} = ignore)"
+        )
 
 
-def check_folder(root: Path, meta: DatasetMeta, modalities: list[str], ids: list[str],
-                 with_labels: bool = True) -> dict[str, dict[str, Path]]:
+def check_folder(
+    root: Path, meta: DatasetMeta, modalities: list[str], ids: list[str], with_labels: bool = True
+) -> dict[str, dict[str, Path]]:
     """Resolve the file of every (modality, id); errors name what is missing or extra."""
     unknown = [m for m in modalities if m not in meta.modalities]
     if unknown:
-        raise FusescopeError(f"{root / 'meta.json'}: no modality {unknown}; this data set has "
-                             f"{sorted(meta.modalities)}")
+        raise FusescopeError(
+            f"{root / 'meta.json'}: no modality {unknown}; this data set has "
+            f"{sorted(meta.modalities)}"
+        )
     folders = list(modalities) + ([LABEL_DIR] if with_labels else [])
     files: dict[str, dict[str, Path]] = {}
     for name in folders:
@@ -121,18 +130,23 @@ def check_folder(root: Path, meta: DatasetMeta, modalities: list[str], ids: list
         present = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in exts}
         missing = [i for i in ids if i not in present]
         if missing:
-            raise FusescopeError(f"{folder}: {len(missing)} file(s) of the split missing, e.g. "
-                                 f"{missing[0]}{exts[0]}")
+            raise FusescopeError(
+                f"{folder}: {len(missing)} file(s) of the split missing, e.g. {missing[0]}{exts[0]}"
+            )
         files[name] = {i: present[i] for i in ids}
     # a file present for one modality but not another is a broken pairing
-    stems = [set(p.stem for p in (root / n).iterdir() if p.suffix.lower() in extensions(meta, n))
-             for n in folders]
+    stems = [
+        set(p.stem for p in (root / n).iterdir() if p.suffix.lower() in extensions(meta, n))
+        for n in folders
+    ]
     union = set().union(*stems)
     for name, have in zip(folders, stems, strict=True):
         extra = sorted(union - have)
         if extra:
-            raise FusescopeError(f"{root / name}: no file for id {extra[0]} that other "
-                                 f"modalities have ({len(extra)} such ids): unpaired files")
+            raise FusescopeError(
+                f"{root / name}: no file for id {extra[0]} that other "
+                f"modalities have ({len(extra)} such ids): unpaired files"
+            )
     return files
 
 
@@ -153,19 +167,31 @@ class FolderDataset(Dataset):
         seed: run seed.
     """
 
-    def __init__(self, root: str | os.PathLike, split: str, modalities: list[str],
-                 transform: Callable | None = None, normalize: Callable | None = None,
-                 corruption: Callable | None = None, seed: int = 0):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        modalities: list[str],
+        transform: Callable | None = None,
+        normalize: Callable | None = None,
+        corruption: Callable | None = None,
+        seed: int = 0,
+    ):
         self.root = Path(root)
         self.meta = load_meta(self.root)
         self.split = split
         self.modalities = list(modalities)
         self.ids = read_split(self.root, split)
-        texts = [m for m in self.modalities
-                 if m in self.meta.modalities and self.meta.modalities[m].kind == "text"]
+        texts = [
+            m
+            for m in self.modalities
+            if m in self.meta.modalities and self.meta.modalities[m].kind == "text"
+        ]
         if texts:
-            raise FusescopeError(f"{self.root / 'meta.json'}: {texts[0]!r} is a text modality; "
-                                 f"text serves classification (task: classification)")
+            raise FusescopeError(
+                f"{self.root / 'meta.json'}: {texts[0]!r} is a text modality; "
+                f"text serves classification (task: classification)"
+            )
         self.files = check_folder(self.root, self.meta, self.modalities, self.ids)
         self.transform = transform
         self.normalize = normalize
@@ -186,8 +212,10 @@ class FolderDataset(Dataset):
             path = self.files[name][sample_id]
             x = load_modality(path, name, self.meta.modalities[name])
             if x.shape[-2:] != label.shape:
-                raise FusescopeError(f"{path}: size {x.shape[-2]}x{x.shape[-1]} differs from "
-                                     f"the label's {label.shape[0]}x{label.shape[1]}")
+                raise FusescopeError(
+                    f"{path}: size {x.shape[-2]}x{x.shape[-1]} differs from "
+                    f"the label's {label.shape[0]}x{label.shape[1]}"
+                )
             raw[name] = x
         raw["label"] = label.astype(np.int64)
         return raw
@@ -197,8 +225,9 @@ class FolderDataset(Dataset):
         raw = self.load_raw(index)
         if self.corruption is not None:
             raw = self.corruption(raw, np.random.default_rng([self.seed, 1, index]), self.meta)
-        sample = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
-                  for k, v in raw.items()}
+        sample = {
+            k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in raw.items()
+        }
         if self.transform is not None and epoch is not None:
             sample = self.transform(sample, np.random.default_rng([self.seed, 0, epoch, index]))
         if self.normalize is not None:

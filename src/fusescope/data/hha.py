@@ -311,12 +311,16 @@ def hha(
 # Median depths (m) of real RGB-D frames: indoor sensors see ~0.5-10 m, street scenes further.
 PLAUSIBLE_MEDIAN_M = {"indoor": (0.3, 15.0), "outdoor": (0.3, 150.0)}
 # Units depth files are commonly stored in, as metres per unit.
-COMMON_SCALES = {0.001: "mm", 0.0001: "0.1 mm (NYUDv2 HHA reference)", 0.01: "cm",
-                 0.0002: "1/5000 m (TUM RGB-D)", 1.0: "m"}
+COMMON_SCALES = {
+    0.001: "mm",
+    0.0001: "0.1 mm (NYUDv2 HHA reference)",
+    0.01: "cm",
+    0.0002: "1/5000 m (TUM RGB-D)",
+    1.0: "m",
+}
 
 
-def depth_input_warnings(depth: np.ndarray, depth_scale: float,
-                         outdoor: bool = False) -> list[str]:
+def depth_input_warnings(depth: np.ndarray, depth_scale: float, outdoor: bool = False) -> list[str]:
     """What looks wrong about a depth file before HHA is computed from it: an 8-bit image (a
     rendering of depth rather than depth), or a median depth no real scene has at this
     `depth_scale`, with the common unit that would give a plausible one.
@@ -328,23 +332,32 @@ def depth_input_warnings(depth: np.ndarray, depth_scale: float,
     """
     found = []
     if depth.dtype == np.uint8:
-        found.append("8-bit depth image: at most 256 depth levels, so probably a picture of "
-                     "depth rather than depth in fixed units; HHA needs the 16-bit (or float) "
-                     "depth map")
+        found.append(
+            "8-bit depth image: at most 256 depth levels, so probably a picture of "
+            "depth rather than depth in fixed units; HHA needs the 16-bit (or float) "
+            "depth map"
+        )
     valid = depth[depth > 0]
     if valid.size == 0:
         return found
     median = float(np.median(valid)) * depth_scale
     low, high = PLAUSIBLE_MEDIAN_M["outdoor" if outdoor else "indoor"]
     if not low <= median <= high:
-        msg = (f"median depth {median:.3g} m at --depth-scale {depth_scale:g} is implausible "
-               f"(expected {low:g}-{high:g} m)")
-        fits = [s for s in COMMON_SCALES
-                if s != depth_scale and low <= float(np.median(valid)) * s <= high]
+        msg = (
+            f"median depth {median:.3g} m at --depth-scale {depth_scale:g} is implausible "
+            f"(expected {low:g}-{high:g} m)"
+        )
+        fits = [
+            s
+            for s in COMMON_SCALES
+            if s != depth_scale and low <= float(np.median(valid)) * s <= high
+        ]
         if fits:
             best = min(fits, key=lambda s: abs(np.log(float(np.median(valid)) * s / 3.0)))
-            msg += (f"; if the file holds {COMMON_SCALES[best]}, use --depth-scale {best:g} "
-                    f"(median {float(np.median(valid)) * best:.3g} m)")
+            msg += (
+                f"; if the file holds {COMMON_SCALES[best]}, use --depth-scale {best:g} "
+                f"(median {float(np.median(valid)) * best:.3g} m)"
+            )
         else:
             msg += "; --depth-scale is metres per unit of the file"
         found.append(msg)

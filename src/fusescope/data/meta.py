@@ -98,9 +98,14 @@ class DatasetMeta:
         d = {
             "name": self.name,
             "classes": [asdict(c) for c in self.classes],
-            "modalities": {k: {kk: vv for kk, vv in asdict(v).items()
-                               if vv is not None and not (v.kind == "text" and kk == "channels")}
-                           for k, v in self.modalities.items()},
+            "modalities": {
+                k: {
+                    kk: vv
+                    for kk, vv in asdict(v).items()
+                    if vv is not None and not (v.kind == "text" and kk == "channels")
+                }
+                for k, v in self.modalities.items()
+            },
             "ignore_index": self.ignore_index,
         }
         if self.intrinsics is not None:
@@ -123,8 +128,12 @@ def _require(d: dict, key: str, where: str) -> Any:
 
 
 def _integer(value: Any, where: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (
-            high is not None and value > high):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
         bound = f"{low}..{high}" if high is not None else f">= {low}"
         raise FusescopeError(f"{where}: expected an integer {bound}, got {value!r}")
     return value
@@ -148,8 +157,9 @@ def meta_from_dict(d: dict[str, Any], where: str = "meta.json") -> DatasetMeta:
     if task not in TASKS:
         raise FusescopeError(f"{where}: task {task!r} is not one of {', '.join(TASKS)}")
     if not isinstance(d.get("multi_label", False), bool):
-        raise FusescopeError(f"{where}: multi_label must be true or false, got "
-                             f"{d['multi_label']!r}")
+        raise FusescopeError(
+            f"{where}: multi_label must be true or false, got {d['multi_label']!r}"
+        )
     raw_classes = _require(d, "classes", where)
     if not isinstance(raw_classes, list):
         raise FusescopeError(f"{where}: 'classes' must be a list")
@@ -162,8 +172,11 @@ def meta_from_dict(d: dict[str, Any], where: str = "meta.json") -> DatasetMeta:
         if isinstance(cid, bool) or cid != i:
             raise FusescopeError(f"{here}: class ids must be 0..K-1 in order, got id {cid!r}")
         # classes of a classification data set need no colour: they are never drawn as a map
-        color = c.get("color", _default_color(i)) if task == "classification" else _require(
-            c, "color", here)
+        color = (
+            c.get("color", _default_color(i))
+            if task == "classification"
+            else _require(c, "color", here)
+        )
         if not (isinstance(color, list | tuple) and len(color) == 3):
             raise FusescopeError(f"{here}: color must be [r, g, b]")
         color = tuple(_integer(v, f"{here}.color", 0, 255) for v in color)
@@ -183,14 +196,17 @@ def meta_from_dict(d: dict[str, Any], where: str = "meta.json") -> DatasetMeta:
     # otherwise an empty class list is a data set without labels (image translation: Taskonomy)
     raw_modalities = _require(d, "modalities", where)
     if not isinstance(raw_modalities, dict) or not raw_modalities:
-        raise FusescopeError(f"{where}: 'modalities' must be a non-empty object "
-                             f"{{name: {{kind, channels, ...}}}}")
+        raise FusescopeError(
+            f"{where}: 'modalities' must be a non-empty object {{name: {{kind, channels, ...}}}}"
+        )
     modalities = {}
     for name, spec in raw_modalities.items():
         here = f"{where}: modalities.{name}"
         if not is_plain_name(name):
-            raise FusescopeError(f"{where}: modality name {name!r} must be a folder name inside "
-                                 f"the data folder, not a path (no / or \\, not . or ..)")
+            raise FusescopeError(
+                f"{where}: modality name {name!r} must be a folder name inside "
+                f"the data folder, not a path (no / or \\, not . or ..)"
+            )
         if not isinstance(spec, dict):
             raise FusescopeError(f"{here}: expected an object with kind and channels")
         kind = _require(spec, "kind", here)
@@ -206,36 +222,50 @@ def meta_from_dict(d: dict[str, Any], where: str = "meta.json") -> DatasetMeta:
         channels = _integer(_require(spec, "channels", here), f"{here}.channels", 1)
         allowed = {"depth": (1,), "normal": (3,)}.get(kind, (1, 3))
         if channels not in allowed:
-            raise FusescopeError(f"{here}: {channels} channels; a {kind} modality has "
-                                 f"{' or '.join(map(str, allowed))}")
+            raise FusescopeError(
+                f"{here}: {channels} channels; a {kind} modality has "
+                f"{' or '.join(map(str, allowed))}"
+            )
         scale = spec.get("scale")
-        if kind == "depth" and not (isinstance(scale, int | float) and not isinstance(scale, bool)
-                                    and math.isfinite(scale) and scale > 0):
+        if kind == "depth" and not (
+            isinstance(scale, int | float)
+            and not isinstance(scale, bool)
+            and math.isfinite(scale)
+            and scale > 0
+        ):
             raise FusescopeError(f"{here}: depth needs a positive 'scale' (metres per unit)")
         if kind != "depth":
             scale = None  # only depth has units
         units = spec.get("units")
         if units is not None and not isinstance(units, str):
             raise FusescopeError(f"{here}: units must be a string, got {units!r}")
-        modalities[name] = ModalitySpec(kind, channels,
-                                        float(scale) if scale is not None else None, units)
+        modalities[name] = ModalitySpec(
+            kind, channels, float(scale) if scale is not None else None, units
+        )
     ignore_index = _integer(d.get("ignore_index", 255), f"{where}: ignore_index", 0, 255)
     if ignore_index < len(classes):
         raise FusescopeError(f"{where}: ignore_index {ignore_index} collides with a class id")
     intrinsics = d.get("intrinsics")
     if intrinsics is not None and not (
-            isinstance(intrinsics, dict) and all(
-                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-                for v in intrinsics.values())):
+        isinstance(intrinsics, dict)
+        and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in intrinsics.values()
+        )
+    ):
         raise FusescopeError(f"{where}: intrinsics must be an object of numbers (fx, fy, cx, cy)")
     name = d.get("name", "dataset")
     if not isinstance(name, str):
         raise FusescopeError(f"{where}: name must be a string, got {name!r}")
     known = {"name", "classes", "modalities", "ignore_index", "intrinsics"}
-    return DatasetMeta(name=name, classes=classes,
-                       modalities=modalities, ignore_index=ignore_index,
-                       intrinsics=intrinsics,
-                       extra={k: v for k, v in d.items() if k not in known})
+    return DatasetMeta(
+        name=name,
+        classes=classes,
+        modalities=modalities,
+        ignore_index=ignore_index,
+        intrinsics=intrinsics,
+        extra={k: v for k, v in d.items() if k not in known},
+    )
 
 
 def _default_color(index: int) -> tuple[int, int, int]:
@@ -276,8 +306,10 @@ def read_split(root: str | os.PathLike, split: str) -> list[str]:
         if not sample_id:
             continue
         if not is_plain_name(sample_id):
-            raise FusescopeError(f"{path}: line {number}: {sample_id!r} is not a sample id (a "
-                                 f"file name without extension, no / or \\, not . or ..)")
+            raise FusescopeError(
+                f"{path}: line {number}: {sample_id!r} is not a sample id (a "
+                f"file name without extension, no / or \\, not . or ..)"
+            )
         ids.append(sample_id)
     if not ids:
         raise FusescopeError(f"{path}: split is empty")

@@ -308,8 +308,9 @@ def inspect(
     try:
         render_samples(root, samples, split, num_samples, meta)
     except PermissionError as err:
-        raise FusescopeError(f"{samples}: cannot write the sample sheet ({err.strerror}); "
-                             f"give --samples PATH") from None
+        raise FusescopeError(
+            f"{samples}: cannot write the sample sheet ({err.strerror}); give --samples PATH"
+        ) from None
     print_fn(f"samples: {samples}")
     return {
         "splits": sizes,

@@ -42,9 +42,15 @@ class TrainTransform:
         ignore_index: label value for padded pixels.
     """
 
-    def __init__(self, specs: dict[str, ModalitySpec], crop_size: tuple[int, int] | None,
-                 scale_range: tuple[float, float] = (0.75, 1.25), hflip: bool = True,
-                 color_jitter: float = 0.2, ignore_index: int = 255):
+    def __init__(
+        self,
+        specs: dict[str, ModalitySpec],
+        crop_size: tuple[int, int] | None,
+        scale_range: tuple[float, float] = (0.75, 1.25),
+        hflip: bool = True,
+        color_jitter: float = 0.2,
+        ignore_index: int = 255,
+    ):
         self.specs = specs
         self.crop_size = tuple(crop_size) if crop_size else None
         self.scale_range = tuple(scale_range)
@@ -54,8 +60,12 @@ class TrainTransform:
 
     def __call__(self, sample: dict[str, Tensor], rng: np.random.Generator) -> dict[str, Tensor]:
         # images and the label map; text, class targets and masks are not spatial
-        names = [k for k in sample if isinstance(sample[k], Tensor) and (
-            k == "label" or k in self.specs and self.specs[k].kind != "text")]
+        names = [
+            k
+            for k in sample
+            if isinstance(sample[k], Tensor)
+            and (k == "label" or k in self.specs and self.specs[k].kind != "text")
+        ]
         h, w = sample["label" if "label" in sample else names[0]].shape[-2:]
         # draw every random number up front, in a fixed order, so the stream is the same
         # whatever the modalities are
@@ -75,7 +85,7 @@ class TrainTransform:
         for k in names:
             fill = self.ignore_index if k == "label" else 0
             x = F.pad(out[k], (0, pw, 0, ph), value=fill) if ph or pw else out[k]
-            out[k] = x[..., top:top + ch, left:left + cw]
+            out[k] = x[..., top : top + ch, left : left + cw]
         if flip:
             for k in names:
                 out[k] = out[k].flip(-1)
@@ -126,4 +136,3 @@ class Normalize:
                 x = torch.where(out[k] > 0, x, torch.zeros_like(x))
             out[k] = x
         return out
-

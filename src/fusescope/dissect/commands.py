@@ -23,10 +23,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Multi-modal Fusion'; or one classification run (fusescope.dissect.classification). "
         "Writes REPORT/index.html, results.json and PNG plots.",
     )
-    p.add_argument("runs", nargs="+", metavar="RUN",
-                   help="RUN_RGB RUN_DEPTH RUN_JOINT: the RGB-only model (model: unimodal), the "
-                   "depth-only model and the joint model (two_stream_concat); or one "
-                   "classification RUN (per-modality contribution of each label, CKA, Grad-CAM)")
+    p.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="RUN_RGB RUN_DEPTH RUN_JOINT: the RGB-only model (model: unimodal), the "
+        "depth-only model and the joint model (two_stream_concat); or one "
+        "classification RUN (per-modality contribution of each label, CKA, Grad-CAM)",
+    )
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--split", default="test", help="probe split (default: test)")
     p.add_argument("--probe-size", type=int, default=200, help="first N probe images (0: all)")
@@ -97,8 +101,10 @@ def cmd_dissect(args: argparse.Namespace) -> None:
         cmd_dissect_classifier(args, device)
         return
     if len(args.runs) != 3:
-        raise FusescopeError(f"fusescope dissect takes RUN_RGB RUN_DEPTH RUN_JOINT (segmentation) "
-                             f"or one classification RUN; got {len(args.runs)} runs")
+        raise FusescopeError(
+            f"fusescope dissect takes RUN_RGB RUN_DEPTH RUN_JOINT (segmentation) "
+            f"or one classification RUN; got {len(args.runs)} runs"
+        )
     runs_dirs = list(args.runs)
     if args.train:
         stage("training the three runs (finished ones are kept)", not args.quiet)
@@ -150,15 +156,24 @@ def cmd_dissect_classifier(args: argparse.Namespace, device: str) -> None:
 
     run = load_run(args.runs[0], device=device)
     if run.cfg.get("task", "segmentation") != "classification":
-        raise FusescopeError(f"{args.runs[0]}: a {run.cfg.get('task', 'segmentation')} run; "
-                             f"segmentation dissection takes RUN_RGB RUN_DEPTH RUN_JOINT")
+        raise FusescopeError(
+            f"{args.runs[0]}: a {run.cfg.get('task', 'segmentation')} run; "
+            f"segmentation dissection takes RUN_RGB RUN_DEPTH RUN_JOINT"
+        )
     stage("dissecting the classifier", not args.quiet)
-    result = dissect_classifier(run, split=args.split, probe_size=args.probe_size or None,
-                                batch_size=args.batch_size, device=device,
-                                gradcam_images=args.gradcam_images, progress=not args.quiet)
+    result = dissect_classifier(
+        run,
+        split=args.split,
+        probe_size=args.probe_size or None,
+        batch_size=args.batch_size,
+        device=device,
+        gradcam_images=args.gradcam_images,
+        progress=not args.quiet,
+    )
     index = write_classification_report(result, Path(args.out))
     for group, verdict in result["verdicts"].items():
-        drops = ", ".join(f"without {m} {by[group]:+.3f}"
-                          for m, by in result["f1_drop_by_cue"].items())
+        drops = ", ".join(
+            f"without {m} {by[group]:+.3f}" for m, by in result["f1_drop_by_cue"].items()
+        )
         print(f"  {group}-cue labels: {verdict} (F1 lost: {drops})")
     print(f"report: {index.resolve()}  (open {index.resolve().as_uri()})")

@@ -237,9 +237,11 @@ def probe_loader(runs: Runs, opts: DissectOptions) -> tuple[Any, torch.utils.dat
     if n < 4:
         raise FusescopeError(f"{root}/splits/{opts.split}.txt: {n} images; the probe needs >= 4")
     if n < FEW_PROBE_IMAGES:
-        warn(f"the probe set has only {n} images ({root}, split {opts.split}): Set IoU, SVar "
-             f"and CKA from so few are noisy (the paper probes 500); use a larger split "
-             f"or --probe-size")
+        warn(
+            f"the probe set has only {n} images ({root}, split {opts.split}): Set IoU, SVar "
+            f"and CKA from so few are noisy (the paper probes 500); use a larger split "
+            f"or --probe-size"
+        )
     subset = torch.utils.data.Subset(ds, range(n))
     loader = torch.utils.data.DataLoader(
         subset, batch_size=opts.batch_size, shuffle=False, collate_fn=collate
@@ -306,7 +308,10 @@ def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissect
             f"{len(loader.dataset)} probe images are fewer than --folds {opts.folds}"
         )
     net2vec = Net2Vec(
-        num_classes, epochs=opts.epochs, lr=opts.lr, ignore_index=meta.ignore_index,
+        num_classes,
+        epochs=opts.epochs,
+        lr=opts.lr,
+        ignore_index=meta.ignore_index,
         device=opts.device,
     )
     splits: dict[str, dict[str, np.ndarray]] = {}  # level -> feature -> (seeds, C)
@@ -316,9 +321,12 @@ def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissect
         splits[str(lvl)], floors[str(lvl)] = {}, {}
         for f in FEATURES:
             k = levels.index(lvl) * len(FEATURES) + list(FEATURES).index(f) + 1
-            stage(f"Net2Vec probe {k}/{len(levels) * len(FEATURES)}: {FEATURES[f]}, stage "
-                  f"{lvl + 1} ({opts.seeds} splits x {opts.folds} folds, held-out and noise "
-                  f"floor)", progress)
+            stage(
+                f"Net2Vec probe {k}/{len(levels) * len(FEATURES)}: {FEATURES[f]}, stage "
+                f"{lvl + 1} ({opts.seeds} splits x {opts.folds} folds, held-out and noise "
+                f"floor)",
+                progress,
+            )
             pairs = cache.pop(f"{f}/{lvl}")
             acts = torch.cat([a for a, _ in pairs])  # (N, K, h, w)
             labels = torch.cat([lab for _, lab in pairs])  # (N, H, W)
@@ -676,8 +684,11 @@ def gradcam_examples(
         raw = {}
         for name in ("joint", "rgb", "depth"):
             model_batch = {**adapt[name](batch), "label": batch["label"]}
-            raw.update(cams[name](model_batch, cid, region=opts.gradcam_region,
-                                  ignore_index=meta.ignore_index))
+            raw.update(
+                cams[name](
+                    model_batch, cid, region=opts.gradcam_region, ignore_index=meta.ignore_index
+                )
+            )
         # one scale per image over all four streams: each map is sum_k alpha_k A_k, a
         # first-order share of the class score (logit units), so the four compare directly
         maps = shared_scale(raw)

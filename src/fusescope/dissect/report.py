@@ -77,8 +77,16 @@ def plot_set_iou(
         sd = np.nan_to_num(np.array(spread["sd"][feature], dtype=float))
         floor = np.array(spread["floor"][feature], dtype=float)
         xs = x + side * width / 2
-        ax.bar(xs, np.nan_to_num(iou), width, yerr=sd, color=color, capsize=2,
-               error_kw={"elinewidth": 0.8}, label=FEATURES[feature])
+        ax.bar(
+            xs,
+            np.nan_to_num(iou),
+            width,
+            yerr=sd,
+            color=color,
+            capsize=2,
+            error_kw={"elinewidth": 0.8},
+            label=FEATURES[feature],
+        )
         ax.hlines(floor, xs - width / 2, xs + width / 2, colors="black", linewidth=1.6)
         top = np.maximum(top, np.nan_to_num(iou) + sd)
     ax.plot([], [], color="black", linewidth=1.6, label="noise floor (shuffled features)")
@@ -119,8 +127,7 @@ def plot_known_answer(by_level: dict, path: Path) -> Path:
             ax.bar(xs, v, 0.4, yerr=sd, capsize=3, color=color, label=f"{m} (separate)")
             ax.hlines(floor, xs - 0.2, xs + 0.2, colors="black", linewidth=1.6)
         ax.plot([], [], color="black", linewidth=1.6, label="noise floor")
-        ax.set_xticks(x, [f"{g}-only" if g != "both" else "both cues" for g in groups],
-                      fontsize=8)
+        ax.set_xticks(x, [f"{g}-only" if g != "both" else "both cues" for g in groups], fontsize=8)
         ax.set_ylim(0, 1)
         ax.set_ylabel("mean held-out Set IoU")
         verdicts = spec.get("known_answer", {})
@@ -234,8 +241,9 @@ def blank_gradcam_note(example: GradCAMExample) -> str | None:
         for key in GRADCAM_COLUMNS
         if key in example.maps
     }
-    listed = [f"{FEATURES[k]} in {b} of {n} image{'s' if n > 1 else ''}"
-              for k, b in blank.items() if b]
+    listed = [
+        f"{FEATURES[k]} in {b} of {n} image{'s' if n > 1 else ''}" for k, b in blank.items() if b
+    ]
     if not listed:
         return None
     return (

@@ -48,8 +48,10 @@ def _tensor_bytes(obj) -> int:
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     # through a Python file object, so a full disk is an OSError (ENOSPC) that atomic_path
     # names, not torch's "unexpected pos" RuntimeError
-    with atomic_path(path, suffix=".tmp", size_hint=_tensor_bytes(state)) as tmp, \
-            open(tmp, "wb") as f:
+    with (
+        atomic_path(path, suffix=".tmp", size_hint=_tensor_bytes(state)) as tmp,
+        open(tmp, "wb") as f,
+    ):
         torch.save(state, f)
 
 
@@ -61,14 +63,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         # weights_only refused an object: the file is foreign or holds code
-        raise FusescopeError(f"{path} is not a fusescope checkpoint or holds code; refusing to "
-                             f"load it") from None
+        raise FusescopeError(
+            f"{path} is not a fusescope checkpoint or holds code; refusing to load it"
+        ) from None
     except Exception as err:  # truncated or not a torch file at all
-        raise FusescopeError(f"{path}: cannot read checkpoint, truncated or not a fusescope "
-                             f"checkpoint ({type(err).__name__})") from None
+        raise FusescopeError(
+            f"{path}: cannot read checkpoint, truncated or not a fusescope "
+            f"checkpoint ({type(err).__name__})"
+        ) from None
     if not (isinstance(state, dict) and {"model", "step"} <= set(state)):
-        raise FusescopeError(f"{path} is not a fusescope checkpoint (no model and step in it); "
-                             f"refusing to load it")
+        raise FusescopeError(
+            f"{path} is not a fusescope checkpoint (no model and step in it); refusing to load it"
+        )
     return state
 
 
@@ -79,11 +85,19 @@ def load_weights(model: nn.Module, state: dict, source: str | os.PathLike) -> No
     unexpected = [k for k in state if k not in own]
     wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
-        detail = "; ".join(f"{what}: {keys[:3]}" for what, keys in
-                           (("missing", missing), ("unexpected", unexpected),
-                            ("shape differs", wrong)) if keys)
-        raise FusescopeError(f"{source}: weights do not fit this model (a checkpoint of another "
-                             f"model or config?) - {detail}")
+        detail = "; ".join(
+            f"{what}: {keys[:3]}"
+            for what, keys in (
+                ("missing", missing),
+                ("unexpected", unexpected),
+                ("shape differs", wrong),
+            )
+            if keys
+        )
+        raise FusescopeError(
+            f"{source}: weights do not fit this model (a checkpoint of another "
+            f"model or config?) - {detail}"
+        )
     model.load_state_dict(state, strict=True)
 
 
@@ -133,8 +147,10 @@ def run_folder_lock(run_dir: str | os.PathLike) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise FusescopeError(f"{run_dir}: another fusescope process is training in this run "
-                                 f"folder; wait for it to end or choose another --out") from None
+            raise FusescopeError(
+                f"{run_dir}: another fusescope process is training in this run "
+                f"folder; wait for it to end or choose another --out"
+            ) from None
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -222,6 +238,7 @@ def require_task(run: Run, task: str, command: str) -> None:
     """
     found = run.cfg.get("task", "segmentation")
     if found != task:
-        raise FusescopeError(f"{run.path}: a {found} run; {command} handles {task} runs "
-                             f"(fusescope eval scores every task)")
-
+        raise FusescopeError(
+            f"{run.path}: a {found} run; {command} handles {task} runs "
+            f"(fusescope eval scores every task)"
+        )

@@ -44,21 +44,28 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are those of the global batch."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and dist.is_available() and dist.is_initialized()
-                and dist.get_world_size() > 1):
+        if not (
+            self.training
+            and dist.is_available()
+            and dist.is_initialized()
+            and dist.get_world_size() > 1
+        ):
             return super().forward(x)
         c = x.shape[1]
         xf = x.float()  # statistics in float32 under mixed precision (as native batch_norm)
         var, mean = torch.var_mean(xf, dim=(0, 2, 3), correction=0)
         count = torch.full((1,), x.numel() / c, dtype=xf.dtype, device=x.device)
         stacked = gather_stack(torch.cat([mean, var, count]))  # (P, 2C + 1)
-        mean, var, n = combine_moments(stacked[:, :c], stacked[:, c:2 * c], stacked[:, 2 * c:])
+        mean, var, n = combine_moments(stacked[:, :c], stacked[:, c : 2 * c], stacked[:, 2 * c :])
         n = n[0]
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
-                m = self.momentum if self.momentum is not None else 1 / float(
-                    self.num_batches_tracked)
+                m = (
+                    self.momentum
+                    if self.momentum is not None
+                    else 1 / float(self.num_batches_tracked)
+                )
                 self.running_mean.lerp_(mean.detach(), m)
                 self.running_var.lerp_(var.detach() * n / (n - 1).clamp(min=1), m)
         y = (xf - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
@@ -85,8 +92,13 @@ def convert_batchnorm(model: nn.Module, device_type: str) -> nn.Module:
 def _to_global_batchnorm(model: nn.Module) -> nn.Module:
     for name, child in model.named_children():
         if type(child) is nn.BatchNorm2d:
-            new = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                    child.track_running_stats)
+            new = GlobalBatchNorm2d(
+                child.num_features,
+                child.eps,
+                child.momentum,
+                child.affine,
+                child.track_running_stats,
+            )
             new.load_state_dict(child.state_dict())
             setattr(model, name, new)
         else:

@@ -36,8 +36,9 @@ def _resize_inputs(batch: dict[str, Tensor], kinds: dict[str, str], size) -> dic
         x = batch[name]
         if tuple(x.shape[-2:]) != tuple(size):
             mode = "nearest" if kind == "depth" else "bilinear"
-            x = F.interpolate(x, size=size, mode=mode,
-                              **({} if mode == "nearest" else {"align_corners": False}))
+            x = F.interpolate(
+                x, size=size, mode=mode, **({} if mode == "nearest" else {"align_corners": False})
+            )
         out[name] = x
     return out
 
@@ -50,8 +51,13 @@ def _windows(length: int, window: int, stride: int) -> list[int]:
 
 
 @torch.no_grad()
-def sliding_logits(model: nn.Module, inputs: dict[str, Tensor], num_classes: int,
-                   window: tuple[int, int], stride: tuple[int, int]) -> Tensor:
+def sliding_logits(
+    model: nn.Module,
+    inputs: dict[str, Tensor],
+    num_classes: int,
+    window: tuple[int, int],
+    stride: tuple[int, int],
+) -> Tensor:
     """Logits from overlapping windows, averaged where they overlap. All windows of the batch
     go through the model as one batch (no per-tile loop on the device)."""
     first = next(iter(inputs.values()))
@@ -61,22 +67,31 @@ def sliding_logits(model: nn.Module, inputs: dict[str, Tensor], num_classes: int
     padded = {k: F.pad(v, (0, pw, 0, ph)) for k, v in inputs.items()}
     H, W = h + ph, w + pw
     tops, lefts = _windows(H, wh, stride[0]), _windows(W, ww, stride[1])
-    crops = {k: torch.cat([v[..., t:t + wh, l:l + ww] for t in tops for l in lefts])
-             for k, v in padded.items()}  # (nWin*B, C, wh, ww), window-major
+    crops = {
+        k: torch.cat([v[..., t : t + wh, l : l + ww] for t in tops for l in lefts])
+        for k, v in padded.items()
+    }  # (nWin*B, C, wh, ww), window-major
     logits = model(crops)["logits"].float()
     logits = logits.view(len(tops) * len(lefts), b, num_classes, wh, ww)
     total = first.new_zeros(b, num_classes, H, W, dtype=torch.float32)
     count = first.new_zeros(1, 1, H, W, dtype=torch.float32)
     for n, (t, l) in enumerate((t, l) for t in tops for l in lefts):
-        total[..., t:t + wh, l:l + ww] += logits[n]
-        count[..., t:t + wh, l:l + ww] += 1
+        total[..., t : t + wh, l : l + ww] += logits[n]
+        count[..., t : t + wh, l : l + ww] += 1
     return (total / count)[..., :h, :w]
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, batch: dict[str, Tensor], kinds: dict[str, str],
-                  num_classes: int, tta: str = "none", scales=(0.75, 1.0, 1.25),
-                  window=None, stride=None) -> Tensor:
+def predict_probs(
+    model: nn.Module,
+    batch: dict[str, Tensor],
+    kinds: dict[str, str],
+    num_classes: int,
+    tta: str = "none",
+    scales=(0.75, 1.0, 1.25),
+    window=None,
+    stride=None,
+) -> Tensor:
     """Class probabilities (B, K, H, W) under the chosen test-time augmentation."""
     if tta not in TTA_MODES:
         raise FusescopeError(f"--tta {tta!r} unknown; choose from {', '.join(TTA_MODES)}")
@@ -106,23 +121,38 @@ def predict_probs(model: nn.Module, batch: dict[str, Tensor], kinds: dict[str, s
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset, eval_cfg: DictConfig, device="cpu", fabric=None,
-             progress: bool = False) -> dict:
+def evaluate(
+    model: nn.Module,
+    dataset,
+    eval_cfg: DictConfig,
+    device="cpu",
+    fabric=None,
+    progress: bool = False,
+) -> dict:
     """Metrics of `model` on `dataset` (a FolderDataset with normalisation) under `eval_cfg`."""
     meta = dataset.meta
     kinds = {m: meta.modalities[m].kind for m in dataset.modalities}
     indices = list(range(len(dataset)))
     if fabric is not None and fabric.world_size > 1:
-        indices = indices[fabric.global_rank::fabric.world_size]
-    loader = DataLoader(Subset(dataset, indices), batch_size=eval_cfg.batch_size,
-                        collate_fn=collate)
+        indices = indices[fabric.global_rank :: fabric.world_size]
+    loader = DataLoader(
+        Subset(dataset, indices), batch_size=eval_cfg.batch_size, collate_fn=collate
+    )
     was_training = model.training
     model.eval()
     metrics = SegMetrics(meta.num_classes, meta.ignore_index, device=str(device))
     for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
         batch = {k: v.to(device) for k, v in batch.items() if k != "id"}
-        probs = predict_probs(model, batch, kinds, meta.num_classes, eval_cfg.tta,
-                              eval_cfg.scales, eval_cfg.window, eval_cfg.stride)
+        probs = predict_probs(
+            model,
+            batch,
+            kinds,
+            meta.num_classes,
+            eval_cfg.tta,
+            eval_cfg.scales,
+            eval_cfg.window,
+            eval_cfg.stride,
+        )
         metrics.update(probs.argmax(1), batch["label"])
     model.train(was_training)
     confusion = metrics.confusion
@@ -136,10 +166,18 @@ def evaluate(model: nn.Module, dataset, eval_cfg: DictConfig, device="cpu", fabr
     return result
 
 
-def evaluate_run(run_dir: str | Path, split: str | None = None, tta: str | None = None,
-                 corrupt: str | None = None, window=None, batch_size: int | None = None,
-                 data_root: str | None = None, device: str = "cpu",
-                 progress: bool = False, drop: list[str] | None = None) -> dict:
+def evaluate_run(
+    run_dir: str | Path,
+    split: str | None = None,
+    tta: str | None = None,
+    corrupt: str | None = None,
+    window=None,
+    batch_size: int | None = None,
+    data_root: str | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+    drop: list[str] | None = None,
+) -> dict:
     """Evaluate a run folder; arguments left None take the run's `eval` config. `drop` lists
     modalities to leave out (`fusescope.engine.missing`: zeros, or the method's own rule)."""
     run = load_run(run_dir, device=device)
@@ -161,22 +199,31 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, tta: str | None 
         cfg.data.root = data_root
     check_config(cfg)  # the options given here, e.g. a window of positive sizes
     corruption = make_corruption(corrupt) if corrupt else None
-    ds = task.eval_dataset(cfg, cfg.eval.split, run.stats, corruption=corruption,
-                           seed=cfg.train.seed)
+    ds = task.eval_dataset(
+        cfg, cfg.eval.split, run.stats, corruption=corruption, seed=cfg.train.seed
+    )
     result = task.evaluate(run.model, ds, cfg, run.meta, device=device, progress=progress)
     # every option that changes the numbers, so a result file says what it measured
-    result.update({
-        "task": task.name, "split": cfg.eval.split, "tta": cfg.eval.tta, "corrupt": corrupt,
-        "model": cfg.model.name, "step": run.step,
-        "max_steps": int(cfg.train.max_steps), "finished": run.finished,
-        "scales": list(cfg.eval.scales) if cfg.eval.tta == "ms-flip" else None,
-        "window": list(cfg.eval.window) if cfg.eval.window else None,
-        "stride": list(cfg.eval.stride) if cfg.eval.window and cfg.eval.stride else None,
-        "data_root": str(Path(cfg.data.root).resolve()),
-        "data_fingerprint": fingerprint(cfg.data.root, list(cfg.data.modalities),
-                                        [cfg.eval.split]),
-        "own_data": Path(cfg.data.root).resolve() == Path(trained_root).resolve(),
-    })
+    result.update(
+        {
+            "task": task.name,
+            "split": cfg.eval.split,
+            "tta": cfg.eval.tta,
+            "corrupt": corrupt,
+            "model": cfg.model.name,
+            "step": run.step,
+            "max_steps": int(cfg.train.max_steps),
+            "finished": run.finished,
+            "scales": list(cfg.eval.scales) if cfg.eval.tta == "ms-flip" else None,
+            "window": list(cfg.eval.window) if cfg.eval.window else None,
+            "stride": list(cfg.eval.stride) if cfg.eval.window and cfg.eval.stride else None,
+            "data_root": str(Path(cfg.data.root).resolve()),
+            "data_fingerprint": fingerprint(
+                cfg.data.root, list(cfg.data.modalities), [cfg.eval.split]
+            ),
+            "own_data": Path(cfg.data.root).resolve() == Path(trained_root).resolve(),
+        }
+    )
     if drop:
         result["drop"] = sorted(drop)
     return result

@@ -16,10 +16,15 @@ def label_weight(label: Tensor, ignore_index: int, class_weights: Tensor | None)
     return class_weights[label.clamp(max=len(class_weights) - 1)][valid].sum()
 
 
-def total_loss(out: dict, label: Tensor, ignore_index: int, per_modality_weight: float = 1.0,
-               class_weights: Tensor | None = None,
-               denominator: Tensor | None = None,
-               aux_scale: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+def total_loss(
+    out: dict,
+    label: Tensor,
+    ignore_index: int,
+    per_modality_weight: float = 1.0,
+    class_weights: Tensor | None = None,
+    denominator: Tensor | None = None,
+    aux_scale: float = 1.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
     """Cross-entropy on `logits`, weighted cross-entropy on each `per_modality` and `aux_logits`
     output, plus every (already weighted) aux loss. Returns the total and its detached parts for
     logging.
@@ -37,8 +42,16 @@ def total_loss(out: dict, label: Tensor, ignore_index: int, per_modality_weight:
     denominator = denominator.clamp(min=1e-6)
 
     def ce(logits: Tensor) -> Tensor:
-        return F.cross_entropy(logits.float(), label, weight=class_weights,
-                               ignore_index=ignore_index, reduction="sum") / denominator
+        return (
+            F.cross_entropy(
+                logits.float(),
+                label,
+                weight=class_weights,
+                ignore_index=ignore_index,
+                reduction="sum",
+            )
+            / denominator
+        )
 
     parts = {"ce": ce(out["logits"])}
     for name, logits in out.get("per_modality", {}).items():

@@ -16,8 +16,7 @@ def physical_memory() -> int | None:
         return None
 
 
-def check_batch_memory(cfg: DictConfig, meta, frame: tuple[int, int],
-                       world_size: int = 1) -> None:
+def check_batch_memory(cfg: DictConfig, meta, frame: tuple[int, int], world_size: int = 1) -> None:
     """Refuse a crop or rescale so large that one batch of inputs alone (a lower bound of what
     a step needs) exceeds this machine's memory, before anything is allocated."""
     t, d = cfg.train, cfg.data
@@ -36,4 +35,5 @@ def check_batch_memory(cfg: DictConfig, meta, frame: tuple[int, int],
             f"data.crop_size={list(crop)} (frames {frame[0]}x{frame[1]}, data.scale_range up to "
             f"{top}) with train.batch_size={t.batch_size} x grad_accum={t.grad_accum}: one batch "
             f"of inputs alone needs {needed / 2**30:.1f} GiB, more than this machine's "
-            f"{total / 2**30:.1f} GiB of memory; lower them")
+            f"{total / 2**30:.1f} GiB of memory; lower them"
+        )

@@ -59,8 +59,10 @@ def metrics_from_confusion(confusion: Tensor) -> dict:
 
 def group_miou(per_class_iou: list[float], groups: dict[str, list[int]]) -> dict[str, float]:
     """Mean IoU over each group's classes (the benchmark's cue groups)."""
-    return {name: _nanmean(torch.tensor([per_class_iou[i] for i in ids], dtype=torch.float64))
-            for name, ids in groups.items()}
+    return {
+        name: _nanmean(torch.tensor([per_class_iou[i] for i in ids], dtype=torch.float64))
+        for name, ids in groups.items()
+    }
 
 
 def _nanmean(x: Tensor) -> float:

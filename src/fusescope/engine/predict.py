@@ -22,8 +22,9 @@ from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, write_label_png
 
 
-def overlay_image(run: Run, raw: dict[str, np.ndarray], label: np.ndarray,
-                  alpha: float = 0.5) -> np.ndarray:
+def overlay_image(
+    run: Run, raw: dict[str, np.ndarray], label: np.ndarray, alpha: float = 0.5
+) -> np.ndarray:
     """Class colours blended over the colour modality (or the first modality in grey)."""
     colors = np.asarray([c.color for c in run.meta.classes] + [(0, 0, 0)] * 256, dtype=np.float32)
     colour_mods = [m for m in run.model.modalities if run.meta.modalities[m].kind == "color"]
@@ -49,18 +50,28 @@ def load_frame(run: Run, paths: dict[str, Path]) -> tuple[dict, dict[str, np.nda
     return normalize({k: torch.from_numpy(v) for k, v in raw.items()}), raw
 
 
-def predict_samples(run: Run, samples: list[dict], tta: str = "none",
-                    device: str = "cpu") -> list[np.ndarray]:
+def predict_samples(
+    run: Run, samples: list[dict], tta: str = "none", device: str = "cpu"
+) -> list[np.ndarray]:
     """Class ids (H, W) for normalised samples of one size, run as one batch."""
     batch = {m: torch.stack([s[m] for s in samples]).to(device) for m in run.model.modalities}
     kinds = {m: run.meta.modalities[m].kind for m in run.model.modalities}
-    probs = predict_probs(run.model, batch, kinds, run.meta.num_classes, tta,
-                          run.cfg.eval.scales, run.cfg.eval.window, run.cfg.eval.stride)
+    probs = predict_probs(
+        run.model,
+        batch,
+        kinds,
+        run.meta.num_classes,
+        tta,
+        run.cfg.eval.scales,
+        run.cfg.eval.window,
+        run.cfg.eval.stride,
+    )
     return list(probs.argmax(1).cpu().numpy().astype(np.uint8))
 
 
-def predict_frame(run: Run, paths: dict[str, Path], tta: str = "none",
-                  device: str = "cpu") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def predict_frame(
+    run: Run, paths: dict[str, Path], tta: str = "none", device: str = "cpu"
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Class ids (H, W) for one frame given one file per modality of the run."""
     sample, raw = load_frame(run, paths)
     return predict_samples(run, [sample], tta, device)[0], raw
@@ -91,13 +102,17 @@ def check_output(inputs: dict[str, Path], out: Path, folders: bool, overwrite: b
     """
     if folders:
         if out.exists() and not out.is_dir():
-            raise FusescopeError(f"--out {out} is a file; with folder inputs --out is the folder "
-                                 f"the masks are written to")
+            raise FusescopeError(
+                f"--out {out} is a file; with folder inputs --out is the folder "
+                f"the masks are written to"
+            )
         targets = [out.resolve()]
     else:
         if out.is_dir():
-            raise FusescopeError(f"--out {out} is a folder; for one frame give the mask's "
-                                 f"file name, e.g. {out / 'mask.png'}")
+            raise FusescopeError(
+                f"--out {out} is a folder; for one frame give the mask's "
+                f"file name, e.g. {out / 'mask.png'}"
+            )
         targets = [out.resolve(), overlay_path(out).resolve()]
     if overwrite:
         return
@@ -107,12 +122,21 @@ def check_output(inputs: dict[str, Path], out: Path, folders: bool, overwrite: b
             if target == source or (folders and source in target.parents):
                 raise FusescopeError(
                     f"--out {out}: {'is, or is inside,' if folders else 'would overwrite'} the "
-                    f"{name} input {path}; choose another --out (or pass --overwrite)")
+                    f"{name} input {path}; choose another --out (or pass --overwrite)"
+                )
 
 
-def predict(run: Run, inputs: dict[str, str | os.PathLike], out: str | os.PathLike,
-            tta: str = "none", device: str = "cpu", progress: bool = True,
-            batch_size: int = 1, overwrite: bool = False, workers: int = 0) -> list[Path]:
+def predict(
+    run: Run,
+    inputs: dict[str, str | os.PathLike],
+    out: str | os.PathLike,
+    tta: str = "none",
+    device: str = "cpu",
+    progress: bool = True,
+    batch_size: int = 1,
+    overwrite: bool = False,
+    workers: int = 0,
+) -> list[Path]:
     """Predict one frame (inputs are files, `out` a .png) or folders (inputs are folders whose
     files are matched by stem, `out` a folder; up to `batch_size` frames of one size go through
     the model together). For folders, `workers` processes read the next frames while the model
@@ -121,8 +145,10 @@ def predict(run: Run, inputs: dict[str, str | os.PathLike], out: str | os.PathLi
     An output that would overwrite an input is refused unless `overwrite` (`check_output`)."""
     missing = [m for m in run.model.modalities if m not in inputs]
     if missing:
-        raise FusescopeError(f"this model reads {run.model.modalities}; give "
-                             f"{' '.join(f'--{m} FILE' for m in missing)}")
+        raise FusescopeError(
+            f"this model reads {run.model.modalities}; give "
+            f"{' '.join(f'--{m} FILE' for m in missing)}"
+        )
     paths = {m: Path(inputs[m]) for m in run.model.modalities}
     for p in paths.values():
         if not p.exists():
@@ -136,13 +162,17 @@ def predict(run: Run, inputs: dict[str, str | os.PathLike], out: str | os.PathLi
     if not all(p.is_dir() for p in paths.values()):
         raise FusescopeError("give either one file per modality or one folder per modality")
     check_output(paths, out, folders=True, overwrite=overwrite)
-    stems = {m: {f.stem: f for f in p.iterdir() if f.suffix.lower() in EXTENSIONS}
-             for m, p in paths.items()}
+    stems = {
+        m: {f.stem: f for f in p.iterdir() if f.suffix.lower() in EXTENSIONS}
+        for m, p in paths.items()
+    }
     common = sorted(set.intersection(*(set(s) for s in stems.values())))
     unmatched = sorted(set.union(*(set(s) for s in stems.values())) - set(common))
     if unmatched:
-        raise FusescopeError(f"no match in every modality folder for {unmatched[0]} "
-                             f"({len(unmatched)} unmatched files)")
+        raise FusescopeError(
+            f"no match in every modality folder for {unmatched[0]} "
+            f"({len(unmatched)} unmatched files)"
+        )
     if not common:
         raise FusescopeError(f"no image files in {', '.join(map(str, paths.values()))}")
     from concurrent.futures import ThreadPoolExecutor
@@ -163,8 +193,11 @@ def predict(run: Run, inputs: dict[str, str | os.PathLike], out: str | os.PathLi
                 by_size.setdefault(tuple(next(iter(sample.values())).shape[-2:]), []).append(i)
             labels: list[np.ndarray | None] = [None] * len(chunk)
             for members in by_size.values():
-                for i, label in zip(members, predict_samples(run, [frames[i][0] for i in members],
-                                                             tta, device), strict=True):
+                for i, label in zip(
+                    members,
+                    predict_samples(run, [frames[i][0] for i in members], tta, device),
+                    strict=True,
+                ):
                     labels[i] = label
             for stem, (_, raw), label in zip(chunk, frames, labels, strict=True):
                 target = out / f"{stem}.png"

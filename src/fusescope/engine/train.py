@@ -67,8 +67,10 @@ def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optim
             raise FusescopeError(f"train.lr_scales.{prefix} must be > 0, got {scale}")
         if not any(n == prefix or n.startswith(prefix + ".") for n, _ in named):
             tops = sorted({n.split(".")[0] for n, _ in named})
-            raise FusescopeError(f"train.lr_scales: no parameter under {prefix!r}; the model's "
-                                 f"top-level modules are {', '.join(tops)}")
+            raise FusescopeError(
+                f"train.lr_scales: no parameter under {prefix!r}; the model's "
+                f"top-level modules are {', '.join(tops)}"
+            )
 
     def scale_of(name: str, p: torch.nn.Parameter) -> float:
         matches = [k for k in prefix_scale if name == k or name.startswith(k + ".")]
@@ -76,15 +78,17 @@ def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optim
         return by_name * model_scale.get(id(p), 1.0)
 
     # per-modality BN parameters are (M, C): their module, not their shape, marks them as norms
-    undecayed = {id(p) for m in model.modules() if is_norm(m)
-                 for p in m.parameters(recurse=False)}
+    undecayed = {id(p) for m in model.modules() if is_norm(m) for p in m.parameters(recurse=False)}
     groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
     for name, p in named:
         decayed = cfg.get("decay_all", False) or (p.ndim > 1 and id(p) not in undecayed)
         groups.setdefault((decayed, scale_of(name, p)), []).append(p)
     param_groups = [
-        {"params": params, "lr": cfg.lr * scale,
-         "weight_decay": cfg.weight_decay if decayed else 0.0}
+        {
+            "params": params,
+            "lr": cfg.lr * scale,
+            "weight_decay": cfg.weight_decay if decayed else 0.0,
+        }
         for (decayed, scale), params in groups.items()
     ]
     if cfg.optimizer == "adamw":
@@ -97,9 +101,19 @@ def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optim
 # settings a resumed run may change: they do not alter the weights' trajectory (logging,
 # checkpoint cadence, hardware: `train.batch_size` is the global batch) or they only describe
 # evaluation; train.max_steps may grow (extending a run) and is recorded like these
-RESUME_FREE_KEYS = ("train.progress", "train.tensorboard", "train.log_every", "train.ckpt_every",
-                    "train.ckpt_minutes", "train.eval_every", "train.accelerator",
-                    "train.devices", "train.num_nodes", "train.strategy", "data.num_workers")
+RESUME_FREE_KEYS = (
+    "train.progress",
+    "train.tensorboard",
+    "train.log_every",
+    "train.ckpt_every",
+    "train.ckpt_minutes",
+    "train.eval_every",
+    "train.accelerator",
+    "train.devices",
+    "train.num_nodes",
+    "train.strategy",
+    "data.num_workers",
+)
 RESUME_FREE_SECTIONS = ("eval.",)
 
 
@@ -138,8 +152,10 @@ def _same_run(saved: dict, current: dict) -> bool:
 
 
 def _run_identity_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
-    changes = config_differences({k: saved.get(k) or {} for k in ("data", "model")},
-                                 {k: current.get(k) or {} for k in ("data", "model")})
+    changes = config_differences(
+        {k: saved.get(k) or {} for k in ("data", "model")},
+        {k: current.get(k) or {} for k in ("data", "model")},
+    )
     return {k: v for k, v in changes.items() if k not in RESUME_FREE_KEYS}
 
 
@@ -152,16 +168,25 @@ def resume_changes(out: Path, saved: dict, current: dict, step: int) -> dict[str
             train.max_steps is below the checkpoint's step.
     """
     changes = config_differences(saved, current)
-    refused = {k: v for k, v in changes.items() if k not in RESUME_FREE_KEYS
-               and k != "train.max_steps" and not k.startswith(RESUME_FREE_SECTIONS)}
+    refused = {
+        k: v
+        for k, v in changes.items()
+        if k not in RESUME_FREE_KEYS
+        and k != "train.max_steps"
+        and not k.startswith(RESUME_FREE_SECTIONS)
+    }
     if refused:
-        raise FusescopeError(f"{out}: resuming with changed settings {_describe(refused)}; the "
-                             f"checkpoint's optimiser and schedule were made with the saved "
-                             f"values: use those, a new --out, or --no-resume to start over")
+        raise FusescopeError(
+            f"{out}: resuming with changed settings {_describe(refused)}; the "
+            f"checkpoint's optimiser and schedule were made with the saved "
+            f"values: use those, a new --out, or --no-resume to start over"
+        )
     if current["train"]["max_steps"] < step:
-        raise FusescopeError(f"{out}: its checkpoint is at step {step}, past "
-                             f"train.max_steps={current['train']['max_steps']}; give "
-                             f"train.max_steps>={step} (or a new --out)")
+        raise FusescopeError(
+            f"{out}: its checkpoint is at step {step}, past "
+            f"train.max_steps={current['train']['max_steps']}; give "
+            f"train.max_steps>={step} (or a new --out)"
+        )
     return changes
 
 
@@ -185,11 +210,16 @@ def _keep_metrics_until(path: Path, step: int) -> None:
 
 def _is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, MemoryError | torch.OutOfMemoryError) or (
-        isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
+    )
 
 
-def train(cfg: DictConfig, out: str | Path, resume: bool = True,
-          on_step: Callable[[int], None] | None = None) -> Path | None:
+def train(
+    cfg: DictConfig,
+    out: str | Path,
+    resume: bool = True,
+    on_step: Callable[[int], None] | None = None,
+) -> Path | None:
     """Train `cfg` into the run folder `out` (resuming from its checkpoint if there is one).
 
     Every check (config values, data, model, a resume's settings) runs before the first write,
@@ -223,15 +253,22 @@ def make_fabric(t: DictConfig):
     from lightning_fabric import Fabric
 
     try:
-        return Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-                      strategy=t.strategy, precision=t.precision)
+        return Fabric(
+            accelerator=t.accelerator,
+            devices=t.devices,
+            num_nodes=t.num_nodes,
+            strategy=t.strategy,
+            precision=t.precision,
+        )
     except (ValueError, RuntimeError) as err:
-        raise FusescopeError(f"train.accelerator / devices / strategy / precision: "
-                             f"{str(err).splitlines()[0]}") from None
+        raise FusescopeError(
+            f"train.accelerator / devices / strategy / precision: {str(err).splitlines()[0]}"
+        ) from None
 
 
-def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
-                  lock: contextlib.ExitStack) -> Path | None:
+def _train_locked(
+    cfg: DictConfig, out: Path, resume: bool, on_step, fabric, lock: contextlib.ExitStack
+) -> Path | None:
     t = cfg.train
     rank0 = fabric.global_rank == 0
     resolved = to_container(cfg)
@@ -245,9 +282,11 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
     saved_cfg = out / "config.yaml"
     saved = _read_saved_config(saved_cfg) if saved_cfg.is_file() else None
     if saved is not None and not _same_run(saved, resolved):
-        raise FusescopeError(f"{out}: holds a run of another data/model config "
-                             f"({_describe(_run_identity_changes(saved, resolved))}); choose a "
-                             f"new --out")
+        raise FusescopeError(
+            f"{out}: holds a run of another data/model config "
+            f"({_describe(_run_identity_changes(saved, resolved))}); choose a "
+            f"new --out"
+        )
     ckpt_path = out / CHECKPOINT
     state = load_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
     changes = {}
@@ -269,7 +308,8 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
     optimizer = make_optimizer(model, t)
     dropout = dropout_probabilities(t.get("modality_dropout"), list(cfg.data.modalities))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.poly_power))
+        optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.poly_power)
+    )
     step, consumed = 0, 0
     if state is not None:
         load_weights(model, state["model"], ckpt_path)
@@ -281,7 +321,8 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
                 raise FusescopeError(
                     f"{ckpt_path}: its optimiser state does not fit this model's parameter "
                     f"groups ({err}); it was saved by another fusescope version or with other "
-                    f"train.lr_scales: resume it with those, or start a new --out") from None
+                    f"train.lr_scales: resume it with those, or start a new --out"
+                ) from None
             scheduler.load_state_dict(state["scheduler"])
 
     # everything is checked: only now is the run folder written
@@ -290,8 +331,10 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
             out.mkdir(parents=True, exist_ok=True)
             lock.enter_context(run_folder_lock(out))
             if saved_cfg.exists() or ckpt_path.exists():
-                raise FusescopeError(f"{out}: another process started a run in this folder "
-                                     f"meanwhile; choose another --out")
+                raise FusescopeError(
+                    f"{out}: another process started a run in this folder "
+                    f"meanwhile; choose another --out"
+                )
         # under the lock no other process writes here: temp files are a killed run's leftovers
         remove_stale_temps(out, ["config.yaml", "run.json", WEIGHTS, "metrics.jsonl"])
         remove_stale_temps(ckpt_path.parent, [ckpt_path.name])
@@ -303,44 +346,74 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
         with atomic_path(saved_cfg) as tmp:
             tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
         if info is None:
-            write_json(out / "run.json", {
-                "fusescope_version": fusescope.__version__,
-                "torch_version": torch.__version__,
-                "data_fingerprint": fingerprint(cfg.data.root, list(cfg.data.modalities),
-                                                [cfg.data.train_split, cfg.data.val_split]),
-                "normalization": stats,
-                "meta": meta.to_dict(),
-            })
+            write_json(
+                out / "run.json",
+                {
+                    "fusescope_version": fusescope.__version__,
+                    "torch_version": torch.__version__,
+                    "data_fingerprint": fingerprint(
+                        cfg.data.root,
+                        list(cfg.data.modalities),
+                        [cfg.data.train_split, cfg.data.val_split],
+                    ),
+                    "normalization": stats,
+                    "meta": meta.to_dict(),
+                },
+            )
         elif changes or step < t.max_steps:
             # a resumed run keeps the record of what started it (version, fingerprint,
             # statistics) and adds when it resumed and which settings changed there
             info.setdefault("resumed", []).append(
-                {"step": step, "fusescope_version": fusescope.__version__,
-                 "changed": {k: list(v) for k, v in changes.items()}})
+                {
+                    "step": step,
+                    "fusescope_version": fusescope.__version__,
+                    "changed": {k: list(v) for k, v in changes.items()},
+                }
+            )
             write_json(out / "run.json", info)
         _keep_metrics_until(out / "metrics.jsonl", step)
         if state is not None:
-            print(f"resuming {out} from step {step}"
-                  + (f" with {_describe(changes)}" if changes else ""))
+            print(
+                f"resuming {out} from step {step}"
+                + (f" with {_describe(changes)}" if changes else "")
+            )
     raw_model = model
     model, optimizer = fabric.setup(model, optimizer)
 
-    sampler = GlobalBatchSampler(len(dataset), t.batch_size * t.grad_accum, fabric.global_rank,
-                                 fabric.world_size, t.seed, start=consumed)
+    sampler = GlobalBatchSampler(
+        len(dataset),
+        t.batch_size * t.grad_accum,
+        fabric.global_rank,
+        fabric.world_size,
+        t.seed,
+        start=consumed,
+    )
     # one sampler batch feeds one optimiser step; split it into grad_accum micro-batches
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                        collate_fn=collate, persistent_workers=cfg.data.num_workers > 0)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        collate_fn=collate,
+        persistent_workers=cfg.data.num_workers > 0,
+    )
     stats_fn = getattr(raw_model, "training_stats", None)
     last_save = time.monotonic()
 
     def save(path_step: int) -> None:
         nonlocal last_save
         if rank0:
-            save_checkpoint(ckpt_path, {
-                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "step": path_step,
-                "samples_consumed": consumed, "torch_rng": torch.get_rng_state(),
-                "fusescope_version": fusescope.__version__})
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "model": raw_model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "step": path_step,
+                    "samples_consumed": consumed,
+                    "torch_rng": torch.get_rng_state(),
+                    "fusescope_version": fusescope.__version__,
+                },
+            )
         fabric.barrier()
         last_save = time.monotonic()
 
@@ -356,8 +429,14 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
 
     log_file = (out / "metrics.jsonl").open("a") if rank0 else None
     tensorboard = open_tensorboard(out) if rank0 and t.tensorboard else None
-    bar = tqdm(total=t.max_steps, initial=step, desc=f"train {cfg.model.name}", unit="step",
-               disable=not (rank0 and t.progress), dynamic_ncols=True)
+    bar = tqdm(
+        total=t.max_steps,
+        initial=step,
+        desc=f"train {cfg.model.name}",
+        unit="step",
+        disable=not (rank0 and t.progress),
+        dynamic_ncols=True,
+    )
     batches = iter(loader)
     if state is not None:
         # after iter(loader), which draws a seed from this generator
@@ -371,17 +450,19 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
             big = next(batches)
             # the loss is a mean over the whole global batch (e.g. its labelled pixels)
             weight = task.loss_denominator(
-                fabric.to_device({k: v for k, v in big.items() if k != "id"}), meta, t)
+                fabric.to_device({k: v for k, v in big.items() if k != "id"}), meta, t
+            )
             if fabric.world_size > 1:
                 weight = fabric.all_reduce(weight, reduce_op="sum") / fabric.world_size
             for i in range(t.grad_accum):
-                micro = {k: v[i::t.grad_accum] for k, v in big.items()}
+                micro = {k: v[i :: t.grad_accum] for k, v in big.items()}
                 micro = fabric.to_device({k: v for k, v in micro.items() if k != "id"})
                 micro = drop_modalities(micro, dropout, list(cfg.data.modalities))
                 with fabric.no_backward_sync(model, enabled=i < t.grad_accum - 1):
                     output = model(micro)
-                    loss, parts = task.loss(output, micro, meta, t, weight,
-                                            aux_scale=1 / t.grad_accum)
+                    loss, parts = task.loss(
+                        output, micro, meta, t, weight, aux_scale=1 / t.grad_accum
+                    )
                     fabric.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -392,15 +473,21 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
             logged = step % t.log_every == 0 or step == t.max_steps
             if logged:
                 # the only host sync of the loop, once per log interval
-                record = {"step": step, "loss": float(loss.detach()),
-                          **{k: float(v) for k, v in parts.items()},
-                          "lr": scheduler.get_last_lr()[0],
-                          "samples_per_s": (step - start_step) * t.batch_size * t.grad_accum
-                          / (time.perf_counter() - start_time)}
+                record = {
+                    "step": step,
+                    "loss": float(loss.detach()),
+                    **{k: float(v) for k, v in parts.items()},
+                    "lr": scheduler.get_last_lr()[0],
+                    "samples_per_s": (step - start_step)
+                    * t.batch_size
+                    * t.grad_accum
+                    / (time.perf_counter() - start_time),
+                }
                 if stats_fn is not None:
                     record.update({k: float(v) for k, v in stats_fn().items()})
-                bar.set_postfix(loss=f"{record['loss']:.3f}",
-                                img_s=f"{record['samples_per_s']:.1f}")
+                bar.set_postfix(
+                    loss=f"{record['loss']:.3f}", img_s=f"{record['samples_per_s']:.1f}"
+                )
                 if log_file is not None:
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
@@ -409,10 +496,11 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
                         if key != "step":
                             tensorboard.add_scalar(key, value, step)
                 if not math.isfinite(record["loss"]):
-                    raise FusescopeError(f"loss became {record['loss']} at step {step}; lower "
-                                         f"train.lr or check the data")
-            if (step % t.ckpt_every == 0 or step == t.max_steps
-                    or (logged and save_is_due())):
+                    raise FusescopeError(
+                        f"loss became {record['loss']} at step {step}; lower "
+                        f"train.lr or check the data"
+                    )
+            if step % t.ckpt_every == 0 or step == t.max_steps or (logged and save_is_due()):
                 save(step)
             if t.eval_every and step % t.eval_every == 0 and step < t.max_steps:
                 _evaluate_during_training(fabric, raw_model, cfg, stats, meta, step, log_file)
@@ -428,9 +516,11 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric,
     except (MemoryError, RuntimeError) as err:
         if not _is_out_of_memory(err):
             raise
-        raise FusescopeError(f"out of memory at step {step + 1} with train.batch_size="
-                             f"{t.batch_size}, data.crop_size={cfg.data.crop_size}: lower them "
-                             f"(or raise train.grad_accum)") from None
+        raise FusescopeError(
+            f"out of memory at step {step + 1} with train.batch_size="
+            f"{t.batch_size}, data.crop_size={cfg.data.crop_size}: lower them "
+            f"(or raise train.grad_accum)"
+        ) from None
     finally:
         bar.close()
         if log_file is not None:
@@ -450,8 +540,9 @@ def _read_saved_config(path: Path) -> dict:
     try:
         loaded = OmegaConf.to_container(OmegaConf.load(path))
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise FusescopeError(f"{path}: cannot read the run's config ({type(err).__name__}); "
-                             f"choose a new --out") from None
+        raise FusescopeError(
+            f"{path}: cannot read the run's config ({type(err).__name__}); choose a new --out"
+        ) from None
     if not isinstance(loaded, dict):
         raise FusescopeError(f"{path}: not a run config; choose a new --out")
     return to_container(config_from_dict(loaded))
@@ -462,8 +553,10 @@ def open_tensorboard(out: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise FusescopeError("train.tensorboard=true needs the tensorboard package: pip install "
-                             "'fusescope[tensorboard]'") from None
+        raise FusescopeError(
+            "train.tensorboard=true needs the tensorboard package: pip install "
+            "'fusescope[tensorboard]'"
+        ) from None
     return SummaryWriter(str(out / "tensorboard"))
 
 

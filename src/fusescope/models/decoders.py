@@ -16,8 +16,9 @@ from fusescope.nn.layers import conv_bn_relu
 class LightDecoder(nn.Module):
     """FPN-style: 1x1 laterals, top-down sum with upsampling, one 3x3 fuse, 1x1 classifier."""
 
-    def __init__(self, channels: list[int], num_classes: int, width: int = 96,
-                 dropout: float = 0.1):
+    def __init__(
+        self, channels: list[int], num_classes: int, width: int = 96, dropout: float = 0.1
+    ):
         super().__init__()
         self.laterals = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
         self.fuse = conv_bn_relu(width, width)
@@ -26,26 +27,40 @@ class LightDecoder(nn.Module):
 
     def forward(self, features: list[Tensor]) -> Tensor:
         x = self.laterals[-1](features[-1])
-        for lateral, feat in zip(reversed(self.laterals[:-1]), reversed(features[:-1]),
-                                 strict=True):
-            x = lateral(feat) + F.interpolate(x, size=feat.shape[-2:], mode="bilinear",
-                                              align_corners=False)
+        for lateral, feat in zip(
+            reversed(self.laterals[:-1]), reversed(features[:-1]), strict=True
+        ):
+            x = lateral(feat) + F.interpolate(
+                x, size=feat.shape[-2:], mode="bilinear", align_corners=False
+            )
         return self.classifier(self.dropout(self.fuse(x)))
 
 
 @DECODERS.register("light")
-def light(channels: list[int], reductions: list[int], num_classes: int, width: int = 96,
-          dropout: float = 0.1) -> nn.Module:
+def light(
+    channels: list[int],
+    reductions: list[int],
+    num_classes: int,
+    width: int = 96,
+    dropout: float = 0.1,
+) -> nn.Module:
     return LightDecoder(channels, num_classes, width=width, dropout=dropout)
 
 
-def build_decoder(spec: str | dict, channels: list[int], reductions: list[int],
-                  num_classes: int) -> nn.Module:
+def build_decoder(
+    spec: str | dict, channels: list[int], reductions: list[int], num_classes: int
+) -> nn.Module:
     """`spec` is a decoder name or a dict {name: ..., **options} from the model config."""
     if isinstance(spec, str):
         name, options = spec, {}
     else:
         options = dict(spec)
         name = options.pop("name", "light")
-    return DECODERS.build(name, options, where="model.decoder", channels=list(channels),
-                          reductions=list(reductions), num_classes=num_classes)
+    return DECODERS.build(
+        name,
+        options,
+        where="model.decoder",
+        channels=list(channels),
+        reductions=list(reductions),
+        num_classes=num_classes,
+    )

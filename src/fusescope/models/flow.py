@@ -434,7 +434,6 @@ class MangoBlock(SequentialFlow):
         self.layers = nn.ModuleList(layers)
 
 
-
 class MangoFlow(SequentialFlow):
     """The bijection G: `blocks` MANGO blocks, with a standard normal prior on the output.
 

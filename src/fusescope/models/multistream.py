@@ -228,8 +228,9 @@ class ModalityBatchNorm(nn.Module):
         scale = self.weight * torch.rsqrt(var + self.eps)  # (M, C)
         shift = self.bias - mean * scale
         rows = BM // M
-        y = torch.addcmul(shift.repeat(rows, 1)[:, :, None, None], xf,
-                          scale.repeat(rows, 1)[:, :, None, None])
+        y = torch.addcmul(
+            shift.repeat(rows, 1)[:, :, None, None], xf, scale.repeat(rows, 1)[:, :, None, None]
+        )
         return y.to(x.dtype)
 
     @torch.no_grad()
@@ -281,8 +282,13 @@ class ModalityConv2d(nn.Module):
         # (B*M, C, H, W) is (B, M*C, H, W) in memory: modality m is channel group m of a
         # grouped conv, and its output (B, M*C', H', W') is again (B*M, C', H', W')
         y = F.conv2d(
-            x.reshape(BM // M, M * C, H, W), self.weight, self.bias, self.stride, self.padding,
-            self.dilation, self.groups,
+            x.reshape(BM // M, M * C, H, W),
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
         )
         return y.view(BM, y.shape[1] // M, *y.shape[2:])
 
@@ -340,8 +346,10 @@ class ScopedOp:
     def __call__(self, x5: Tensor, site: str) -> Tensor:
         if getattr(self.op, "uses_scope", False):
             if self.slot.current is None:
-                raise RuntimeError("a scoped fusion op ran outside a forward scope "
-                                   "(MultiStreamEncoder.run or .forward_scope())")
+                raise RuntimeError(
+                    "a scoped fusion op ran outside a forward scope "
+                    "(MultiStreamEncoder.run or .forward_scope())"
+                )
             return self.op(x5, site, self.slot.current)
         return self.op(x5, site)
 
@@ -473,8 +481,10 @@ class MultiStreamEncoder(nn.Module):
         num_stages = len(self._stage_modules)
         bad = [s for s in where.stages if not (isinstance(s, int) and 1 <= s <= num_stages)]
         if bad or not where.stages or len(set(where.stages)) != len(where.stages):
-            raise OptionError(f"stages {list(where.stages)}: each must be a distinct stage "
-                              f"number in 1..{num_stages} of this backbone")
+            raise OptionError(
+                f"stages {list(where.stages)}: each must be a distinct stage "
+                f"number in 1..{num_stages} of this backbone"
+            )
         if where.sites == ("stage_out",):
             chans = self.feature_info.channels()
             return [

@@ -48,11 +48,18 @@ class AuxLogits(NamedTuple):
     weight: float
 
 
-def output(logits: Tensor, per_modality: dict[str, Tensor] | None = None,
-           aux_losses: dict[str, Tensor] | None = None,
-           aux_logits: dict[str, AuxLogits] | None = None) -> dict:
-    return {"logits": logits, "per_modality": per_modality or {}, "aux_losses": aux_losses or {},
-            "aux_logits": aux_logits or {}}
+def output(
+    logits: Tensor,
+    per_modality: dict[str, Tensor] | None = None,
+    aux_losses: dict[str, Tensor] | None = None,
+    aux_logits: dict[str, AuxLogits] | None = None,
+) -> dict:
+    return {
+        "logits": logits,
+        "per_modality": per_modality or {},
+        "aux_losses": aux_losses or {},
+        "aux_logits": aux_logits or {},
+    }
 
 
 def resize_to(logits: Tensor, size: tuple[int, int]) -> Tensor:

@@ -48,8 +48,9 @@ class Task:
     def train_dataset(self, cfg: DictConfig, stats: dict, seed: int) -> Dataset:
         raise NotImplementedError
 
-    def eval_dataset(self, cfg: DictConfig, split: str, stats: dict, corruption=None,
-                     seed: int = 0) -> Dataset:
+    def eval_dataset(
+        self, cfg: DictConfig, split: str, stats: dict, corruption=None, seed: int = 0
+    ) -> Dataset:
         raise NotImplementedError
 
     def build_model(self, cfg: DictConfig, meta, pretrained: bool = True) -> nn.Module:
@@ -62,14 +63,29 @@ class Task:
         processes (the engine all-reduces it under several processes)."""
         raise NotImplementedError
 
-    def loss(self, output: dict, batch: dict[str, Tensor], meta, train_cfg: DictConfig,
-             denominator: Tensor, aux_scale: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(
+        self,
+        output: dict,
+        batch: dict[str, Tensor],
+        meta,
+        train_cfg: DictConfig,
+        denominator: Tensor,
+        aux_scale: float = 1.0,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """The micro-batch's total loss (its summed supervised losses / `denominator`, plus the
         model's `aux_losses` x `aux_scale`) and its detached parts for logging."""
         raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, dataset: Dataset, cfg: DictConfig, meta,
-                 device: Any = "cpu", fabric=None, progress: bool = False) -> dict:
+    def evaluate(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        cfg: DictConfig,
+        meta,
+        device: Any = "cpu",
+        fabric=None,
+        progress: bool = False,
+    ) -> dict:
         """Metrics of `model` on `dataset` under `cfg.eval` (summed over processes)."""
         raise NotImplementedError
 
@@ -82,9 +98,11 @@ class Task:
         window, corrupt, drop), naming them; a task that supports one overrides this."""
         given = sorted(k for k, v in options.items() if v)
         if given:
-            raise FusescopeError(f"fusescope eval: --{', --'.join(given)} "
-                                 f"{'is' if len(given) == 1 else 'are'} not supported for "
-                                 f"task {self.name!r}")
+            raise FusescopeError(
+                f"fusescope eval: --{', --'.join(given)} "
+                f"{'is' if len(given) == 1 else 'are'} not supported for "
+                f"task {self.name!r}"
+            )
 
 
 def check_global_batch(cfg: DictConfig, train_size: int, world_size: int) -> None:
@@ -93,15 +111,18 @@ def check_global_batch(cfg: DictConfig, train_size: int, world_size: int) -> Non
     t = cfg.train
     global_batch = t.batch_size * t.grad_accum
     if global_batch > train_size:
-        raise FusescopeError(f"train.batch_size={t.batch_size} x train.grad_accum={t.grad_accum} "
-                             f"exceeds the {train_size} samples of split "
-                             f"{cfg.data.train_split!r} (the last partial batch of an epoch is "
-                             f"dropped)")
+        raise FusescopeError(
+            f"train.batch_size={t.batch_size} x train.grad_accum={t.grad_accum} "
+            f"exceeds the {train_size} samples of split "
+            f"{cfg.data.train_split!r} (the last partial batch of an epoch is "
+            f"dropped)"
+        )
     if global_batch % world_size:
-        raise FusescopeError(f"train.batch_size={t.batch_size} x train.grad_accum="
-                             f"{t.grad_accum} must be divisible by the number of processes "
-                             f"({world_size})")
-
+        raise FusescopeError(
+            f"train.batch_size={t.batch_size} x train.grad_accum="
+            f"{t.grad_accum} must be divisible by the number of processes "
+            f"({world_size})"
+        )
 
 
 _LOADED: dict[str, Task] = {}
@@ -113,8 +134,7 @@ def task_of(cfg_or_name: DictConfig | str) -> Task:
     Raises:
         FusescopeError: an unknown task name, listing the known ones.
     """
-    name = cfg_or_name if isinstance(cfg_or_name, str) else cfg_or_name.get("task",
-                                                                              "segmentation")
+    name = cfg_or_name if isinstance(cfg_or_name, str) else cfg_or_name.get("task", "segmentation")
     if name not in TASK_NAMES:
         raise FusescopeError(f"task={name!r} unknown; known: {', '.join(TASK_NAMES)}")
     if name not in _LOADED:
@@ -126,4 +146,3 @@ def task_of(cfg_or_name: DictConfig | str) -> Task:
             raise FusescopeError(f"task={name!r} is not available in this version") from None
         _LOADED[name] = module.TASK
     return _LOADED[name]
-

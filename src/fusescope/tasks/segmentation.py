@@ -35,8 +35,10 @@ class Segmentation(Task):
         FolderDataset(d.root, d.val_split, modalities)  # read at the end: check it now
         check_global_batch(cfg, len(train_set), world_size)
         if t.class_weights is not None and len(t.class_weights) != meta.num_classes:
-            raise FusescopeError(f"train.class_weights has {len(t.class_weights)} values; the "
-                                 f"data set has {meta.num_classes} classes")
+            raise FusescopeError(
+                f"train.class_weights has {len(t.class_weights)} values; the "
+                f"data set has {meta.num_classes} classes"
+            )
         first = train_set.files[LABEL_DIR][train_set.ids[0]]
         try:
             with Image.open(first) as image:
@@ -51,8 +53,9 @@ class Segmentation(Task):
     def train_dataset(self, cfg: DictConfig, stats: dict, seed: int):
         return train_dataset(cfg.data, stats, seed)
 
-    def eval_dataset(self, cfg: DictConfig, split: str, stats: dict, corruption=None,
-                     seed: int = 0):
+    def eval_dataset(
+        self, cfg: DictConfig, split: str, stats: dict, corruption=None, seed: int = 0
+    ):
         return eval_dataset(cfg.data, split, stats, corruption=corruption, seed=seed)
 
     def build_model(self, cfg: DictConfig, meta, pretrained: bool = True) -> nn.Module:
@@ -60,26 +63,51 @@ class Segmentation(Task):
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
         if not pretrained and "pretrained" in model_cfg:
             model_cfg["pretrained"] = False
-        return build_model(model_cfg, modalities,
-                           {m: meta.modalities[m].channels for m in modalities},
-                           meta.num_classes)
+        return build_model(
+            model_cfg,
+            modalities,
+            {m: meta.modalities[m].channels for m in modalities},
+            meta.num_classes,
+        )
 
     def loss_denominator(self, batch: dict[str, Tensor], meta, train_cfg: DictConfig) -> Tensor:
         return label_weight(batch["label"], meta.ignore_index, _class_weights(train_cfg, batch))
 
-    def loss(self, output: dict, batch: dict[str, Tensor], meta, train_cfg: DictConfig,
-             denominator: Tensor, aux_scale: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
-        return total_loss(output, batch["label"], meta.ignore_index,
-                          train_cfg.per_modality_weight, _class_weights(train_cfg, batch),
-                          denominator, aux_scale=aux_scale)
+    def loss(
+        self,
+        output: dict,
+        batch: dict[str, Tensor],
+        meta,
+        train_cfg: DictConfig,
+        denominator: Tensor,
+        aux_scale: float = 1.0,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        return total_loss(
+            output,
+            batch["label"],
+            meta.ignore_index,
+            train_cfg.per_modality_weight,
+            _class_weights(train_cfg, batch),
+            denominator,
+            aux_scale=aux_scale,
+        )
 
-    def evaluate(self, model: nn.Module, dataset, cfg: DictConfig, meta, device="cpu",
-                 fabric=None, progress: bool = False) -> dict:
+    def evaluate(
+        self,
+        model: nn.Module,
+        dataset,
+        cfg: DictConfig,
+        meta,
+        device="cpu",
+        fabric=None,
+        progress: bool = False,
+    ) -> dict:
         if dataset.meta.num_classes != meta.num_classes:
-            raise FusescopeError(f"{cfg.data.root}: {dataset.meta.num_classes} classes, the "
-                                 f"run was trained on {meta.num_classes}")
-        return evaluate(model, dataset, cfg.eval, device=device, fabric=fabric,
-                        progress=progress)
+            raise FusescopeError(
+                f"{cfg.data.root}: {dataset.meta.num_classes} classes, the "
+                f"run was trained on {meta.num_classes}"
+            )
+        return evaluate(model, dataset, cfg.eval, device=device, fabric=fabric, progress=progress)
 
     def check_eval_options(self, **options) -> None:
         """Segmentation supports every `fusescope eval` option."""
@@ -88,11 +116,13 @@ class Segmentation(Task):
         def pct(x):
             return "  n/a" if x is None else f"{100 * x:5.1f}"
 
-        lines = [f"{result['model']} on {result['split']} (tta {result['tta']}"
-                 f"{', ' + result['corrupt'] if result.get('corrupt') else ''}"
-                 f"{''.join(', without ' + m for m in result.get('drop') or [])}): "
-                 f"mIoU {pct(result['miou'])}  pixel acc {pct(result['pixel_acc'])}  "
-                 f"mean acc {pct(result['mean_acc'])}"]
+        lines = [
+            f"{result['model']} on {result['split']} (tta {result['tta']}"
+            f"{', ' + result['corrupt'] if result.get('corrupt') else ''}"
+            f"{''.join(', without ' + m for m in result.get('drop') or [])}): "
+            f"mIoU {pct(result['miou'])}  pixel acc {pct(result['pixel_acc'])}  "
+            f"mean acc {pct(result['mean_acc'])}"
+        ]
         for name, value in (result.get("cue_group_miou") or {}).items():
             lines.append(f"  {name + '-cue classes':24s} mIoU {pct(value)}")
         width = max(len(n) for n in result["class_names"])

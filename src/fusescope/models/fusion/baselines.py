@@ -173,13 +173,23 @@ class MergedStreams(Segmentor):
         stages: the fusion stages (1-4); the last one is where the streams merge.
     """
 
-    def __init__(self, modalities, in_channels, num_classes, backbone, pretrained, decoder,
-                 make_fusion: Callable[[int, int], nn.Module], stages: tuple[int, ...]):
+    def __init__(
+        self,
+        modalities,
+        in_channels,
+        num_classes,
+        backbone,
+        pretrained,
+        decoder,
+        make_fusion: Callable[[int, int], nn.Module],
+        stages: tuple[int, ...],
+    ):
         super().__init__(modalities, num_classes)
         M = len(modalities)
         if M < 2:
-            raise OptionError(f"merging streams needs >= 2 modalities; data.modalities is "
-                             f"{modalities}")
+            raise OptionError(
+                f"merging streams needs >= 2 modalities; data.modalities is {modalities}"
+            )
         self.in_chans = common_channels(modalities, in_channels)
         plain = create_encoder(backbone, self.in_chans, pretrained)
         channels = feature_channels(plain)
@@ -240,8 +250,10 @@ def baseline(
     if streams not in ("keep", "merge"):
         raise OptionError(f"streams must be keep or merge, not {streams!r}")
     if streams == "merge" and shared:
-        raise OptionError("streams: merge is the commonly used setting, whose streams do not "
-                         "share convolutions: set shared: false")
+        raise OptionError(
+            "streams: merge is the commonly used setting, whose streams do not "
+            "share convolutions: set shared: false"
+        )
     if isinstance(position, str):
         if position not in POSITIONS:
             raise OptionError(
@@ -262,8 +274,9 @@ def baseline(
         return AlignFusion(align_weight)
 
     if streams == "merge":
-        return MergedStreams(modalities, in_channels, num_classes, backbone, pretrained,
-                             decoder, make, stages)
+        return MergedStreams(
+            modalities, in_channels, num_classes, backbone, pretrained, decoder, make, stages
+        )
     model = MultiStreamSegmentor(
         modalities, in_channels, num_classes, backbone, pretrained, decoder, shared=shared
     )

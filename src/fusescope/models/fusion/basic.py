@@ -22,13 +22,20 @@ class EncoderDecoder(Segmentor):
     With a single modality this is the unimodal model; with several, input-level early fusion.
     """
 
-    def __init__(self, modalities: list[str], in_channels: dict[str, int], num_classes: int,
-                 backbone: str, pretrained: bool | str, decoder: str | dict):
+    def __init__(
+        self,
+        modalities: list[str],
+        in_channels: dict[str, int],
+        num_classes: int,
+        backbone: str,
+        pretrained: bool | str,
+        decoder: str | dict,
+    ):
         super().__init__(modalities, num_classes)
-        self.encoder = create_encoder(backbone, sum(in_channels[m] for m in modalities),
-                                      pretrained)
-        self.decoder = build_decoder(decoder, feature_channels(self.encoder),
-                                     feature_reductions(self.encoder), num_classes)
+        self.encoder = create_encoder(backbone, sum(in_channels[m] for m in modalities), pretrained)
+        self.decoder = build_decoder(
+            decoder, feature_channels(self.encoder), feature_reductions(self.encoder), num_classes
+        )
 
     def forward(self, batch: dict[str, Tensor]) -> dict:
         x = torch.cat(self.inputs(batch), dim=1)
@@ -36,16 +43,28 @@ class EncoderDecoder(Segmentor):
 
 
 @FUSION_METHODS.register("unimodal")
-def unimodal(modalities, in_channels, num_classes, backbone: str = "resnet18",
-             pretrained: bool | str = False, decoder: str | dict = "light") -> Segmentor:
+def unimodal(
+    modalities,
+    in_channels,
+    num_classes,
+    backbone: str = "resnet18",
+    pretrained: bool | str = False,
+    decoder: str | dict = "light",
+) -> Segmentor:
     if len(modalities) != 1:
         raise OptionError(f"unimodal reads one modality; data.modalities is {modalities}")
     return EncoderDecoder(modalities, in_channels, num_classes, backbone, pretrained, decoder)
 
 
 @FUSION_METHODS.register("early_concat")
-def early_concat(modalities, in_channels, num_classes, backbone: str = "resnet18",
-                 pretrained: bool | str = False, decoder: str | dict = "light") -> Segmentor:
+def early_concat(
+    modalities,
+    in_channels,
+    num_classes,
+    backbone: str = "resnet18",
+    pretrained: bool | str = False,
+    decoder: str | dict = "light",
+) -> Segmentor:
     return EncoderDecoder(modalities, in_channels, num_classes, backbone, pretrained, decoder)
 
 
@@ -54,9 +73,12 @@ class LateAverage(Segmentor):
 
     def __init__(self, modalities, in_channels, num_classes, backbone, pretrained, decoder):
         super().__init__(modalities, num_classes)
-        self.streams = nn.ModuleDict({
-            m: EncoderDecoder([m], in_channels, num_classes, backbone, pretrained, decoder)
-            for m in modalities})
+        self.streams = nn.ModuleDict(
+            {
+                m: EncoderDecoder([m], in_channels, num_classes, backbone, pretrained, decoder)
+                for m in modalities
+            }
+        )
 
     def forward(self, batch: dict[str, Tensor]) -> dict:
         per_modality = {m: self.streams[m](batch)["logits"] for m in self.modalities}
@@ -69,8 +91,14 @@ class LateAverage(Segmentor):
 
 
 @FUSION_METHODS.register("late_average")
-def late_average(modalities, in_channels, num_classes, backbone: str = "resnet18",
-                 pretrained: bool | str = False, decoder: str | dict = "light") -> Segmentor:
+def late_average(
+    modalities,
+    in_channels,
+    num_classes,
+    backbone: str = "resnet18",
+    pretrained: bool | str = False,
+    decoder: str | dict = "light",
+) -> Segmentor:
     return LateAverage(modalities, in_channels, num_classes, backbone, pretrained, decoder)
 
 
@@ -86,16 +114,26 @@ class TwoStreamConcat(Segmentor):
     is returned as `aux_losses["bmc"]`; `bmc.{level}` holds its heads.
     """
 
-    def __init__(self, modalities, in_channels, num_classes, backbone, pretrained, decoder,
-                 bmc: bool | None = None, bmc_weight: float = 0.1, bmc_mode: str = "both",
-                 bmc_levels: list[int] | None = None):
+    def __init__(
+        self,
+        modalities,
+        in_channels,
+        num_classes,
+        backbone,
+        pretrained,
+        decoder,
+        bmc: bool | None = None,
+        bmc_weight: float = 0.1,
+        bmc_mode: str = "both",
+        bmc_levels: list[int] | None = None,
+    ):
         super().__init__(modalities, num_classes)
-        self.encoders = nn.ModuleDict({
-            m: create_encoder(backbone, in_channels[m], pretrained) for m in modalities})
+        self.encoders = nn.ModuleDict(
+            {m: create_encoder(backbone, in_channels[m], pretrained) for m in modalities}
+        )
         first = self.encoders[modalities[0]]
         channels = feature_channels(first)
-        self.fuse = nn.ModuleList(
-            conv_bn_relu(c * len(modalities), c, 1) for c in channels)
+        self.fuse = nn.ModuleList(conv_bn_relu(c * len(modalities), c, 1) for c in channels)
         self.decoder = build_decoder(decoder, channels, feature_reductions(first), num_classes)
         self.bmc_weight = float(bmc_weight)
         self.bmc = nn.ModuleDict()
@@ -105,11 +143,13 @@ class TwoStreamConcat(Segmentor):
             levels = list(range(len(channels))) if bmc_levels is None else list(bmc_levels)
             bad = [lvl for lvl in levels if not 0 <= lvl < len(channels)]
             if bad or not levels:
-                raise OptionError(f"bmc_levels {bmc_levels} must pick levels in "
-                                 f"0..{len(channels) - 1}")
+                raise OptionError(
+                    f"bmc_levels {bmc_levels} must pick levels in 0..{len(channels) - 1}"
+                )
             # a ModuleDict keyed by level: `bmc.3` names the heads of the deepest level
-            self.bmc = nn.ModuleDict({str(lvl): BMC(channels[lvl], mode=bmc_mode)
-                                      for lvl in sorted(set(levels))})
+            self.bmc = nn.ModuleDict(
+                {str(lvl): BMC(channels[lvl], mode=bmc_mode) for lvl in sorted(set(levels))}
+            )
 
     def forward(self, batch: dict[str, Tensor]) -> dict:
         inputs = self.inputs(batch)
@@ -118,22 +158,35 @@ class TwoStreamConcat(Segmentor):
         aux = {}
         if len(self.bmc) and self.training:
             aux["bmc"] = self.bmc_weight * sum(
-                bmc(*levels[int(lvl)]) for lvl, bmc in self.bmc.items())
-        fused = [fuse(torch.cat(level, dim=1))
-                 for fuse, level in zip(self.fuse, levels, strict=True)]
+                bmc(*levels[int(lvl)]) for lvl, bmc in self.bmc.items()
+            )
+        fused = [
+            fuse(torch.cat(level, dim=1)) for fuse, level in zip(self.fuse, levels, strict=True)
+        ]
         return output(resize_to(self.decoder(fused), inputs[0].shape[-2:]), aux_losses=aux)
 
     def training_stats(self) -> dict[str, float]:
         """The latest BMC estimates per level (`bmc/3/min`, `bmc/3/max`), for the engine's log."""
-        return {f"bmc/{lvl}/{half}": float(value)
-                for lvl, bmc in self.bmc.items() for half, value in bmc.last.items()}
+        return {
+            f"bmc/{lvl}/{half}": float(value)
+            for lvl, bmc in self.bmc.items()
+            for half, value in bmc.last.items()
+        }
 
 
 @FUSION_METHODS.register("two_stream_concat")
-def two_stream_concat(modalities, in_channels, num_classes, backbone: str = "resnet18",
-                      pretrained: bool | str = False, decoder: str | dict = "light",
-                      bmc: bool | None = None, bmc_weight: float = 0.1, bmc_mode: str = "both",
-                      bmc_levels: list[int] | None = None) -> Segmentor:
+def two_stream_concat(
+    modalities,
+    in_channels,
+    num_classes,
+    backbone: str = "resnet18",
+    pretrained: bool | str = False,
+    decoder: str | dict = "light",
+    bmc: bool | None = None,
+    bmc_weight: float = 0.1,
+    bmc_mode: str = "both",
+    bmc_levels: list[int] | None = None,
+) -> Segmentor:
     """The dissection paper's joint model; `bmc: true` adds the BMC auxiliary loss.
 
     Args:
@@ -147,6 +200,15 @@ def two_stream_concat(modalities, in_channels, num_classes, backbone: str = "res
         raise OptionError(f"bmc_mode must be one of {', '.join(BMC_MODES)}; got {bmc_mode!r}")
     if bmc and bmc_weight < 0:
         raise OptionError(f"bmc_weight must be >= 0, got {bmc_weight}")
-    return TwoStreamConcat(modalities, in_channels, num_classes, backbone, pretrained, decoder,
-                           bmc=bmc, bmc_weight=bmc_weight, bmc_mode=bmc_mode,
-                           bmc_levels=bmc_levels)
+    return TwoStreamConcat(
+        modalities,
+        in_channels,
+        num_classes,
+        backbone,
+        pretrained,
+        decoder,
+        bmc=bmc,
+        bmc_weight=bmc_weight,
+        bmc_mode=bmc_mode,
+        bmc_levels=bmc_levels,
+    )

@@ -129,9 +129,7 @@ class ChannelExchange(nn.Module):
     def stat_parts(self) -> dict[str, tuple[Tensor, float]]:
         """Exchanged fraction of this stage's exchangeable channels (summed over blocks)."""
         return {
-            f"exchanged/stage{self.stage}": (
-                self.replaced().sum(), float(self.exchangeable.sum())
-            )
+            f"exchanged/stage{self.stage}": (self.replaced().sum(), float(self.exchangeable.sum()))
         }
 
 
@@ -185,8 +183,15 @@ def cen(
     model.encoder.insert(
         Where(("bn_out",), stages=tuple(stages)),
         lambda point: ChannelExchange(
-            point, theta, l1_weight, mode, split, random_portion, gamma_lr_scale,
-            exchange_scope, l1_per_output,
+            point,
+            theta,
+            l1_weight,
+            mode,
+            split,
+            random_portion,
+            gamma_lr_scale,
+            exchange_scope,
+            l1_per_output,
         ),
     )
     return model

@@ -182,11 +182,15 @@ class Mango(Segmentor):
         """Why ONNX export with dynamic height and width is impossible (None if it is not)."""
         if self.grid is None:
             # found by export's check against PyTorch: right at the traced size only
-            return ("its flow's token partitions follow the token count, which tracing freezes "
-                    "at the export size (ONNX Runtime differs from PyTorch at other sizes)")
-        return (f"its fixed token grid (model.grid {list(self.grid)}, needed by LICA) is an "
-                f"adaptive average pool over a size-dependent window, which torch's ONNX "
-                f"exporter cannot express for a variable input size")
+            return (
+                "its flow's token partitions follow the token count, which tracing freezes "
+                "at the export size (ONNX Runtime differs from PyTorch at other sizes)"
+            )
+        return (
+            f"its fixed token grid (model.grid {list(self.grid)}, needed by LICA) is an "
+            f"adaptive average pool over a size-dependent window, which torch's ONNX "
+            f"exporter cannot express for a variable input size"
+        )
 
     def forward(self, batch: dict[str, Tensor]) -> dict:
         inputs = self.inputs(batch)
