@@ -224,3 +224,35 @@ def test_glove_initialises_the_word_embeddings(tmp_path):
         build_classifier(
             {"name": "unimodal", "text_dim": 8, "glove": str(glove)}, ["plot"], specs, 3
         )
+
+
+def test_the_task_initialises_glove_from_the_runs_vocabulary(tmp_path):
+    """The engine hands the normaliser's statistics (which hold a text modality's vocabulary)
+    to `build_model`; a model rebuilt from a run folder (pretrained=False) reads no vectors."""
+    from fusescope.config import load_config
+    from fusescope.data.meta import ClassInfo, DatasetMeta, ModalitySpec
+    from fusescope.tasks import task_of
+
+    glove = tmp_path / "glove.txt"
+    glove.write_text("zebra 0.5 -1.0 2.0 0.25\nhorse 1.0 1.0 -1.0 0.0\n")
+    cfg = load_config(
+        None,
+        [
+            "task=classification",
+            "data.modalities=[plot]",
+            "data.vocab_size=6",
+            "model.name=unimodal",
+            "model.text_dim=4",
+            "model.text_heads=2",
+            f"model.glove={glove}",
+        ],
+    )
+    classes = [ClassInfo(name, i, (0, 0, 0)) for i, name in enumerate("abc")]
+    meta = DatasetMeta("t", classes, {"plot": ModalitySpec("text", 0)})
+    stats = {"plot": {"vocab": ["<pad>", "<unk>", "horse", "zebra"]}}
+    task = task_of("classification")
+    table = task.build_model(cfg, meta, stats=stats).branches["plot"].embed.weight.detach()
+    torch.testing.assert_close(table[2], torch.tensor([1.0, 1.0, -1.0, 0.0]))
+    torch.testing.assert_close(table[3], torch.tensor([0.5, -1.0, 2.0, 0.25]))
+    rebuilt = task.build_model(cfg, meta, pretrained=False, stats=stats)
+    assert not torch.equal(rebuilt.branches["plot"].embed.weight[3], table[3])

@@ -302,7 +302,7 @@ def _train_locked(
 
     torch.manual_seed(t.seed)  # same initial weights on every process
     # a resumed run's checkpoint replaces the pretrained weights: don't fetch them
-    model = task.build_model(cfg, meta, pretrained=state is None)
+    model = task.build_model(cfg, meta, pretrained=state is None, stats=stats)
     if fabric.world_size > 1 and t.sync_bn:
         model = convert_batchnorm(model, fabric.device.type)
     optimizer = make_optimizer(model, t)

@@ -53,8 +53,12 @@ class Task:
     ) -> Dataset:
         raise NotImplementedError
 
-    def build_model(self, cfg: DictConfig, meta, pretrained: bool = True) -> nn.Module:
-        """The run's model; `pretrained=False` skips downloads (weights are loaded next)."""
+    def build_model(
+        self, cfg: DictConfig, meta, pretrained: bool = True, stats: dict | None = None
+    ) -> nn.Module:
+        """The run's model; `pretrained=False` skips downloads (weights are loaded next).
+        `stats` are the run's normaliser statistics (e.g. a text modality's vocabulary, which
+        pretrained word vectors are looked up by)."""
         raise NotImplementedError
 
     def loss_denominator(self, batch: dict[str, Tensor], meta, train_cfg: DictConfig) -> Tensor:

@@ -161,12 +161,6 @@ class ClassificationTask(Task):
     methods = CLASSIFICATION_METHODS
     primary_metric = "micro_f1"
 
-    def __init__(self):
-        # the text vocabularies of the statistics last handed to `train_dataset`, for GloVe
-        # initialisation in `build_model` (the engine builds the training set first, and
-        # `build_model` is not given the statistics; without GloVe nothing reads this)
-        self._vocabularies: dict[str, list[str]] = {}
-
     def check_data(self, cfg: DictConfig, meta, world_size: int = 1) -> None:
         """The modalities exist, both splits are readable with their labels, the global batch
         fits the train split, and no segmentation-only setting is set."""
@@ -197,7 +191,6 @@ class ClassificationTask(Task):
         ds = data.train_dataset(cfg.data, stats, seed)
         if not ds.images:  # text alone: the joint image augmentation has nothing to act on
             ds.transform = None
-        self._vocabularies = {m: list(v.tokens) for m, v in ds.vocabularies.items()}
         return ds
 
     def eval_dataset(
@@ -210,14 +203,24 @@ class ClassificationTask(Task):
             )
         return data.eval_dataset(cfg.data, split, stats)
 
-    def build_model(self, cfg: DictConfig, meta, pretrained: bool = True) -> nn.Module:
+    def build_model(
+        self, cfg: DictConfig, meta, pretrained: bool = True, stats: dict | None = None
+    ) -> nn.Module:
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
         if not pretrained:  # the run's own weights replace them: nothing to read or download
             for key in ("pretrained", "glove"):
                 if key in model_cfg:
                     model_cfg[key] = None if key == "glove" else False
         modalities = list(cfg.data.modalities)
-        vocabularies = self._vocabularies if pretrained else None
+        # GloVe initialisation reads the run's vocabularies (saved with the normaliser's
+        # statistics); a run loaded from its folder gets its own weights instead
+        vocabularies = None
+        if pretrained and stats is not None:
+            vocabularies = {
+                m: list(entry["vocab"])
+                for m, entry in stats.items()
+                if isinstance(entry, dict) and "vocab" in entry
+            }
         return build_classifier(
             model_cfg,
             modalities,

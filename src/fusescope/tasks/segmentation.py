@@ -58,7 +58,9 @@ class Segmentation(Task):
     ):
         return eval_dataset(cfg.data, split, stats, corruption=corruption, seed=seed)
 
-    def build_model(self, cfg: DictConfig, meta, pretrained: bool = True) -> nn.Module:
+    def build_model(
+        self, cfg: DictConfig, meta, pretrained: bool = True, stats: dict | None = None
+    ) -> nn.Module:
         modalities = list(cfg.data.modalities)
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
         if not pretrained and "pretrained" in model_cfg:

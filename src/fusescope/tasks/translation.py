@@ -235,7 +235,11 @@ class TranslationTask(Task):
 
     # ------------------------------------------------------------------------------ model
     def build_model(
-        self, cfg: DictConfig, meta: DatasetMeta, pretrained: bool = False
+        self,
+        cfg: DictConfig,
+        meta: DatasetMeta,
+        pretrained: bool = False,
+        stats: dict | None = None,
     ) -> Translator:
         """The generator of `model.name` (+ the PatchGAN with `model.gan`). `pretrained` is
         unused: the U-Net trains from scratch, as in pix2pix and CEN."""
