@@ -163,11 +163,12 @@ def test_gamma_lr_scale_gives_the_exchange_gammas_their_own_learning_rate():
     """The exchange BNs' gammas (and nothing else) train at scale x lr, through the schedule."""
     from omegaconf import OmegaConf
 
+    from fusescope.config import TrainConfig
     from fusescope.engine.train import lr_factor, make_optimizer
 
     model = build(gamma_lr_scale=10.0)
-    cfg = OmegaConf.create(
-        {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "momentum": 0.9}
+    cfg = OmegaConf.structured(
+        TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=1e-4, momentum=0.9)
     )
     opt = make_optimizer(model, cfg)
     gammas = {id(op.gamma) for op in model.modules() if isinstance(op, ChannelExchange)}
