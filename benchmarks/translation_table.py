@@ -34,10 +34,12 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from fusescope.config import load_config  # noqa: E402
 from fusescope.data.batching import collate  # noqa: E402
+from fusescope.data.build import ensure_data  # noqa: E402
 from fusescope.data.folder import load_modality  # noqa: E402
 from fusescope.data.meta import load_meta  # noqa: E402
 from fusescope.engine.checkpoint import WEIGHTS, load_run  # noqa: E402
 from fusescope.engine.train import train  # noqa: E402
+from fusescope.errors import FusescopeError  # noqa: E402
 from fusescope.io import read_json, write_json  # noqa: E402
 from fusescope.tasks import task_of  # noqa: E402
 
@@ -69,6 +71,8 @@ def run_row(name: str, out: Path, overrides: list[str], fid_weights: str | None)
     started = time.perf_counter()
     if not (run / WEIGHTS).is_file():
         train(cfg, run)
+    else:  # a finished run is scored again: its known-answer data may need generating here
+        ensure_data(cfg.data, progress=False)
     seconds = time.perf_counter() - started
     loaded = load_run(run)
     if fid_weights:  # a finished run evaluates with the features asked for now
@@ -217,4 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except FusescopeError as err:  # bad input: one line, as the CLI
+        raise SystemExit(f"translation_table: error: {err}") from None
