@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import tempfile
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +44,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fusescope.data.prepare import staged_output
 from fusescope.errors import FusescopeError
-from fusescope.io import atomic_path, give_default_mode, write_json
+from fusescope.io import atomic_path, write_json
 
 GENERATOR_VERSION = 2  # 2: genres drawn per cue group independently
 GROUPS = ("appearance", "text")  # the droppable cue groups; "both" genres are in each modality
@@ -403,10 +402,8 @@ def generate_posters(
         raise FusescopeError(
             f"{out}: already exists and is not empty; remove it or choose another folder"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    give_default_mode(tmp, folder=True)
-    try:
+    # overwrite: `out` is at most an empty folder here (checked above)
+    with staged_output(out, overwrite=True) as tmp:
         (tmp / "dataset").mkdir()
         ext = "jpeg" if image_format == "jpeg" else "png"
         for index in range(num):
@@ -440,12 +437,6 @@ def generate_posters(
                 },
             },
         )
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 __all__ = [
