@@ -18,7 +18,7 @@ from fusescope.errors import OptionError
 from fusescope.models.backbones import create_encoder, feature_channels
 from fusescope.models.classification.base import TEXT_KIND, Classifier, class_output, head
 from fusescope.models.fusion.asym import AsymmetricFusion
-from fusescope.models.fusion.exchange import EXCHANGE_SCOPES, MODES, ChannelExchange
+from fusescope.models.fusion.exchange import check_exchange_options, insert_exchange
 from fusescope.models.multistream import (
     Ensemble,
     MultiStreamEncoder,
@@ -126,31 +126,21 @@ def cen(
     dropout: float = 0.0,
 ) -> Classifier:
     """CEN with a pooled head; options as the segmentation `cen` (fusion/exchange.py)."""
-    if mode not in MODES or exchange_scope not in EXCHANGE_SCOPES:
-        raise OptionError(
-            f"mode must be one of {', '.join(MODES)} and exchange_scope one of "
-            f"{', '.join(EXCHANGE_SCOPES)}; got {mode!r}, {exchange_scope!r}"
-        )
-    if theta < 0 or l1_weight < 0 or not 0 <= random_portion <= 1 or gamma_lr_scale <= 0:
-        raise OptionError(
-            "theta and l1_weight must be >= 0, random_portion in [0, 1], gamma_lr_scale > 0"
-        )
+    check_exchange_options(theta, l1_weight, mode, random_portion, gamma_lr_scale, exchange_scope)
     model = MultiStreamClassifier(
         modalities, in_specs, num_classes, backbone, pretrained, shared, dropout
     )
-    model.encoder.insert(
-        Where(("bn_out",), stages=tuple(stages)),
-        lambda point: ChannelExchange(
-            point,
-            theta,
-            l1_weight,
-            mode,
-            split,
-            random_portion,
-            gamma_lr_scale,
-            exchange_scope,
-            l1_per_output,
-        ),
+    insert_exchange(
+        model.encoder,
+        stages,
+        theta,
+        l1_weight,
+        mode,
+        split,
+        random_portion,
+        gamma_lr_scale,
+        exchange_scope,
+        l1_per_output,
     )
     return model
 

@@ -133,6 +133,41 @@ class ChannelExchange(nn.Module):
         }
 
 
+def check_exchange_options(
+    theta: float,
+    l1_weight: float,
+    mode: str,
+    random_portion: float,
+    gamma_lr_scale: float,
+    exchange_scope: str,
+) -> None:
+    """The option checks every task's `cen` builder makes (segmentation, translation,
+    classification).
+
+    Raises:
+        OptionError: naming the option and its allowed values.
+    """
+    if mode not in MODES:
+        raise OptionError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if exchange_scope not in EXCHANGE_SCOPES:
+        raise OptionError(
+            f"exchange_scope must be one of {', '.join(EXCHANGE_SCOPES)}, not {exchange_scope!r}"
+        )
+    if theta < 0 or l1_weight < 0 or not 0 <= random_portion <= 1 or gamma_lr_scale <= 0:
+        raise OptionError(
+            "theta and l1_weight must be >= 0, random_portion in [0, 1], gamma_lr_scale > 0"
+        )
+
+
+def insert_exchange(encoder, stages, *exchange_options) -> None:
+    """Put a `ChannelExchange(point, *exchange_options)` after the last BN of every block of
+    `stages` of a multi-stream encoder (the segmentation and classification `cen`)."""
+    encoder.insert(
+        Where(("bn_out",), stages=tuple(stages)),
+        lambda point: ChannelExchange(point, *exchange_options),
+    )
+
+
 @FUSION_METHODS.register("cen")
 def cen(
     modalities,
@@ -167,31 +202,21 @@ def cen(
     no gamma can reach theta and CEN degenerates to "no exchange". Scaling the gammas' step lets
     the l1 term and the task gradient settle which channels fall below theta on a short budget.
     """
-    if mode not in MODES:
-        raise OptionError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    if exchange_scope not in EXCHANGE_SCOPES:  # before the backbone is built
-        raise OptionError(
-            f"exchange_scope must be one of {', '.join(EXCHANGE_SCOPES)}, not {exchange_scope!r}"
-        )
-    if theta < 0 or l1_weight < 0 or not 0 <= random_portion <= 1 or gamma_lr_scale <= 0:
-        raise OptionError(
-            "theta and l1_weight must be >= 0, random_portion in [0, 1], gamma_lr_scale > 0"
-        )
+    # before the backbone is built
+    check_exchange_options(theta, l1_weight, mode, random_portion, gamma_lr_scale, exchange_scope)
     model = MultiStreamSegmentor(
         modalities, in_channels, num_classes, backbone, pretrained, decoder, shared=shared
     )
-    model.encoder.insert(
-        Where(("bn_out",), stages=tuple(stages)),
-        lambda point: ChannelExchange(
-            point,
-            theta,
-            l1_weight,
-            mode,
-            split,
-            random_portion,
-            gamma_lr_scale,
-            exchange_scope,
-            l1_per_output,
-        ),
+    insert_exchange(
+        model.encoder,
+        stages,
+        theta,
+        l1_weight,
+        mode,
+        split,
+        random_portion,
+        gamma_lr_scale,
+        exchange_scope,
+        l1_per_output,
     )
     return model

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from fusescope.errors import OptionError
 from fusescope.models.flow import PARTITIONS
 from fusescope.models.fusion.baselines import AlignFusion, AttentionFusion, ConcatFusion
-from fusescope.models.fusion.exchange import EXCHANGE_SCOPES, MODES, ChannelExchange
+from fusescope.models.fusion.exchange import ChannelExchange, check_exchange_options
 from fusescope.models.multistream import FusionPoint
 from fusescope.models.translation.fusion import (
     AverageFusion,
@@ -165,16 +165,7 @@ def cen(
     short from-scratch budget (Adam moves a parameter by ~lr per step).
     """
     _needs_streams(modalities, "cen")
-    if mode not in MODES:
-        raise OptionError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    if exchange_scope not in EXCHANGE_SCOPES:
-        raise OptionError(
-            f"exchange_scope must be one of {', '.join(EXCHANGE_SCOPES)}, not {exchange_scope!r}"
-        )
-    if theta < 0 or l1_weight < 0 or not 0 <= random_portion <= 1 or gamma_lr_scale <= 0:
-        raise OptionError(
-            "theta and l1_weight must be >= 0, random_portion in [0, 1], gamma_lr_scale > 0"
-        )
+    check_exchange_options(theta, l1_weight, mode, random_portion, gamma_lr_scale, exchange_scope)
 
     def exchange(level: int, channels: int, norm) -> ChannelExchange:
         point = FusionPoint(
