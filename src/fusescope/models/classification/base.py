@@ -93,7 +93,7 @@ class ImageBranch(nn.Module):
     def __init__(self, in_chans: int, backbone: str | Mapping, pretrained: bool | str):
         super().__init__()
         # only the deepest level feeds a classifier
-        self.encoder = create_encoder(backbone, in_chans, pretrained, out_indices=(4,))
+        self.encoder = create_encoder(backbone, in_chans, pretrained, levels=(4,))
         self.dim = feature_channels(self.encoder)[-1]
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Encoded:
