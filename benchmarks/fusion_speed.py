@@ -35,8 +35,8 @@ from fusescope.engine.loss import total_loss
 from fusescope.models import build_model
 from fusescope.models.backbones import create_encoder, feature_channels, feature_reductions
 from fusescope.models.decoders import build_decoder
-from fusescope.models.multistream import ModalityBatchNorm
-from fusescope.models.segmentor import resize_to
+from fusescope.models.norms import ModalityBatchNorm
+from fusescope.models.core import resize_to
 
 CLASSES = 14
 NAMES = ["rgb", "depth", "hha"]

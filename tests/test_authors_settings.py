@@ -14,7 +14,7 @@ from fusescope.config import load_config
 from fusescope.engine.train import freeze_bn_statistics, make_optimizer, train
 from fusescope.errors import FusescopeError
 from fusescope.models import build_model
-from fusescope.models.multistream import ModalityBatchNorm
+from fusescope.models.norms import ModalityBatchNorm
 
 ROOT = Path(__file__).resolve().parents[1]
 MODS, CHANS = ["rgb", "depth"], {"rgb": 3, "depth": 1}

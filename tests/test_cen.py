@@ -6,7 +6,8 @@ import torch
 
 from fusescope.models import build_model
 from fusescope.models.fusion.exchange import ChannelExchange, own_parts
-from fusescope.models.multistream import FusionPoint, ModalityBatchNorm
+from fusescope.models.norms import ModalityBatchNorm
+from fusescope.models.sites import FusionPoint
 
 MODS = {2: ["rgb", "depth"], 3: ["rgb", "depth", "hha"]}
 CHANS = {"rgb": 3, "depth": 1, "hha": 3}
@@ -25,7 +26,7 @@ def exchange_op(M, C, gammas, **kw):
     with torch.no_grad():
         bn.weight.copy_(gammas)
     return ChannelExchange(
-        FusionPoint("x", 1, 0, True, C, bn, C), theta=0.02, l1_weight=1.0, **kw
+        FusionPoint("x", 1, 0, True, C, "cnn", norm=bn, in_channels=C), theta=0.02, l1_weight=1.0, **kw
     ), bn
 
 
@@ -49,7 +50,7 @@ def test_exactly_channels_below_theta_in_own_part_are_replaced(M):
     expected_mask = small & own
     assert torch.equal(op.replaced(), expected_mask)
     x5 = torch.randn(M, 2, C, 3, 4, requires_grad=True)  # modality-first for reading
-    y5 = op(x5.transpose(0, 1), "bn_out").transpose(0, 1)  # ops see (B, M, C, H, W)
+    y5 = op(x5.transpose(0, 1), "norm_out").transpose(0, 1)  # ops see (B, M, C, H, W)
     for m in range(M):
         others = torch.cat([x5[:m], x5[m + 1 :]]).mean(0)
         for c in range(C):
@@ -75,7 +76,7 @@ def test_discard_and_random_modes():
     gammas[0, 1] = 0.0
     op, _ = exchange_op(2, 8, gammas, mode="discard")
     x5 = torch.randn(2, 1, 8, 2, 2)  # (M, B, ...)
-    y5 = op(x5.transpose(0, 1), "bn_out").transpose(0, 1)
+    y5 = op(x5.transpose(0, 1), "norm_out").transpose(0, 1)
     assert y5[0, :, 1].abs().sum() == 0 and torch.equal(y5[1], x5[1])
     op, _ = exchange_op(2, 8, torch.ones(2, 8), mode="random", random_portion=0.5)
     mask = op.replaced()
@@ -218,7 +219,7 @@ def test_exchange_scope_any_equals_the_authors_exchange():
         op.double(), bn.double()
         with torch.no_grad():
             bn.weight.copy_(gammas)
-        y = op(torch.stack([x0, x1], 1), "bn_out")  # (B, M, C, H, W)
+        y = op(torch.stack([x0, x1], 1), "norm_out")  # (B, M, C, H, W)
         if scope == "any":
             torch.testing.assert_close(y[:, 0], ref[0], atol=0, rtol=0)
             torch.testing.assert_close(y[:, 1], ref[1], atol=0, rtol=0)

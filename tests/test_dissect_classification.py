@@ -13,7 +13,7 @@ from fusescope.config import load_config
 from fusescope.data.meta import load_meta, write_split
 from fusescope.dissect.classification import dissect_classifier, write_classification_report
 from fusescope.io import write_json, write_png
-from fusescope.models.classification.base import Classifier, Encoded, class_output
+from fusescope.models.classification.base import Classifier, Encoded
 from fusescope.tasks import task_of
 
 
@@ -99,7 +99,7 @@ class Oracle(Classifier):
         logits = torch.cat(
             [8 * (enc["img"].pooled - self.red_cut), 8 * (enc["txt"].pooled - 0.5)], dim=1
         )
-        return class_output(logits)
+        return self.output(logits)
 
 
 class FakeRun:

@@ -131,7 +131,7 @@ def test_lr_scales_by_module_prefix_and_no_decay_on_norms():
     from fusescope.engine.train import make_optimizer
     from fusescope.errors import FusescopeError
     from fusescope.models import build_model
-    from fusescope.models.multistream import ModalityBatchNorm
+    from fusescope.models.norms import ModalityBatchNorm
 
     model = build_model(
         {"name": "multistream", "backbone": "resnet18"}, ["rgb", "depth"], {"rgb": 3, "depth": 1}, 5

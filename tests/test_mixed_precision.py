@@ -71,7 +71,7 @@ def test_synchronised_batchnorms_keep_float32_statistics_in_bf16(monkeypatch):
     `gather_stats`) on a bfloat16 input: two processes simulated by gathering this process's
     moments twice, which must equal one float32 BN over the batch seen twice."""
     from fusescope.engine import distributed
-    from fusescope.models.multistream import ModalityBatchNorm
+    from fusescope.models.norms import ModalityBatchNorm
 
     def gather_twice(t):
         return torch.stack([t, t])

@@ -8,14 +8,10 @@ import torch
 from torch import nn
 
 from fusescope.models.backbones import create_encoder
-from fusescope.models.multistream import (
-    Ensemble,
-    ModalityBatchNorm,
-    ModalityConv2d,
-    MultiStreamEncoder,
-    mean_of_others,
-    stack_modalities,
-)
+from fusescope.models.core import Ensemble, mean_of_others, stack_modalities
+from fusescope.models.multistream import MultiStreamEncoder
+from fusescope.models.norms import ModalityBatchNorm, ModalityConv2d, ModalityLayerNorm
+from fusescope.models.sites import Where
 from fusescope.nn.norm import combine_moments
 
 
@@ -205,14 +201,12 @@ def test_pretrained_efficientnet_survives_conversion():
 
 def test_blocks_and_stages_are_found():
     ms = MultiStreamEncoder(create_encoder("resnet34"), 2)
-    from fusescope.models.multistream import Where
-
-    points = ms.points(Where(("bn_out",)))
+    points = ms.points(Where(("norm_out",)))
     assert [sum(p.stage == s for p in points) for s in (1, 2, 3, 4)] == [3, 4, 6, 3]
     last = ms.points(Where(("conv_in",), blocks="last"))
     assert [p.name for p in last] == ["layer1.2", "layer2.3", "layer3.5", "layer4.2"]
     eff = MultiStreamEncoder(create_encoder("efficientnet_lite0"), 2)
-    stages = [p.stage for p in eff.points(Where(("bn_out",)))]
+    stages = [p.stage for p in eff.points(Where(("norm_out",)))]
     assert stages[0] == 1 and stages[-1] == 4 and stages == sorted(stages)
 
 

@@ -10,9 +10,11 @@ from torch import nn
 
 from fusescope.errors import FusescopeError, OptionError
 from fusescope.models.translation import TRANSLATION_METHODS
-from fusescope.models.translation.fusion import LevelShuffleShift
+from fusescope.models.fusion.asym import AsymmetricFusion
+from fusescope.models.norms import ModalityInstanceNorm
+from fusescope.models.sites import ForwardScope, FusionPoint
 from fusescope.models.translation.patchgan import PatchDiscriminator, receptive_field
-from fusescope.models.translation.unet import ModalityInstanceNorm, UNetTranslator
+from fusescope.models.translation.unet import unet
 
 CHANNELS = {"shade": 1, "texture": 3, "depth": 1, "normal": 3}
 TINY = {"depth": 4, "width": 8, "dropout": 0}
@@ -38,6 +40,7 @@ CASES = [
         {"blocks": 1, "attn_dim": 8, "coupling_hidden": 16, "flow_width": 8},
         ["shade", "texture"],
     ),
+    ("bmc", {"bmc_levels": [1, 2]}, ["shade", "texture"]),
 ]
 
 
@@ -123,7 +126,7 @@ def test_streams_are_independent_without_fusion_and_exchange_couples_them():
         # exchange: the shade stream now reads texture's channels
         diff = full(a)["per_modality"]["shade"] - full(changed)["per_modality"]["shade"]
         assert diff.abs().max() > 1e-3
-    assert full.training_stats()["exchanged/level2"] == pytest.approx(1.0)
+    assert full.training_stats()["exchanged/stage2"] == pytest.approx(1.0)
     assert plain.training_stats() == {}
 
 
@@ -147,9 +150,9 @@ def test_ensemble_is_the_softmax_weighted_sum_of_the_streams():
 
 def test_level_shuffle_shift_known_answer():
     C, T = 10, 8  # T = 4 * floor(10 / 5)
-    op = LevelShuffleShift(C)
+    op = AsymmetricFusion(FusionPoint("levels.1", 2, 0, True, C, "level"), level=True)
     x5 = torch.randn(1, 2, C, 5, 6)
-    out = op(x5, "level_out")
+    out = op(x5, "stage_out", ForwardScope())
     # channels T..C come from the other modality
     torch.testing.assert_close(out[:, 0, T:], x5[:, 1, T:])
     torch.testing.assert_close(out[:, 1, T:], x5[:, 0, T:])
@@ -182,10 +185,11 @@ def test_patchgan_sees_70x70_patches():
 
 def test_unet_256_shapes():
     model = build("cen", {}, ["shade", "texture"], depth=8, width=2)
-    assert model.size_multiple == 256
+    assert model.encoder.body.size_multiple == 256
     out = model(batch_for(["shade", "texture"], b=1, h=256, w=256))
     assert out["image"].shape == (1, 3, 256, 256)
-    assert [c.out_channels for c in model.down] == [2, 4, 8, 16, 16, 16, 16, 16]
+    widths = [level.conv.out_channels for level in model.encoder.body.levels]
+    assert widths == [2, 4, 8, 16, 16, 16, 16, 16]
 
 
 @pytest.mark.parametrize(
@@ -193,7 +197,7 @@ def test_unet_256_shapes():
     [
         ("unimodal", {}, ["shade", "texture"], "one modality"),
         ("cen", {}, ["shade"], ">= 2 modalities"),
-        ("cen", {"levels": [1]}, ["shade", "texture"], "levels must be in 2..3"),
+        ("cen", {"stages": [1]}, ["shade", "texture"], "has no site norm_out"),
         ("baseline", {"position": "somewhere"}, ["shade", "texture"], "position must be"),
         ("baseline", {"fusion": "sum"}, ["shade", "texture"], "fusion must be"),
         ("mango", {}, ["shade", "texture", "depth"], "two modalities"),
@@ -218,4 +222,4 @@ def test_unknown_option_names_the_key():
 
 def test_shared_convs_need_tileable_channels():
     with pytest.raises(OptionError, match="equal input channels"):
-        UNetTranslator(["a", "b"], {"a": 2, "b": 3}, 3, depth=3, width=4, dropout=0)
+        unet(["a", "b"], {"a": 2, "b": 3}, 3, depth=3, width=4, dropout=0)

@@ -167,8 +167,10 @@ def create_encoder(
             the path of a local weight file (the full model's key names).
         levels: which levels to return (default all four).
     """
+    args = backbone_args(name)
     name, output_stride = backbone_spec(name)
     arch, kwargs = resolve_alias(name)
+    kwargs.update(args)
     # a weight tag (`resnet50.a1_in1k`) must be one timm knows
     if not timm.is_model(arch) or ("." in arch and arch not in timm.list_pretrained(arch)):
         raise FusescopeError(
@@ -292,23 +294,33 @@ def backbone_spec(spec: str | Mapping) -> tuple[str, int]:
     A plain name is the undilated network (output stride 32). `{name: resnet101, output_stride:
     16}` (or 8) dilates the last stage (last two) instead of striding, as DeepLabV3+ and the
     SA-Gate code run ResNets; weights and parameter count are unchanged, so pretrained weights
-    still fit, while feature maps (and FLOPs) of the dilated stages grow.
+    still fit, while feature maps (and FLOPs) of the dilated stages grow. Every other key is an
+    argument of the timm model (`backbone_args`), e.g. `drop_path_rate: 0.1`.
     """
     if isinstance(spec, str):
         return spec, 32
     if not isinstance(spec, Mapping) or "name" not in spec:
         raise FusescopeError(
-            f"model.backbone must be a name or {{name: ..., output_stride: 8|16|32}}, got {spec!r}"
-        )
-    unknown = sorted(set(spec) - {"name", "output_stride"})
-    if unknown:
-        raise FusescopeError(
-            f"model.backbone: unknown keys {unknown}; accepted: name, output_stride"
+            f"model.backbone must be a name or {{name: ..., output_stride: 8|16|32, "
+            f"<timm model argument>: ...}}, got {spec!r}"
         )
     stride = spec.get("output_stride", 32)
     if stride not in (8, 16, 32):
         raise FusescopeError(f"model.backbone.output_stride must be 8, 16 or 32, got {stride!r}")
     return str(spec["name"]), int(stride)
+
+
+def backbone_args(spec: str | Mapping) -> dict:
+    """The timm model arguments of a backbone spec (its keys other than name and
+    output_stride: `drop_path_rate`, or a smaller `depths` / `embed_dim` for tests); a key the
+    model does not take is a one-line error when it is built."""
+    if isinstance(spec, str):
+        return {}
+    return {
+        k: tuple(v) if isinstance(v, list | tuple) else v
+        for k, v in spec.items()
+        if k not in ("name", "output_stride")
+    }
 
 
 def read_weight_file(path: Path) -> OrderedDict:

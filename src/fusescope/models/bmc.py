@@ -23,8 +23,13 @@ and summed over latent dimensions. Differences from CMINet, and why:
   CMINet only ever minimised; maximising an unbounded estimate would diverge.
 
 Modes: "both" (the paper), "min" (only the first half's term: CMINet-like, restricted to one
-half) and "max" (only the second half's term), for ablations. The loss is unweighted; the model
-multiplies it by its `bmc_weight`.
+half) and "max" (only the second half's term), for ablations.
+
+BMC is a fusion op (`FUSION_OPS["bmc"]`) with one option set for every model that takes it:
+`bmc_weight` (the loss is `bmc_weight` x the unweighted BMC term), `bmc_mode`, `bmc_levels`
+(0 = the finest level). On a multi-stream model it measures the two streams at the chosen stage
+outputs (features pass unchanged); the two-stream concat segmentor and the classification
+concat model (`bmc: true`) call `BMC.loss` on their two streams' features before fusing them.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fusescope.errors import OptionError
+from fusescope.models.core import FusionOp
+from fusescope.models.registry import FUSION_OPS
+from fusescope.models.sites import ForwardScope, Where
 
 MODES = ("both", "min", "max")
 
@@ -93,7 +101,7 @@ class MutualInformationEstimator(nn.Module):
         return cminet_mutual_information(*self.head_a(a), *self.head_b(b), sample=self.training)
 
 
-class BMC(nn.Module):
+class BMC(FusionOp):
     """The BMC loss on one pair of same-level features.
 
     Args:
@@ -103,9 +111,14 @@ class BMC(nn.Module):
         latent: Gaussian latent size per head (CMINet uses 6).
         hidden: width of each head's conv.
         cap: saturation of the maximised estimate, `cap * tanh(I / cap)`.
+        weight: the loss weight at a fusion site (`forward`).
+        label: names its estimates in the training log (`bmc/<label>/min`).
 
     The first `channels // 2` channels form the minimised half, the rest the maximised half.
     """
+
+    uses_scope = True
+    layout = "map"
 
     def __init__(
         self,
@@ -114,6 +127,8 @@ class BMC(nn.Module):
         latent: int = 6,
         hidden: int = 32,
         cap: float = 10.0,
+        weight: float = 1.0,
+        label: str = "",
     ):
         super().__init__()
         if mode not in MODES:
@@ -123,6 +138,8 @@ class BMC(nn.Module):
         if cap <= 0:
             raise OptionError(f"bmc cap must be positive, got {cap}")
         self.mode = mode
+        self.weight = weight
+        self.label = label
         self.split = channels // 2
         self.cap = cap
         rest = channels - self.split
@@ -152,8 +169,8 @@ class BMC(nn.Module):
             out["max"] = self.max_mi(a_max, b_max)
         return out
 
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
-        """Scalar loss: I(min half) - cap * tanh(I(max half) / cap), per `mode`."""
+    def loss(self, a: Tensor, b: Tensor) -> Tensor:
+        """Scalar loss (unweighted): I(min half) - cap * tanh(I(max half) / cap), per `mode`."""
         if a.shape[:2] != b.shape[:2]:
             raise OptionError(
                 f"BMC needs features of the same batch and channels; got "
@@ -168,3 +185,60 @@ class BMC(nn.Module):
         # detached tensors, not floats: reading them is the caller's (logging) host sync
         self.last = {k: v.detach() for k, v in est.items()}
         return loss
+
+    def forward(self, x5: Tensor, site: str, scope: ForwardScope) -> Tensor:
+        """At a stage output of two streams `(B, 2, C, H, W)`: adds `weight` x the loss to the
+        forward's losses in training; the features pass unchanged."""
+        if self.training:
+            scope.add_loss("bmc", self.weight * self.loss(x5[:, 0], x5[:, 1]))
+        return x5
+
+    def stat_parts(self) -> dict[str, tuple[Tensor, float]]:
+        """The latest estimates (`bmc/<label>/min`, `.../max`), for the training log."""
+        prefix = f"bmc/{self.label}/" if self.label else "bmc/"
+        return {prefix + half: (value, 1.0) for half, value in self.last.items()}
+
+
+def check_bmc_options(bmc_weight: float = 0.1, bmc_mode: str = "both", **_) -> None:
+    if bmc_mode not in MODES:
+        raise OptionError(f"bmc_mode must be one of {', '.join(MODES)}; got {bmc_mode!r}")
+    if bmc_weight < 0:
+        raise OptionError(f"bmc_weight must be >= 0, got {bmc_weight}")
+
+
+def bmc_heads(
+    channels: list[int], bmc_weight: float, bmc_mode: str, bmc_levels: list[int] | None
+) -> nn.ModuleDict:
+    """One BMC per chosen level (`bmc_levels`, 0 = finest; None: all) of features with
+    `channels` per level, keyed by level (`bmc.3` names the deepest level's heads)."""
+    levels = list(range(len(channels))) if bmc_levels is None else list(bmc_levels)
+    bad = [lvl for lvl in levels if not 0 <= lvl < len(channels)]
+    if bad or not levels:
+        raise OptionError(f"bmc_levels {bmc_levels} must pick levels in 0..{len(channels) - 1}")
+    return nn.ModuleDict(
+        {
+            str(lvl): BMC(channels[lvl], mode=bmc_mode, weight=bmc_weight, label=str(lvl))
+            for lvl in sorted(set(levels))
+        }
+    )
+
+
+@FUSION_OPS.register(
+    "bmc",
+    check=check_bmc_options,
+    paper="BMC: Dissecting RGB-D Learning for Improved Multi-modal Fusion (Chen et al.)",
+)
+def bmc(
+    model, *, bmc_weight: float = 0.1, bmc_mode: str = "both", bmc_levels: list[int] | None = None
+) -> None:
+    """The Bidirectional Mutual Constraint on two streams' stage outputs (`bmc_levels`,
+    0 = the finest stage; default all), as an auxiliary loss (`aux_losses["bmc"]`)."""
+    encoder = model.encoder
+    if encoder.num_modalities != 2:
+        raise OptionError(f"bmc constrains two streams; data.modalities is {model.modalities}")
+    channels = [p.channels for p in encoder.points(Where(("stage_out",)))]
+    heads = bmc_heads(channels, bmc_weight, bmc_mode, bmc_levels)
+    encoder.insert(
+        Where(("stage_out",), stages=tuple(int(k) + 1 for k in heads)),
+        lambda point: heads[str(point.stage - 1)],
+    )

@@ -4,6 +4,7 @@
     output = {"logits": (B,K),                     the prediction that is scored
               "per_modality": {name: (B,K)},       optional, each supervised too
               "aux_losses": {name: scalar}}        unsupervised, already weighted; summed
+                                                   (`core.FusionModel.output` builds it)
 
 Models never read targets. A builder registered in `CLASSIFICATION_METHODS` is called as
 `builder(modalities, in_specs, num_classes, **model_options)`; `in_specs[m]` describes modality
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 
 from fusescope.errors import OptionError
 from fusescope.models.backbones import create_encoder, feature_channels
+from fusescope.models.core import FusionModel
 
 TEXT_KIND = "text"
 
@@ -48,38 +50,22 @@ def masked_mean(tokens: Tensor, mask: Tensor | None) -> Tensor:
     return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
-def class_output(
-    logits: Tensor,
-    per_modality: dict[str, Tensor] | None = None,
-    aux_losses: dict[str, Tensor] | None = None,
-) -> dict:
-    return {"logits": logits, "per_modality": per_modality or {}, "aux_losses": aux_losses or {}}
+class Classifier(FusionModel):
+    """Base class of classifiers: the modalities a model reads and the number of classes it
+    predicts; `encode` runs every branch on its modality."""
 
-
-class Classifier(nn.Module):
-    """Base class: the modalities a model reads and the number of classes it predicts."""
+    output_key = "logits"
 
     def __init__(self, modalities: list[str], num_classes: int):
-        super().__init__()
-        self.modalities = list(modalities)
+        super().__init__(modalities)
         self.num_classes = num_classes
 
-    def inputs(self, batch: Mapping[str, Tensor]) -> list[tuple[Tensor, Tensor | None]]:
-        """(input, mask or None) per modality in order; a clear error if one is missing."""
-        missing = [m for m in self.modalities if m not in batch]
-        if missing:
-            raise KeyError(f"batch lacks modalities {missing}; has {sorted(batch)}")
-        return [(batch[m], batch.get(f"{m}_mask")) for m in self.modalities]
-
     def encode(self, batch: Mapping[str, Tensor]) -> dict[str, Encoded]:
-        """Every branch on its modality: {modality: Encoded}."""
+        """Every branch on its modality (and its mask): {modality: Encoded}."""
         return {
             m: self.branches[m](x, mask)
-            for m, (x, mask) in zip(self.modalities, self.inputs(batch), strict=True)
+            for m, x, mask in zip(self.modalities, self.inputs(batch), self.masks(batch), strict=True)
         }
-
-    def lr_scales(self) -> list[tuple[nn.Parameter, float]]:
-        return []
 
 
 class ImageBranch(nn.Module):

@@ -30,10 +30,10 @@ from fusescope.models.classification.base import (
     Classifier,
     build_branch,
     check_modalities,
-    class_output,
     head,
 )
-from fusescope.models.flow import PARTITIONS, MangoFlow, bits_per_dim, nll_per_dim
+from fusescope.models.flow import PARTITIONS
+from fusescope.models.fusion.mango import LatentFlow
 from fusescope.models.registry import CLASSIFICATION_METHODS
 
 
@@ -63,7 +63,8 @@ class SlotPooling(nn.Module):
 
 class MangoClassifier(Classifier):
     """Two branches -> slot tokens -> MANGO flow -> head on Z. Parts under stable names:
-    `branches.{m}`, `project.{m}`, `slots.{m}`, `flow`, `head`."""
+    `branches.{m}`, `project.{m}`, `slots.{m}`, `latent` (the `LatentFlow` every task's MANGO
+    uses, its flow `latent.flow`), `head`."""
 
     def __init__(
         self,
@@ -93,20 +94,21 @@ class MangoClassifier(Classifier):
         )
         self.slots = nn.ModuleDict({m: SlotPooling(width, slots) for m in modalities})
         self.latent_norm = nn.LayerNorm(width, elementwise_affine=False)
-        self.flow = MangoFlow(
-            width,
-            blocks,
-            2 * slots,
-            partitions=tuple(partitions),
+        self.latent = LatentFlow(
+            None,
+            flow_width=width,
+            grid=None,
+            num_tokens=2 * slots,
+            blocks=blocks,
+            partitions=partitions,
             coupling=coupling,
             attn_dim=attn_dim,
             hidden=coupling_hidden,
+            nll_weight=nll_weight,
             log_scale_bound=log_scale_bound,
         )
         self.head = head(2 * width, num_classes, dropout, hidden)
-        self.nll_weight = nll_weight
         self.num_slots = slots
-        self._stats: dict[str, Tensor] = {}
 
     def tokens(self, batch: dict[str, Tensor]) -> Tensor:
         """The flow's input (B, 2*slots, width): modality A's slot tokens, then B's."""
@@ -119,24 +121,11 @@ class MangoClassifier(Classifier):
 
     def forward(self, batch: dict[str, Tensor]) -> dict:
         tokens = self.tokens(batch)
-        dtype = torch.promote_types(tokens.dtype, torch.float32)
-        with torch.autocast(device_type=tokens.device.type, enabled=False):
-            z, log_prob = self.flow.log_prob(tokens.to(dtype))
-        dims = tokens.shape[1] * tokens.shape[2]
-        nll = nll_per_dim(log_prob, dims).mean()
-        # tensors, not floats: converting here would sync the device every step
-        self._stats = {
-            "flow_nll_nats": nll.detach(),
-            "flow_bpd": bits_per_dim(log_prob, dims).mean().detach(),
-        }
+        z, nll = self.latent.flow_tokens(tokens)
         b, n, d = z.shape
         pooled = z.view(b, 2, n // 2, d).mean(2).flatten(1)  # (B, 2*width): per-modality means
-        logits = self.head(pooled.to(tokens.dtype))
-        return class_output(logits, aux_losses={"flow_nll": self.nll_weight * nll})
-
-    def training_stats(self) -> dict[str, float]:
-        """The last batch's unweighted flow NLL per dimension (nats) and in bits per dim."""
-        return {k: float(v) for k, v in self._stats.items()}
+        logits = self.head(pooled)
+        return self.output(logits, aux_losses={"flow_nll": self.latent.nll_weight * nll})
 
 
 @CLASSIFICATION_METHODS.register("mango")

@@ -20,18 +20,16 @@ import torch
 from torch import Tensor, nn
 
 from fusescope.errors import OptionError
-from fusescope.models.bmc import BMC
-from fusescope.models.bmc import MODES as BMC_MODES
+from fusescope.models.bmc import BMC, check_bmc_options
 from fusescope.models.classification.base import (
     TEXT_KIND,
     Classifier,
     build_branch,
     check_modalities,
-    class_output,
     head,
     stack_logits,
 )
-from fusescope.models.multistream import Ensemble
+from fusescope.models.core import Ensemble
 from fusescope.models.registry import CLASSIFICATION_METHODS
 
 
@@ -48,27 +46,14 @@ class PerModalityHeads(Classifier):
         self.heads = nn.ModuleDict(
             {m: head(self.branches[m].dim, num_classes, dropout) for m in modalities}
         )
-        self.combine = combine
         self.ensemble = Ensemble(len(modalities)) if combine == "ensemble" else None
 
     def forward(self, batch: dict[str, Tensor]) -> dict:
         encoded = self.encode(batch)
         per_modality = {m: self.heads[m](encoded[m].pooled) for m in self.modalities}
         if len(self.modalities) == 1:
-            return class_output(per_modality[self.modalities[0]])
-        stacked = stack_logits(per_modality)  # (M, B, K)
-        logits = self.ensemble(stacked) if self.ensemble is not None else stacked.mean(0)
-        return class_output(logits, per_modality=per_modality)
-
-    def combine_present(self, per_modality: dict[str, Tensor], present: list[str]) -> Tensor:
-        """The scored logits from the present modalities only (a modality left out)."""
-        if self.ensemble is None:
-            return torch.stack([per_modality[m] for m in present]).mean(0)
-        mask = torch.tensor(
-            [m in present for m in self.modalities], device=self.ensemble.alpha.device
-        )
-        weights = torch.softmax(self.ensemble.alpha.masked_fill(~mask, float("-inf")), 0)
-        return torch.tensordot(weights, stack_logits(per_modality), dims=1)
+            return self.output(per_modality[self.modalities[0]])
+        return self.ensemble_output(stack_logits(per_modality))
 
 
 @CLASSIFICATION_METHODS.register("unimodal")
@@ -158,8 +143,8 @@ class EarlyConcat(Classifier):
         self.head = head(self.encoder.dim, num_classes, dropout)
 
     def forward(self, batch: dict[str, Tensor]) -> dict:
-        x = torch.cat([x for x, _ in self.inputs(batch)], dim=1)
-        return class_output(self.head(self.encoder(x).pooled))
+        x = torch.cat(self.inputs(batch), dim=1)
+        return self.output(self.head(self.encoder(x).pooled))
 
 
 @CLASSIFICATION_METHODS.register("early_concat")
@@ -193,7 +178,7 @@ class ConcatFusion(Classifier):
         )
         self.head = head(width * len(modalities), num_classes, dropout, hidden)
         self.bmc_weight = float(bmc_weight)
-        self.bmc = BMC(width, mode=bmc_mode) if bmc else None
+        self.bmc = BMC(width, mode=bmc_mode, weight=bmc_weight) if bmc else None
         if bmc and len(modalities) != 2:
             raise OptionError(f"bmc constrains two modalities; data.modalities is {modalities}")
 
@@ -203,14 +188,8 @@ class ConcatFusion(Classifier):
         aux = {}
         if self.bmc is not None and self.training:
             # BMC's heads read (B, C, H, W) maps: a pooled vector is a 1x1 map
-            aux["bmc"] = self.bmc_weight * self.bmc(*(v[:, :, None, None] for v in vectors))
-        return class_output(self.head(torch.cat(vectors, dim=1)), aux_losses=aux)
-
-    def training_stats(self) -> dict[str, float]:
-        """The latest BMC estimates (`bmc/min`, `bmc/max`), for the engine's log."""
-        if self.bmc is None:
-            return {}
-        return {f"bmc/{half}": float(value) for half, value in self.bmc.last.items()}
+            aux["bmc"] = self.bmc_weight * self.bmc.loss(*(v[:, :, None, None] for v in vectors))
+        return self.output(self.head(torch.cat(vectors, dim=1)), aux_losses=aux)
 
 
 @CLASSIFICATION_METHODS.register("concat")
@@ -234,10 +213,9 @@ def concat(
 ) -> Classifier:
     """Feature-level concat fusion; `bmc: true` adds BMC (`bmc_weight`, `bmc_mode`)."""
     check_modalities(modalities, None, "concat")
-    if bmc_mode not in BMC_MODES:
-        raise OptionError(f"bmc_mode must be one of {', '.join(BMC_MODES)}; got {bmc_mode!r}")
-    if width < 2 or (bmc and bmc_weight < 0):
-        raise OptionError(f"width must be >= 2 and bmc_weight >= 0; got {width}, {bmc_weight}")
+    check_bmc_options(bmc_weight if bmc else 0.0, bmc_mode)
+    if width < 2:
+        raise OptionError(f"width must be >= 2; got {width}")
     return ConcatFusion(
         modalities,
         in_specs,
@@ -314,7 +292,7 @@ class AttentionFusion(Classifier):
         member = owner[None, :] == torch.arange(len(self.modalities), device=x.device)[:, None]
         weights = (member[None] & valid[:, None]).to(x.dtype)  # (B, M, N)
         pooled = (weights @ x) / weights.sum(-1, keepdim=True).clamp(min=1.0)  # (B, M, W)
-        return class_output(self.head(pooled.flatten(1)))
+        return self.output(self.head(pooled.flatten(1)))
 
 
 @CLASSIFICATION_METHODS.register("attention")

@@ -1,6 +1,7 @@
 """The fusion-baseline matrix of CEN Table 2, and the plain multi-stream model.
 
-`baseline` (one registered name): `fusion` x `position` x `shared`.
+`baseline` (one fusion op, for every task): `fusion` x `position` (x `shared` convolutions, a
+host option).
 
 * `fusion: concat`: the modalities' stage outputs are concatenated and reduced by a 1x1 conv
   (M*C -> C) + BN + ReLU.
@@ -9,6 +10,11 @@
   3x3 conv (M*C -> C) + BN + ReLU.
 * `fusion: align`: no feature mixing; an MMD loss between the modalities' stage outputs (aux loss
   `align_mmd`, weight `align_weight`) pulls their distributions together [CEN eq. 3].
+* `fusion: average`: the modalities' mean (CEN Table 4's extra translation baseline).
+
+On the U-Net translator the concat / self-attention ops end in an instance norm instead of a
+BatchNorm (translation nets train with batch 1, where batch statistics are one image's), and in
+no norm at the innermost level, whose 1x1 map (U-Net-256) has no instance statistics either.
 
 Two settings, as CEN Table 2:
 
@@ -26,18 +32,20 @@ Two settings, as CEN Table 2:
   whole encoder. `align` merges by the mean of the streams (its MMD pulls them together).
 
 Positions, stages numbered 1-4 (strides 4-32): `early` = stage 2, `middle` = stage 3, `late` =
-stage 4, `all` = stages 1-4; a list of stages is accepted too. The mapping follows the fusion
+stage 4, `all` = stages 1-4; a list of stages is accepted too. The U-Net translator has its own
+table (CEN section 4.2: the 1st, the middle and the innermost level, `UNetEncoder.positions`). The mapping follows the fusion
 parameter counts of CEN Table 2 for ResNet101 (widths 256/512/1024/2048): concat uses 0.6M / 2.1M /
 8.4M / 11.2M parameters for early / middle / late / all, i.e. 2C^2 with C = 512 / 1024 / 2048 and
 the sum over all four stages.
 
-`multistream`: the same network with no fusion at all (CEN Table 1, "shared convs, unshared BNs":
-the reference the fused methods are measured against).
+`multistream` (every task's multi-stream host with no op, `models/methods.py`): the same
+network with no fusion at all (CEN Table 1, "shared convs, unshared BNs": the reference the fused
+methods are measured against).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,21 +58,23 @@ from fusescope.models.backbones import (
     feature_channels,
     feature_reductions,
 )
-from fusescope.models.decoders import build_decoder
-from fusescope.models.multistream import (
-    ForwardScope,
-    MultiStreamSegmentor,
-    Where,
+from fusescope.models.core import (
+    FusionOp,
     common_channels,
-    convert_modules,
     modality_view,
+    resize_to,
     stack_modalities,
+    tile_channels,
 )
-from fusescope.models.registry import FUSION_METHODS
-from fusescope.models.segmentor import Segmentor, output, resize_to, tile_channels
+from fusescope.models.decoders import build_decoder
+from fusescope.models.methods import segmentation_host
+from fusescope.models.norms import convert_modules
+from fusescope.models.registry import FUSION_METHODS, FUSION_OPS
+from fusescope.models.segmentor import Segmentor
+from fusescope.models.sites import ForwardScope, Where
 from fusescope.nn.layers import conv_bn_relu
 
-FUSIONS = ("concat", "align", "attention")
+FUSIONS = ("concat", "align", "attention", "average")
 POSITIONS = {"early": (2,), "middle": (3,), "late": (4,), "all": (1, 2, 3, 4)}
 
 
@@ -74,9 +84,22 @@ def stack_channels(x5: Tensor) -> Tensor:
     return x5.flatten(1, 2)  # no sizes baked in: an ONNX export keeps any batch size
 
 
-class ConcatFusion(nn.Module):
-    """Concat + 1x1 conv-BN-ReLU; `fuse` gives the fused feature, `forward` adds it to every
-    stream."""
+class MergeOp(FusionOp):
+    """An op that fuses the modalities into one feature, `fuse(x5) -> (B, C, H, W)`; at a site
+    of a multi-stream encoder the fused feature is added to every stream (CEN's "same
+    setting"), when merging streams it replaces them."""
+
+    layout = "map"
+
+    def fuse(self, x5: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x5: Tensor, site: str) -> Tensor:
+        return x5 + self.fuse(x5).unsqueeze(1)  # (B, M, C, H, W)
+
+
+class ConcatFusion(MergeOp):
+    """Concat + 1x1 conv-BN-ReLU."""
 
     def __init__(self, channels: int, num_modalities: int):
         super().__init__()
@@ -85,11 +108,8 @@ class ConcatFusion(nn.Module):
     def fuse(self, x5: Tensor) -> Tensor:  # (B, M, C, H, W) -> (B, C, H, W)
         return self.reduce(stack_channels(x5))
 
-    def forward(self, x5: Tensor, site: str) -> Tensor:
-        return x5 + self.fuse(x5).unsqueeze(1)  # (B, M, C, H, W)
 
-
-class AttentionFusion(nn.Module):
+class AttentionFusion(MergeOp):
     """SSMA-style self-attention: channel gate on the concatenation, then 3x3 conv-BN-ReLU."""
 
     def __init__(self, channels: int, num_modalities: int, reduction: int = 16):
@@ -108,8 +128,12 @@ class AttentionFusion(nn.Module):
         cat = stack_channels(x5)  # (B, M*C, H, W)
         return self.reduce(cat * self.gate(cat))
 
-    def forward(self, x5: Tensor, site: str) -> Tensor:
-        return x5 + self.fuse(x5).unsqueeze(1)
+
+class AverageFusion(MergeOp):
+    """The modalities' mean added to every stream (parameter-free)."""
+
+    def fuse(self, x5: Tensor) -> Tensor:  # (B, M, C, H, W) -> (B, C, H, W)
+        return x5.mean(1)
 
 
 def pairwise_mmd(samples: Tensor, scales: tuple[float, ...] = (0.5, 1.0, 2.0)) -> Tensor:
@@ -132,7 +156,7 @@ def pairwise_mmd(samples: Tensor, scales: tuple[float, ...] = (0.5, 1.0, 2.0)) -
     return per_pair[upper].mean()
 
 
-class AlignFusion(nn.Module):
+class AlignFusion(MergeOp):
     """MMD between each pair of modalities' features; features pass unchanged.
 
     Samples are the feature vectors of an 8x8 average-pooled grid per image (B*64 samples of
@@ -162,6 +186,86 @@ class AlignFusion(nn.Module):
         for name, value in self.losses(x5).items():
             scope.add_loss(name, value)
         return x5
+
+
+def instance_normed(op: nn.Module, norm: bool = True) -> nn.Module:
+    """`op` with every BatchNorm2d replaced by an affine InstanceNorm2d of the same width
+    (`norm=False`: by nothing)."""
+    for name, child in op.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(
+                op,
+                name,
+                nn.InstanceNorm2d(child.num_features, affine=True) if norm else nn.Identity(),
+            )
+        else:
+            instance_normed(child, norm)
+    return op
+
+
+# fusion name -> (channels, M, options) -> op
+MAKERS: dict[str, Callable[..., MergeOp]] = {
+    "concat": lambda c, M, opts: ConcatFusion(c, M),
+    "attention": lambda c, M, opts: AttentionFusion(c, M, opts["attention_reduction"]),
+    "align": lambda c, M, opts: AlignFusion(opts["align_weight"]),
+    "average": lambda c, M, opts: AverageFusion(),
+}
+
+
+def position_stages(encoder, position: str | Sequence[int]) -> tuple[int, ...]:
+    """The stages of a baseline `position` on `encoder` (a multi-stream encoder): its body's
+    own table (`positions`, the U-Net's), else `POSITIONS`; or an explicit list of stages."""
+    body = encoder.body
+    table = body.positions() if hasattr(body, "positions") else POSITIONS
+    if isinstance(position, str):
+        if position not in table:
+            raise OptionError(
+                f"position must be one of {', '.join(table)} or a list of stages, not "
+                f"{position!r}"
+            )
+        return tuple(table[position])
+    stages = tuple(sorted({int(s) for s in position}))
+    if not stages or any(not 1 <= s <= encoder.num_stages for s in stages):
+        raise OptionError(
+            f"position stages must be in 1..{encoder.num_stages}, got {list(position)}"
+        )
+    return stages
+
+
+def _check_baseline(fusion: str = "concat", **_) -> None:
+    if fusion not in FUSIONS:
+        raise OptionError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
+
+
+@FUSION_OPS.register(
+    "baseline",
+    check=_check_baseline,
+    paper="CEN Table 2 / 4 fusion baselines (Wang et al., NeurIPS 2020)",
+)
+def baseline(
+    model,
+    *,
+    fusion: str = "concat",
+    position: str | list[int] = "all",
+    align_weight: float = 0.1,
+    attention_reduction: int = 16,
+) -> None:
+    """CEN Table 2's baselines in CEN's "same setting" (every stream to the end, the fused
+    feature added to every stream): `fusion` concat | align | attention (self-attention) |
+    average at `position` early | middle | late | all or a list of stages."""
+    encoder = model.encoder
+    M = encoder.num_modalities
+    stages = position_stages(encoder, position)
+    options = {"align_weight": align_weight, "attention_reduction": attention_reduction}
+    on_levels = encoder.block_family == "level"
+
+    def make(point) -> MergeOp:
+        op = MAKERS[fusion](point.channels, M, options)
+        if on_levels:  # instance norms; none at the innermost level (see the module doc)
+            return instance_normed(op, norm=point.stage < encoder.num_stages)
+        return op
+
+    encoder.insert(Where(("stage_out",), stages=stages), make)
 
 
 class MergedStreams(Segmentor):
@@ -223,33 +327,50 @@ class MergedStreams(Segmentor):
         for stage in self.trunk:
             x = stage(x)
             levels.append(x)
-        return output(resize_to(self.decoder(levels), (H, W)), aux_losses=measured)
+        return self.output(resize_to(self.decoder(levels), (H, W)), aux_losses=measured)
 
 
 @FUSION_METHODS.register("baseline")
-def baseline(
+def segmentation_baseline(
     modalities,
     in_channels,
     num_classes,
     backbone: str = "resnet18",
     pretrained: bool | str = False,
     decoder: str | dict = "light",
+    shared: bool = True,
     fusion: str = "concat",
     position: str | list[int] = "all",
-    shared: bool = True,
-    streams: str = "keep",
     align_weight: float = 0.1,
     attention_reduction: int = 16,
+    streams: str = "keep",
 ) -> Segmentor:
-    """CEN Table 2 baselines: `fusion` concat | align | attention, at `position` early |
-    middle | late | all (or a list of stages 1-4), `shared` convolutions or not, `streams`
-    keep (CEN's setting: every stream to the end, ensemble) | merge (the commonly used setting:
-    unshared streams merge into one after the last fusion stage; needs `shared: false`)."""
-    if fusion not in FUSIONS:
-        raise OptionError(f"fusion must be one of {', '.join(FUSIONS)}, not {fusion!r}")
+    """CEN Table 2 baselines: the `baseline` op (`fusion`, `position`, `align_weight`,
+    `attention_reduction`) on the multi-stream model with `shared` convolutions or not, or with
+    `streams: merge` the commonly used setting (unshared streams merge into one after the last
+    fusion stage; needs `shared: false`)."""
+    _check_baseline(fusion)
     if streams not in ("keep", "merge"):
         raise OptionError(f"streams must be keep or merge, not {streams!r}")
-    if streams == "merge" and shared:
+    if streams == "keep":
+        model = segmentation_host(
+            modalities,
+            in_channels,
+            num_classes,
+            backbone=backbone,
+            pretrained=pretrained,
+            decoder=decoder,
+            shared=shared,
+        )
+        baseline(
+            model,
+            fusion=fusion,
+            position=position,
+            align_weight=align_weight,
+            attention_reduction=attention_reduction,
+        )
+        return model
+    if shared:
         raise OptionError(
             "streams: merge is the commonly used setting, whose streams do not "
             "share convolutions: set shared: false"
@@ -265,39 +386,14 @@ def baseline(
         stages = tuple(sorted({int(s) for s in position}))
         if not stages or any(s not in (1, 2, 3, 4) for s in stages):
             raise OptionError(f"position stages must be in 1-4, got {list(position)}")
-
-    def make(channels: int, M: int) -> nn.Module:
-        if fusion == "concat":
-            return ConcatFusion(channels, M)
-        if fusion == "attention":
-            return AttentionFusion(channels, M, attention_reduction)
-        return AlignFusion(align_weight)
-
-    if streams == "merge":
-        return MergedStreams(
-            modalities, in_channels, num_classes, backbone, pretrained, decoder, make, stages
-        )
-    model = MultiStreamSegmentor(
-        modalities, in_channels, num_classes, backbone, pretrained, decoder, shared=shared
-    )
-    M = len(modalities)
-    model.encoder.insert(
-        Where(("stage_out",), stages=stages), lambda point: make(point.channels, M)
-    )
-    return model
-
-
-@FUSION_METHODS.register("multistream")
-def multistream(
-    modalities,
-    in_channels,
-    num_classes,
-    backbone: str = "resnet18",
-    pretrained: bool | str = False,
-    decoder: str | dict = "light",
-    shared: bool = True,
-) -> MultiStreamSegmentor:
-    """Shared convolutions (or not, `shared: false`), private BNs, ensemble; no fusion."""
-    return MultiStreamSegmentor(
-        modalities, in_channels, num_classes, backbone, pretrained, decoder, shared=shared
+    options = {"align_weight": align_weight, "attention_reduction": attention_reduction}
+    return MergedStreams(
+        modalities,
+        in_channels,
+        num_classes,
+        backbone,
+        pretrained,
+        decoder,
+        lambda channels, M: MAKERS[fusion](channels, M, options),
+        stages,
     )

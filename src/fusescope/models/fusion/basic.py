@@ -8,11 +8,10 @@ from torch import Tensor, nn
 
 from fusescope.errors import OptionError
 from fusescope.models.backbones import create_encoder, feature_channels, feature_reductions
-from fusescope.models.bmc import BMC
-from fusescope.models.bmc import MODES as BMC_MODES
+from fusescope.models.bmc import bmc_heads, check_bmc_options
 from fusescope.models.decoders import build_decoder
 from fusescope.models.registry import FUSION_METHODS
-from fusescope.models.segmentor import Segmentor, output, resize_to
+from fusescope.models.segmentor import Segmentor, resize_to
 from fusescope.nn.layers import conv_bn_relu
 
 
@@ -39,7 +38,7 @@ class EncoderDecoder(Segmentor):
 
     def forward(self, batch: dict[str, Tensor]) -> dict:
         x = torch.cat(self.inputs(batch), dim=1)
-        return output(resize_to(self.decoder(self.encoder(x)), x.shape[-2:]))
+        return self.output(resize_to(self.decoder(self.encoder(x)), x.shape[-2:]))
 
 
 @FUSION_METHODS.register("unimodal")
@@ -83,11 +82,7 @@ class LateAverage(Segmentor):
     def forward(self, batch: dict[str, Tensor]) -> dict:
         per_modality = {m: self.streams[m](batch)["logits"] for m in self.modalities}
         logits = torch.stack(list(per_modality.values())).mean(0)
-        return output(logits, per_modality=per_modality)
-
-    def combine_present(self, per_modality: dict[str, Tensor], present: list[str]) -> Tensor:
-        """The mean over the present modalities' streams (a modality absent at inference)."""
-        return torch.stack([per_modality[m] for m in present]).mean(0)
+        return self.output(logits, per_modality=per_modality)
 
 
 @FUSION_METHODS.register("late_average")
@@ -140,16 +135,8 @@ class TwoStreamConcat(Segmentor):
         if bmc:
             if len(modalities) != 2:
                 raise OptionError(f"bmc constrains two streams; data.modalities is {modalities}")
-            levels = list(range(len(channels))) if bmc_levels is None else list(bmc_levels)
-            bad = [lvl for lvl in levels if not 0 <= lvl < len(channels)]
-            if bad or not levels:
-                raise OptionError(
-                    f"bmc_levels {bmc_levels} must pick levels in 0..{len(channels) - 1}"
-                )
             # a ModuleDict keyed by level: `bmc.3` names the heads of the deepest level
-            self.bmc = nn.ModuleDict(
-                {str(lvl): BMC(channels[lvl], mode=bmc_mode) for lvl in sorted(set(levels))}
-            )
+            self.bmc = bmc_heads(channels, bmc_weight, bmc_mode, bmc_levels)
 
     def forward(self, batch: dict[str, Tensor]) -> dict:
         inputs = self.inputs(batch)
@@ -158,20 +145,12 @@ class TwoStreamConcat(Segmentor):
         aux = {}
         if len(self.bmc) and self.training:
             aux["bmc"] = self.bmc_weight * sum(
-                bmc(*levels[int(lvl)]) for lvl, bmc in self.bmc.items()
+                bmc.loss(*levels[int(lvl)]) for lvl, bmc in self.bmc.items()
             )
         fused = [
             fuse(torch.cat(level, dim=1)) for fuse, level in zip(self.fuse, levels, strict=True)
         ]
-        return output(resize_to(self.decoder(fused), inputs[0].shape[-2:]), aux_losses=aux)
-
-    def training_stats(self) -> dict[str, float]:
-        """The latest BMC estimates per level (`bmc/3/min`, `bmc/3/max`), for the engine's log."""
-        return {
-            f"bmc/{lvl}/{half}": float(value)
-            for lvl, bmc in self.bmc.items()
-            for half, value in bmc.last.items()
-        }
+        return self.output(resize_to(self.decoder(fused), inputs[0].shape[-2:]), aux_losses=aux)
 
 
 @FUSION_METHODS.register("two_stream_concat")
@@ -196,10 +175,7 @@ def two_stream_concat(
             "max" (one term only, for ablations).
         bmc_levels: encoder levels (0 = finest) whose features BMC constrains; null = all.
     """
-    if bmc_mode not in BMC_MODES:
-        raise OptionError(f"bmc_mode must be one of {', '.join(BMC_MODES)}; got {bmc_mode!r}")
-    if bmc and bmc_weight < 0:
-        raise OptionError(f"bmc_weight must be >= 0, got {bmc_weight}")
+    check_bmc_options(bmc_weight if bmc else 0.0, bmc_mode)
     return TwoStreamConcat(
         modalities,
         in_channels,

@@ -1,8 +1,14 @@
 """CEN: channel exchanging guided by BN scaling factors (Wang et al., NeurIPS 2020).
 
-Where: right after the BN of every residual block's spatial unit in stages 1-4, before the
-activation (ResNet BasicBlock: bn1, the BN of its first 3x3 conv, which feeds a ReLU as the paper
-requires; Bottleneck: bn2; EfficientNet: the BN of the depthwise conv).
+Where: right after the norm of every block's unit in every stage (the `norm_out` site of
+`models/sites.py`), before the activation: ResNet BasicBlock bn1 (the BN of its first 3x3 conv,
+which feeds a ReLU as the paper requires), Bottleneck bn2, EfficientNet the BN of the depthwise
+conv, ConvNeXt the LayerNorm after its depthwise conv; the U-Net translator's levels with an
+instance norm (CEN section 4.2). On a transformer (ViT, MiT, Swin) the norm is each block's
+first LayerNorm, private per modality, whose output feeds the attention: a token channel of
+modality m whose gamma is below theta takes the other modalities' mean there (CEN carried to
+tokens channel-wise, as its rule is stated on any per-modality affine norm; TokenFusion, the CEN
+authors' transformer method, exchanges whole tokens instead).
 
 What (eq. 6): the channels are split into M disjoint, nearly equal parts (part m =
 `[floor(m*C/M), floor((m+1)*C/M))`); channel c of modality m is replaced only if c is in part m
@@ -31,8 +37,9 @@ import torch
 from torch import Tensor, nn
 
 from fusescope.errors import OptionError
-from fusescope.models.multistream import FusionPoint, MultiStreamSegmentor, Where, mean_of_others
-from fusescope.models.registry import FUSION_METHODS
+from fusescope.models.core import FusionOp, mean_of_others
+from fusescope.models.registry import FUSION_OPS
+from fusescope.models.sites import FusionPoint, Where
 
 MODES = ("exchange", "random", "discard", "none")
 EXCHANGE_SCOPES = ("own_part", "any")
@@ -45,11 +52,12 @@ def own_parts(num_modalities: int, channels: int) -> Tensor:
     return torch.stack([(c >= bounds[m]) & (c < bounds[m + 1]) for m in range(num_modalities)])
 
 
-class ChannelExchange(nn.Module):
-    """Eq. 6 at one BN: acts on the BN output `(B, M, C, H, W)` before the activation.
+class ChannelExchange(FusionOp):
+    """Eq. 6 at one norm: acts on its output, maps `(B, M, C, H, W)` or tokens `(B, M, N, C)`,
+    before the activation.
 
     Args:
-        point: the fusion point; its ModalityBatchNorm's gammas decide what is exchanged.
+        point: the fusion point; its per-modality norm's gammas decide what is exchanged.
         theta: threshold on |gamma|.
         l1_weight: weight of the l1 penalty on the exchangeable gammas.
         mode: exchange | random | discard | none (see module doc).
@@ -83,12 +91,12 @@ class ChannelExchange(nn.Module):
         self.stage = point.stage
         self.gamma_lr_scale = gamma_lr_scale
         self.theta = theta
-        self._bn = (point.bn,)  # tuple: read the gammas without registering the BN twice
-        M, C = point.bn.weight.shape
+        self._norm = (point.norm,)  # a tuple: read the gammas without registering the norm twice
+        M, C = point.norm.weight.shape
         # the authors' loop adds lamda * L1 once per output: M modalities + the ensemble
         self.l1_weight = l1_weight * (M + 1 if l1_per_output else 1)
         self.mode = mode
-        device = point.bn.weight.device
+        device = point.norm.weight.device
         own = own_parts(M, C) if split else torch.ones(M, C, dtype=torch.bool)
         self.register_buffer("own", own.to(device), persistent=False)
         exchangeable = own if exchange_scope == "own_part" else torch.ones(M, C, dtype=torch.bool)
@@ -99,7 +107,7 @@ class ChannelExchange(nn.Module):
 
     @property
     def gamma(self) -> Tensor:
-        return self._bn[0].weight  # (M, C)
+        return self._norm[0].weight  # (M, C)
 
     def replaced(self) -> Tensor:
         """(M, C) bool: which channel of which modality is replaced now."""
@@ -112,7 +120,9 @@ class ChannelExchange(nn.Module):
     def forward(self, x5: Tensor, site: str) -> Tensor:
         if self.mode == "none":
             return x5
-        mask = self.replaced()[None, :, :, None, None]  # (1, M, C, 1, 1)
+        replaced = self.replaced()
+        # maps (B, M, C, H, W) or tokens (B, M, N, C): the mask broadcasts over the rest
+        mask = replaced[None, :, :, None, None] if x5.dim() == 5 else replaced[None, :, None, :]
         if self.mode == "discard":
             return x5.masked_fill(mask, 0.0)
         # where() drops the replaced value from the graph: its gradient is exactly zero
@@ -159,42 +169,46 @@ def check_exchange_options(
         )
 
 
-def insert_exchange(encoder, stages, *exchange_options) -> None:
-    """Put a `ChannelExchange(point, *exchange_options)` after the last BN of every block of
-    `stages` of a multi-stream encoder (the segmentation and classification `cen`)."""
-    encoder.insert(
-        Where(("bn_out",), stages=tuple(stages)),
-        lambda point: ChannelExchange(point, *exchange_options),
-    )
+def _check_cen(
+    theta: float = 2e-2,
+    l1_weight: float = 2e-4,
+    mode: str = "exchange",
+    random_portion: float = 0.3,
+    gamma_lr_scale: float = 1.0,
+    exchange_scope: str = "own_part",
+    **_,
+) -> None:
+    check_exchange_options(theta, l1_weight, mode, random_portion, gamma_lr_scale, exchange_scope)
 
 
-@FUSION_METHODS.register("cen")
+@FUSION_OPS.register(
+    "cen",
+    check=_check_cen,
+    paper="CEN: Deep Multimodal Fusion by Channel Exchanging (Wang et al., NeurIPS 2020)",
+    task_defaults={"translation": {"theta": 1e-2, "l1_weight": 1e-3}},
+)
 def cen(
-    modalities,
-    in_channels,
-    num_classes,
-    backbone: str = "resnet18",
-    pretrained: bool | str = False,
-    decoder: str | dict = "light",
+    model,
+    *,
     theta: float = 2e-2,
     l1_weight: float = 2e-4,
     mode: str = "exchange",
     split: bool = True,
     random_portion: float = 0.3,
-    shared: bool = True,
-    stages: list[int] | tuple[int, ...] = (1, 2, 3, 4),
+    stages: list[int] | None = None,
     gamma_lr_scale: float = 1.0,
     exchange_scope: str = "own_part",
     l1_per_output: bool = False,
-) -> MultiStreamSegmentor:
-    """Channel-Exchanging Network.
+) -> None:
+    """CEN (Wang et al., NeurIPS 2020): channel exchanging guided by the per-modality norms'
+    gammas, after the norm of every block of `stages` (default: every stage with such a norm).
 
     Options: `theta` (|gamma| threshold), `l1_weight` (sparsity weight), `mode`
     (exchange | random | discard | none), `split` (disjoint exchangeable parts), `random_portion`
-    (random mode), `shared` (share convolutions; False: CEN Table 1 "unshared convs"), `stages`,
-    `gamma_lr_scale` (learning-rate multiplier for the gammas of the exchange BNs),
-    `exchange_scope` (own_part: the paper's rule | any: the authors' code), `l1_per_output`
-    (count `l1_weight` M + 1 times, as the authors' code: 2e-4 there is an effective 6e-4).
+    (random mode), `stages`, `gamma_lr_scale` (learning-rate multiplier for the gammas of the
+    exchange norms), `exchange_scope` (own_part: the paper's rule | any: the authors' code),
+    `l1_per_output` (count `l1_weight` M + 1 times, as the authors' code: 2e-4 there is an
+    effective 6e-4). Translation's defaults are section 4.2's: theta 1e-2, l1 1e-3.
 
     Why `gamma_lr_scale`: the paper trains an ImageNet-pretrained ResNet-101 for ~40k SGD steps,
     starting from the pretrained gammas. From scratch every gamma starts at 1, and AdamW
@@ -202,21 +216,17 @@ def cen(
     no gamma can reach theta and CEN degenerates to "no exchange". Scaling the gammas' step lets
     the l1 term and the task gradient settle which channels fall below theta on a short budget.
     """
-    # before the backbone is built
-    check_exchange_options(theta, l1_weight, mode, random_portion, gamma_lr_scale, exchange_scope)
-    model = MultiStreamSegmentor(
-        modalities, in_channels, num_classes, backbone, pretrained, decoder, shared=shared
+    model.encoder.insert(
+        Where(("norm_out",), stages=tuple(stages) if stages is not None else None),
+        lambda point: ChannelExchange(
+            point,
+            theta,
+            l1_weight,
+            mode,
+            split,
+            random_portion,
+            gamma_lr_scale,
+            exchange_scope,
+            l1_per_output,
+        ),
     )
-    insert_exchange(
-        model.encoder,
-        stages,
-        theta,
-        l1_weight,
-        mode,
-        split,
-        random_portion,
-        gamma_lr_scale,
-        exchange_scope,
-        l1_per_output,
-    )
-    return model

@@ -57,7 +57,7 @@ from fusescope.models.backbones import (
 from fusescope.models.decoders import build_decoder
 from fusescope.models.deeplab import aux_logits, supports_aux, with_aux
 from fusescope.models.registry import FUSION_METHODS
-from fusescope.models.segmentor import Segmentor, output, resize_to
+from fusescope.models.segmentor import Segmentor, resize_to
 
 SEPARATIONS = ("proposed", "concat", "self_global", "cross_global", "product")
 AGGREGATIONS = ("proposed", "addition", "conv")
@@ -277,7 +277,7 @@ class SAGateNet(Segmentor):
         merged, rgb_levels, depth_levels = self.encode(rgb, depth)
         if self.head == "merged":
             logits = resize_to(self.decoder(merged), size)
-            return output(
+            return self.output(
                 logits, aux_logits=aux_logits(self.decoder, merged, self.aux_weight, size)
             )
         first, second = self.modalities
@@ -285,7 +285,9 @@ class SAGateNet(Segmentor):
             first: resize_to(self.decoders[first](rgb_levels), size),
             second: resize_to(self.decoders[second](depth_levels), size),
         }
-        return output((per_modality[first] + per_modality[second]) / 2, per_modality=per_modality)
+        return self.output(
+            (per_modality[first] + per_modality[second]) / 2, per_modality=per_modality
+        )
 
     def training_stats(self) -> dict[str, float]:
         """Mean per-pixel weight of the first modality at each gate of the last forward."""

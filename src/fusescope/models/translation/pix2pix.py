@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from fusescope.models.core import FusionModel
 from fusescope.models.translation.patchgan import PatchDiscriminator
 
 
@@ -28,17 +29,20 @@ class Critic(NamedTuple):
     condition: Tensor
 
 
-class Translator(nn.Module):
+class Translator(FusionModel):
     """Args:
     generator: a translation method's network.
     discriminator: the PatchGAN, or None to train with the reconstruction loss only.
+
+    Its fusion ops (the generator's) give the aux losses, lr scales and training statistics.
     """
 
+    output_key = "image"
+
     def __init__(self, generator: nn.Module, discriminator: PatchDiscriminator | None = None):
-        super().__init__()
+        super().__init__(generator.modalities)
         self.generator = generator
         self.discriminator = discriminator
-        self.modalities = list(generator.modalities)
 
     def forward(self, batch: dict[str, Tensor]) -> dict:
         out = self.generator(batch)
@@ -49,12 +53,6 @@ class Translator(nn.Module):
     def condition(self, batch: dict[str, Tensor]) -> Tensor:
         """What the discriminator is conditioned on: the inputs, concatenated (B, sum C, H, W)."""
         return torch.cat([batch[m] for m in self.modalities], dim=1)
-
-    def lr_scales(self) -> list[tuple[nn.Parameter, float]]:
-        return getattr(self.generator, "lr_scales", list)()
-
-    def training_stats(self) -> dict[str, float]:
-        return getattr(self.generator, "training_stats", dict)()
 
     def combine_present(self, per_modality: dict[str, Tensor], present: list[str]) -> Tensor:
         return self.generator.combine_present(per_modality, present)
