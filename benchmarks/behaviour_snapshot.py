@@ -10,12 +10,18 @@ Each config under configs/synthetic, configs/translation and configs/classificat
 `--steps` steps (default 20) on tiny data made here (the known-answer generators, seed 0), on one
 thread, with its backbone set to resnet18 where it names one; the final weights are written as
 `<config>.safetensors`. `compare` prints, per config, whether every tensor is bitwise equal, and
-otherwise the largest difference and which tensors differ (renamed keys are listed as such).
+otherwise the largest difference and which tensors differ (renamed keys are listed as such);
+`--rename REGEX=REPLACEMENT` (repeatable, applied in order) maps the keys of the first recording
+to the second's, for a reshape that renames modules but must keep every value:
+
+    python benchmarks/behaviour_snapshot.py compare /tmp/before /tmp/after \
+        --rename '^generator\\.down\\.(\\d+)\\.=generator.encoder.body.levels.\1.conv.'
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import tempfile
@@ -83,8 +89,13 @@ def record(out: Path, steps: int, only: list[str]) -> None:
             print(f"recorded {name}", flush=True)
 
 
-def compare(before: Path, after: Path) -> int:
+def compare(before: Path, after: Path, renames: list[tuple[str, str]] = ()) -> int:
     from safetensors.torch import load_file
+
+    def renamed(key: str) -> str:
+        for pattern, replacement in renames:
+            key = re.sub(pattern, replacement, key)
+        return key
 
     failures = 0
     for file in sorted(before.glob("*.safetensors")):
@@ -93,7 +104,8 @@ def compare(before: Path, after: Path) -> int:
             print(f"{file.stem:50s} MISSING after")
             failures += 1
             continue
-        a, b = load_file(str(file)), load_file(str(other))
+        a = {renamed(k): v for k, v in load_file(str(file)).items()}
+        b = load_file(str(other))
         only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
         worst, differ = 0.0, []
         for key in sorted(set(a) & set(b)):
@@ -128,11 +140,19 @@ def main(argv: list[str] | None = None) -> int:
     cmp_ = sub.add_parser("compare", help="compare two recordings")
     cmp_.add_argument("before", type=Path)
     cmp_.add_argument("after", type=Path)
+    cmp_.add_argument(
+        "--rename",
+        action="append",
+        default=[],
+        metavar="REGEX=REPLACEMENT",
+        help="map a key of the first recording to the second's (re.sub; repeatable)",
+    )
     args = parser.parse_args(argv)
     if args.command == "record":
         record(args.out, args.steps, args.only)
         return 0
-    return compare(args.before, args.after)
+    renames = [tuple(r.split("=", 1)) for r in getattr(args, "rename", [])]
+    return compare(args.before, args.after, renames)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,12 @@ drift hits them alike), after warm-up rounds; medians, printed as ratios:
 3. (`--fusion`) CEN and AsymFusion against the same network with fusion off, and the authors'
    style for resnet18, M = 2: every layer called once per modality in a Python loop with that
    modality's BN (CEN's ModuleParallel / BatchNorm2dParallel).
+4. (`--compile`) `torch.compile` (inductor, what `train.compile: true` uses) against eager, a
+   training step of each method in `--compile-methods` on each backbone in
+   `--compile-backbones`, M = 2; compilation happens in the warm-up rounds, which are not timed.
 
 Run: python benchmarks/fusion_speed.py [--steps 10] [--warmup 2] [--threads 2] [--fusion]
-     [--tables 1 2 3] [--backbones ...] [--modalities 2 3]
+     [--compile] [--tables 1 2 3 4] [--backbones ...] [--modalities 2 3]
 """
 
 from __future__ import annotations
@@ -34,9 +37,9 @@ from torch import Tensor, nn
 from fusescope.engine.loss import total_loss
 from fusescope.models import build_model
 from fusescope.models.backbones import create_encoder, feature_channels, feature_reductions
+from fusescope.models.core import resize_to
 from fusescope.models.decoders import build_decoder
 from fusescope.models.norms import ModalityBatchNorm
-from fusescope.models.core import resize_to
 
 CLASSES = 14
 NAMES = ["rgb", "depth", "hha"]
@@ -238,7 +241,14 @@ def main() -> None:
     )
     parser.add_argument("--modalities", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--fusion", action="store_true", help="also table 3")
-    parser.add_argument("--tables", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--compile", action="store_true", help="also table 4")
+    parser.add_argument(
+        "--compile-methods", nargs="+", default=["multistream", "cen", "asymfusion"]
+    )
+    parser.add_argument(
+        "--compile-backbones", nargs="+", default=["resnet18", "convnext_atto", "mit_b0"]
+    )
+    parser.add_argument("--tables", type=int, nargs="+", default=[1, 2, 3, 4])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -252,6 +262,37 @@ def main() -> None:
         base = t["multistream (stacked)"]
         for name, sec in t.items():
             print(f"   {name:<40} {sec / base:6.3f}x")
+    if args.compile and 4 in args.tables:
+        compile_table(args)
+
+
+def compile_table(args) -> None:
+    B, (H, W) = args.batch, args.size
+    print(
+        f"4. training step, torch.compile (inductor) / eager, batch {B}, {H}x{W}, M = 2, "
+        f"{args.threads} threads, median of {args.steps} after {args.warmup} warm-up rounds"
+    )
+    print(f"   {'method':<14} {'backbone':<16} {'compiled / eager':>17} {'eager (ms)':>11}")
+    mods = ["rgb", "depth"]
+    batch = {m: torch.randn(B, 3, H, W) for m in mods}
+    label = torch.randint(0, CLASSES, (B, H, W))
+    for backbone in args.compile_backbones:
+        for name in args.compile_methods:
+            cfg = {"name": name, "backbone": backbone}
+            eager = build_model(cfg, mods, dict.fromkeys(mods, 3), CLASSES).train()
+            compiled = torch.compile(copy.deepcopy(eager))
+            t = interleave(
+                {
+                    "eager": lambda m=eager: training_step(m, batch, label),
+                    "compiled": lambda m=compiled: training_step(m, batch, label),
+                },
+                args.steps,
+                max(args.warmup, 2),  # the first compiled calls compile
+            )
+            print(
+                f"   {name:<14} {backbone:<16} {t['compiled'] / t['eager']:>16.3f}x "
+                f"{t['eager'] * 1e3:>11.0f}"
+            )
 
 
 def step_table(args) -> None:

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from fusescope.models import build_model
-from fusescope.models.fusion.asym import AsymmetricFusion, pixel_shift, shuffle_split
 from fusescope.models.core import stack_modalities
+from fusescope.models.fusion.asym import AsymmetricFusion, pixel_shift, shuffle_split
 from fusescope.models.norms import ModalityBatchNorm
 from fusescope.models.sites import ForwardScope, FusionPoint
 
@@ -27,7 +27,9 @@ def test_pixel_shift_on_a_known_tensor():
 
 
 def make_op(C, **kw):
-    return AsymmetricFusion(FusionPoint("x", 1, 1, True, C, "cnn", norm=ModalityBatchNorm(C, 2), in_channels=C), **kw)
+    return AsymmetricFusion(
+        FusionPoint("x", 1, 1, True, C, "cnn", norm=ModalityBatchNorm(C, 2), in_channels=C), **kw
+    )
 
 
 SCOPES: dict = {}  # one forward scope per op: its sites' calls in a test are one forward

@@ -26,7 +26,10 @@ def exchange_op(M, C, gammas, **kw):
     with torch.no_grad():
         bn.weight.copy_(gammas)
     return ChannelExchange(
-        FusionPoint("x", 1, 0, True, C, "cnn", norm=bn, in_channels=C), theta=0.02, l1_weight=1.0, **kw
+        FusionPoint("x", 1, 0, True, C, "cnn", norm=bn, in_channels=C),
+        theta=0.02,
+        l1_weight=1.0,
+        **kw,
     ), bn
 
 

@@ -109,7 +109,9 @@ def test_engine_supervises_aux_logits_with_the_data_sets_ignore_index_and_class_
     label = torch.randint(0, 3, (2, 4, 5))
     label[0, 0] = 7  # this data set's ignore index (not 255)
     weights = torch.tensor([1.0, 2.0, 0.5])
-    out = Segmentor(["rgb"], main.shape[1]).output(main, aux_logits={"aux_head": AuxLogits(aux, 0.2)})
+    out = Segmentor(["rgb"], main.shape[1]).output(
+        main, aux_logits={"aux_head": AuxLogits(aux, 0.2)}
+    )
     _, parts = total_loss(out, label, ignore_index=7, class_weights=weights)
     # by hand: sum over labelled pixels of w[y] * -log softmax(aux)[y], over the sum of w[y]
     valid = label != 7

@@ -143,6 +143,9 @@ def stream_copy(plain: nn.Module, ms: MultiStreamEncoder, m: int) -> nn.Module:
             if isinstance(mod, nn.BatchNorm2d):
                 for p in ("weight", "bias", "running_mean", "running_var"):
                     getattr(mod, p).copy_(getattr(src, p)[m])
+            elif isinstance(mod, nn.LayerNorm) and isinstance(src, ModalityLayerNorm):
+                mod.weight.copy_(src.weight[m])
+                mod.bias.copy_(src.bias[m])
             elif isinstance(mod, nn.Conv2d) and isinstance(src, ModalityConv2d):
                 n = mod.out_channels
                 mod.weight.copy_(src.weight[m * n : (m + 1) * n])
@@ -178,6 +181,59 @@ def test_multistream_equals_separate_passes(backbone, M, shared):
         for level, f in enumerate(feats):
             expected = stack_modalities([rf[level] for rf in ref_feats])
             torch.testing.assert_close(f, expected, atol=1e-5, rtol=1e-5)
+
+
+TRANSFORMER_LIKE = {
+    "convnext": {"name": "convnext_atto", "depths": [1, 1, 2, 1], "dims": [8, 16, 32, 64]},
+    "convnext_nhwc": {
+        "name": "convnext_atto",
+        "depths": [1, 1, 1, 1],
+        "dims": [8, 16, 32, 64],
+        "conv_mlp": False,
+    },
+    "mit": {
+        "name": "mit_b0",
+        "depths": [1, 2, 1, 1],
+        "embed_dims": [8, 16, 32, 64],
+        "num_heads": [1, 1, 2, 2],
+    },
+    "swin": {
+        "name": "swin_tiny_patch4_window7_224",
+        "embed_dim": 16,
+        "depths": [1, 2, 1, 1],
+        "num_heads": [1, 2, 2, 4],
+    },
+    "vit": {"name": "vit_tiny_patch16_224", "depth": 4, "embed_dim": 32, "num_heads": 2},
+}
+
+
+@pytest.mark.parametrize("family", sorted(TRANSFORMER_LIKE))
+def test_private_layernorms_equal_separate_networks(family):
+    """Shared weights, private LayerNorms: the M-stream encoder equals M copies of the plain
+    network, each carrying its modality's norms (every LayerNorm became per-modality: one left
+    shared would give both streams the same affine and fail this)."""
+    M = 2
+    plain = create_encoder(TRANSFORMER_LIKE[family])
+    ms = MultiStreamEncoder(copy.deepcopy(plain), M)
+    norms = [mod for mod in ms.modules() if isinstance(mod, ModalityLayerNorm)]
+    assert norms
+    # every pretrained norm was copied to each modality
+    plain_ln = [mod for mod in plain.modules() if isinstance(mod, nn.LayerNorm)]
+    assert len(plain_ln) == len(norms)
+    for src, norm in zip(plain_ln, norms, strict=True):
+        assert torch.equal(norm.weight[1], src.weight) and torch.equal(norm.bias[0], src.bias)
+    with torch.no_grad():
+        for norm in norms:
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.3, 0.3)
+    refs = [stream_copy(plain, ms, m).double().eval() for m in range(M)]
+    ms.double().eval()
+    xs = [torch.randn(2, 3, 45, 61, dtype=torch.float64) for _ in range(M)]
+    feats = ms(stack_modalities(xs))
+    ref_feats = [r(t) for r, t in zip(refs, xs, strict=True)]
+    for level, f in enumerate(feats):
+        expected = stack_modalities([rf[level] for rf in ref_feats])
+        torch.testing.assert_close(f, expected, atol=1e-8, rtol=1e-8)
 
 
 def test_pretrained_efficientnet_survives_conversion():

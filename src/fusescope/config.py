@@ -102,6 +102,9 @@ class TrainConfig:
     sync_bn: bool = True  # with several processes; keeps BN statistics equal to one process
     tensorboard: bool = False
     progress: bool = True
+    # torch.compile the model for training and evaluation (benchmarks/fusion_speed.py measures
+    # the compiled / eager step ratio per method)
+    compile: bool = False
 
 
 @dataclass

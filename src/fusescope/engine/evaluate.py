@@ -202,7 +202,8 @@ def evaluate_run(
     ds = task.eval_dataset(
         cfg, cfg.eval.split, run.stats, corruption=corruption, seed=cfg.train.seed
     )
-    result = task.evaluate(run.model, ds, cfg, run.meta, device=device, progress=progress)
+    model = torch.compile(run.model) if cfg.train.get("compile", False) else run.model
+    result = task.evaluate(model, ds, cfg, run.meta, device=device, progress=progress)
     # every option that changes the numbers, so a result file says what it measured
     result.update(
         {

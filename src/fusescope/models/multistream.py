@@ -73,9 +73,9 @@ class MultiStreamEncoder(nn.Module):
         self._stage_modules = stage_modules(encoder)
         self._stage_channels = stage_channels(encoder)
         # a token grid's stride per stage (a ViT's stages all run at its patch stride)
-        self._stage_strides = [
-            getattr(encoder, "stage_stride", None) or r for r in encoder.feature_info.reduction()
-        ]
+        self._stage_strides = list(
+            getattr(encoder, "stage_strides", None) or encoder.feature_info.reduction()
+        )
         self.body = convert_modules(encoder, num_modalities, shared)
         self.fusion = nn.ModuleDict()
         self.scope_slot = ScopeSlot()
@@ -216,12 +216,8 @@ class MultiStreamEncoder(nn.Module):
         if spec.hook in ("norm", "act") and not isinstance(module, ModalityBatchNorm):
             spec = type(spec)(spec.module, "post", spec.layout)  # a norm without slots
         if spec.hook == "norm":
-            if getattr(op, "layout", None) == "tokens":
-                raise OptionError(f"{type(op).__name__} wants tokens; {site} holds maps")
             module.after_norm.append(hook)
-            act_name = next(
-                (s.module for k, s in block.kind.sites.items() if k == "act_out"), None
-            )
+            act_name = next((s.module for k, s in block.kind.sites.items() if k == "act_out"), None)
             act = block.module.get_submodule(act_name) if act_name else None
             if act is not None and getattr(act, "inplace", False):
                 # the op's output reaches the activation as a (B*M, ...) view of its

@@ -154,11 +154,11 @@ class ModalityBatchNorm(nn.Module):
                 return y
         y5 = modality_view(y, self.num_modalities)  # (B, M, C, H, W)
         for hook in self.after_norm:  # (B, M, C, H, W) maps: see `sites.SiteHook`
-            y5 = hook.call_op(y5)
+            y5 = hook.apply_map(y5)
         if self.after_norm:  # the activation acts on the ops' output itself, not a view of it
             y5 = self.act(self.drop(y5))
         for hook in self.after_act:
-            y5 = hook.call_op(y5)
+            y5 = hook.apply_map(y5)
         return y5.reshape(y.shape)
 
     def _global_norm(self, x: Tensor) -> Tensor:

@@ -290,6 +290,15 @@ class SiteHook:
             )
         return self.slot.current
 
+    def apply_map(self, x5: Tensor) -> Tensor:
+        """The op on a `(B, M, C, H, W)` map view (inside a `ModalityBatchNorm`), in the
+        layout the op asks for."""
+        if self.wants != "tokens":
+            return self.call_op(x5)
+        B, M, C, H, W = x5.shape
+        out = self.call_op(x5.reshape(B, M, C, H * W).transpose(2, 3))  # (B, M, H*W, C)
+        return out.transpose(2, 3).reshape(x5.shape)
+
     def apply(self, x: Tensor) -> Tensor:
         # every reshape takes its sizes from the tensor (not flatten / unflatten), so a traced
         # ONNX graph keeps batch and image size dynamic

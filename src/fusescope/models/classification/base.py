@@ -64,7 +64,9 @@ class Classifier(FusionModel):
         """Every branch on its modality (and its mask): {modality: Encoded}."""
         return {
             m: self.branches[m](x, mask)
-            for m, x, mask in zip(self.modalities, self.inputs(batch), self.masks(batch), strict=True)
+            for m, x, mask in zip(
+                self.modalities, self.inputs(batch), self.masks(batch), strict=True
+            )
         }
 
 

@@ -48,6 +48,10 @@ class PerModalityHeads(Classifier):
         )
         self.ensemble = Ensemble(len(modalities)) if combine == "ensemble" else None
 
+    @property
+    def scores_streams(self) -> bool:
+        return len(self.modalities) > 1
+
     def forward(self, batch: dict[str, Tensor]) -> dict:
         encoded = self.encode(batch)
         per_modality = {m: self.heads[m](encoded[m].pooled) for m in self.modalities}

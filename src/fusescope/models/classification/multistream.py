@@ -57,7 +57,7 @@ def classification_host(
             f"modalities; data.modalities is {modalities}"
         )
     in_chans = common_channels(modalities, {m: int(in_specs[m]["channels"]) for m in modalities})
-    plain = create_encoder(backbone, in_chans, pretrained)
+    plain = create_encoder(backbone, in_chans, pretrained, levels=(4,))  # the head reads one
     head = PooledHead(nn.Dropout(dropout), nn.Linear(feature_channels(plain)[-1], num_classes))
     model = MultiStreamModel(
         modalities,

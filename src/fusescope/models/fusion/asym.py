@@ -143,7 +143,9 @@ class AsymmetricFusion(FusionOp):
             return shuffle_channels(x, T, dim) if self.shuffle else x
         incoming = scope.carry.pop(self, None)  # at the unit's output
         if incoming is not None:
-            before, after = (incoming.shape[-2:], x.shape[-2:]) if maps else (incoming.shape[2], x.shape[2])
+            before, after = (
+                (incoming.shape[-2:], x.shape[-2:]) if maps else (incoming.shape[2], x.shape[2])
+            )
             if before != after:
                 raise ValueError(f"pixel shift: the unit changed the size {before} -> {after}")
             # the channels after T receive nothing
@@ -193,8 +195,7 @@ def asymfusion(
     family = encoder.block_family
     if family not in ASYM_SITES:
         raise OptionError(
-            f"asymfusion needs blocks with known sites; this {encoder.family or 'encoder'} "
-            f"has none"
+            f"asymfusion needs blocks with known sites; this {encoder.family or 'encoder'} has none"
         )
     level = family == "level"
     if level and stages is None:  # the levels with a norm (CEN code's conv2..conv7)

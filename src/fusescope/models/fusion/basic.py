@@ -79,6 +79,8 @@ class LateAverage(Segmentor):
             }
         )
 
+    scores_streams = True  # the mean of the streams' logits
+
     def forward(self, batch: dict[str, Tensor]) -> dict:
         per_modality = {m: self.streams[m](batch)["logits"] for m in self.modalities}
         logits = torch.stack(list(per_modality.values())).mean(0)

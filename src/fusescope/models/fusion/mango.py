@@ -349,6 +349,12 @@ def segmentation_mango(
         decoder=decoder,
         shared=shared,
     )
-    mango(model, stage=stage, flow_width=flow_width, coupling_hidden=coupling_hidden,
-          combine=combine, **{k: v for k, v in flow.items()})
+    mango(
+        model,
+        stage=stage,
+        flow_width=flow_width,
+        coupling_hidden=coupling_hidden,
+        combine=combine,
+        **{k: v for k, v in flow.items()},
+    )
     return model

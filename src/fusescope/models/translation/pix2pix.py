@@ -54,5 +54,9 @@ class Translator(FusionModel):
         """What the discriminator is conditioned on: the inputs, concatenated (B, sum C, H, W)."""
         return torch.cat([batch[m] for m in self.modalities], dim=1)
 
+    @property
+    def scores_streams(self) -> bool:
+        return self.generator.scores_streams
+
     def combine_present(self, per_modality: dict[str, Tensor], present: list[str]) -> Tensor:
         return self.generator.combine_present(per_modality, present)

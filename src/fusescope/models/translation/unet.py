@@ -16,8 +16,9 @@ U-Net's encoder (`UNetEncoder`, its levels `UNetLevel`) and decoder (`UNetDecode
 * `streams="stacked"` (CEN, AsymFusion, the baselines, MANGO, the plain multi-stream network):
   the modalities are stacked on the batch axis sample-major, `(B*M, C, H, W)`, so every conv is
   shared and runs once for all modalities, while each modality has its own instance-norm affine
-  parameters (`ModalityInstanceNorm`) in the encoder. The decoder's norms are shared (`decoder_norms="shared"`, CEN section 4.2: "individual
-  INs in the encoder, and share all other parameters including INs in the decoder") or private
+  parameters (`ModalityInstanceNorm`) in the encoder. The decoder's norms are shared
+  (`decoder_norms="shared"`, CEN section 4.2: "individual INs in the encoder, and share all
+  other parameters including INs in the decoder") or private
   per modality (`"private"`, what the CEN code does). Each stream decodes to its own image
   (`per_modality`); the scored image is their learned ensemble (`Ensemble`: softmax(alpha)
   weighted sum of the detached streams, so its loss trains alpha only).
@@ -235,7 +236,9 @@ def translation_host(
     shared convs, private encoder instance norms, `decoder_norms` shared (CEN section 4.2's
     text) or private (the CEN code), per-modality outputs and their learned ensemble."""
     if len(modalities) < 2:
-        raise OptionError(f"a multi-stream U-Net fuses >= 2 modalities; data.modalities is {modalities}")
+        raise OptionError(
+            f"a multi-stream U-Net fuses >= 2 modalities; data.modalities is {modalities}"
+        )
     return unet(
         modalities,
         in_channels,
