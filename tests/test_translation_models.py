@@ -1,6 +1,7 @@
 """The translation generators and the PatchGAN: option variants beyond the contract tester's
 (tests/test_fusion_contract.py), and equivalences that can fail (private instance norms =
-separate norms, streams independent without fusion, CEN's exchange known answers, AsymFusion's level op, the ensemble, the 70x70 receptive field)."""
+separate norms, streams independent without fusion, CEN's exchange known answers, AsymFusion's
+level op, the ensemble, the 70x70 receptive field)."""
 
 from __future__ import annotations
 

@@ -34,9 +34,9 @@ Two settings, as CEN Table 2:
 Positions, stages numbered 1-4 (strides 4-32): `early` = stage 2, `middle` = stage 3, `late` =
 stage 4, `all` = stages 1-4; a list of stages is accepted too. The U-Net translator has its own
 table (CEN section 4.2: the 1st, the middle and the innermost level, `UNetEncoder.positions`).
-The mapping follows the fusion parameter counts of CEN Table 2 for ResNet101 (widths 256/512/1024/2048): concat uses 0.6M / 2.1M /
-8.4M / 11.2M parameters for early / middle / late / all, i.e. 2C^2 with C = 512 / 1024 / 2048 and
-the sum over all four stages.
+The mapping follows the fusion parameter counts of CEN Table 2 for ResNet101 (widths
+256/512/1024/2048): concat uses 0.6M / 2.1M / 8.4M / 11.2M parameters for early / middle / late /
+all, i.e. 2C^2 with C = 512 / 1024 / 2048 and the sum over all four stages.
 
 `multistream` (every task's multi-stream host with no op, `models/methods.py`): the same
 network with no fusion at all (CEN Table 1, "shared convs, unshared BNs": the reference the fused
