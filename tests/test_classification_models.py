@@ -146,8 +146,8 @@ def test_mango_flow_inverts_its_tokens_and_reports_the_nll():
     b = batch(mods)
     with torch.no_grad():
         tokens = model.tokens(b)
-        z, _ = model.flow(tokens)
-        back, _ = model.flow.inverse(z)
+        z, _ = model.latent.flow(tokens)
+        back, _ = model.latent.flow.inverse(z)
         out = model(b)
     assert tokens.shape == (2, 16, 64)
     torch.testing.assert_close(back, tokens, atol=1e-4, rtol=1e-4)

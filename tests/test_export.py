@@ -31,7 +31,7 @@ CHANNELS = {"rgb": 3, "depth": 1}
 TINY = {
     "unimodal": ({"name": "unimodal"}, ["rgb"]),
     "mango": (
-        {"name": "mango", "blocks": 1, "width": 8, "attn_dim": 8, "coupling_hidden": 8},
+        {"name": "mango", "blocks": 1, "flow_width": 8, "attn_dim": 8, "coupling_hidden": 8},
         ["rgb", "depth"],
     ),
 }
@@ -78,7 +78,7 @@ def test_mango_without_grid_says_why(tmp_path):
         "name": "mango",
         "backbone": "resnet18",
         "blocks": 1,
-        "width": 8,
+        "flow_width": 8,
         "attn_dim": 8,
         "coupling_hidden": 8,
         "grid": None,

@@ -63,7 +63,7 @@ def test_bad_dropout_values(spec, message):
 def test_ensembles_score_only_the_present_streams(name):
     model = build_model({"name": name}, ["rgb", "depth"], CHANNELS, 4).eval()
     with torch.no_grad():
-        if hasattr(model, "ensemble"):
+        if getattr(model, "ensemble", None) is not None:
             model.ensemble.alpha.copy_(torch.tensor([0.3, 2.0]))  # depth weighted heavily
         rgb = torch.randn(2, 3, 32, 40)
         absent = ModalityAbsent(model, ["depth"], CHANNELS)

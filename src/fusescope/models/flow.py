@@ -448,6 +448,7 @@ class MangoFlow(SequentialFlow):
         super().__init__()
         if blocks < 1:
             raise OptionError(f"the flow needs at least one block, got {blocks}")
+        self.dim = dim
         self.blocks = nn.ModuleList(
             MangoBlock(dim, num_tokens, flip=bool(i % 2), **block_options) for i in range(blocks)
         )
