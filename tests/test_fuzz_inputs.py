@@ -1,6 +1,7 @@
-"""Fuzzing what users type and write (issue 14): any config override, meta.json or split file
-either works or is a one-line error (exit status 2), never a traceback, and a refused run
-writes nothing. No model is trained here: a valid config stops where the model would be built."""
+"""Fuzzing what users type and write (issues 14, 27): any config override, meta.json or split
+file, and every command's path and number arguments, either works or is a one-line error (exit
+status 2), never a traceback, and a refused run writes nothing. No model is trained here: a
+valid command stops where its work (building the model, converting, exporting) would begin."""
 
 import contextlib
 import io

@@ -2,8 +2,8 @@
 
 An unknown name is an error listing the known ones, never a silent fallback; a builder's keyword
 arguments are its config schema, so an unknown config key is reported with the accepted ones, and
-a value of the wrong kind for its annotation (a string or NaN where a number belongs) is reported
-before the builder runs.
+a value that is not a number where the annotation asks for one (a string, NaN or infinity) is
+reported before the builder runs.
 """
 
 from __future__ import annotations
@@ -83,8 +83,9 @@ def check_keywords(
 
 
 def _fits(value: Any, annotation: Any) -> bool | None:
-    """Whether `value` fits a scalar annotation (bool, int, float, str, None and unions of
-    them); None where the annotation says more than that (lists, mappings: the builder checks)."""
+    """Whether `value` fits a numeric annotation (int, float, None and unions of them); None
+    where the annotation is anything else: builders take mappings where a name is annotated
+    (`backbone: str` given `{name, output_stride}`), and check those themselves."""
     if annotation is Any:
         return None
     origin = typing.get_origin(annotation)
@@ -95,22 +96,18 @@ def _fits(value: Any, annotation: Any) -> bool | None:
         return None if any(v is None for v in verdicts) else False
     if annotation is type(None):
         return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
     if annotation is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if annotation is float:
         return (
             isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         )
-    if annotation is str:
-        return isinstance(value, str)
     return None
 
 
 def check_option_types(fn: Callable[..., Any], options: Mapping[str, Any], where: str) -> None:
     """Raise a FusescopeError naming the first option whose value does not fit its parameter's
-    annotation: `theta: float` given "nan" (a string) or .nan, `depth: int` given 2.5.
+    numeric annotation: `theta: float` given "nan" (a string) or .nan, `depth: int` given 2.5.
 
     Raises:
         FusescopeError: `<where>.<key>=<value>` and the kind expected.

@@ -189,7 +189,11 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mapping13", type=Path, help="class13Mapping.mat: use 13 classes")
     p.add_argument("--hha", action="store_true", help="also write hha/ (slower)")
     p.add_argument("--out", type=Path, required=True, help="data folder to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing fusescope data folder (never a folder without meta.json)",
+    )
     p.set_defaults(func=_prepare_nyudv2)
 
     p = sub.add_parser("sunrgbd", help="SUN RGB-D, 37 classes, 5285 / 5050")
@@ -207,7 +211,11 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="accept lists other than the official 5285 / 5050",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing fusescope data folder (never a folder without meta.json)",
+    )
     p.set_defaults(func=_prepare_sunrgbd)
 
     p = sub.add_parser("cityscapes", help="Cityscapes, 19 classes, with disparity")
@@ -227,7 +235,11 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         choices=["train", "val"],
         help="official splits to convert",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing fusescope data folder (never a folder without meta.json)",
+    )
     p.set_defaults(func=_prepare_cityscapes)
 
     p = sub.add_parser("taskonomy", help="Taskonomy domains for image translation (CEN's names)")
@@ -271,7 +283,11 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         default="depth_zbuffer",
         help="the Taskonomy domain written as depth",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing fusescope data folder (never a folder without meta.json)",
+    )
     p.add_argument(
         "--follow-symlinks",
         action="store_true",
@@ -294,7 +310,11 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         metavar=("H", "W"),
         help="resize every poster to H x W (default: keep each poster's size)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing fusescope data folder (never a folder without meta.json)",
+    )
     p.add_argument(
         "--follow-symlinks",
         action="store_true",
