@@ -111,6 +111,13 @@ def test_checkpoint_of_another_model_is_a_clear_error(tiny_data, tmp_path, capsy
     train(tiny_cfg(tiny_data, "model.backbone=resnet34", "train.max_steps=1"), other)
     os.replace(other / "model.safetensors", tmp_path / "run" / "model.safetensors")
     assert main(["eval", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err  # the SHA-256 run.json keeps of its own weights differs
+    assert "model.safetensors: its SHA-256 differs" in err and "Traceback" not in err
+    # a run from before digests were recorded: the shapes still tell
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    del info["weights_sha256"]
+    (tmp_path / "run" / "run.json").write_text(json.dumps(info))
+    assert main(["eval", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "model.safetensors: weights do not fit this model" in err and "Traceback" not in err
 

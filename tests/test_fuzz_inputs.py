@@ -1,10 +1,12 @@
-"""Fuzzing what users type and write (issue 14): any config override, meta.json or split file
-either works or is a one-line error (exit status 2), never a traceback, and a refused run
-writes nothing. No model is trained here: a valid config stops where the model would be built."""
+"""Fuzzing what users type and write (issues 14, 27): any config override, meta.json or split
+file, and every command's path and number arguments, either works or is a one-line error (exit
+status 2), never a traceback, and a refused run writes nothing. No model is trained here: a
+valid command stops where its work (building the model, converting, exporting) would begin."""
 
 import contextlib
 import io
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -305,3 +307,353 @@ def test_any_split_file_works_or_is_a_one_line_error(data, lines):
         assert str(err) and "\n" not in str(err)
     finally:
         split.unlink()
+
+
+# every command's path and number arguments (issue 27) -------------------------------------------
+
+
+class _WorkReached(Exception):
+    """The command passed every check made before its work (writing, training) begins."""
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """What the commands read: a data folder, a finished run, a Taskonomy tree, an MM-IMDB
+    release, a file where a folder belongs."""
+    import numpy as np
+
+    from fusescope.config import load_config
+    from fusescope.engine.train import train
+    from fusescope.io import write_png
+    from test_mmimdb import movies, write_release
+
+    base = tmp_path_factory.mktemp("cli")
+    data = write_folder_dataset(base / "data", n=9)
+    run = base / "run"
+    overrides = [f"data.root={data}", "data.synth=null", *TINY_MODEL, "train.max_steps=1"]
+    train(load_config(CONFIG, [*overrides, "model.backbone=test_resnet"]), run)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        name = f"point_{i}_view_0"
+        write_png(
+            base / "tk" / "rgb" / f"{name}_domain_rgb.png",
+            rng.integers(0, 255, (6, 8, 3), np.uint8),
+        )
+        write_png(
+            base / "tk" / "reshading" / f"{name}_domain_reshading.png",
+            rng.integers(0, 255, (6, 8), np.uint8),
+        )
+    write_release(base / "release", movies())
+    (base / "afile").write_text("x")
+    (base / "cwd").mkdir()
+    return {
+        "base": base,
+        "data": data,
+        "run": run,
+        "rgb": data / "rgb" / "0000.png",
+        "depth": data / "depth" / "0000.png",
+        "tk": base / "tk",
+        "release": base / "release",
+        "afile": base / "afile",
+    }
+
+
+# hostile inputs and outputs ("{new}" is a fresh folder per example). "/" and other system
+# folders are not outputs here: as root a command may write there, as the user asked
+HOSTILE_PATHS = st.sampled_from(
+    [
+        "",
+        " ",
+        ".",
+        "..",
+        "/proc",
+        "/proc/fusescope/x",
+        "/dev/null",
+        "/dev/zero",
+        "-",
+        "~",
+        "{afile}",
+        "{afile}/x",
+        "{new}/a/b",
+        "{new}/" + "x" * 300,
+        "{new}/é ü",
+        "{run}",
+        "{data}",
+        "{data}/rgb",
+        "{depth}",
+        "{tk}",
+        "{release}",
+    ]
+)
+HOSTILE_INPUTS = st.one_of(HOSTILE_PATHS, st.just("/"))
+HOSTILE_NUMBERS = st.one_of(
+    st.integers(-(10**30), 10**30).map(str),
+    st.integers(-3, 3).map(str),
+    st.sampled_from(["nan", "inf", "-inf", "1e999", "1.5", "0x10", "", "abc", "-0", "+3"]),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+)
+# each argument keeps a value that works 7 times in 8, so one example reaches past the parser
+# with one or two hostile values rather than stopping at the first of ten
+HOSTILE = st.sampled_from([False] * 7 + [True])
+
+
+def _commands(p, n, i):
+    """argv of each command: outputs `p(plausible)`, inputs `i(plausible)` and numbers
+    `n(plausible)`, each either the plausible value or a hostile one."""
+    return {
+        "synth": lambda: [
+            "data",
+            "synth",
+            "--out",
+            p("{new}/synth"),
+            "--num",
+            n("6"),
+            "--seed",
+            n("0"),
+            "--size",
+            n("16"),
+            n("16"),
+            "--workers",
+            n("1"),
+            "--quiet",
+        ],
+        "synth-posters": lambda: [
+            "data",
+            "synth-posters",
+            p("{new}/posters"),
+            "--num",
+            n("6"),
+            "--seed",
+            n("0"),
+            "--size",
+            n("24"),
+            n("24"),
+            "--jpeg-quality",
+            n("90"),
+        ],
+        "taskonomy": lambda: [
+            "data",
+            "prepare",
+            "taskonomy",
+            "--root",
+            i("{tk}"),
+            "--out",
+            p("{new}/tk"),
+            "--size",
+            n("4"),
+            n("4"),
+            "--modalities",
+            "rgb",
+            "shade",
+        ],
+        "mmimdb": lambda: [
+            "data",
+            "prepare",
+            "mmimdb",
+            "--root",
+            i("{release}"),
+            "--out",
+            p("{new}/mm"),
+            "--size",
+            n("8"),
+            n("8"),
+        ],
+        "hha": lambda: [
+            "data",
+            "hha",
+            "--depth",
+            i("{depth}"),
+            "--intrinsics",
+            n("50"),
+            n("50"),
+            n("20"),
+            n("16"),
+            "--depth-scale",
+            n("0.001"),
+            "--out",
+            p("{new}/hha.png"),
+        ],
+        "inspect": lambda: [
+            "data",
+            "inspect",
+            i("{data}"),
+            "--samples",
+            p("{new}/s.png"),
+            "--num-samples",
+            n("2"),
+        ],
+        "export": lambda: [
+            "export",
+            i("{run}"),
+            "--out",
+            p("{new}/m.onnx"),
+            "--size",
+            n("32"),
+            n("40"),
+        ],
+        "predict": lambda: [
+            "predict",
+            "{run}",
+            "--rgb",
+            i("{rgb}"),
+            "--depth",
+            i("{depth}"),
+            "--out",
+            p("{new}/m.png"),
+            "--batch-size",
+            n("1"),
+            "--workers",
+            n("0"),
+            "--threads",
+            n("1"),
+        ],
+        "eval": lambda: [
+            "eval",
+            i("{run}"),
+            "--window",
+            n("16"),
+            n("16"),
+            "--batch-size",
+            n("2"),
+            "--data-root",
+            i("{data}"),
+            "--json",
+        ],
+        "train": lambda: [
+            "train",
+            str(CONFIG),
+            "--out",
+            p("{new}/run"),
+            "data.root={data}",
+            "data.synth=null",
+            *TINY_MODEL,
+            f"train.max_steps={n('2')}",
+        ],
+        "compare": lambda: ["compare", i("{run}"), "--out", p("{new}/compare")],
+        "dissect": lambda: [
+            "dissect",
+            "{run}",
+            "{run}",
+            "{run}",
+            "--out",
+            p("{new}/report"),
+            "--probe-size",
+            n("4"),
+            "--batch-size",
+            n("4"),
+            "--epochs",
+            n("1"),
+            "--lr",
+            n("0.05"),
+            "--folds",
+            n("2"),
+            "--seeds",
+            n("1"),
+            "--level",
+            n("1"),
+            "--gradcam-images",
+            n("1"),
+            "--data-root",
+            i("{data}"),
+        ],
+        "demo": lambda: ["demo", "--out", p("{new}/demo"), "--steps", n("2"), "--num", n("6")],
+        "bench": lambda: [
+            "bench",
+            "known-answer",
+            "rgb_only",
+            "--out",
+            p("{new}/bench"),
+            "--steps",
+            n("2"),
+            "--num",
+            n("6"),
+            "--batch-size",
+            n("2"),
+        ],
+    }
+
+
+def _stop_where_work_begins(monkeypatch):
+    """Every command stops where its checks end and its real work (generating, converting,
+    exporting, predicting, evaluating, training, reporting) would begin."""
+    import fusescope.bench.known_answer as known_answer
+    import fusescope.data.prepare as prepare
+    import fusescope.dissect.protocol as protocol
+    import fusescope.engine.curves as curves
+    import fusescope.engine.export as export
+    import fusescope.engine.predict as predict
+    from fusescope.engine import train as train_module
+    from fusescope.tasks import task_of
+
+    def stop(*args, **kwargs):
+        raise _WorkReached
+
+    for module, name in (
+        (prepare, "temp_folder"),
+        (export, "export_model"),
+        (predict, "predict_frame"),
+        (predict, "_predict_folder"),
+        (curves, "compare_runs"),
+        (protocol, "load_runs"),
+        (known_answer, "run_benchmark"),
+    ):
+        monkeypatch.setattr(module, name, stop)
+    segmentation = type(task_of("segmentation"))
+    monkeypatch.setattr(segmentation, "build_model", stop)
+    monkeypatch.setattr(segmentation, "evaluate", stop)
+    real_make_fabric = train_module.make_fabric
+
+    def one_process(t):
+        real_make_fabric(t)
+        return _OneProcess()
+
+    monkeypatch.setattr(train_module, "make_fabric", one_process)
+
+
+@pytest.mark.parametrize("command", sorted(_commands(None, None, None)))
+@settings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(draw=st.data())
+def test_any_path_or_number_argument_works_or_is_a_one_line_error(
+    world, monkeypatch, command, draw
+):
+    monkeypatch.chdir(world["base"] / "cwd")
+    _stop_where_work_begins(monkeypatch)
+    new = Path(tempfile.mkdtemp(dir=world["base"]))
+    places = {k: str(v) for k, v in world.items()} | {"new": str(new)}
+
+    def fill(text: str) -> str:
+        for key, value in places.items():
+            text = text.replace("{" + key + "}", value)
+        return text
+
+    def pick(hostile):
+        return lambda plausible: draw.draw(hostile) if draw.draw(HOSTILE) else plausible
+
+    argv = _commands(pick(HOSTILE_PATHS), pick(HOSTILE_NUMBERS), pick(HOSTILE_INPUTS))[command]()
+    argv = [fill(a) for a in argv]
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                code = main(argv)
+            except _WorkReached:
+                code = 0
+            except SystemExit as exit_:  # argparse: a usage line and one error line
+                code = exit_.code
+        stderr = err.getvalue()
+        assert "Traceback" not in stderr
+        assert code in (0, 2), (argv, stderr)
+        if code == 2:
+            visible = [line.rsplit("\r", 1)[-1] for line in stderr.split("\n")]
+            last = [line for line in visible if line.strip()][-1]
+            assert re.match(r"fusescope( [a-z-]+)*: error: .", last), (argv, stderr)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+        for leftover in (world["base"] / "cwd").iterdir():  # what a "." or "~" output made
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()

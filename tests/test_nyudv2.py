@@ -161,6 +161,11 @@ def test_existing_output_kept(nyu):
     (out / "keep.txt").write_text("x")
     with pytest.raises(FusescopeError, match="exists"):
         prepare_nyudv2(nyu["mat"], nyu["splits"], nyu["mapping"], out)
-    prepare_nyudv2(nyu["mat"], nyu["splits"], nyu["mapping"], out, overwrite=True)
-    assert not (out / "keep.txt").exists()
+    # overwrite replaces a data folder, never a folder of the user's (issue 27)
+    with pytest.raises(FusescopeError, match="not a fusescope data folder"):
+        prepare_nyudv2(nyu["mat"], nyu["splits"], nyu["mapping"], out, overwrite=True)
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
+    prepare_nyudv2(nyu["mat"], nyu["splits"], nyu["mapping"], out, overwrite=True)  # empty
+    prepare_nyudv2(nyu["mat"], nyu["splits"], nyu["mapping"], out, overwrite=True)  # data
     assert json.loads((out / "meta.json").read_text())["name"] == "nyudv2"

@@ -94,13 +94,16 @@ def _optional_register(module: str, subparsers) -> None:
 def cmd_synth(args: argparse.Namespace) -> None:
     import shutil
 
+    from fusescope.data.prepare import is_data_folder
     from fusescope.data.synthetic import generate
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise FusescopeError(f"{out}: a file, not a folder")
     if out.exists() and any(out.iterdir()):
         if not args.force:
             raise FusescopeError(f"{out}: exists and is not empty (use --force to replace it)")
-        if not (out / "meta.json").is_file():
+        if not is_data_folder(out):
             raise FusescopeError(f"{out}: not a fusescope data folder; refusing to delete it")
         shutil.rmtree(out)
     meta = generate(
@@ -122,6 +125,17 @@ def cmd_train(args: argparse.Namespace) -> None:
     from fusescope.config import load_config
     from fusescope.engine.train import train
 
+    config, run_config = Path(args.config), Path(args.out) / "config.yaml"
+    if (
+        config.is_file()
+        and run_config.is_file()
+        and config.resolve() == run_config.resolve()
+        and not (Path(args.out) / "run.json").is_file()
+    ):
+        raise FusescopeError(
+            f"{config}: the config being trained is the file the run writes into --out "
+            f"{args.out}; move it or choose another --out"
+        )
     cfg = load_config(args.config, args.overrides)
     if args.quiet:
         cfg.train.progress = False
@@ -245,7 +259,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fusescope.engine.device import add_device_argument, positive_int
+    from fusescope.engine.device import add_device_argument, non_negative_int, positive_int
 
     parser = Parser(prog="fusescope", description=__doc__)
     parser.add_argument(
@@ -270,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--steps",
-        type=int,
+        type=positive_int,
         default=None,
         help=f"training steps per model (default: {DEMO_DEFAULTS['steps']})",
     )
@@ -282,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--num",
-        type=int,
+        type=positive_int,
         default=None,
         help=f"frames to generate (default: {DEMO_DEFAULTS['num']})",
     )
@@ -297,8 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     data_sub = data.add_subparsers(dest="data_command", required=True)
     p = data_sub.add_parser("synth", help="generate the known-answer RGB-D data set")
     p.add_argument("--out", required=True, help="data folder to create (new or empty)")
-    p.add_argument("--num", type=int, default=600, help="frames (70/15/15%% train/val/test)")
-    p.add_argument("--seed", type=int, default=0, help="frame i is drawn from (seed, i)")
+    p.add_argument(
+        "--num", type=positive_int, default=600, help="frames (70/15/15%% train/val/test)"
+    )
+    p.add_argument(
+        "--seed", type=non_negative_int, default=0, help="frame i is drawn from (seed, i)"
+    )
     p.add_argument(
         "--size",
         type=int,
@@ -307,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("H", "W"),
         help="frame height and width in pixels",
     )
-    p.add_argument("--workers", type=int, default=2, help="processes (same bytes for any)")
+    p.add_argument("--workers", type=positive_int, default=2, help="processes (same bytes for any)")
     p.add_argument(
         "--modalities",
         nargs="+",
@@ -433,13 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=non_negative_int,
         default=2,
         help="processes reading the next frames of a folder while the model runs "
         "(0: read in the main process)",
     )
     p.add_argument(
-        "--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores); with --onnx"
+        "--threads",
+        type=non_negative_int,
+        default=0,
+        help="ONNX Runtime threads (0: all cores); with --onnx",
     )
     p.set_defaults(func=cmd_predict)
 
@@ -447,6 +468,16 @@ def build_parser() -> argparse.ArgumentParser:
     _optional_register("fusescope.bench.commands", sub)
     _optional_register("fusescope.dissect.commands", sub)
     return parser
+
+
+def _clear_progress_bars() -> None:
+    """Erase the progress bars an error interrupted, so its message is a line of its own."""
+    std = sys.modules.get("tqdm.std")
+    if std is None:
+        return
+    for bar in list(getattr(std.tqdm, "_instances", ())):
+        bar.leave = False
+        bar.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -459,8 +490,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     try:
+        from fusescope.io import check_output_path
+
+        # every command's output: a place it can be written, checked before any work
+        for dest, what in (("out", "--out"), ("samples", "--samples")):
+            if getattr(args, dest, None) is not None:
+                check_output_path(getattr(args, dest), what)
         args.func(args)
     except FusescopeError as err:
+        _clear_progress_bars()
         print(f"fusescope: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -469,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a full disk outside fusescope's atomic writes (logs, plots)
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
+        _clear_progress_bars()
         print(
             f"fusescope: error: {err.filename or 'a file'}: no space left on the device",
             file=sys.stderr,

@@ -25,6 +25,9 @@ from fusescope.io import is_plain_name
 from fusescope.tasks.base import TASK_NAMES
 
 SYNTH_KINDS = ("rooms", "posters")
+# the most optimiser steps a schedule may count: a billion steps outlasts any run, and a larger
+# train.max_steps is a typo that would train forever at an lr that never decays
+MAX_STEPS = 10**9
 
 
 @dataclass
@@ -265,6 +268,10 @@ def check_config(cfg: DictConfig) -> None:
     number("train.seed", t.seed, 0, integer=True)
     if t.seed >= 2**63:
         raise FusescopeError(f"train.seed={t.seed} must be < 2**63")
+    for key in ("max_steps", "warmup_steps"):
+        if t[key] > MAX_STEPS:
+            # such a schedule never decays (nor warms up) within any run's life
+            raise FusescopeError(f"train.{key}={t[key]} must be at most {MAX_STEPS:.0e}")
     number("train.lr", t.lr, 0, low_ok=False)
     for key in (
         "weight_decay",
@@ -294,6 +301,8 @@ def check_config(cfg: DictConfig) -> None:
         raise FusescopeError(f"task={cfg.task!r} unknown; known: {', '.join(TASK_NAMES)}")
     for m in d.targets or []:
         check_plain_name(m, "data.targets")
+    if d.targets is not None and len(set(d.targets)) != len(d.targets):
+        raise FusescopeError(f"data.targets={list(d.targets)} names one twice")
     if not d.modalities:
         raise FusescopeError("data.modalities is empty")
     for m in d.modalities:

@@ -44,3 +44,26 @@ def stage(what: str, enabled: bool = True) -> None:
 
 
 _START = time.perf_counter()  # this module is imported when the command line starts
+
+
+def progress_bar(*args, **kwargs):
+    """A tqdm progress bar that stays when its work completes and is erased when an error
+    interrupts it, so the error's one line is the last thing on the terminal (a bar closed by
+    the unwinding loop would otherwise be printed, line and all, before it)."""
+    from tqdm import tqdm
+
+    class Progress(tqdm):
+        def __iter__(self):
+            for item in super().__iter__():
+                try:
+                    yield item
+                except GeneratorExit:  # the loop was left early: an error, or a break
+                    self.leave = False
+                    raise
+
+        def __exit__(self, exc_type, exc_value, traceback):
+            if exc_type is not None:
+                self.leave = False
+            return super().__exit__(exc_type, exc_value, traceback)
+
+    return Progress(*args, **kwargs)

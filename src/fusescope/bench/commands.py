@@ -68,11 +68,11 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--steps",
-        type=int,
+        type=positive_int,
         default=None,
         help="training steps of every config (default: each config's train.max_steps)",
     )
-    p.add_argument("--num", type=int, default=600, help="frames to generate")
+    p.add_argument("--num", type=positive_int, default=600, help="frames to generate")
     p.add_argument(
         "--data",
         default=None,

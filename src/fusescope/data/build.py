@@ -3,7 +3,6 @@ missing, compute the normaliser, and build train / evaluation views."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -22,6 +21,7 @@ from fusescope.data.synthetic import (
 )
 from fusescope.data.transforms import Normalize, TrainTransform
 from fusescope.errors import FusescopeError
+from fusescope.io import remove_stale_temps, temp_folder
 
 
 def ensure_data(data_cfg: DictConfig, progress: bool = True) -> Path:
@@ -63,10 +63,11 @@ def generate_poster_data(
 ) -> None:
     """The known-answer posters as a classification data folder at `root`: generated in the
     MM-IMDB layout (PNG posters, exact) in a temporary folder, then prepared into `root`."""
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{root.name}.raw-", dir=root.parent) as raw:
-        generate_posters(Path(raw) / "mmimdb", num, seed=seed, size=size, image_format="png")
-        prepare_mmimdb(Path(raw) / "mmimdb", root, overwrite=root.exists(), progress=progress)
+    # the raw layout is locked while it exists: a killed run's is removed by the next one
+    remove_stale_temps(root.parent, [root.name])
+    with temp_folder(root.parent, f".{root.name}.raw-") as raw:
+        generate_posters(raw / "mmimdb", num, seed=seed, size=size, image_format="png")
+        prepare_mmimdb(raw / "mmimdb", root, overwrite=root.exists(), progress=progress)
 
 
 def check_synth_matches(root: Path, synth: DictConfig) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from fusescope.data.meta import ClassInfo, DatasetMeta, ModalitySpec, write_split
-from fusescope.data.prepare import lookup_table, read_checked, staged_output
+from fusescope.data.prepare import check_output_folder, lookup_table, read_checked, staged_output
 from fusescope.errors import FusescopeError
 from fusescope.io import write_json, write_png
 
@@ -128,6 +128,7 @@ def prepare_cityscapes(
         FusescopeError: a missing folder or file, naming it.
     """
     src, out = Path(src), Path(out)
+    check_output_folder(out, overwrite, [src])
     if depth_mode not in ("depth", "disparity"):
         raise FusescopeError(f"depth_mode must be 'depth' or 'disparity', got {depth_mode!r}")
     for split in splits:
@@ -169,12 +170,12 @@ def prepare_cityscapes(
     )
     cameras: dict[str, dict[str, float]] = {}
     ids: dict[str, list[str]] = {s: [] for s in splits}
-    with staged_output(out, overwrite) as tmp:
+    with staged_output(out, overwrite, [src]) as tmp:
         it = work
         if progress:
-            from tqdm import tqdm
+            from fusescope.console import progress_bar
 
-            it = tqdm(work, desc="cityscapes")
+            it = progress_bar(work, desc="cityscapes")
         for split, stem, files in it:
             rgb = read_checked(files["rgb"], channels=3)
             shape = rgb.shape[:2]

@@ -8,6 +8,7 @@ synth-posters, hha, inspect.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from fusescope.errors import FusescopeError
@@ -74,6 +75,7 @@ def _prepare_taskonomy(args: argparse.Namespace) -> None:
         depth_domain=args.depth_domain,
         overwrite=args.overwrite,
         progress=True,
+        follow_links=args.follow_symlinks,
     )
     print(f"wrote {args.out}: {meta.name}, modalities {', '.join(meta.modalities)}")
 
@@ -87,6 +89,7 @@ def _prepare_mmimdb(args: argparse.Namespace) -> None:
         size=tuple(args.size) if args.size else None,
         overwrite=args.overwrite,
         progress=True,
+        follow_links=args.follow_symlinks,
     )
     print(f"wrote {args.out}: {meta.name}, {meta.num_classes} genres")
 
@@ -117,8 +120,25 @@ def _hha(args: argparse.Namespace) -> None:
     from fusescope.data.hha import GravityOptions, Intrinsics, depth_input_warnings, hha
     from fusescope.io import read_image, write_png
 
-    if not args.depth_scale > 0:
-        raise FusescopeError(f"--depth-scale must be positive, got {args.depth_scale}")
+    if not (math.isfinite(args.depth_scale) and args.depth_scale > 0):
+        raise FusescopeError(f"--depth-scale must be a positive number, got {args.depth_scale}")
+    fx, fy, cx, cy = args.intrinsics
+    if not (all(map(math.isfinite, args.intrinsics)) and fx > 0 and fy > 0):
+        raise FusescopeError(
+            f"--intrinsics {' '.join(map(str, args.intrinsics))}: FX FY CX CY must be finite, "
+            f"the focal lengths FX FY positive (pixels)"
+        )
+    if args.camera_height is not None and not (
+        math.isfinite(args.camera_height) and args.camera_height > 0
+    ):
+        raise FusescopeError(f"--camera-height must be a positive number, got {args.camera_height}")
+    if args.gravity is not None and not (
+        all(map(math.isfinite, args.gravity)) and any(args.gravity)
+    ):
+        raise FusescopeError(
+            f"--gravity {' '.join(map(str, args.gravity))}: a direction needs finite values, "
+            f"not all zero"
+        )
     depth = read_image(args.depth)
     if depth.ndim != 2:
         raise FusescopeError(f"{args.depth}: depth must be a single-channel image")
@@ -157,6 +177,8 @@ def _inspect(args: argparse.Namespace) -> None:
 
 def register(data_subparsers: argparse._SubParsersAction) -> None:
     """Add `prepare`, `synth-posters`, `hha` and `inspect` to the `fusescope data` subparsers."""
+    from fusescope.engine.device import positive_int
+
     prep = data_subparsers.add_parser("prepare", help="convert an official data set")
     sub = prep.add_subparsers(dest="dataset", required=True, metavar="DATASET")
 
@@ -167,7 +189,11 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mapping13", type=Path, help="class13Mapping.mat: use 13 classes")
     p.add_argument("--hha", action="store_true", help="also write hha/ (slower)")
     p.add_argument("--out", type=Path, required=True, help="data folder to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing fusescope data folder (never a folder without meta.json)",
+    )
     p.set_defaults(func=_prepare_nyudv2)
 
     p = sub.add_parser("sunrgbd", help="SUN RGB-D, 37 classes, 5285 / 5050")
@@ -185,7 +211,11 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="accept lists other than the official 5285 / 5050",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing fusescope data folder (never a folder without meta.json)",
+    )
     p.set_defaults(func=_prepare_sunrgbd)
 
     p = sub.add_parser("cityscapes", help="Cityscapes, 19 classes, with disparity")
@@ -205,7 +235,11 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         choices=["train", "val"],
         help="official splits to convert",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing fusescope data folder (never a folder without meta.json)",
+    )
     p.set_defaults(func=_prepare_cityscapes)
 
     p = sub.add_parser("taskonomy", help="Taskonomy domains for image translation (CEN's names)")
@@ -249,7 +283,16 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         default="depth_zbuffer",
         help="the Taskonomy domain written as depth",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing fusescope data folder (never a folder without meta.json)",
+    )
+    p.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="read files that symbolic links in --root point to outside it (refused otherwise)",
+    )
     p.set_defaults(func=_prepare_taskonomy)
 
     p = sub.add_parser("mmimdb", help="MM-IMDB posters, plots and 23 genres (multi-label)")
@@ -267,7 +310,16 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         metavar=("H", "W"),
         help="resize every poster to H x W (default: keep each poster's size)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing data folder")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing fusescope data folder (never a folder without meta.json)",
+    )
+    p.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="read files that symbolic links in --root point to outside it (refused otherwise)",
+    )
     p.set_defaults(func=_prepare_mmimdb)
 
     p = data_subparsers.add_parser(
@@ -345,5 +397,5 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         help="PNG for the sample grid (default: DIR/inspect_samples_<split>.png)",
     )
-    p.add_argument("--num-samples", type=int, default=4, help="rows in the sample grid")
+    p.add_argument("--num-samples", type=positive_int, default=4, help="rows in the sample grid")
     p.set_defaults(func=_inspect)

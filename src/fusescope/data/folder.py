@@ -1,8 +1,13 @@
 """The data set over the folder layout (docs/architecture.md): any aligned modalities.
 
 Files are checked when the data set is built (every modality and the label present for every
-id of the split, nothing extra), and each sample is checked as it is read (sizes agree, dtypes
-and units are plausible, label ids in range), so bad data stops with the file named.
+id of the split, nothing extra, one file per id, every file inside the data folder), and each
+sample is checked as it is read (sizes agree, dtypes and units are plausible, label ids in
+range), so bad data stops with the file named.
+
+A symbolic link in the data folder that leads outside it is refused: a data folder from
+elsewhere could otherwise make training read (and a text vocabulary, saved in run.json, copy)
+any file of the machine. Link the data folder itself instead, or copy the files in.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from fusescope.data.meta import (
 )
 from fusescope.data.text import TEXT_EXTENSION
 from fusescope.errors import FusescopeError
-from fusescope.io import read_image
+from fusescope.io import outside_root, read_image
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 # metric depth outside this range (median over valid pixels) means the scale is wrong
@@ -45,6 +50,42 @@ def find_file(folder: Path, sample_id: str, exts: tuple[str, ...] = EXTENSIONS) 
         if path.is_file():
             return path
     return None
+
+
+def files_by_stem(folder: Path, exts: tuple[str, ...] = EXTENSIONS) -> dict[str, Path]:
+    """`{stem: file}` of the files in `folder` with one of `exts` (any case).
+
+    Raises:
+        FusescopeError: two files share a stem (`0001.png` and `0001.jpg`): which one is the
+            frame is not for fusescope to guess.
+    """
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in exts:
+            continue
+        if path.stem in found:
+            raise FusescopeError(
+                f"{folder}: two files for {path.stem}: {found[path.stem].name} and {path.name}; "
+                f"keep one"
+            )
+        found[path.stem] = path
+    return found
+
+
+def check_inside(
+    path: Path, root: Path, way_out: str = "copy the file in, or link the whole folder"
+) -> None:
+    """Refuse a file whose real location (symbolic links followed) is outside `root`.
+
+    Raises:
+        FusescopeError: naming the file, where it leads and `way_out`.
+    """
+    real = outside_root(path, root)
+    if real is not None:
+        raise FusescopeError(
+            f"{path}: a symbolic link leading outside {root} (to {real}); files are read "
+            f"only inside it: {way_out}"
+        )
 
 
 def load_modality(path: str | os.PathLike, name: str, spec: ModalitySpec) -> np.ndarray:
@@ -122,23 +163,26 @@ def check_folder(
         )
     folders = list(modalities) + ([LABEL_DIR] if with_labels else [])
     files: dict[str, dict[str, Path]] = {}
+    stems = []
     for name in folders:
         folder = root / name
         if not folder.is_dir():
             raise FusescopeError(f"{folder}: folder missing for '{name}'")
         exts = extensions(meta, name)
-        present = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in exts}
+        present = files_by_stem(folder, exts)
         missing = [i for i in ids if i not in present]
         if missing:
             raise FusescopeError(
                 f"{folder}: {len(missing)} file(s) of the split missing, e.g. {missing[0]}{exts[0]}"
             )
         files[name] = {i: present[i] for i in ids}
+        # the folder's real place once, then only the files that are links themselves
+        check_inside(folder, root)
+        for path in files[name].values():
+            if path.is_symlink():
+                check_inside(path, root)
+        stems.append(set(present))
     # a file present for one modality but not another is a broken pairing
-    stems = [
-        set(p.stem for p in (root / n).iterdir() if p.suffix.lower() in extensions(meta, n))
-        for n in folders
-    ]
     union = set().union(*stems)
     for name, have in zip(folders, stems, strict=True):
         extra = sorted(union - have)

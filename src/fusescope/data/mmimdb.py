@@ -26,12 +26,29 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
-from fusescope.data.meta import LABELS_FILE, ClassInfo, DatasetMeta, ModalitySpec, write_split
-from fusescope.data.prepare import palette, staged_output
+from fusescope.console import progress_bar
+from fusescope.data.folder import check_inside
+from fusescope.data.meta import (
+    CUES,
+    LABELS_FILE,
+    ClassInfo,
+    DatasetMeta,
+    ModalitySpec,
+    meta_from_dict,
+    write_split,
+)
+from fusescope.data.prepare import FOLLOW_HINT, check_output_folder, palette, staged_output
+from fusescope.engine.memory import check_fits
 from fusescope.errors import FusescopeError
-from fusescope.io import is_plain_name, read_json, write_json, write_png
+from fusescope.io import (
+    MAX_NAME_BYTES,
+    decompression_bomb_message,
+    is_plain_name,
+    read_json,
+    write_json,
+    write_png,
+)
 
 # the 23 genres of MM-IMDB, most frequent first, as the release names them
 MMIMDB_GENRES = (
@@ -78,7 +95,10 @@ def _read_splits(root: Path) -> dict[str, list[str]]:
             raise FusescopeError(f"{path}: {name!r} must be a non-empty list of ids")
         for sample_id in ids:
             if not is_plain_name(sample_id):
-                raise FusescopeError(f"{path}: {name}: {sample_id!r} is not a sample id")
+                raise FusescopeError(
+                    f"{path}: {name}: {str(sample_id)[:80]!r} is not a sample id (a file name "
+                    f"without / or \\, valid UTF-8, at most {MAX_NAME_BYTES} bytes)"
+                )
             if sample_id in seen:
                 raise FusescopeError(
                     f"{path}: id {sample_id} is in both {seen[sample_id]} and {name}"
@@ -107,7 +127,14 @@ def _read_genres(root: Path) -> tuple[list[ClassInfo], tuple[str, ...], dict | N
     for i, g in enumerate(table):
         if not (isinstance(g, dict) and isinstance(g.get("name"), str) and g["name"]):
             raise FusescopeError(f"{path}: genres[{i}] needs a name")
-        classes.append(ClassInfo(g["name"], i, colors[i], g.get("cue")))
+        if any(c.name == g["name"] for c in classes):
+            raise FusescopeError(f"{path}: genre {g['name']!r} is listed twice")
+        cue = g.get("cue")
+        if cue is not None and cue not in CUES:
+            raise FusescopeError(
+                f"{path}: genres[{i}] ({g['name']}): cue {cue!r} is not one of {', '.join(CUES)}"
+            )
+        classes.append(ClassInfo(g["name"], i, colors[i], cue))
     generator = data.get("generator")
     return classes, (), generator if isinstance(generator, dict) else None
 
@@ -147,6 +174,13 @@ def _read_movie(
     text = "\n\n".join(p.strip() for p in plot if p.strip())
     if not any(c.isalnum() for c in text):
         raise FusescopeError(f"{path}: empty plot")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # a lone surrogate (a "\\ud800" escape in the JSON)
+        raise FusescopeError(
+            f"{path}: the plot has a character that is not valid Unicode ({err.reason} at "
+            f"character {err.start})"
+        ) from None
     kept = sorted(set(g for g in genres if g in known), key=genres.index)
     return kept, text + "\n", [g for g in genres if g not in known]
 
@@ -158,6 +192,8 @@ def _poster(path: Path, size: tuple[int, int] | None) -> np.ndarray:
         with Image.open(path) as image:
             image.load()
             rgb = image.convert("RGB")
+    except Image.DecompressionBombError as err:
+        raise FusescopeError(f"{path}: {decompression_bomb_message(err)}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise FusescopeError(f"{path}: cannot read image ({err})") from None
     if size is not None and (rgb.height, rgb.width) != tuple(size):
@@ -171,6 +207,7 @@ def prepare_mmimdb(
     size: tuple[int, int] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    follow_links: bool = False,
 ) -> DatasetMeta:
     """Convert the MM-IMDB release layout at `root` into a classification data folder `out`.
 
@@ -180,19 +217,28 @@ def prepare_mmimdb(
         size: resize every poster to (height, width); None keeps each poster's own size.
         overwrite: replace an existing `out`.
         progress: show a progress bar.
+        follow_links: read files that symbolic links lead to outside `root` (refused otherwise:
+            their content would be copied into `out`).
 
     Returns:
         The metadata written to `out/meta.json`.
 
     Raises:
         FusescopeError: naming the file or id: a missing split file, json or poster, an id in
-            two splits, a genre outside the list, an empty plot, an unreadable poster.
+            two splits, a genre outside the list, an empty plot, an unreadable poster, a link
+            leading outside `root`; genres.json naming a genre twice or an unknown cue.
     """
     root, out = Path(root), Path(out)
+    check_output_folder(out, overwrite, [root])
     if not root.is_dir():
         raise FusescopeError(f"{root}: folder not found")
-    if size is not None and (len(size) != 2 or min(size) < 1):
-        raise FusescopeError(f"--size must be two positive integers H W, got {size}")
+    if size is not None:
+        if len(size) != 2 or min(size) < 1:
+            raise FusescopeError(f"--size must be two positive integers H W, got {size}")
+        check_fits(8 * size[0] * size[1] * 3, f"--size {size[0]} {size[1]} (one poster)")
+    for name in ("split.json", "genres.json", "dataset"):
+        if (root / name).exists() and not follow_links:
+            check_inside(root / name, root, FOLLOW_HINT)
     splits = _read_splits(root)
     classes, left_out, generator = _read_genres(root)
     known = {c.name for c in classes}
@@ -202,8 +248,25 @@ def prepare_mmimdb(
     labels: dict[str, list[str]] = {}
     dropped: dict[str, int] = {}
     ids = [i for name in SPLITS for i in splits[name]]
-    with staged_output(out, overwrite=overwrite) as tmp:
-        for sample_id in tqdm(ids, desc=f"mmimdb -> {out.name}", disable=not progress):
+    extra: dict = {
+        "task": "classification",
+        "multi_label": True,
+        "source": "MM-IMDB release layout (split.json, dataset/)",
+    }
+    # what the loader will check, checked before anything is converted
+    modalities = {POSTER: ModalitySpec("color", 3), PLOT: ModalitySpec("text", 0)}
+    meta_from_dict(
+        DatasetMeta("mmimdb", classes, modalities, extra=extra).to_dict(),
+        where=str(root / "genres.json"),
+    )
+
+    if not follow_links:  # every file, before anything is converted
+        for sample_id in ids:
+            check_inside(dataset / f"{sample_id}.json", root, FOLLOW_HINT)
+            for ext in IMAGE_EXTENSIONS:
+                check_inside(dataset / f"{sample_id}{ext}", root, FOLLOW_HINT)
+    with staged_output(out, overwrite=overwrite, inputs=[root]) as tmp:
+        for sample_id in progress_bar(ids, desc=f"mmimdb -> {out.name}", disable=not progress):
             genres, text, other = _read_movie(
                 dataset / f"{sample_id}.json", sample_id, known, left_out
             )
@@ -217,11 +280,6 @@ def prepare_mmimdb(
         write_json(tmp / LABELS_FILE, labels)
         for name, fs_name in SPLITS.items():
             write_split(tmp, fs_name, splits[name])
-        extra: dict = {
-            "task": "classification",
-            "multi_label": True,
-            "source": "MM-IMDB release layout (split.json, dataset/)",
-        }
         if size is not None:
             extra["size"] = list(size)
         if dropped:
@@ -231,7 +289,7 @@ def prepare_mmimdb(
         meta = DatasetMeta(
             name="posters" if generator is not None else "mmimdb",
             classes=classes,
-            modalities={POSTER: ModalitySpec("color", 3), PLOT: ModalitySpec("text", 0)},
+            modalities=modalities,
             extra=extra,
         )
         meta.save(tmp)

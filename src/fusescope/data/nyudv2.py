@@ -25,7 +25,7 @@ import numpy as np
 from fusescope.data.hha import Intrinsics
 from fusescope.data.hha import hha as compute_hha
 from fusescope.data.meta import ClassInfo, DatasetMeta, ModalitySpec, write_split
-from fusescope.data.prepare import palette, staged_output
+from fusescope.data.prepare import check_output_folder, palette, staged_output
 from fusescope.errors import FusescopeError
 from fusescope.io import write_png
 
@@ -248,6 +248,7 @@ def prepare_nyudv2(
         FusescopeError: a missing, truncated or malformed input file, naming the file and key.
     """
     mat, out = Path(mat), Path(out)
+    check_output_folder(out, overwrite, [mat, splits, mapping, mapping13])
     table, names40 = read_mapping40(mapping)
     if mapping13 is not None:
         t13 = read_mapping13(mapping13)
@@ -282,12 +283,12 @@ def prepare_nyudv2(
         )
         width = max(4, len(str(n)))
         frames = sorted(set(train) | set(test))
-        with staged_output(out, overwrite) as tmp:
+        with staged_output(out, overwrite, [mat, splits, mapping, mapping13]) as tmp:
             it = frames
             if progress:
-                from tqdm import tqdm
+                from fusescope.console import progress_bar
 
-                it = tqdm(frames, desc="nyudv2")
+                it = progress_bar(frames, desc="nyudv2")
             for k in it:
                 i = k - 1
                 fid = f"{k:0{width}d}"

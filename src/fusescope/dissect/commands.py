@@ -13,7 +13,12 @@ from fusescope.errors import FusescopeError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from fusescope.engine.device import add_device_argument
+    from fusescope.engine.device import (
+        add_device_argument,
+        non_negative_int,
+        positive_float,
+        positive_int,
+    )
 
     p = subparsers.add_parser(
         "dissect",
@@ -33,25 +38,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="report folder")
     p.add_argument("--split", default="test", help="probe split (default: test)")
-    p.add_argument("--probe-size", type=int, default=200, help="first N probe images (0: all)")
+    p.add_argument(
+        "--probe-size", type=non_negative_int, default=200, help="first N probe images (0: all)"
+    )
     p.add_argument("--batch-size", type=int, default=16, help="probe batch (>= 4; CKA batch)")
     p.add_argument(
         "--level",
-        type=int,
+        type=non_negative_int,
         action="append",
         dest="levels",
         metavar="L",
         help="encoder level for Net2Vec/SVar, 0 = stride 4 (repeatable; default: 1 and the last)",
     )
-    p.add_argument("--epochs", type=int, default=30, help="Net2Vec epochs (paper: 30)")
-    p.add_argument("--lr", type=float, default=0.05, help="Net2Vec learning rate")
+    p.add_argument("--epochs", type=positive_int, default=30, help="Net2Vec epochs (paper: 30)")
+    p.add_argument("--lr", type=positive_float, default=0.05, help="Net2Vec learning rate")
     p.add_argument(
         "--cka",
         choices=["minibatch", "exact"],
         default="minibatch",
         help="minibatch (bounded memory) or exact full-set CKA",
     )
-    p.add_argument("--gradcam-images", type=int, default=3, help="examples per cue group")
+    p.add_argument(
+        "--gradcam-images", type=non_negative_int, default=3, help="examples per cue group"
+    )
     p.add_argument(
         "--gradcam-region",
         choices=["label", "predicted"],
@@ -59,11 +68,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="sum the class score over the labelled pixels (the paper) or the predicted ones",
     )
     p.add_argument(
-        "--folds", type=int, default=2, help="k-fold held-out Set IoU over the probe images"
+        "--folds", type=int, default=2, help="k-fold held-out Set IoU over the probe images (>= 2)"
     )
     p.add_argument(
         "--seeds",
-        type=int,
+        type=positive_int,
         default=3,
         help="k-fold splits drawn; Set IoU, noise floor and SVar are reported as mean and spread",
     )
@@ -96,6 +105,11 @@ def cmd_dissect(args: argparse.Namespace) -> None:
 
     if args.batch_size < 4:
         raise FusescopeError("--batch-size must be >= 4 (debiased CKA per batch)")
+    if args.folds < 2:
+        raise FusescopeError(
+            f"--folds {args.folds}: held-out Set IoU needs at least 2 folds (each image scored "
+            f"by a probe trained on the others)"
+        )
     device = str(resolve_device(args.device))  # before any training or loading
     if len(args.runs) == 1 and not args.train:
         cmd_dissect_classifier(args, device)

@@ -21,6 +21,7 @@ from fusescope.data.batching import collate
 from fusescope.data.corruptions import make_corruption
 from fusescope.data.folder import fingerprint
 from fusescope.engine.checkpoint import load_run
+from fusescope.engine.memory import check_fits, is_out_of_memory, out_of_memory_error
 from fusescope.engine.metrics import SegMetrics, group_miou, metrics_from_confusion
 from fusescope.engine.missing import leave_out
 from fusescope.errors import FusescopeError
@@ -64,9 +65,17 @@ def sliding_logits(
     b, _, h, w = first.shape
     wh, ww = window
     ph, pw = max(wh - h, 0), max(ww - w, 0)  # pad images smaller than the window
-    padded = {k: F.pad(v, (0, pw, 0, ph)) for k, v in inputs.items()}
     H, W = h + ph, w + pw
     tops, lefts = _windows(H, wh, stride[0]), _windows(W, ww, stride[1])
+    # the padded frames, their windows and the windows' logits, before any of it is allocated
+    channels = sum(v.shape[1] for v in inputs.values())
+    crops = len(tops) * len(lefts) * b * wh * ww
+    check_fits(
+        4 * (b * H * W * (channels + num_classes + 1) + crops * (channels + num_classes)),
+        f"eval.window / --window {wh} {ww} on {b} frame(s) of {h}x{w} ({len(tops) * len(lefts)} "
+        f"windows each)",
+    )
+    padded = {k: F.pad(v, (0, pw, 0, ph)) for k, v in inputs.items()}
     crops = {
         k: torch.cat([v[..., t : t + wh, l : l + ww] for t in tops for l in lefts])
         for k, v in padded.items()
@@ -141,19 +150,21 @@ def evaluate(
     was_training = model.training
     model.eval()
     metrics = SegMetrics(meta.num_classes, meta.ignore_index, device=str(device))
-    for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
-        batch = {k: v.to(device) for k, v in batch.items() if k != "id"}
-        probs = predict_probs(
-            model,
-            batch,
-            kinds,
-            meta.num_classes,
-            eval_cfg.tta,
-            eval_cfg.scales,
-            eval_cfg.window,
-            eval_cfg.stride,
-        )
-        metrics.update(probs.argmax(1), batch["label"])
+    # closed (and cleared) before an error propagates, so the error's line stands alone
+    with tqdm(loader, desc="eval", disable=not progress, leave=False) as batches:
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items() if k != "id"}
+            probs = predict_probs(
+                model,
+                batch,
+                kinds,
+                meta.num_classes,
+                eval_cfg.tta,
+                eval_cfg.scales,
+                eval_cfg.window,
+                eval_cfg.stride,
+            )
+            metrics.update(probs.argmax(1), batch["label"])
     model.train(was_training)
     confusion = metrics.confusion
     if fabric is not None and fabric.world_size > 1:
@@ -203,7 +214,16 @@ def evaluate_run(
         cfg, cfg.eval.split, run.stats, corruption=corruption, seed=cfg.train.seed
     )
     model = torch.compile(run.model) if cfg.train.get("compile", False) else run.model
-    result = task.evaluate(model, ds, cfg, run.meta, device=device, progress=progress)
+    try:
+        result = task.evaluate(model, ds, cfg, run.meta, device=device, progress=progress)
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        raise out_of_memory_error(
+            err,
+            f"evaluating {run_dir} on split {cfg.eval.split!r}",
+            f"--batch-size (now {cfg.eval.batch_size}), --window or --tta, or use smaller frames",
+        ) from None
     # every option that changes the numbers, so a result file says what it measured
     result.update(
         {
@@ -222,12 +242,27 @@ def evaluate_run(
             "data_fingerprint": fingerprint(
                 cfg.data.root, list(cfg.data.modalities), [cfg.eval.split]
             ),
-            "own_data": Path(cfg.data.root).resolve() == Path(trained_root).resolve(),
+            "own_data": is_own_data(cfg, run.info, trained_root),
         }
     )
     if drop:
         result["drop"] = sorted(drop)
     return result
+
+
+def is_own_data(cfg: DictConfig, info: dict, trained_root: str) -> bool:
+    """Whether `cfg.data.root` holds the data the run trained on: the same fingerprint of its
+    train and val splits as run.json records (a folder of the same name seen from another
+    working directory, or regenerated, is other data); runs from before the fingerprint was
+    recorded compare the resolved paths."""
+    recorded = info.get("data_fingerprint")
+    if not isinstance(recorded, str):
+        return Path(cfg.data.root).resolve() == Path(trained_root).resolve()
+    d = cfg.data
+    try:
+        return fingerprint(d.root, list(d.modalities), [d.train_split, d.val_split]) == recorded
+    except FusescopeError:  # e.g. a folder without the run's train or val split
+        return False
 
 
 def eval_file_name(result: dict) -> str:

@@ -14,13 +14,20 @@ lets a missing modality be fed as zeros (the fill `fusescope.engine.missing` use
 
 The exporter is torch's TorchScript-based one (`dynamo=False`) at opset `OPSET`: it handles the
 data-dependent interpolation sizes of the decoders with dynamic height and width; each export is
-checked against PyTorch on two input sizes before the file is written.
+checked against PyTorch on two input sizes before the file is written (logits that are not
+finite fail the check).
+
+Integrity: the metadata holds the SHA-256 of the run's weights (`weights_sha256`: which run the
+file belongs to) and of the graph itself, initializers included (`graph_sha256`), so `predict
+--onnx` refuses a file whose weight bytes were changed, or another run's graph carrying copied
+metadata, not only a file whose metadata names another run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -29,12 +36,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fusescope.console import warn
 from fusescope.engine.checkpoint import Run
+from fusescope.engine.memory import check_fits, is_out_of_memory, out_of_memory_error
 from fusescope.errors import FusescopeError
-from fusescope.io import atomic_path, write_json
+from fusescope.io import atomic_path, remove_stale_temps, write_json
 
 OPSET = 17
-FORMAT = "fusescope-onnx/1"
+# 2: the metadata holds graph_sha256 (files of format 1 are refused: export them again)
+FORMAT = "fusescope-onnx/2"
 # an export whose ONNX Runtime logits differ more than this from PyTorch's is refused
 EXPORT_TOLERANCE = 1e-3
 
@@ -65,6 +75,12 @@ def weights_digest(model: nn.Module) -> str:
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
+
+
+def graph_digest(proto) -> str:
+    """SHA-256 of an ONNX model's graph: nodes, inputs, outputs and every initializer's bytes
+    (not the model's metadata, which holds this digest)."""
+    return hashlib.sha256(proto.graph.SerializeToString(deterministic=True)).hexdigest()
 
 
 def unsupported_reason(model: nn.Module) -> str | None:
@@ -112,6 +128,9 @@ def describe(run: Run) -> dict:
         "opset": OPSET,
         "run": str(run.path.name),
         "method": str(run.cfg.model.name),
+        "step": run.step,
+        "max_steps": int(run.cfg.train.max_steps),
+        "finished": run.finished,
         "weights_sha256": weights_digest(run.model),
         "inputs": "one float32 (N, C, H, W) tensor per modality, normalised: (x - mean) / std",
         "output": "logits (N, num_classes, H, W)",
@@ -172,9 +191,17 @@ def export_model(
         if metadata is not None:
             proto = onnx.load(str(tmp))
             entry = proto.metadata_props.add()
+            metadata = {**metadata, "graph_sha256": graph_digest(proto)}
             entry.key, entry.value = "fusescope", json.dumps(metadata)
             onnx.save(proto, str(tmp))
-        worst = check_against_torch(tmp, graph, modalities, channels, size, device)
+        try:
+            worst = check_against_torch(tmp, graph, modalities, channels, size, device)
+        except (MemoryError, RuntimeError) as err:
+            if not is_out_of_memory(err):
+                raise
+            raise out_of_memory_error(
+                err, f"checking {method}'s export at {size[0]}x{size[1]}", "--size"
+            ) from None
         if worst > EXPORT_TOLERANCE:
             raise FusescopeError(
                 f"{method}: ONNX Runtime logits differ from PyTorch's by "
@@ -192,7 +219,12 @@ def check_against_torch(
     device: torch.device,
 ) -> float:
     """Largest |ONNX Runtime - PyTorch| logit difference on random inputs of two sizes (the
-    export size and another, so a height or width baked in as a constant is caught)."""
+    export size and another, so a height or width baked in as a constant is caught); infinite
+    where either gives a logit that is not finite (a NaN is never "no difference").
+
+    Raises:
+        FusescopeError: PyTorch's own logits are not finite (NaN or infinite weights).
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -207,30 +239,55 @@ def check_against_torch(
         ]
         if got.shape != ref.shape:
             raise FusescopeError(f"ONNX output shape {got.shape} != PyTorch {ref.shape}")
-        worst = max(worst, float(np.abs(got - ref).max()))
+        if not np.isfinite(ref).all():
+            raise FusescopeError(
+                "the model's PyTorch logits are not finite (NaN or infinite weights?); not exported"
+            )
+        diff = float(np.abs(got - ref).max())
+        worst = max(worst, diff if math.isfinite(diff) else math.inf)
     return worst
 
 
 def export_run(run: Run, out: str | os.PathLike, size: tuple[int, int] | None = None) -> dict:
-    """Export a loaded run to `out` (.onnx) and its description to `out` + `.json`.
+    """Export a loaded run to `out` (.onnx) and its description to `out` + `.json`, both or
+    neither. An unfinished run is exported with a warning; its step is in the description.
 
     Returns:
         The description (with `max_abs_diff_vs_torch` added).
     """
     out = Path(out)
+    sidecar = sidecar_path(out)
     if out.suffix.lower() != ".onnx":
         raise FusescopeError(f"{out}: the output file must end in .onnx")
-    if out.is_dir():
-        raise FusescopeError(f"{out}: is a folder")
+    for path in (out, sidecar):
+        if path.is_dir():
+            raise FusescopeError(f"{path}: is a folder")
     if size is None:
         crop = run.cfg.data.get("crop_size")
         size = tuple(crop) if crop else (64, 80)
+    if len(size) != 2 or not all(isinstance(v, int) and v >= 1 for v in size):
+        raise FusescopeError(f"--size must be two positive integers H W, got {list(size)}")
     modalities = list(run.model.modalities)
     channels = {m: run.meta.modalities[m].channels for m in modalities}
+    # the check's inputs and logits at the larger of its two sizes, batch 2 (a lower bound)
+    check_fits(
+        4 * 2 * (size[0] + 24) * (size[1] + 40) * (sum(channels.values()) + run.meta.num_classes),
+        f"--size {size[0]} {size[1]} (the export's test inputs)",
+    )
+    if not run.finished:
+        warn(
+            f"{run.path}: unfinished run (its weights are from step {run.step} of "
+            f"{run.cfg.train.max_steps}); exporting them, the step is recorded in {sidecar.name}"
+        )
+    remove_stale_temps(out.parent, [out.name, sidecar.name])  # a killed export's leftovers
     info = describe(run)
     worst = export_model(run.model.eval(), modalities, channels, out, tuple(size), info)
     info["max_abs_diff_vs_torch"] = worst
-    write_json(sidecar_path(out), info)
+    try:
+        write_json(sidecar, info)
+    except BaseException:
+        out.unlink(missing_ok=True)  # the graph is not deployable without its normalisation
+        raise
     return info
 
 
@@ -240,6 +297,10 @@ def sidecar_path(onnx_path: str | os.PathLike) -> Path:
 
 def read_onnx_metadata(path: str | os.PathLike) -> dict:
     """The `fusescope` metadata embedded in an exported file (one-line error otherwise)."""
+    return _fusescope_metadata(_load_onnx(path, external_data=False), Path(path))
+
+
+def _load_onnx(path: str | os.PathLike, external_data: bool = True):
     _require_onnx()
     import onnx
 
@@ -247,15 +308,50 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FusescopeError(f"{path}: ONNX file not found")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as err:
+        return onnx.load(str(path), load_external_data=external_data)
+    except Exception as err:  # noqa: BLE001 - truncated, not protobuf, external data missing
         raise FusescopeError(f"{path}: not an ONNX model ({type(err).__name__})") from None
+
+
+def _fusescope_metadata(proto, path: Path) -> dict:
     props = {p.key: p.value for p in proto.metadata_props}
     if "fusescope" not in props:
         raise FusescopeError(f"{path}: not exported by fusescope (no 'fusescope' metadata)")
-    meta = json.loads(props["fusescope"])
+    try:
+        meta = json.loads(props["fusescope"])
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise FusescopeError(f"{path}: its 'fusescope' metadata is not a JSON object")
     if meta.get("format") != FORMAT:
-        raise FusescopeError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        raise FusescopeError(
+            f"{path}: format {meta.get('format')!r}, expected {FORMAT!r} (export it again with "
+            f"this version of fusescope export)"
+        )
+    return meta
+
+
+def verify_onnx(path: str | os.PathLike, run: Run) -> dict:
+    """The metadata of an export of `run`, after checking that the file is that export: its
+    weights digest is the run's, and its graph (every initializer's bytes) hashes to the digest
+    written at export.
+
+    Raises:
+        FusescopeError: another run's file, or a graph changed since it was exported.
+    """
+    path = Path(path)
+    proto = _load_onnx(path)
+    meta = _fusescope_metadata(proto, path)
+    if meta.get("weights_sha256") != weights_digest(run.model):
+        raise FusescopeError(
+            f"{path}: exported from another run ({meta.get('run')!r}, "
+            f"{meta.get('method')!r}) or other weights than {run.path}"
+        )
+    if graph_digest(proto) != meta.get("graph_sha256"):
+        raise FusescopeError(
+            f"{path}: its graph or weights changed since it was exported (SHA-256 of the graph "
+            f"differs from its metadata's); export {run.path} again"
+        )
     return meta
 
 
@@ -265,20 +361,16 @@ class OnnxSegmentor:
 
     Args:
         path: the .onnx file.
-        run: the run it must have been exported from (checked by weight digest).
+        run: the run it must have been exported from (`verify_onnx`: weights and graph digests).
         threads: ONNX Runtime intra-op threads (0: its default, all cores).
     """
 
     def __init__(self, path: str | os.PathLike, run: Run, threads: int = 0):
         import onnxruntime as ort
 
-        meta = read_onnx_metadata(path)
-        digest = weights_digest(run.model)
-        if meta.get("weights_sha256") != digest:
-            raise FusescopeError(
-                f"{path}: exported from another run ({meta.get('run')!r}, "
-                f"{meta.get('method')!r}) or other weights than {run.path}"
-            )
+        verify_onnx(path, run)
+        if threads < 0:
+            raise FusescopeError(f"--threads must be 0 (all cores) or more, got {threads}")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,14 +35,23 @@ from fusescope.engine.checkpoint import (
     WEIGHTS,
     load_checkpoint,
     load_weights,
+    record_weights_digest,
     run_folder_lock,
     save_checkpoint,
     save_weights,
 )
 from fusescope.engine.distributed import convert_batchnorm
+from fusescope.engine.memory import is_out_of_memory, out_of_memory_error
 from fusescope.engine.missing import drop_modalities, dropout_probabilities
 from fusescope.errors import FusescopeError
-from fusescope.io import atomic_path, disk_full_error, read_json, remove_stale_temps, write_json
+from fusescope.io import (
+    atomic_path,
+    cannot_write_error,
+    disk_full_error,
+    read_json,
+    remove_stale_temps,
+    write_json,
+)
 from fusescope.nn.norm import is_norm, tracks_batch_stats
 from fusescope.tasks import task_of
 
@@ -209,10 +219,53 @@ def _keep_metrics_until(path: Path, step: int) -> None:
         tmp.write_text("".join(kept))
 
 
-def _is_out_of_memory(err: BaseException) -> bool:
-    return isinstance(err, MemoryError | torch.OutOfMemoryError) or (
-        isinstance(err, RuntimeError) and "can't allocate memory" in str(err)
-    )
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what creating it would make),
+    or None if `path` exists."""
+    if path.exists() or path.is_symlink():
+        return None
+    top = path
+    while not (top.parent.exists() or top.parent.is_symlink()) and top.parent != top:
+        top = top.parent
+    return top
+
+
+def _remove_created(path: Path, top: Path) -> None:
+    """Remove `path` and the empty folders above it up to `top`, all made by this process."""
+    shutil.rmtree(path, ignore_errors=True)
+    folder = path.parent
+    while folder != top.parent and top in (folder, *folder.parents):
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+        folder = folder.parent
+
+
+def claim_run_folder(out: Path, stack: contextlib.ExitStack) -> Path | None:
+    """Lock first, then create: make `out` if it is missing (exactly one process can), then
+    hold its lock for the rest of `stack`. Two commands started together on a new folder
+    cannot both pass: the second is refused by the lock, whoever created the folder.
+
+    Returns:
+        The outermost folder this process created (for `_remove_created`), None if `out`
+        existed.
+
+    Raises:
+        FusescopeError: `out` is a file or cannot be created, or another process holds it.
+    """
+    top = _first_missing(out)
+    if top is not None:
+        try:
+            out.mkdir(parents=True)
+        except FileExistsError:
+            top = None  # another process made it meanwhile: the lock decides
+        except OSError as err:
+            raise cannot_write_error(out, err) from None
+    if not out.is_dir():
+        raise FusescopeError(f"--out {out}: a file, not a run folder; choose another --out")
+    stack.enter_context(run_folder_lock(out))
+    return top
 
 
 def train(
@@ -243,9 +296,14 @@ def train(
     fabric.launch()
     rank0 = fabric.global_rank == 0
     with contextlib.ExitStack() as lock:
-        if rank0 and out.is_dir():
-            lock.enter_context(run_folder_lock(out))
-        return _train_locked(cfg, out, resume, on_step, fabric, lock)
+        created = claim_run_folder(out, lock) if rank0 else None
+        try:
+            return _train_locked(cfg, out, resume, on_step, fabric)
+        except BaseException:
+            # a refused or crashed run that never checkpointed leaves no folder behind
+            if created is not None and not (out / CHECKPOINT).exists():
+                _remove_created(out, created)
+            raise
 
 
 def make_fabric(t: DictConfig):
@@ -267,19 +325,12 @@ def make_fabric(t: DictConfig):
         ) from None
 
 
-def _train_locked(
-    cfg: DictConfig, out: Path, resume: bool, on_step, fabric, lock: contextlib.ExitStack
-) -> Path | None:
+def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric) -> Path | None:
     t = cfg.train
     rank0 = fabric.global_rank == 0
     resolved = to_container(cfg)
 
-    if rank0:
-        ensure_data(cfg.data, progress=t.progress)
-    fabric.barrier()
-    meta = load_meta(cfg.data.root)
-    task = task_of(cfg)
-    task.check_data(cfg, meta, fabric.world_size)
+    # what the run folder holds is checked before the data is made or read
     saved_cfg = out / "config.yaml"
     saved = _read_saved_config(saved_cfg) if saved_cfg.is_file() else None
     if saved is not None and not _same_run(saved, resolved):
@@ -293,57 +344,39 @@ def _train_locked(
     changes = {}
     if state is not None and saved is not None:
         changes = resume_changes(out, saved, resolved, state["step"])
-    if state is not None and (out / "run.json").is_file():
-        info = read_json(out / "run.json")
-        stats = info["normalization"]
-    else:
-        info = None
-        stats = task.normalisation_stats(cfg, progress=t.progress and rank0)
-    dataset = task.train_dataset(cfg, stats, t.seed)
 
-    torch.manual_seed(t.seed)  # same initial weights on every process
-    # a resumed run's checkpoint replaces the pretrained weights: don't fetch them
-    model = task.build_model(cfg, meta, pretrained=state is None, stats=stats)
-    if fabric.world_size > 1 and t.sync_bn:
-        model = convert_batchnorm(model, fabric.device.type)
-    optimizer = make_optimizer(model, t)
+    root = Path(cfg.data.root)
+    generating = cfg.data.synth is not None and not (root / "meta.json").is_file()
+    made_data = _first_missing(root) if generating else None
+    try:
+        if rank0:
+            ensure_data(cfg.data, progress=t.progress)
+        fabric.barrier()
+        prepared = _prepare(cfg, out, state, fabric)
+    except BaseException:
+        # the known-answer data this command generated goes with the refused run (checks that
+        # need the data come after it is made)
+        if rank0 and generating:
+            if made_data is not None:
+                _remove_created(root, made_data)
+            elif root.is_dir():  # an empty folder before: only what is in it now is ours
+                _clear(root)
+        raise
+    meta, task, info, stats, dataset, model, optimizer, scheduler, step, consumed = prepared
     dropout = dropout_probabilities(t.get("modality_dropout"), list(cfg.data.modalities))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.poly_power)
-    )
-    step, consumed = 0, 0
-    if state is not None:
-        load_weights(model, state["model"], ckpt_path)
-        step, consumed = state["step"], state["samples_consumed"]
-        if step < t.max_steps:  # a finished run needs no optimiser state to be evaluated
-            try:
-                optimizer.load_state_dict(state["optimizer"])
-            except ValueError as err:
-                raise FusescopeError(
-                    f"{ckpt_path}: its optimiser state does not fit this model's parameter "
-                    f"groups ({err}); it was saved by another fusescope version or with other "
-                    f"train.lr_scales: resume it with those, or start a new --out"
-                ) from None
-            scheduler.load_state_dict(state["scheduler"])
 
     # everything is checked: only now is the run folder written
     if rank0:
-        if not out.is_dir():
-            out.mkdir(parents=True, exist_ok=True)
-            lock.enter_context(run_folder_lock(out))
-            if saved_cfg.exists() or ckpt_path.exists():
-                raise FusescopeError(
-                    f"{out}: another process started a run in this folder "
-                    f"meanwhile; choose another --out"
-                )
         # under the lock no other process writes here: temp files are a killed run's leftovers
         remove_stale_temps(out, ["config.yaml", "run.json", WEIGHTS, "metrics.jsonl"])
         remove_stale_temps(ckpt_path.parent, [ckpt_path.name])
         if state is None:
-            # starting over (--no-resume): the previous run's checkpoint and weights would
-            # otherwise sit beside a config that no longer describes them
+            # starting over (--no-resume): the previous run's checkpoint, weights and results
+            # would otherwise sit beside a config that no longer describes them
             ckpt_path.unlink(missing_ok=True)
             (out / WEIGHTS).unlink(missing_ok=True)
+            for old in [*out.glob("eval_*.json"), out / "curves.png"]:
+                old.unlink(missing_ok=True)
         with atomic_path(saved_cfg) as tmp:
             tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
         if info is None:
@@ -352,6 +385,8 @@ def _train_locked(
                 {
                     "fusescope_version": fusescope.__version__,
                     "torch_version": torch.__version__,
+                    # absolute: `fusescope eval RUN` from another working directory finds it
+                    "data_root": str(root.resolve()),
                     "data_fingerprint": fingerprint(
                         cfg.data.root,
                         list(cfg.data.modalities),
@@ -517,12 +552,13 @@ def _train_locked(
             raise
         raise disk_full_error(Path(err.filename or out / "metrics.jsonl")) from None
     except (MemoryError, RuntimeError) as err:
-        if not _is_out_of_memory(err):
+        if not is_out_of_memory(err):
             raise
-        raise FusescopeError(
-            f"out of memory at step {step + 1} with train.batch_size="
-            f"{t.batch_size}, data.crop_size={cfg.data.crop_size}: lower them "
-            f"(or raise train.grad_accum)"
+        raise out_of_memory_error(
+            err,
+            f"at step {step + 1} with train.batch_size={t.batch_size}, "
+            f"data.crop_size={cfg.data.crop_size}",
+            "them (or raise train.grad_accum), or the model's sizes (model.*)",
         ) from None
     finally:
         bar.close()
@@ -531,12 +567,94 @@ def _train_locked(
         if tensorboard is not None:
             tensorboard.close()
     if rank0:
-        save_weights(out / WEIGHTS, raw_model, step=step)
+        # the digest in run.json names these weights only once they are written
+        record_weights_digest(out, None)
+        record_weights_digest(out, save_weights(out / WEIGHTS, raw_model, step=step))
         from fusescope.engine.curves import write_curves
 
         write_curves(out)
     fabric.barrier()
     return out if rank0 else None
+
+
+def _clear(folder: Path) -> None:
+    """Remove what is inside `folder` (an empty folder before this process filled it)."""
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _prepare(cfg: DictConfig, out: Path, state: dict | None, fabric) -> tuple:
+    """Every check and object a run needs before its folder is written: the data, its
+    statistics, the model, the optimiser and schedule (restored from `state` on a resume)."""
+    t = cfg.train
+    meta = load_meta(cfg.data.root)
+    task = task_of(cfg)
+    task.check_data(cfg, meta, fabric.world_size)
+    if state is not None and (out / "run.json").is_file():
+        info = read_json(out / "run.json")
+        stats = info["normalization"]
+        _check_same_data(out, cfg, info)
+    else:
+        info = None
+        stats = task.normalisation_stats(cfg, progress=t.progress and fabric.global_rank == 0)
+    dataset = task.train_dataset(cfg, stats, t.seed)
+
+    torch.manual_seed(t.seed)  # same initial weights on every process
+    # a resumed run's checkpoint replaces the pretrained weights: don't fetch them
+    try:
+        model = task.build_model(cfg, meta, pretrained=state is None, stats=stats)
+    except (MemoryError, RuntimeError) as err:
+        if not is_out_of_memory(err):
+            raise
+        raise out_of_memory_error(
+            err, f"building model {cfg.model.name}", "the model's sizes (model.*)"
+        ) from None
+    if fabric.world_size > 1 and t.sync_bn:
+        model = convert_batchnorm(model, fabric.device.type)
+    optimizer = make_optimizer(model, t)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.poly_power)
+    )
+    step, consumed = 0, 0
+    if state is not None:
+        ckpt_path = out / CHECKPOINT
+        load_weights(model, state["model"], ckpt_path)
+        step, consumed = state["step"], state["samples_consumed"]
+        if step < t.max_steps:  # a finished run needs no optimiser state to be evaluated
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+            except ValueError as err:
+                raise FusescopeError(
+                    f"{ckpt_path}: its optimiser state does not fit this model's parameter "
+                    f"groups ({err}); it was saved by another fusescope version or with other "
+                    f"train.lr_scales: resume it with those, or start a new --out"
+                ) from None
+            scheduler.load_state_dict(state["scheduler"])
+    return meta, task, info, stats, dataset, model, optimizer, scheduler, step, consumed
+
+
+def _check_same_data(out: Path, cfg: DictConfig, info: dict) -> None:
+    """A resumed run reads the data it started with (its fingerprint in run.json), not another
+    folder that `data.root` names from this working directory or that was regenerated.
+
+    Raises:
+        FusescopeError: the fingerprints differ.
+    """
+    recorded = info.get("data_fingerprint")
+    if not isinstance(recorded, str):
+        return
+    now = fingerprint(
+        cfg.data.root, list(cfg.data.modalities), [cfg.data.train_split, cfg.data.val_split]
+    )
+    if now != recorded:
+        raise FusescopeError(
+            f"{out}: the data at {Path(cfg.data.root).resolve()} is not the data this run "
+            f"started with (fingerprint {now}, run.json has {recorded}); point data.root at "
+            f"that data ({info.get('data_root', 'recorded in run.json')}) or start a new --out"
+        )
 
 
 def _read_saved_config(path: Path) -> dict:
@@ -564,9 +682,17 @@ def open_tensorboard(out: Path):
 
 
 def _evaluate_during_training(fabric, model, cfg, stats, meta, step, log_file) -> None:
+    """`train.eval_every`'s validation, under a private random state: whatever it draws (the
+    DataLoader's seed, a feature network's initialisation) is drawn from a copy that is thrown
+    away after, so training, and a run resumed from a checkpoint taken before this evaluation,
+    see the same random numbers as a run without it."""
     task = task_of(cfg)
-    ds = task.eval_dataset(cfg, cfg.data.val_split, stats)
-    result = task.evaluate(model, ds, cfg, meta, device=fabric.device, fabric=fabric)
+    device = fabric.device
+    forked = [device] if device.type in ("cuda", "mps") else []
+    with torch.random.fork_rng(devices=forked, device_type=device.type if forked else "cuda"):
+        torch.manual_seed(cfg.train.seed)
+        ds = task.eval_dataset(cfg, cfg.data.val_split, stats)
+        result = task.evaluate(model, ds, cfg, meta, device=device, fabric=fabric)
     if log_file is not None:
         key = task.primary_metric
         log_file.write(json.dumps({"step": step, f"val_{key}": result[key]}) + "\n")

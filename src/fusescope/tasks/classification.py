@@ -40,8 +40,10 @@ from fusescope.engine.classification_metrics import (
     per_class_f1,
     single_label_scores,
 )
+from fusescope.engine.memory import check_fits
 from fusescope.errors import FusescopeError
 from fusescope.models.classification import CLASSIFICATION_METHODS, build_classifier
+from fusescope.models.classification.base import BRANCH_DEFAULTS
 from fusescope.tasks.base import Task, check_global_batch
 
 
@@ -177,6 +179,16 @@ class ClassificationTask(Task):
                 "weighs every (sample, class) entry alike"
             )
         CLASSIFICATION_METHODS.get(str(cfg.model.get("name")))  # an unknown name lists them
+        if any(meta.modalities[m].kind == "text" for m in d.modalities):
+            # the embedding table has data.vocab_size rows: with its gradient and AdamW's two
+            # moments, four float32 copies, before anything is allocated
+            dim = cfg.model.get("text_dim", BRANCH_DEFAULTS["text_dim"])
+            if isinstance(dim, int) and dim > 0:
+                check_fits(
+                    16 * d.vocab_size * dim,
+                    f"data.vocab_size={d.vocab_size} x model.text_dim={dim} (the text "
+                    f"embedding table, its gradient and optimiser state)",
+                )
         options = dict(min_pixels=d.min_pixels)
         train_set = data.ClassificationFolderDataset(
             d.root, d.train_split, list(d.modalities), **options

@@ -43,6 +43,7 @@ whole image set with the feature network named in the result.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterable
 
@@ -60,6 +61,7 @@ from fusescope.data.meta import DatasetMeta
 from fusescope.data.paired import TARGET_PREFIX, PairedDataset, TargetSpace, target_key
 from fusescope.data.stats import compute_stats
 from fusescope.data.transforms import Normalize, TrainTransform
+from fusescope.engine.memory import check_fits
 from fusescope.errors import FusescopeError, OptionError
 from fusescope.models.translation import TRANSLATION_METHODS
 from fusescope.models.translation.patchgan import PatchDiscriminator
@@ -79,7 +81,26 @@ def model_options(model_cfg) -> tuple[str, dict, dict]:
     )
     name = section.pop("name")
     task = {k: section.pop(k, default) for k, default in TASK_MODEL_KEYS.items()}
+    if not isinstance(task["gan"], bool):
+        raise FusescopeError(f"model.gan={task['gan']!r} must be true or false")
+    # more than 16 stride-2 layers would need frames of 3 x 2^16 pixels a side
+    for key, most in (("disc_width", math.inf), ("disc_layers", 16)):
+        value = task[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+            bound = f"in 1..{most}" if most < math.inf else ">= 1"
+            raise FusescopeError(f"model.{key}={value!r} must be an integer {bound}")
     return name, section, task
+
+
+def unet_depth(name: str, options: dict) -> int | None:
+    """The U-Net depth `model.depth` (or the method's default) asks for, if the method has one."""
+    if "depth" in options:
+        return options["depth"]
+    builder = TRANSLATION_METHODS.get(name)
+    default = inspect.signature(builder).parameters.get("depth")
+    return (
+        None if default is None or default.default is inspect.Parameter.empty else default.default
+    )
 
 
 def targets_of(cfg: DictConfig) -> list[str]:
@@ -90,6 +111,25 @@ def targets_of(cfg: DictConfig) -> list[str]:
             "translate to (e.g. data.targets=[rgb])"
         )
     return [str(t) for t in targets]
+
+
+def check_padded_input(cfg: DictConfig, meta: DatasetMeta, frame, depth: int, world_size: int):
+    """The U-Net pads its input to a multiple of 2^depth (`model.depth`): refuse a depth whose
+    padded batch of inputs alone exceeds this machine's memory, before anything is allocated."""
+    d, t = cfg.data, cfg.train
+    top = max(d.scale_range)
+    h, w = (d.crop_size or (round(frame[0] * top), round(frame[1] * top)))[:2]
+    if depth < 1:  # the builder refuses it with its own message
+        return
+    k = 2 ** min(depth, 64)  # beyond 2^64 no memory suffices either
+    padded = (-(-h // k) * k) * (-(-w // k) * k)
+    channels = sum(meta.modalities[m].channels for m in d.modalities)
+    batch = max(1, t.batch_size * t.grad_accum // world_size)
+    check_fits(
+        4 * batch * channels * padded,
+        f"model.depth={depth} (frames of {h}x{w} padded to a multiple of 2^{depth}, "
+        f"a batch of {batch})",
+    )
 
 
 class PairedTransform:
@@ -186,7 +226,10 @@ class TranslationTask(Task):
             if len(ds):
                 # sizes agree (a target of another size is named here)
                 frame = ds.load_raw(0)[inputs[0]].shape[-2:]
-        task = model_options(cfg.model)[2]
+        name, options, task = model_options(cfg.model)
+        depth = unet_depth(name, options)
+        if frame is not None and isinstance(depth, int) and not isinstance(depth, bool):
+            check_padded_input(cfg, meta, frame, depth, world_size)
         if task["gan"] and frame is not None:
             # the PatchGAN's last normed map must keep > 1 pixel: sides >= 3 * 2^layers
             side = min(d.crop_size) if d.crop_size else min(frame)

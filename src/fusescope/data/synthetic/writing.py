@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from fusescope.console import progress_bar
 from fusescope.data.meta import LABEL_DIR, DatasetMeta, ModalitySpec, write_split
 from fusescope.data.prepare import staged_output
 from fusescope.data.synthetic.classes import CLASSES
@@ -24,8 +24,9 @@ from fusescope.data.synthetic.rendering import (
 )
 from fusescope.data.synthetic.scene import Frame, intrinsics
 from fusescope.data.synthetic.sensor import DEPTH_SCALE
+from fusescope.engine.memory import check_fits
 from fusescope.errors import FusescopeError
-from fusescope.io import write_png
+from fusescope.io import check_disk_space, write_png
 
 GENERATOR_VERSION = 1
 IGNORE_INDEX = 255
@@ -207,6 +208,16 @@ def generate(
     modalities = check_modalities(modalities)
     if not (isinstance(workers, int | np.integer) and workers >= 1):
         raise FusescopeError(f"synthetic data: workers must be a positive integer, got {workers!r}")
+    # what the settings ask for, before anything is allocated or written: a frame's ray casting
+    # takes ~200 bytes per pixel (measured; 100 is the bound used), and the PNGs at least half
+    # a byte per pixel and modality
+    pixels = size[0] * size[1]
+    check_fits(100 * pixels * min(workers, num), f"size {size[0]}x{size[1]} (rendering a frame)")
+    check_disk_space(
+        out.parent,
+        0.5 * pixels * (len(modalities) + 1) * num,
+        f"{num} frames of {size[0]}x{size[1]}",
+    )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FusescopeError(
             f"{out}: already exists and is not empty; remove it or choose another folder"
@@ -216,7 +227,9 @@ def generate(
     with staged_output(out, overwrite=True) as tmp:
         for sub in (*modalities, LABEL_DIR, "splits"):
             (tmp / sub).mkdir()
-        bar = tqdm(total=num, desc=f"synthetic -> {out.name}", unit="frame", disable=not progress)
+        bar = progress_bar(
+            total=num, desc=f"synthetic -> {out.name}", unit="frame", disable=not progress
+        )
         with bar:
             if workers == 1:
                 for index in range(num):
