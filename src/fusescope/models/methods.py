@@ -17,6 +17,7 @@ classification's (`models/classification/multistream.py`) live with their heads.
 from __future__ import annotations
 
 import inspect
+import typing
 from collections.abc import Callable
 
 from torch import Tensor
@@ -28,6 +29,13 @@ from fusescope.models.decoders import build_decoder
 from fusescope.models.multistream import MultiStreamModel
 from fusescope.models.registry import FUSION_OPS
 from fusescope.registry import Registry
+
+
+def _hints(fn: Callable | None) -> dict:
+    try:
+        return typing.get_type_hints(fn) if fn is not None else {}
+    except Exception:  # noqa: BLE001 - an annotation that cannot be resolved is not checked
+        return {}
 
 
 def upsample_streams(small: Tensor, num_streams: int, size: tuple[int, int]) -> Tensor:
@@ -125,6 +133,12 @@ def op_method(
         return finalize(model) if finalize is not None else model
 
     build.__signature__ = inspect.Signature([*fixed, *host_params, *op_params])
+    # resolved annotations of the host's and the op's options, so `Registry.build` checks the
+    # values of a generated method as it checks a hand-written one's (theta=nan is refused)
+    hints = {**_hints(insert), **_hints(host)}
+    build.__annotations__ = {
+        p.name: hints[p.name] for p in [*host_params, *op_params] if p.name in hints
+    }
     build.__name__ = op or "multistream"
     build.__doc__ = (insert.__doc__ if insert is not None else None) or (
         "The multi-stream host with no fusion op: shared weights, private norms, per-stream "
