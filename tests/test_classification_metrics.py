@@ -96,7 +96,9 @@ def test_evaluation_tunes_on_val_scores_test_and_heads_with_one_half(monkeypatch
         return torch.logit(split_probs[dataset.split]), targets
 
     monkeypatch.setattr(task_module, "predict_logits", predict)
-    monkeypatch.setattr(task_module, "sibling_split", lambda ds, split: SimpleNamespace(split=split))
+    monkeypatch.setattr(
+        task_module, "sibling_split", lambda ds, split: SimpleNamespace(split=split)
+    )
     cfg = SimpleNamespace(eval=SimpleNamespace(batch_size=4), data=SimpleNamespace(val_split="val"))
     meta = SimpleNamespace(classes=[SimpleNamespace(cue=None)] * 2, class_names=["a", "b"])
     test = SimpleNamespace(split="test")

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from fusescope.config import load_config
+from fusescope.console import FusescopeWarning
 from fusescope.data import classification as cls
 from fusescope.data import posters as P
 from fusescope.data.meta import load_meta, read_split
-from fusescope.console import FusescopeWarning
 from fusescope.data.mmimdb import (
     MMIMDB_GENRES,
     RELEASE_SPLIT_SIZES,

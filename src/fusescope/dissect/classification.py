@@ -4,7 +4,8 @@ looks.
 
 - **Per-modality contribution of each label** (drop one modality): per-class F1 on the probe
   split with every modality, then with modality m removed (an image replaced by zeros after
-  normalisation, i.e. the mean image; a text by a single unknown word), at the headline
+  normalisation, i.e. the mean image; a text by a text that says nothing: one unknown word,
+  or a pretrained tokenizer's empty text, its special tokens alone), at the headline
   threshold of `fusescope eval`, 0.5 (`threshold="tuned"`: the one chosen on the run's
   validation split, as `eval`'s `"tuned"` F1s). The F1 a label loses without m is m's
   contribution. On the known-answer posters, text-cue genres must lose F1 when the plot goes and
@@ -34,7 +35,6 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from fusescope.data.batching import collate
-from fusescope.data.text import UNK_ID
 from fusescope.dissect.cka import CKAAccumulator
 from fusescope.dissect.gradcam import cam
 from fusescope.dissect.taps import FeatureTaps, Tap, move_batch
@@ -74,12 +74,16 @@ def image_tap(model: nn.Module, modality: str) -> Tap | None:
     return None
 
 
-def remove_modality(batch: dict[str, Tensor], modality: str, kind: str) -> dict[str, Tensor]:
+def remove_modality(
+    batch: dict[str, Tensor], modality: str, kind: str, blank: np.ndarray | None = None
+) -> dict[str, Tensor]:
     """The batch without `modality`'s information: zeros for an image (the mean image after
-    normalisation), one unknown word for a text."""
+    normalisation); for a text, the ids `blank` of a text that says nothing (the tokenizer's
+    `blank_ids()`) in every sample."""
     out = dict(batch)
     if kind == "text":
-        ids = torch.full_like(batch[modality][:, :1], UNK_ID)
+        row = torch.as_tensor(blank, dtype=batch[modality].dtype, device=batch[modality].device)
+        ids = row.expand(batch[modality].shape[0], -1)  # (B, len(blank))
         out[modality] = ids
         out[f"{modality}_mask"] = torch.ones_like(ids, dtype=torch.bool)
     else:
@@ -88,7 +92,7 @@ def remove_modality(batch: dict[str, Tensor], modality: str, kind: str) -> dict[
 
 
 @torch.no_grad()
-def _logits_and_features(model, loader, taps, device, removed: tuple[str, str] | None = None):
+def _logits_and_features(model, loader, taps, device, removed: tuple | None = None):
     logits, targets, feats = [], [], {}
     hooks = FeatureTaps(model, taps) if taps else None
     for batch in loader:
@@ -153,7 +157,8 @@ def dissect_classifier(
     full = per_class_f1(logits.sigmoid(), targets, threshold)
     drops = {}
     for m in modalities if len(modalities) > 1 else []:
-        lg, _, _ = _logits_and_features(model, loader, {}, device, removed=(m, kinds[m]))
+        blank = ds.tokenizers[m].blank_ids() if kinds[m] == "text" else None
+        lg, _, _ = _logits_and_features(model, loader, {}, device, removed=(m, kinds[m], blank))
         without = per_class_f1(lg.sigmoid(), targets, threshold)
         drops[m] = [a - b for a, b in zip(full, without, strict=True)]
 

@@ -53,11 +53,13 @@ def in_specs(
     modalities: list[str],
     data_cfg: DictConfig,
     vocabularies: dict[str, list[str]] | None = None,
+    weights: bool = True,
 ) -> dict:
     """What each modality is, for the model builder: image kind and channels; for text, an
     embedding table of `data.vocab_size` rows (every vocabulary the run can build fits it, so
-    the model's shapes follow from the config alone) and, when known, the vocabulary itself
-    (GloVe initialisation looks its words up)."""
+    the model's shapes follow from the config alone), when known the vocabulary itself (GloVe
+    initialisation looks its words up), and whether to read pretrained text weights or vectors
+    (`weights`; false for a run whose own weights are loaded next)."""
     specs = {}
     for m in modalities:
         spec = meta.modalities[m]
@@ -67,6 +69,7 @@ def in_specs(
                 "pad_id": PAD_ID,
                 "vocab_size": int(data_cfg.vocab_size),
                 "vocab": (vocabularies or {}).get(m),
+                "weights": weights,
             }
         else:
             specs[m] = {"kind": spec.kind, "channels": int(spec.channels)}
@@ -115,13 +118,28 @@ def _gather(fabric, x: Tensor, total: int) -> Tensor:
     return torch.cat([stacked[r, :n] for r, n in enumerate(counts)])
 
 
+def text_tokenizer(cfg: DictConfig):
+    """The tokenizer of a pretrained `model.text_encoder` (minilm, clip) for the run's text
+    modalities; None: they use the run's word vocabulary (scratch, glove)."""
+    from fusescope.models.classification.pretrained_text import (
+        PRETRAINED_TEXT_ENCODERS,
+        pretrained_tokenizer,
+    )
+
+    encoder = str(cfg.model.get("text_encoder") or "scratch")
+    if encoder not in PRETRAINED_TEXT_ENCODERS:
+        return None
+    source = cfg.model.get("text_model")
+    return pretrained_tokenizer(encoder, str(source) if source else None)
+
+
 def sibling_split(dataset, split: str):
-    """The same data set (folder, vocabularies, normaliser) over another split."""
+    """The same data set (folder, tokenizers, normaliser) over another split."""
     twin = data.ClassificationFolderDataset(
         dataset.root,
         split,
         dataset.modalities,
-        vocabularies=dataset.vocabularies,
+        tokenizers=dataset.tokenizers,
         max_tokens=dataset.max_tokens,
         min_pixels=dataset.min_pixels,
         normalize=dataset.normalize,
@@ -194,13 +212,15 @@ class ClassificationTask(Task):
             d.root, d.train_split, list(d.modalities), **options
         )
         data.ClassificationFolderDataset(d.root, d.val_split, list(d.modalities), **options)
+        if train_set.texts:  # a pretrained text encoder's missing package or files: now
+            text_tokenizer(cfg)
         check_global_batch(cfg, len(train_set), world_size)
 
     def normalisation_stats(self, cfg: DictConfig, progress: bool = False) -> dict:
         return data.normalisation_stats(cfg.data, progress=progress)
 
     def train_dataset(self, cfg: DictConfig, stats: dict, seed: int) -> Dataset:
-        ds = data.train_dataset(cfg.data, stats, seed)
+        ds = data.train_dataset(cfg.data, stats, seed, text_tokenizer(cfg))
         if not ds.images:  # text alone: the joint image augmentation has nothing to act on
             ds.transform = None
         return ds
@@ -213,16 +233,16 @@ class ClassificationTask(Task):
                 "corruptions are defined for segmentation's depth and RGB "
                 "frames, not for classification data"
             )
-        return data.eval_dataset(cfg.data, split, stats)
+        return data.eval_dataset(cfg.data, split, stats, text_tokenizer(cfg))
 
     def build_model(
         self, cfg: DictConfig, meta, pretrained: bool = True, stats: dict | None = None
     ) -> nn.Module:
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-        if not pretrained:  # the run's own weights replace them: nothing to read or download
-            for key in ("pretrained", "glove"):
-                if key in model_cfg:
-                    model_cfg[key] = None if key == "glove" else False
+        if not pretrained and "pretrained" in model_cfg:
+            # the run's own weights replace them: nothing to read or download (text
+            # encoders: `in_specs(weights=False)`)
+            model_cfg["pretrained"] = False
         modalities = list(cfg.data.modalities)
         # GloVe initialisation reads the run's vocabularies (saved with the normaliser's
         # statistics); a run loaded from its folder gets its own weights instead
@@ -236,7 +256,7 @@ class ClassificationTask(Task):
         return build_classifier(
             model_cfg,
             modalities,
-            in_specs(meta, modalities, cfg.data, vocabularies),
+            in_specs(meta, modalities, cfg.data, vocabularies, weights=pretrained),
             meta.num_classes,
         )
 

@@ -83,6 +83,8 @@ def unimodal(
     text_heads: int = 4,
     text_dropout: float = 0.1,
     glove: str | bool | None = None,
+    text_encoder: str = "scratch",
+    text_model: str | None = None,
     dropout: float = 0.0,
 ) -> Classifier:
     """One modality's branch (timm image backbone or the text encoder) and a linear head."""
@@ -102,6 +104,8 @@ def late(
     text_heads: int = 4,
     text_dropout: float = 0.1,
     glove: str | bool | None = None,
+    text_encoder: str = "scratch",
+    text_model: str | None = None,
     dropout: float = 0.0,
 ) -> Classifier:
     """Late fusion: the mean of the modalities' logits (each head supervised on its own too)."""
@@ -121,6 +125,8 @@ def ensemble(
     text_heads: int = 4,
     text_dropout: float = 0.1,
     glove: str | bool | None = None,
+    text_encoder: str = "scratch",
+    text_model: str | None = None,
     dropout: float = 0.0,
 ) -> Classifier:
     """CEN's learned ensemble over per-modality heads."""
@@ -139,6 +145,8 @@ def _opts(local: dict) -> dict:
         "text_heads",
         "text_dropout",
         "glove",
+        "text_encoder",
+        "text_model",
     )
     return {k: local[k] for k in keys}
 
@@ -225,6 +233,8 @@ def concat(
     text_heads: int = 4,
     text_dropout: float = 0.1,
     glove: str | bool | None = None,
+    text_encoder: str = "scratch",
+    text_model: str | None = None,
     width: int = 128,
     hidden: int | None = 128,
     dropout: float = 0.0,
@@ -329,6 +339,8 @@ def attention(
     text_heads: int = 4,
     text_dropout: float = 0.1,
     glove: str | bool | None = None,
+    text_encoder: str = "scratch",
+    text_model: str | None = None,
     width: int = 128,
     layers: int = 2,
     heads: int = 4,
