@@ -79,10 +79,10 @@ def test_config_trains_and_evaluates(config, tiny_sets, tmp_path):
     )
     run = train(cfg, tmp_path / "run")
     try:
-        result = evaluate_run(run)  # the config's own split, threshold chosen on its val split
+        result = evaluate_run(run)  # the config's own split; tuned threshold from its val split
         assert result["split"] == shipped.eval.split == "test"
         assert 0.0 <= result["micro_f1"] <= 1.0 and 0.0 <= result["macro_f1"] <= 1.0
-        assert math.isfinite(result["threshold"])
+        assert result["threshold"] == 0.5 and math.isfinite(result["tuned"]["threshold"])
         assert result["cue_group_f1"]  # the known-answer data's cue groups are scored
     finally:
         shutil.rmtree(run, ignore_errors=True)

@@ -150,7 +150,7 @@ def test_text_needs_a_vocabulary_and_serves_no_segmentation(tmp_path):
     root = write_classification(tmp_path / "d")
     ds = cls.ClassificationFolderDataset(root, "train", ["img", "txt"])
     assert ds.load_raw(0)["txt"] == "A red apple."
-    with pytest.raises(FusescopeError, match="no vocabulary"):
+    with pytest.raises(FusescopeError, match="'txt': no tokenizer"):
         ds[0]
     with pytest.raises(FusescopeError, match="'txt' is a text modality"):
         FolderDataset(root, "train", ["img", "txt"])

@@ -76,6 +76,46 @@ def test_threshold_is_chosen_on_the_given_split():
     assert multilabel_f1(probs, targets, 0.5)["micro_f1"] == 0.0
 
 
+def test_evaluation_tunes_on_val_scores_test_and_heads_with_one_half(monkeypatch):
+    """The task's evaluation: the tuned threshold comes from the validation split's outputs
+    and is applied unchanged to the test split, whose own best threshold differs; the headline
+    F1s are at 0.5 whatever either split prefers."""
+    from types import SimpleNamespace
+
+    from fusescope.tasks import classification as task_module
+
+    targets = torch.tensor([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=torch.float32)
+    # val: true labels at 0.35, false ones at 0.25 (best threshold 0.25..0.35 -> 0.25);
+    # test: true labels at 0.75, false at 0.45 (best 0.45..0.75; 0.25 predicts everything)
+    split_probs = {
+        "val": torch.where(targets > 0, torch.tensor(0.35), torch.tensor(0.25)),
+        "test": torch.where(targets > 0, torch.tensor(0.75), torch.tensor(0.45)),
+    }
+
+    def predict(model, dataset, *args):
+        return torch.logit(split_probs[dataset.split]), targets
+
+    monkeypatch.setattr(task_module, "predict_logits", predict)
+    monkeypatch.setattr(
+        task_module, "sibling_split", lambda ds, split: SimpleNamespace(split=split)
+    )
+    cfg = SimpleNamespace(eval=SimpleNamespace(batch_size=4), data=SimpleNamespace(val_split="val"))
+    meta = SimpleNamespace(classes=[SimpleNamespace(cue=None)] * 2, class_names=["a", "b"])
+    test = SimpleNamespace(split="test")
+    result = task_module.TASK.evaluate(None, test, cfg, meta, "cpu", progress=False)
+    tuned = result["tuned"]
+    assert tuned["chosen_on"] == "val" and tuned["threshold"] == pytest.approx(0.25)
+    assert choose_threshold(split_probs["test"], targets) == pytest.approx(0.45)  # not chosen
+    probs = split_probs["test"].numpy()
+    at_tuned, _ = reference(probs, targets.numpy(), 0.25)
+    at_half, _ = reference(probs, targets.numpy(), 0.5)
+    assert tuned["micro_f1"] == pytest.approx(at_tuned["micro_f1"])
+    assert at_tuned["micro_f1"] < 1.0  # val's threshold predicts every test label
+    assert result["threshold"] == 0.5
+    assert result["micro_f1"] == pytest.approx(at_half["micro_f1"]) == 1.0
+    assert result["macro_f1"] == pytest.approx(at_half["macro_f1"])
+
+
 def test_cue_groups_and_single_label():
     assert cue_group_f1([1.0, 0.5, 0.0, 0.25], ["image", "text", "text", None]) == {
         "image": 1.0,

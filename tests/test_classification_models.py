@@ -182,7 +182,13 @@ def test_glove_initialises_the_word_embeddings(tmp_path):
         }
     }
     model = build_classifier(
-        {"name": "unimodal", "text_dim": 4, "text_heads": 2, "glove": str(glove)},
+        {
+            "name": "unimodal",
+            "text_encoder": "glove",
+            "text_dim": 4,
+            "text_heads": 2,
+            "glove": str(glove),
+        },
         ["plot"],
         specs,
         3,
@@ -194,8 +200,14 @@ def test_glove_initialises_the_word_embeddings(tmp_path):
     assert (table[0] == 0).all()  # padding
     with pytest.raises(FusescopeError, match="set model.text_dim: 4"):
         build_classifier(
-            {"name": "unimodal", "text_dim": 8, "glove": str(glove)}, ["plot"], specs, 3
+            {"name": "unimodal", "text_encoder": "glove", "text_dim": 8, "glove": str(glove)},
+            ["plot"],
+            specs,
+            3,
         )
+    # GloVe vectors are the glove encoder's: with another encoder they are a mistake
+    with pytest.raises(FusescopeError, match="set text_encoder: glove"):
+        build_classifier({"name": "unimodal", "glove": str(glove)}, ["plot"], specs, 3)
 
 
 def test_the_task_initialises_glove_from_the_runs_vocabulary(tmp_path):
@@ -216,6 +228,7 @@ def test_the_task_initialises_glove_from_the_runs_vocabulary(tmp_path):
             "model.name=unimodal",
             "model.text_dim=4",
             "model.text_heads=2",
+            "model.text_encoder=glove",
             f"model.glove={glove}",
         ],
     )

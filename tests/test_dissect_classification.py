@@ -5,6 +5,7 @@ contribution, CKA and Grad-CAM must say so."""
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -12,6 +13,7 @@ from fusescope.cli import main
 from fusescope.config import load_config
 from fusescope.data.meta import load_meta, write_split
 from fusescope.dissect.classification import dissect_classifier, write_classification_report
+from fusescope.errors import FusescopeError
 from fusescope.io import write_json, write_png
 from fusescope.models.classification.base import Classifier, Encoded
 from fusescope.tasks import task_of
@@ -141,6 +143,12 @@ def test_contribution_cka_and_gradcam_find_the_known_answer(tmp_path):
     assert square > cams["appearance"]["maps"].mean()
     index = write_classification_report(result, tmp_path / "report")
     assert "comes from txt" in index.read_text() and (tmp_path / "report/results.json").exists()
+    # F1 at eval's headline threshold by default, or at the one chosen on validation
+    assert result["threshold"] == 0.5 and "published" in result["threshold_from"]
+    tuned = dissect_classifier(run, split="test", batch_size=5, threshold="tuned")
+    assert 0 < tuned["threshold"] < 1 and tuned["threshold_from"] == "chosen on split val"
+    with pytest.raises(FusescopeError, match="in \\(0, 1\\) or 'tuned'"):
+        dissect_classifier(run, split="test", batch_size=5, threshold=1.5)
 
 
 def test_dissect_cli_needs_three_segmentation_runs_or_one(tmp_path, capsys):

@@ -68,21 +68,45 @@ def random_features(n, d, seed, shift=0.0):
 
 
 def test_kid_and_fid_match_references_on_random_features():
-    real, fake = random_features(8, 12, seed=0), random_features(8, 12, seed=1, shift=0.15)
-    fd = FeatureDistance(Flatten(12), label="pixels")
-    fd.update(real=images_with_features(real[:5]), fake=images_with_features(fake[:3]))
-    fd.update(real=images_with_features(real[5:]), fake=images_with_features(fake[3:]))
+    """Sets larger than the KID subsets, so subsets are drawn: the reference draws the same
+    indices (torch.randperm from the seed, as torchmetrics draws them) and computes each
+    subset's MMD^2 with its own NumPy estimator; FID against scipy's matrix square root."""
+    real, fake = random_features(30, 12, seed=0), random_features(24, 12, seed=1, shift=0.15)
+    fd = FeatureDistance(Flatten(12), label="pixels", kid_subset_size=10, kid_subsets=7, seed=3)
+    fd.update(real=images_with_features(real[:13]), fake=images_with_features(fake[:5]))
+    fd.update(real=images_with_features(real[13:]), fake=images_with_features(fake[5:]))
     result = fd.compute()
     real32 = real.astype(np.float32).astype(np.float64)  # the images hold float32 pixels
     fake32 = fake.astype(np.float32).astype(np.float64)
-    # 8 real, 8 generated: every subset is the whole set, so KID is the full-set estimate
-    assert result["kid_subset_size"] == 8 and result["kid_subsets"] == 50
-    expected = 100 * mmd2_unbiased_reference(real32, fake32)
-    assert result["kid"] == pytest.approx(expected, rel=1e-9)
-    assert result["kid_std"] == pytest.approx(0, abs=1e-9 * abs(expected))
+    torch.manual_seed(3)
+    subsets = []
+    for _ in range(7):
+        r, f = torch.randperm(30)[:10].numpy(), torch.randperm(24)[:10].numpy()
+        subsets.append(mmd2_unbiased_reference(real32[r], fake32[f]))
+    assert result["kid_subset_size"] == 10 and result["kid_subsets"] == 7
+    assert result["kid"] == pytest.approx(100 * np.mean(subsets), rel=1e-9)
+    assert result["kid_std"] == pytest.approx(100 * np.std(subsets), rel=1e-9)
+    assert result["kid_std"] > 0  # the subsets differ: they were drawn
     assert result["fid"] == pytest.approx(fid_reference(real32, fake32), rel=1e-6)
-    assert result["real_images"] == result["fake_images"] == 8
+    assert result["real_images"] == 30 and result["fake_images"] == 24
     assert result["feature_network"] == "pixels" and result["comparable_to_inception"] is False
+    assert result["comparable_to_published"] is False
+
+
+def test_kid_over_subsets_estimates_the_full_sets_mmd():
+    """The unbiased MMD^2 of random subsets (without replacement) has the full sets' unbiased
+    MMD^2 as its expectation (a U-statistic): the mean over many subsets lies within a few
+    standard errors of it, whatever the draws."""
+    real, fake = random_features(40, 9, seed=4), random_features(36, 9, seed=5, shift=0.1)
+    fd = FeatureDistance(Flatten(9), label="pixels", kid_subset_size=12, kid_subsets=3000)
+    fd.update(real=images_with_features(real), fake=images_with_features(fake))
+    result = fd.compute()
+    full = 100 * mmd2_unbiased_reference(
+        real.astype(np.float32).astype(np.float64), fake.astype(np.float32).astype(np.float64)
+    )
+    standard_error = result["kid_std"] / np.sqrt(3000)
+    assert abs(result["kid"] - full) < 4 * standard_error
+    assert standard_error < 0.1 * abs(full)  # the check is tight enough to fail
 
 
 def test_kid_subsets_are_capped_and_seeded():
@@ -158,14 +182,23 @@ def test_a_built_network_is_shared_and_keeps_its_label():
 
 
 def test_default_network_end_to_end():
+    """Two different image sets through the default network: FID equals the Frechet distance
+    of the network's own features computed here (scipy), KID is positive."""
     g = torch.Generator().manual_seed(2)
-    real = torch.rand(3, 3, 24, 24, generator=g)
+    real = torch.rand(12, 3, 24, 24, generator=g)
+    fake = torch.rand(12, 3, 24, 24, generator=g) * 0.8 + 0.1  # lower contrast
     fd = FeatureDistance()
-    fd.update(real=real, fake=real)
+    fd.update(real=real[:7], fake=fake[:5])
+    fd.update(real=real[7:], fake=fake[5:])
     result = fd.compute()
-    assert result["fid"] == pytest.approx(0, abs=1e-3)
+    net = EfficientNetLite0Features()
+    with torch.no_grad():
+        x, y = net(real).double().numpy(), net(fake).double().numpy()
+    assert result["fid"] == pytest.approx(fid_reference(x, y), rel=1e-5)
+    assert result["fid"] > 1 and result["kid"] > 0
     assert "efficientnet_lite0" in result["feature_network"]
     assert result["comparable_to_inception"] is False
+    assert result["published_pipeline_differences"] == ["not FID's Inception-v3 features"]
 
 
 def test_bad_images():
@@ -203,21 +236,57 @@ def inception_weights(tmp_path_factory):
     return path
 
 
-def test_inception_features_equal_torch_fidelity_s(inception_weights):
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
+def test_inception_features_equal_pytorch_fid_s(inception_weights, monkeypatch, tmp_path):
+    """Our FID Inception (torch-fidelity's port, read from the file) against an independent
+    implementation of the same network, pytorch-fid's (the one CEN's fid_kid.py uses), with the
+    same tensors: pool3 features agree on 299 x 299 frames, where neither resizes; at another
+    size the two resizes differ (TensorFlow-1 bilinear vs F.interpolate), one of the reasons
+    the results say they do not compare with CEN's published numbers."""
+    inception = pytest.importorskip("pytorch_fid.inception")
+    state = torch.load(inception_weights, weights_only=True)
+    # He-scaled random convolutions keep the activations of the random network at O(1), so
+    # that a difference between the implementations shows (the default init fades to ~1e-7)
+    g = torch.Generator().manual_seed(5)
+    for tensor in state.values():
+        if tensor.dim() == 4:
+            fan_in = tensor[0].numel()
+            tensor.copy_(torch.randn(tensor.shape, generator=g) * (2 / fan_in) ** 0.5)
+    inception_weights = tmp_path / inception_weights.name
+    torch.save(state, inception_weights)
+    # pytorch-fid would download its weights file: it gets the same tensors instead (the two
+    # ports name them alike, being torchvision's Inception3 with FID's blocks)
+    monkeypatch.setattr(inception, "load_state_dict_from_url", lambda *a, **k: state)
+    theirs = inception.InceptionV3([3], resize_input=True, normalize_input=False).eval()
     ours = FeatureDistance(inception_weights).network
     assert isinstance(ours, InceptionFeatures) and ours.comparable_to_inception
     assert "inception_v3" in ours.label and inception_weights.name in ours.label
-    theirs = FeatureExtractorInceptionV3(
-        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(inception_weights)
-    )
-    g = torch.Generator().manual_seed(3)
-    images = torch.rand(2, 3, 40, 48, generator=g)
+
+    def pytorch_fid(images):  # 8-bit pixels, scaled as the TensorFlow graph does
+        pixels = (images * 255).round()
+        return theirs((pixels - 128) / 128)[0].flatten(1)
+
+    images = torch.rand(2, 3, 299, 299, generator=g)
     with torch.no_grad():
-        expected = theirs((images * 255).round().to(torch.uint8))[0]
-        torch.testing.assert_close(ours(images), expected, rtol=0, atol=0)
-    assert expected.shape == (2, 2048)
+        expected = pytorch_fid(images)
+        scale = float(expected.abs().max())
+        assert expected.shape == (2, 2048) and scale > 0.1
+        torch.testing.assert_close(ours(images), expected, rtol=1e-4, atol=1e-5 * scale)
+        small = torch.rand(2, 3, 64, 80, generator=g)
+        assert (ours(small) - pytorch_fid(small)).abs().max() > 1e-3 * scale
+
+
+def test_inception_results_say_why_they_are_not_cens_published_numbers(inception_weights):
+    fd = FeatureDistance(inception_weights)
+    g = torch.Generator().manual_seed(4)
+    fd.update(
+        real=torch.rand(3, 3, 32, 32, generator=g), fake=torch.rand(3, 3, 32, 32, generator=g)
+    )
+    result = fd.compute()
+    assert result["comparable_to_inception"] is True
+    assert result["comparable_to_published"] is False
+    differences = " ".join(result["published_pipeline_differences"])
+    for what in ("min..max", "matplotlib", "pytorch-fid", "F.interpolate"):
+        assert what in differences, what
 
 
 def test_inception_weights_refused_with_one_line(tmp_path):

@@ -11,10 +11,16 @@ import pytest
 from PIL import Image
 
 from fusescope.config import load_config
+from fusescope.console import FusescopeWarning
 from fusescope.data import classification as cls
 from fusescope.data import posters as P
 from fusescope.data.meta import load_meta, read_split
-from fusescope.data.mmimdb import MMIMDB_GENRES, prepare_mmimdb
+from fusescope.data.mmimdb import (
+    MMIMDB_GENRES,
+    RELEASE_SPLIT_SIZES,
+    check_split_sizes,
+    prepare_mmimdb,
+)
 from fusescope.errors import FusescopeError
 from fusescope.io import read_image
 
@@ -61,7 +67,9 @@ def movies() -> dict[str, dict]:
 
 def test_release_movies_become_the_folder_format(tmp_path):
     root = write_release(tmp_path / "raw", movies())
-    meta = prepare_mmimdb(root, tmp_path / "out", progress=False)
+    # four movies are not the release's 15,552 / 2,608 / 7,799: converted, with a warning
+    with pytest.warns(FusescopeWarning, match=r"2 / 1 / 1 movies .* has 15,552 / 2,608 / 7,799"):
+        meta = prepare_mmimdb(root, tmp_path / "out", progress=False)
     out = tmp_path / "out"
     assert load_meta(out) == meta
     assert meta.class_names == list(MMIMDB_GENRES) and len(MMIMDB_GENRES) == 23
@@ -90,6 +98,15 @@ def test_release_movies_become_the_folder_format(tmp_path):
     stats = cls.normalisation_stats(cfg.data)
     sample = cls.eval_dataset(cfg.data, "train", stats)[1]
     assert sample["target"].nonzero().flatten().tolist() == [MMIMDB_GENRES.index("Film-Noir")]
+
+
+def test_split_sizes_are_checked_against_the_release(recwarn):
+    release = {name: [f"{name}{i}" for i in range(n)] for name, n in RELEASE_SPLIT_SIZES.items()}
+    assert check_split_sizes(release, Path("split.json")) is True
+    assert not [w for w in recwarn if issubclass(w.category, FusescopeWarning)]
+    release["test"] = release["test"][:-1]  # one test movie short
+    with pytest.warns(FusescopeWarning, match=r"split.json: splits of 15,552 / 2,608 / 7,798"):
+        assert check_split_sizes(release, Path("split.json")) is False
 
 
 def test_cmyk_posters_become_rgb(tmp_path):

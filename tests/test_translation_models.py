@@ -190,6 +190,85 @@ def test_unet_256_shapes():
     assert widths == [2, 4, 8, 16, 16, 16, 16, 16]
 
 
+# pix2pix's generator and discriminator as its paper's appendix lists them (Ck: 4x4 conv to k
+# channels, stride 2; CDk: with dropout 0.5; decoder k counts the skip-concatenated input):
+# U-Net encoder C64-C128-C256-C512-C512-C512-C512-C512, decoder CD512-CD1024-CD1024-C1024-C1024-
+# C512-C256-C128, then a conv to the output channels; 70x70 PatchGAN C64-C128-C256-C512 (the
+# last stride 1), then a conv to 1 channel. No norm on the first encoder layer, the innermost
+# encoder layer or the first discriminator layer.
+UNET_256_ENCODER = [64, 128, 256, 512, 512, 512, 512, 512]
+PATCHGAN_70 = [64, 128, 256, 512]
+
+
+def unet_256_reference(cin: int, cout: int, conv_bias: bool, norm_params: bool) -> int:
+    """Parameters of U-Net-256 from the layer list: 4x4 convs, one norm (2 x C affine
+    parameters) after every conv but the first, the innermost encoder conv and the last."""
+    enc = UNET_256_ENCODER
+    convs = list(zip([cin, *enc[:-1]], enc, strict=True))  # encoder
+    ups = [enc[-1]] + [2 * c for c in enc[-2::-1]]  # decoder inputs, skips concatenated
+    convs += list(zip(ups, [*enc[-2::-1], cout], strict=True))
+    normed = [c for i, (_, c) in enumerate(convs) if i not in (0, 7, len(convs) - 1)]
+    weights = sum(16 * a * b for a, b in convs)
+    # pix2pix drops a conv's bias where a (batch) norm follows it; the outermost up-conv keeps it
+    biases = sum(b for _, b in convs) if conv_bias else cout
+    return weights + biases + (2 * sum(normed) if norm_params else 0)
+
+
+def patchgan_reference(cin: int, conv_bias: bool, norm_params: bool) -> int:
+    convs = list(zip([cin, *PATCHGAN_70], [*PATCHGAN_70, 1], strict=True))
+    normed = PATCHGAN_70[1:]
+    weights = sum(16 * a * b for a, b in convs)
+    biases = sum(b for _, b in convs) if conv_bias else PATCHGAN_70[0] + 1
+    return weights + biases + (2 * sum(normed) if norm_params else 0)
+
+
+def test_unet_256_and_the_70x70_patchgan_have_pix2pix_s_parameters():
+    # pix2pix's published counts (its batch-norm default: biases dropped before a norm):
+    # U-Net-256 54.41 M, 70x70 PatchGAN on 3 + 3 channels 2.77 M
+    assert unet_256_reference(3, 3, conv_bias=False, norm_params=True) == 54_413_955
+    assert patchgan_reference(6, conv_bias=False, norm_params=True) == 2_768_705
+    # ours: every conv keeps its bias (instance norm) and every norm has affine parameters
+    unet = UNetTranslator(["rgb"], {"rgb": 3}, 3, streams="concat", depth=8, width=64)
+    ours = sum(p.numel() for p in unet.parameters())
+    assert ours == unet_256_reference(3, 3, conv_bias=True, norm_params=True) == 54_419_459
+    disc = PatchDiscriminator(6, width=64, layers=3)
+    ours = sum(p.numel() for p in disc.parameters())
+    assert ours == patchgan_reference(6, conv_bias=True, norm_params=True) == 2_769_601
+    # and the difference from pix2pix's count is exactly the biases a batch norm makes redundant
+    redundant = sum(
+        m.bias.numel()
+        for m in unet.modules()
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d) and m.out_channels != 3
+    )
+    assert 54_419_459 - redundant == 54_413_955
+
+
+def test_unet_256_dropout_follows_the_first_three_decoder_layers(monkeypatch):
+    """Dropout 0.5 on the outputs of the first three decoder layers (pix2pix's CD512-CD1024-
+    CD1024 and CEN's deconv1-3: 512 channels at 2x2, 4x4, 8x8 of a 256 frame), nowhere else,
+    and only in training mode. (The PyTorch port of pix2pix moves it one level outwards, to 4x4,
+    8x8, 16x16; the paper and CEN's code, which produced CEN's numbers, are followed here.)"""
+    from fusescope.models.translation import unet as unet_module
+
+    seen = []
+    real_dropout = unet_module.F.dropout
+
+    def recording(x, p, training):
+        if training:
+            seen.append((tuple(x.shape[1:]), p))
+        return real_dropout(x, p, training)
+
+    monkeypatch.setattr(unet_module.F, "dropout", recording)
+    model = UNetTranslator(["rgb"], {"rgb": 3}, 3, streams="concat", depth=8, width=8)
+    assert model.dropout_levels == (8, 7, 6)
+    x = {"rgb": torch.randn(1, 3, 256, 256)}
+    with torch.no_grad():
+        model.eval()(x)
+        assert seen == []
+        model.train()(x)
+    assert seen == [((64, 2, 2), 0.5), ((64, 4, 4), 0.5), ((64, 8, 8), 0.5)]
+
+
 @pytest.mark.parametrize(
     ("name", "options", "modalities", "message"),
     [

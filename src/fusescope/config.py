@@ -28,6 +28,8 @@ SYNTH_KINDS = ("rooms", "posters")
 # the most optimiser steps a schedule may count: a billion steps outlasts any run, and a larger
 # train.max_steps is a typo that would train forever at an lr that never decays
 MAX_STEPS = 10**9
+INPUT_MAPS = ("train_stats", "cen")  # data.input_map
+GENERATOR_MODES = ("eval", "train")  # eval.generator_mode
 
 
 @dataclass
@@ -59,6 +61,9 @@ class DataConfig:
     vocab_size: int = 20000  # text: most vocabulary entries, <pad> and <unk> included
     vocab_min_count: int = 2  # text: fewer occurrences in the train split: <unk>
     min_pixels: int = 20  # frame classification: a class is present if it covers this many pixels
+    # translation inputs: train_stats (mean / std of the train split) | cen (each to [-1, 1] as
+    # CEN's loader maps it: data/paired.CenInputMap)
+    input_map: str = "train_stats"
 
 
 @dataclass
@@ -119,6 +124,9 @@ class EvalConfig:
     stride: list[int] | None = None  # default: 2/3 of the window
     batch_size: int = 8
     fid_weights: str | None = None  # translation: Inception weights for FID / KID (else Lite0)
+    # translation: score the generator in eval mode, or in train mode as CEN's code does (dropout
+    # on at test, drawn from a fixed seed)
+    generator_mode: str = "eval"
 
 
 @dataclass
@@ -323,6 +331,14 @@ def check_config(cfg: DictConfig) -> None:
     number("data.vocab_size", d.vocab_size, 2, integer=True)
     number("data.vocab_min_count", d.vocab_min_count, 1, integer=True)
     number("data.min_pixels", d.min_pixels, 1, integer=True)
+    if d.input_map not in INPUT_MAPS:
+        raise FusescopeError(
+            f"data.input_map={d.input_map!r} unknown; known: {', '.join(INPUT_MAPS)}"
+        )
+    if d.input_map != "train_stats" and cfg.task != "translation":
+        raise FusescopeError(
+            f"data.input_map={d.input_map!r} maps translation inputs; task is {cfg.task}"
+        )
     if d.synth is not None and d.synth.kind not in SYNTH_KINDS:
         raise FusescopeError(
             f"data.synth.kind={d.synth.kind!r} unknown; known: {', '.join(SYNTH_KINDS)}"
@@ -338,6 +354,10 @@ def check_config(cfg: DictConfig) -> None:
     pair("eval.window", e.window)
     pair("eval.stride", e.stride)
     number("eval.batch_size", e.batch_size, 1, integer=True)
+    if e.generator_mode not in GENERATOR_MODES:
+        raise FusescopeError(
+            f"eval.generator_mode={e.generator_mode!r} unknown; known: {', '.join(GENERATOR_MODES)}"
+        )
 
 
 def config_from_dict(d: dict[str, Any]) -> DictConfig:

@@ -13,8 +13,11 @@ Two sources of targets, chosen by the data folder's `meta.json`:
 
 A sample is `{<image modality>: float32 (C,H,W), <text modality>: int64 (L,) token ids,
 <text modality>_mask: bool (L,) (all true; `collate` pads), "target": float32 (K,) multi-hot, or
-int64 () class id when single-label, "id": str}`. Text is encoded with the vocabulary in the run's
-statistics (`fusescope.data.text`), cut to `max_tokens`.
+int64 () class id when single-label, "id": str}`. Text is tokenised here, in the data set (its
+loader workers), by each text modality's tokenizer, cut to `max_tokens`: the word vocabulary in
+the run's statistics (`fusescope.data.text`) for encoders that learn their embeddings, or a
+pretrained encoder's own tokenizer (`models/classification/pretrained_text.py`), whose ids the
+encoder's embedding table was trained on.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from fusescope.data.batching import MASK_SUFFIX
 from fusescope.data.folder import check_folder, check_label_array, load_modality
 from fusescope.data.meta import LABEL_DIR, LABELS_FILE, DatasetMeta, load_meta, read_split
 from fusescope.data.stats import Moments
-from fusescope.data.text import Vocabulary, build_vocabulary, read_text, tokenize
+from fusescope.data.text import TextTokenizer, Vocabulary, build_vocabulary, read_text, tokenize
 from fusescope.data.transforms import Normalize, TrainTransform
 from fusescope.errors import FusescopeError
 from fusescope.io import read_image, read_json
@@ -98,8 +101,9 @@ class ClassificationFolderDataset(Dataset):
         root: data folder.
         split: split name (a file `splits/<split>.txt`).
         modalities: modality names to load, in model order (images and texts).
-        vocabularies: the vocabulary of each text modality (from the run's statistics);
-            needed to index samples with text, not to read them raw (`load_raw`).
+        tokenizers: the tokenizer of each text modality (the run's vocabulary, or a
+            pretrained encoder's tokenizer); needed to index samples with text, not to read
+            them raw (`load_raw`).
         max_tokens: token ids kept per text.
         min_pixels: frame classification: pixels a class needs to be present.
         transform: joint augmentation `(sample, rng) -> sample` (images only) before
@@ -113,7 +117,7 @@ class ClassificationFolderDataset(Dataset):
         root: str | os.PathLike,
         split: str,
         modalities: list[str],
-        vocabularies: dict[str, Vocabulary] | None = None,
+        tokenizers: dict[str, TextTokenizer] | None = None,
         max_tokens: int = 256,
         min_pixels: int = DEFAULT_MIN_PIXELS,
         transform: Callable | None = None,
@@ -133,7 +137,7 @@ class ClassificationFolderDataset(Dataset):
         self.labels = None if self.from_label_maps else read_labels(self.root, self.meta, self.ids)
         self.texts = [m for m in self.modalities if self.meta.modalities[m].kind == "text"]
         self.images = [m for m in self.modalities if m not in self.texts]
-        self.vocabularies = dict(vocabularies or {})
+        self.tokenizers = dict(tokenizers or {})
         self.max_tokens = max_tokens
         self.min_pixels = min_pixels
         self.transform = transform
@@ -175,11 +179,11 @@ class ClassificationFolderDataset(Dataset):
         return raw
 
     def encode(self, name: str, text: str) -> torch.Tensor:
-        if name not in self.vocabularies:
+        if name not in self.tokenizers:
             raise FusescopeError(
-                f"text modality {name!r}: no vocabulary (the run's statistics hold it)"
+                f"text modality {name!r}: no tokenizer (the run's statistics hold its vocabulary)"
             )
-        return torch.from_numpy(self.vocabularies[name].encode(text, self.max_tokens))
+        return torch.from_numpy(self.tokenizers[name].encode(text, self.max_tokens))
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         epoch, index = key if isinstance(key, tuple) else (None, key)
@@ -279,7 +283,11 @@ def normalisation_stats(data_cfg: DictConfig, progress: bool = False) -> dict:
 
 
 def _dataset(
-    data_cfg: DictConfig, split: str, stats: dict, seed: int
+    data_cfg: DictConfig,
+    split: str,
+    stats: dict,
+    seed: int,
+    text_tokenizer: TextTokenizer | None = None,
 ) -> ClassificationFolderDataset:
     ds = ClassificationFolderDataset(
         data_cfg.root,
@@ -289,12 +297,21 @@ def _dataset(
         min_pixels=data_cfg.min_pixels,
         seed=seed,
     )
-    ds.vocabularies = vocabularies(stats, ds.modalities, ds.meta)
+    # a pretrained text encoder brings its own tokenizer; otherwise the run's vocabulary
+    if text_tokenizer is not None:
+        ds.tokenizers = {m: text_tokenizer for m in ds.texts}
+    else:
+        ds.tokenizers = dict(vocabularies(stats, ds.modalities, ds.meta))
     ds.normalize = Normalize({m: ds.meta.modalities[m] for m in ds.modalities}, stats)
     return ds
 
 
-def train_dataset(data_cfg: DictConfig, stats: dict, seed: int) -> ClassificationFolderDataset:
+def train_dataset(
+    data_cfg: DictConfig,
+    stats: dict,
+    seed: int,
+    text_tokenizer: TextTokenizer | None = None,
+) -> ClassificationFolderDataset:
     """The training split with augmentation (scale, crop, flip, colour jitter on the images).
 
     Frame classification derives each training view's target from its transformed label map
@@ -302,7 +319,7 @@ def train_dataset(data_cfg: DictConfig, stats: dict, seed: int) -> Classificatio
     keep targets exact. `labels.json` targets describe the whole image, which a crop can cut a
     poster motif out of: poster configs keep `data.scale_range: [1, 1]` and no `crop_size`
     (flips and colour jitter are safe)."""
-    ds = _dataset(data_cfg, data_cfg.train_split, stats, seed)
+    ds = _dataset(data_cfg, data_cfg.train_split, stats, seed, text_tokenizer)
     ds.transform = TrainTransform(
         {m: ds.meta.modalities[m] for m in ds.modalities},
         crop_size=tuple(data_cfg.crop_size) if data_cfg.crop_size else None,
@@ -314,8 +331,15 @@ def train_dataset(data_cfg: DictConfig, stats: dict, seed: int) -> Classificatio
     return ds
 
 
-def eval_dataset(data_cfg: DictConfig, split: str, stats: dict) -> ClassificationFolderDataset:
-    return _dataset(data_cfg, split, stats, seed=0)
+def eval_dataset(
+    data_cfg: DictConfig,
+    split: str,
+    stats: dict,
+    text_tokenizer: TextTokenizer | None = None,
+) -> ClassificationFolderDataset:
+    """A split's evaluation view; `text_tokenizer`: a pretrained text encoder's tokenizer
+    for every text modality (None: the run's vocabularies)."""
+    return _dataset(data_cfg, split, stats, 0, text_tokenizer)
 
 
 def inspect(

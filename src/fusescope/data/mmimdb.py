@@ -17,6 +17,11 @@ order of `MMIMDB_GENRES`). Posters are decoded (grey ones become RGB) and, with 
 A handful of release files also name genres that are not among the 23 (`Adult`, `News`,
 `Reality-TV`, `Talk-Show`); MM-IMDB's 23-genre label matrix leaves them out, and so does this
 converter (counted in `meta.json` under `left_out_genres`). Any other name is an error.
+
+The release's splits hold 15,552 / 2,608 / 7,799 movies (train / dev / test; MANGO section 4.1
+and every MM-IMDB paper use them): other sizes are converted, with a warning that the results
+will not compare with published ones (a generated poster set, which has `genres.json`, is not
+checked).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fusescope.console import progress_bar
+from fusescope.console import progress_bar, warn
 from fusescope.data.folder import check_inside
 from fusescope.data.meta import (
     CUES,
@@ -78,6 +83,8 @@ MMIMDB_GENRES = (
 )
 LEFT_OUT_GENRES = ("Adult", "News", "Reality-TV", "Talk-Show")
 SPLITS = {"train": "train", "dev": "val", "test": "test"}  # release name -> fusescope name
+# movies per split of the MM-IMDB release (Arevalo et al. 2017)
+RELEASE_SPLIT_SIZES = {"train": 15552, "dev": 2608, "test": 7799}
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 POSTER, PLOT = "poster", "plot"
 
@@ -106,6 +113,20 @@ def _read_splits(root: Path) -> dict[str, list[str]]:
             seen[sample_id] = name
         out[name] = list(ids)
     return out
+
+
+def check_split_sizes(splits: dict[str, list[str]], where: Path) -> bool:
+    """Whether the splits have the release's sizes; warns (naming them) when they do not."""
+    sizes = {name: len(ids) for name, ids in splits.items()}
+    if sizes == RELEASE_SPLIT_SIZES:
+        return True
+    ours = " / ".join(f"{sizes[n]:,}" for n in RELEASE_SPLIT_SIZES)
+    release = " / ".join(f"{n:,}" for n in RELEASE_SPLIT_SIZES.values())
+    warn(
+        f"{where}: splits of {ours} movies (train / dev / test); the MM-IMDB release has "
+        f"{release}: F1 on these splits does not compare with published MM-IMDB results"
+    )
+    return False
 
 
 def _read_genres(root: Path) -> tuple[list[ClassInfo], tuple[str, ...], dict | None]:
@@ -241,6 +262,8 @@ def prepare_mmimdb(
             check_inside(root / name, root, FOLLOW_HINT)
     splits = _read_splits(root)
     classes, left_out, generator = _read_genres(root)
+    if generator is None:  # a generated poster set has its own sizes
+        check_split_sizes(splits, root / "split.json")
     known = {c.name for c in classes}
     dataset = root / "dataset"
     if not dataset.is_dir():

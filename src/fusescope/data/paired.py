@@ -5,7 +5,9 @@ A sample is `{input: float32 (C, H, W) normalised with train statistics, ...,
 "target:<name>": float32 (C, H, W) in [-1, 1], "id": str}`. Targets are keyed apart
 (`target_key`) so a model, which reads its input modalities by name, never sees them; they are
 mapped to [-1, 1] (`TargetSpace`), the range of the generator's tanh: 8-bit images by 2x - 1,
-depth by its train-split range (see `TargetSpace`).
+depth by its train-split range (see `TargetSpace`). Inputs are normalised with train-split
+statistics, or (`data.input_map: cen`) mapped to [-1, 1] as CEN's loader maps them
+(`CenInputMap`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from fusescope.data.meta import ModalitySpec, load_meta, read_split
 from fusescope.errors import FusescopeError
 
 TARGET_PREFIX = "target:"
+# CEN's image2image_translation loader (utils/dataset.py: max_v) divides log(1 + raw depth) by
+# 11.1 (raw: Taskonomy's 16-bit 1/512 m units; log(65536) = 11.09) before its 8-bit cast
+CEN_DEPTH_LOG_MAX = 11.1
+TASKONOMY_DEPTH_UNITS_PER_METRE = 512
 
 
 def target_key(name: str) -> str:
@@ -62,6 +68,37 @@ class TargetSpace:
         if name in self.range:
             return (y.clamp(-1, 1) + 1) / 2 * self.range[name]
         return (y.clamp(-1, 1) + 1) / 2
+
+
+class CenInputMap:
+    """`(sample) -> sample`: every input in [-1, 1] as CEN's translation loader gives it.
+
+    The loader reads each PNG, maps depth (Taskonomy's 16-bit 1/512 m units) to
+    log(1 + raw) x 255 / 11.1 and 16-bit edge texture to raw x 255 / 11355, casts both to 8
+    bits (a floor), and feeds every image through ToTensor and Normalize(0.5, 0.5): 8-bit
+    x / 255 -> 2 x - 1. Here 8-bit inputs ([0, 1] once loaded; `data/taskonomy.py` already wrote
+    edge texture as floor(raw x 255 / 11355)) become 2 x - 1, and depth (metres) is taken back
+    to 1/512 m units and mapped the same way, floor included. Holes (0 m) give -1 (CEN's loader
+    reads Taskonomy's 65535 = no depth, log(65536) / 11.1 -> about 1: `data prepare taskonomy`
+    writes holes as 0). 1-channel inputs stay 1-channel (CEN's loader tiles them to 3; the
+    stacked generator tiles them where another input has 3).
+
+    Args:
+        specs: the input modalities' specs (every input is mapped; depth by its kind).
+    """
+
+    def __init__(self, specs: dict[str, ModalitySpec]):
+        self.specs = specs
+
+    def __call__(self, sample: dict) -> dict:
+        out = dict(sample)
+        for name, spec in self.specs.items():
+            x = sample[name]
+            if spec.kind == "depth":
+                raw = x * TASKONOMY_DEPTH_UNITS_PER_METRE
+                x = torch.floor(torch.log1p(raw) * (255 / CEN_DEPTH_LOG_MAX)).clamp(0, 255) / 255
+            out[name] = 2 * x - 1
+        return out
 
 
 class PairedDataset(Dataset):

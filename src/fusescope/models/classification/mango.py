@@ -140,6 +140,8 @@ def mango(
     text_heads: int = 4,
     text_dropout: float = 0.1,
     glove: str | bool | None = None,
+    text_encoder: str = "scratch",
+    text_model: str | None = None,
     width: int = 64,
     slots: int = 8,
     attn_dim: int = 64,
@@ -182,6 +184,8 @@ def mango(
             "text_heads",
             "text_dropout",
             "glove",
+            "text_encoder",
+            "text_model",
         )
     }
     return MangoClassifier(

@@ -72,6 +72,8 @@ def unimodal(
     text_heads: int = 4,
     text_dropout: float = 0.1,
     glove: str | bool | None = None,
+    text_encoder: str = "scratch",
+    text_model: str | None = None,
     dropout: float = 0.0,
 ) -> Classifier:
     """One modality's branch (timm image backbone or the text encoder) and a linear head."""
@@ -91,6 +93,8 @@ def late(
     text_heads: int = 4,
     text_dropout: float = 0.1,
     glove: str | bool | None = None,
+    text_encoder: str = "scratch",
+    text_model: str | None = None,
     dropout: float = 0.0,
 ) -> Classifier:
     """Late fusion: the mean of the modalities' logits (each head supervised on its own too)."""
@@ -110,6 +114,8 @@ def ensemble(
     text_heads: int = 4,
     text_dropout: float = 0.1,
     glove: str | bool | None = None,
+    text_encoder: str = "scratch",
+    text_model: str | None = None,
     dropout: float = 0.0,
 ) -> Classifier:
     """CEN's learned ensemble over per-modality heads."""
@@ -128,6 +134,8 @@ def _opts(local: dict) -> dict:
         "text_heads",
         "text_dropout",
         "glove",
+        "text_encoder",
+        "text_model",
     )
     return {k: local[k] for k in keys}
 
@@ -208,6 +216,8 @@ def concat(
     text_heads: int = 4,
     text_dropout: float = 0.1,
     glove: str | bool | None = None,
+    text_encoder: str = "scratch",
+    text_model: str | None = None,
     width: int = 128,
     hidden: int | None = 128,
     dropout: float = 0.0,
@@ -311,6 +321,8 @@ def attention(
     text_heads: int = 4,
     text_dropout: float = 0.1,
     glove: str | bool | None = None,
+    text_encoder: str = "scratch",
+    text_model: str | None = None,
     width: int = 128,
     layers: int = 2,
     heads: int = 4,

@@ -4,9 +4,10 @@ every output logit judges one overlapping input patch as real or translated.
 `layers` = 3 gives the 70x70 patches of pix2pix and CEN: conv 4x4 stride 2 (no norm), then
 `layers - 1` more stride-2 convs and one stride-1 conv, each with instance norm and
 LeakyReLU(0.2), doubling the width up to 8x, and a last stride-1 conv to one logit per patch.
-It is conditional: it sees the generator's inputs beside the image (pix2pix's D(x, y)). CEN's
-code gives each stream's output a discriminator pass conditioned on that stream's input only; here
-every output is judged given all inputs, so one discriminator serves every method.
+It is conditional: it sees the generator's inputs beside the image (pix2pix's D(x, y)). By
+default every output is judged given all inputs, so one discriminator serves every method;
+`model.disc_condition: stream` conditions each stream's output (and the real image, once per
+stream) on that stream's input only, as CEN's code does (`pix2pix.Translator`).
 
 Logits, no sigmoid: the task's loss applies the GAN's criterion (vanilla: BCE with logits,
 numerically safer than the CEN code's sigmoid + BCE; lsgan: least squares).
