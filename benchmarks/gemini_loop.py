@@ -23,10 +23,46 @@ from fusescope.models.fusion.gemini import PixelCrossAttention
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import interleave  # noqa: E402
+
 from transformer_reference import GeminiReference  # noqa: E402
 
 # MiT-B3 at 480 x 640: (stage, tokens per modality, width)
 STAGES = [(1, 120 * 160, 64), (2, 60 * 80, 128), (3, 30 * 40, 320), (4, 15 * 20, 512)]
+
+
+def measure(tokens: int, width: int, batch: int, steps: int, warmup: int) -> tuple:
+    """(max |ours - loop|, loop / ours forward, loop / ours forward + backward)."""
+    torch.manual_seed(0)
+    ours = PixelCrossAttention(width, 2, heads=8)
+    params = {f"g.{k}": v for k, v in ours.state_dict().items()}
+    loop = GeminiReference(width, 8).load_from(params, "g").eval()
+    x = torch.randn(batch, 2, tokens, width)
+
+    def run_ours(t):
+        return ours(t, "attn_mix")
+
+    def run_loop(t):
+        return torch.stack(loop([t[:, 0], t[:, 1]]), 1)
+
+    with torch.no_grad():
+        gap = (run_ours(x) - run_loop(x)).abs().max().item()
+
+    def forward(fn):
+        def run():
+            with torch.no_grad():
+                fn(x)
+
+        return run
+
+    def training(fn):
+        def run():
+            fn(x.clone().requires_grad_(True)).square().mean().backward()
+
+        return run
+
+    fwd = interleave({"ours": forward(run_ours), "loop": forward(run_loop)}, steps, warmup)
+    both = interleave({"ours": training(run_ours), "loop": training(run_loop)}, steps, warmup)
+    return gap, fwd["loop"] / fwd["ours"], both["loop"] / both["ours"]
 
 
 def main() -> None:
@@ -42,59 +78,18 @@ def main() -> None:
     print(
         f"GeminiFusion fusion module, batch {args.batch}, 2 modalities, 8 heads, "
         f"{torch.get_num_threads()} thread(s), torch {torch.__version__}; medians of "
-        f"{args.steps} interleaved rounds after {args.warmup}"
+        f"{args.steps} interleaved rounds after {args.warmup}",
+        flush=True,
     )
-    print("| stage | tokens N | width C | max abs diff | loop / ours, forward | loop / ours, fwd+bwd |")
-    print("|---|---|---|---|---|---|")
+    print("| stage | tokens N | width C | max abs diff | loop / ours, fwd | loop / ours, fwd+bwd |")
+    print("|---|---|---|---|---|---|", flush=True)
     for stage, tokens, width in STAGES:
-        if stage not in args.stages:
-            continue
-        torch.manual_seed(0)
-        ours = PixelCrossAttention(width, 2, heads=8)
-        params = {f"g.{k}": v for k, v in ours.state_dict().items()}
-        loop = GeminiReference(width, 8).load_from(params, "g").eval()
-        x = torch.randn(args.batch, 2, tokens, width)
-        with torch.no_grad():
-            a = ours(x, "attn_mix")
-            b = torch.stack(loop([x[:, 0], x[:, 1]]), 1)
-        gap = (a - b).abs().max().item()
-
-        def forward(fn):
-            def run():
-                with torch.no_grad():
-                    fn()
-
-            return run
-
-        def training(fn):
-            def run():
-                xg = x.clone().requires_grad_(True)
-                out = fn(xg)
-                out.square().mean().backward()
-
-            return run
-
-        fwd = interleave(
-            {
-                "ours": forward(lambda: ours(x, "attn_mix")),
-                "loop": forward(lambda: loop([x[:, 0], x[:, 1]])),
-            },
-            args.steps,
-            args.warmup,
-        )
-        both = interleave(
-            {
-                "ours": training(lambda xg: ours(xg, "attn_mix")),
-                "loop": training(lambda xg: torch.stack(loop([xg[:, 0], xg[:, 1]]), 1)),
-            },
-            args.steps,
-            args.warmup,
-        )
-        print(
-            f"| {stage} | {tokens} | {width} | {gap:.1e} | {fwd['loop'] / fwd['ours']:.2f} | "
-            f"{both['loop'] / both['ours']:.2f} |",
-            flush=True,
-        )
+        if stage in args.stages:
+            gap, fwd, both = measure(tokens, width, args.batch, args.steps, args.warmup)
+            print(
+                f"| {stage} | {tokens} | {width} | {gap:.1e} | {fwd:.2f} | {both:.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -107,14 +107,39 @@ SEGFORMER = {"name": "segformer", "width": 256}
 TRANSFORMER_ROWS = [
     ("TokenFusion MiT-B2 (DFormer)", {"name": "tokenfusion", "backbone": "mit_b2"}, 26.0, 55.2),
     ("TokenFusion MiT-B3 (DFormer)", {"name": "tokenfusion", "backbone": "mit_b3"}, 45.9, 94.4),
-    ("GeminiFusion MiT-B3 (DFormerv2)", {"name": "geminifusion", "backbone": "mit_b3"}, 75.8, 138.2),
-    ("GeminiFusion MiT-B5 (DFormerv2)", {"name": "geminifusion", "backbone": "mit_b5"}, 137.2, 256.1),
+    (
+        "GeminiFusion MiT-B3 (DFormerv2)",
+        {"name": "geminifusion", "backbone": "mit_b3"},
+        75.8,
+        138.2,
+    ),
+    (
+        "GeminiFusion MiT-B5 (DFormerv2)",
+        {"name": "geminifusion", "backbone": "mit_b5"},
+        137.2,
+        256.1,
+    ),
 ]
 # MANGO Table 8 (TokenFusion "Small" = MiT-B3; GeminiFusion's row has B5's mIoU, B3's params)
 MANGO_ROWS = [
-    ("TokenFusion MiT-B3 (MANGO Table 8)", {"name": "tokenfusion", "backbone": "mit_b3"}, 45.9, 108),
-    ("GeminiFusion MiT-B3 (MANGO Table 8)", {"name": "geminifusion", "backbone": "mit_b3"}, 75.8, 174),
-    ("GeminiFusion MiT-B5 (MANGO Table 8)", {"name": "geminifusion", "backbone": "mit_b5"}, 75.8, 174),
+    (
+        "TokenFusion MiT-B3 (MANGO Table 8)",
+        {"name": "tokenfusion", "backbone": "mit_b3"},
+        45.9,
+        108,
+    ),
+    (
+        "GeminiFusion MiT-B3 (MANGO Table 8)",
+        {"name": "geminifusion", "backbone": "mit_b3"},
+        75.8,
+        174,
+    ),
+    (
+        "GeminiFusion MiT-B5 (MANGO Table 8)",
+        {"name": "geminifusion", "backbone": "mit_b5"},
+        75.8,
+        174,
+    ),
 ]
 RULES = ("thop", "thop_mha", "fvcore", "torch")  # models/cost.COUNTERS
 

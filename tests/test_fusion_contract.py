@@ -90,6 +90,7 @@ def home_family(name: str) -> str:
     """The family a method's single-family checks run on."""
     return "mit" if name in TRANSFORMER_ONLY else "resnet"
 
+
 # segmentation methods whose ONNX export is refused, and the reason it names
 NO_EXPORT = {
     ("mango", "*"): "fixed token grid",

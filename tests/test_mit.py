@@ -236,7 +236,9 @@ def test_matches_transformers_segformer_encoder(tmp_path):
         stage_norm = re.fullmatch(r"(encoder\.layer_norm\.\d|stages\.\d\.layer_norm)", name)
         if isinstance(module, torch.nn.LayerNorm) and (block_norm or stage_norm):
             module.eps = 1e-6
-    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, str(tmp_path / "hf.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in hf.state_dict().items()}, str(tmp_path / "hf.safetensors")
+    )
     enc = create_encoder(SPEC, pretrained=str(tmp_path / "hf.safetensors")).eval()
     x = torch.randn(2, 3, 40, 56)
     with torch.no_grad():

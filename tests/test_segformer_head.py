@@ -34,7 +34,11 @@ def test_streams_share_the_head_with_private_batchnorms():
     backbone = {"name": "mit_b0", "depths": [1, 1, 1, 1], "embed_dims": [8, 16, 32, 64]}
     backbone["num_heads"] = [1, 1, 2, 2]
     model = build_model(
-        {"name": "multistream", "backbone": backbone, "decoder": {"name": "segformer", "width": 16}},
+        {
+            "name": "multistream",
+            "backbone": backbone,
+            "decoder": {"name": "segformer", "width": 16},
+        },
         ["rgb", "depth"],
         {"rgb": 3, "depth": 1},
         5,

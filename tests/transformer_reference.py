@@ -233,4 +233,3 @@ def segformer_head(features: list[Tensor], p: dict) -> Tensor:
         p["fuse.1.bias"], False, 0.0, 1e-5,
     )  # fmt: skip
     return F.conv2d(F.relu(_c), p["classifier.weight"], p["classifier.bias"])
-

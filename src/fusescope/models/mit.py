@@ -75,7 +75,9 @@ _RELEASE_BLOCK = {
 
 def _embed(stage: int, part: str, kind: str) -> str:
     """timm's name of stage `stage`'s patch embedding (`proj` conv or `norm`)."""
-    return f"patch_embed.{part}.{kind}" if stage == 0 else f"stages.{stage}.downsample.{part}.{kind}"
+    return (
+        f"patch_embed.{part}.{kind}" if stage == 0 else f"stages.{stage}.downsample.{part}.{kind}"
+    )
 
 
 def _block(stage: int, index: int, part: str, kind: str) -> str:
@@ -120,7 +122,10 @@ def _rules(fmt: str) -> list[tuple[re.Pattern, Callable[[re.Match], str | None]]
                 lambda m: _embed(int(m[1]), "proj" if m[2] == "proj" else "norm", m[3]),
             ),
             (re.compile(rf"stages\.(\d)\.blocks\.(\d+)\.(.+)\.{_W}"), parts(_HF5_BLOCK, 0)),
-            (re.compile(rf"stages\.(\d)\.layer_norm\.{_W}"), lambda m: f"stages.{m[1]}.norm.{m[2]}"),
+            (
+                re.compile(rf"stages\.(\d)\.layer_norm\.{_W}"),
+                lambda m: f"stages.{m[1]}.norm.{m[2]}",
+            ),
         ]
     raise ValueError(fmt)
 
@@ -131,7 +136,9 @@ def key_format(state: dict[str, Tensor]) -> str:
     keys = [k.removeprefix("segformer.") for k in state]
     if any(k.startswith("encoder.block.") for k in keys):
         return "hf"
-    if any(".patch_embeddings." in k or k.startswith("stages.") and ".layernorm_" in k for k in keys):
+    if any(
+        ".patch_embeddings." in k or k.startswith("stages.") and ".layernorm_" in k for k in keys
+    ):
         return "hf5"
     if any(re.match(r"(patch_embed|block)\d\.", k) for k in keys):
         return "release"

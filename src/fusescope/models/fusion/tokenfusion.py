@@ -168,9 +168,7 @@ def tokenfusion(
             predictors[point.stage] = ScorePredictor(point.channels, num_modalities).to(
                 point.norm.weight.device
             )
-        return TokenExchange(
-            point, predictors[point.stage], owner, threshold, sparsity_weight
-        )
+        return TokenExchange(point, predictors[point.stage], owner, threshold, sparsity_weight)
 
     where = Where(
         ("block_in", "attn_out"),

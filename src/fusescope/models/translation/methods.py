@@ -24,8 +24,8 @@ from __future__ import annotations
 from fusescope.errors import OptionError
 from fusescope.models.methods import register_fusion_ops
 from fusescope.models.multistream import MultiStreamModel
-from fusescope.models.translation.registry import TRANSLATION_METHODS
 from fusescope.models.translation.encoder import encoder_translator
+from fusescope.models.translation.registry import TRANSLATION_METHODS
 from fusescope.models.translation.unet import UNetEncoder, pix2pix_init, translation_host, unet
 
 
