@@ -246,3 +246,13 @@ def test_matches_transformers_segformer_encoder(tmp_path):
         theirs = hf(x, output_hidden_states=True).hidden_states
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "i, millions", [(0, 3.32), (1, 13.15), (2, 24.20), (3, 44.07), (4, 60.84), (5, 81.44)]
+)
+def test_encoder_sizes_are_segformers(i, millions):
+    """MiT-B0 ... B5 without their classifier (counted on the meta device)."""
+    with torch.device("meta"):
+        enc = create_encoder(f"mit_b{i}")
+    assert round(sum(p.numel() for p in enc.parameters()) / 1e6, 2) == millions
