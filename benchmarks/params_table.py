@@ -3,8 +3,11 @@
 
 With --paper: each configuration of CEN Table 2 (RefineNet, ResNet-101, 40 classes, NYUDv2) and
 SA-Gate Table 1 (DeepLabV3+, ResNet-50, 3 x 480 x 480) at the papers' sizes, our parameters and
-GFLOPs (FlopCounterMode: 1 multiply-add = 2 FLOPs, the papers' unit) beside the papers' numbers.
-Counted on the meta device (about a minute in all).
+GFLOPs (FlopCounterMode: 1 multiply-add = 2 FLOPs, the papers' unit) beside the papers' numbers;
+and TokenFusion / GeminiFusion on MiT (the SegFormer head of width 256, 40 classes) beside
+DFormer's / DFormerv2's tables (thop multiply-adds of one 3 x 480 x 640 frame per modality) and
+MANGO's Table 8 (no tool or size given: every rule at 480 x 640 and at its 256 x 256 shown).
+Counted on the meta device (a few minutes in all).
 
 Run: python benchmarks/params_table.py [--paper]
 """
@@ -95,6 +98,101 @@ SAGATE_ROWS = [
 ]
 
 
+# TokenFusion / GeminiFusion beside the tables that list them: (label, model options, paper
+# params (M), paper GFLOPs, our counter of the source's unit). DFormer's Table (TokenFusion) and
+# DFormerv2's (GeminiFusion) come from their benchmark.py: thop.profile at 1 x 3 x 480 x 640 per
+# modality; GeminiFusion's fit thop with a MultiheadAttention rule (plain thop 0.1.1 counts the
+# authors' cross-attention as 0, shown beside)
+SEGFORMER = {"name": "segformer", "width": 256}
+TRANSFORMER_ROWS = [
+    ("TokenFusion MiT-B2 (DFormer)", {"name": "tokenfusion", "backbone": "mit_b2"}, 26.0, 55.2),
+    ("TokenFusion MiT-B3 (DFormer)", {"name": "tokenfusion", "backbone": "mit_b3"}, 45.9, 94.4),
+    (
+        "GeminiFusion MiT-B3 (DFormerv2)",
+        {"name": "geminifusion", "backbone": "mit_b3"},
+        75.8,
+        138.2,
+    ),
+    (
+        "GeminiFusion MiT-B5 (DFormerv2)",
+        {"name": "geminifusion", "backbone": "mit_b5"},
+        137.2,
+        256.1,
+    ),
+]
+# MANGO Table 8 (TokenFusion "Small" = MiT-B3; GeminiFusion's row has B5's mIoU, B3's params)
+MANGO_ROWS = [
+    (
+        "TokenFusion MiT-B3 (MANGO Table 8)",
+        {"name": "tokenfusion", "backbone": "mit_b3"},
+        45.9,
+        108,
+    ),
+    (
+        "GeminiFusion MiT-B3 (MANGO Table 8)",
+        {"name": "geminifusion", "backbone": "mit_b3"},
+        75.8,
+        174,
+    ),
+    (
+        "GeminiFusion MiT-B5 (MANGO Table 8)",
+        {"name": "geminifusion", "backbone": "mit_b5"},
+        75.8,
+        174,
+    ),
+]
+RULES = ("thop", "thop_mha", "fvcore", "torch")  # models/cost.COUNTERS
+
+
+def transformer_tables() -> None:
+    mods, chans = ["rgb", "depth"], {"rgb": 3, "depth": 3}
+    print(
+        "\nTokenFusion / GeminiFusion (SegFormer head width 256, 40 classes), one 480 x 640 frame "
+        "per modality. GMACs under thop's rules (DFormer's benchmark.py), with an "
+        "nn.MultiheadAttention rule (thop+MHA), fvcore's, and FlopCounterMode's 2 FLOPs per "
+        "multiply-add (torch)"
+    )
+    print(
+        "| model | paper params (M) | ours (M) | diff | paper GFLOPs | thop | thop+MHA | diff "
+        "(thop+MHA) | fvcore | torch (2/MAC) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, options, paper_params, paper_flops in TRANSFORMER_ROWS:
+        counts = {}
+        for rule in RULES:
+            params, counts[rule] = meta_cost(
+                {**options, "decoder": SEGFORMER}, mods, chans, 40, (480, 640), rule
+            )
+        g = {k: v / 1e9 for k, v in counts.items()}
+        print(
+            f"| {label} | {paper_params} | {params / 1e6:.2f} | "
+            f"{diff(params / 1e6, paper_params)} | {paper_flops} | {g['thop']:.1f} | "
+            f"{g['thop_mha']:.1f} | {diff(g['thop_mha'], paper_flops)} | {g['fvcore']:.1f} | "
+            f"{g['torch']:.1f} |"
+        )
+    print(
+        "\nMANGO Table 8 (no counting tool or input size stated; the paper trains at 256 x 256): "
+        "our GMACs under each rule at 480 x 640 and 256 x 256"
+    )
+    print(
+        "| model | paper params (M) | ours (M) | paper GFLOPs | 480x640: thop+MHA | fvcore | torch "
+        "| 256x256: thop+MHA | fvcore | torch |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for label, options, paper_params, paper_flops in MANGO_ROWS:
+        cells = []
+        for size in ((480, 640), (256, 256)):
+            for rule in ("thop_mha", "fvcore", "torch"):
+                params, flops = meta_cost(
+                    {**options, "decoder": SEGFORMER}, mods, chans, 40, size, rule
+                )
+                cells.append(f"{flops / 1e9:.1f}")
+        print(
+            f"| {label} | {paper_params} | {params / 1e6:.2f} | {paper_flops} | "
+            f"{' | '.join(cells)} |"
+        )
+
+
 def diff(ours: float, paper: float | None) -> str:
     return "" if paper is None else f"{100 * (ours - paper) / paper:+.1f}%"
 
@@ -163,5 +261,9 @@ if __name__ == "__main__":
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    paper_tables() if args.paper else main()
+    if args.paper:
+        paper_tables()
+        transformer_tables()
+    else:
+        main()
     print(f"\n({time.perf_counter() - start:.0f} s)")

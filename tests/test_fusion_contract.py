@@ -32,7 +32,7 @@ import warnings
 import pytest
 import torch
 
-from fusescope.errors import FusescopeError
+from fusescope.errors import FusescopeError, OptionError
 from fusescope.models import FUSION_METHODS, FUSION_OPS, build_model
 from fusescope.models.classification import CLASSIFICATION_METHODS, build_classifier
 from fusescope.models.translation import TRANSLATION_METHODS
@@ -66,10 +66,31 @@ SMALL = {
 }
 SMALL_CLS = {"mango": {"blocks": 1, "width": 8, "slots": 2, "attn_dim": 8, "coupling_hidden": 8}}
 SMALL_TR = {"depth": 4, "width": 8, "dropout": 1}
+# ops defined on transformer tokens (no CNN or U-Net form), and the family they are tested on
+# where one family stands for all (export, three modalities)
+TRANSFORMER_ONLY = ("tokenfusion", "geminifusion")
+CNN_FAMILIES = ("resnet", "efficientnet", "convnext")
 # (task, method, family) that cannot work, and the reason their one-line error gives
 CANNOT = {
     ("segmentation", "sagate", "vit"): "single-scale ViT has one token trunk",
+    **{
+        (task, op, family): "needs transformer blocks"
+        for op in TRANSFORMER_ONLY
+        for task, families in (
+            ("segmentation", CNN_FAMILIES),
+            ("classification", CNN_FAMILIES),
+            ("translation", ("unet",)),
+        )
+        for family in families
+    },
 }
+
+
+def home_family(name: str) -> str:
+    """The family a method's single-family checks run on."""
+    return "mit" if name in TRANSFORMER_ONLY else "resnet"
+
+
 # segmentation methods whose ONNX export is refused, and the reason it names
 NO_EXPORT = {
     ("mango", "*"): "fixed token grid",
@@ -110,6 +131,8 @@ def cases() -> list[tuple[str, str, str]]:
             out.append(("classification", name, family))
     for name in TRANSLATION_METHODS.names():
         out.append(("translation", name, "unet"))
+    for name in OPS:  # the generator on a timm encoder (`backbone`), where the transformer ops fit
+        out.append(("translation", name, "mit"))
     return out
 
 
@@ -136,23 +159,27 @@ def build(task: str, name: str, family: str, seed: int = 0, modalities: list[str
             cfg.update(text_dim=16, text_layers=1, text_heads=2)
         return build_classifier(cfg, mods, IMAGE_SPECS, 5), mods
     mods = modalities or (["shade"] if name == "unimodal" else ["shade", "texture"])
-    options = {**SMALL_TR, **SMALL.get(name, {})}
+    generator = SMALL_TR if family == "unet" else {"backbone": FAMILIES[family], "decoder_width": 8}
+    options = {**generator, **SMALL.get(name, {})}
     if name == "bmc":
         options["bmc_levels"] = [1, 2]
-    model = TRANSLATION_METHODS.build(
-        name,
-        options,
-        where="model",
-        modalities=mods,
-        in_channels=TR_CHANNELS,
-        out_channels=3,
-    )
+    try:
+        model = TRANSLATION_METHODS.build(
+            name,
+            options,
+            where="model",
+            modalities=mods,
+            in_channels=TR_CHANNELS,
+            out_channels=3,
+        )
+    except OptionError as err:  # as the translation task's build_model reports it
+        raise FusescopeError(f"model ({name}): {err}") from None
     return model, mods
 
 
 def batch(task: str, mods: list[str], seed: int = 1) -> dict:
     g = torch.Generator().manual_seed(seed)
-    h, w = (24, 40) if task == "translation" else (33, 41)  # not multiples of 32
+    h, w = 33, 41  # not multiples of 32 (nor of the U-Net's 16)
     out = {}
     for m in mods:
         if task == "translation":
@@ -228,7 +255,7 @@ def _export_expectation(name: str, family: str) -> str | None:
     return None
 
 
-EXPORT_CASES = [(n, "resnet") for n in FUSION_METHODS.names()] + [
+EXPORT_CASES = [(n, home_family(n)) for n in FUSION_METHODS.names()] + [
     (op, family) for op in ("cen", "asymfusion") for family in FAMILIES if family != "resnet"
 ]
 
@@ -284,7 +311,7 @@ def test_three_modalities_or_a_one_line_error(name):
             build("segmentation", name, "resnet", modalities=three)
         assert "\n" not in str(err.value)
         return
-    model, _ = build("segmentation", name, "resnet", modalities=three)
+    model, _ = build("segmentation", name, home_family(name), modalities=three)
     out = model(batch("segmentation", three))
     assert out["logits"].shape == (2, 4, 33, 41)
     if getattr(model, "ensemble", None) is not None:

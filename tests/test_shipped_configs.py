@@ -26,7 +26,7 @@ from fusescope.config import load_config
 from fusescope.engine.evaluate import evaluate_run
 from fusescope.engine.train import train
 from fusescope.io import write_png
-from fusescope.models.backbones import backbone_spec
+from fusescope.models.backbones import backbone_spec, resolve_alias
 from test_nyudv2 import write_v73
 from test_sunrgbd import encode
 
@@ -150,10 +150,12 @@ def make_synthetic(tmp: Path) -> Path:
 
 
 def make_weights(tmp: Path, name: str) -> Path:
-    """A timm state dict of `name` (random init) as safetensors: the shapes of real weights."""
+    """A timm state dict of `name` (random init) as safetensors: the shapes of real weights
+    (an alias such as mit_b3 is its timm model with the alias's arguments)."""
     tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / f"{name}.safetensors"
-    state = timm.create_model(name, pretrained=False).state_dict()
+    arch, kwargs = resolve_alias(name)
+    state = timm.create_model(arch, pretrained=False, **kwargs).state_dict()
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path
 

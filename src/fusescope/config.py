@@ -67,6 +67,19 @@ class DataConfig:
 
 
 @dataclass
+class StageSpec:
+    """One stage of a staged schedule (`train.stages`): `steps` optimiser steps at peak `lr`,
+    a fresh linear warm-up over `warmup_steps` (default `train.warmup_steps`) and a poly decay
+    (power `train.poly_power`) towards 0 at `decay_steps` steps into the stage (default: the
+    stage's own length)."""
+
+    steps: int | None = None
+    lr: float | None = None
+    warmup_steps: int | None = None
+    decay_steps: int | None = None
+
+
+@dataclass
 class TrainConfig:
     seed: int = 0
     max_steps: int = 400
@@ -78,6 +91,13 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw; pix2pix: [0.5, 0.999]
     warmup_steps: int = 20
     poly_power: float = 0.9
+    # a staged schedule (TokenFusion / GeminiFusion: AdamW in three stages at lr 6e-5 / 3e-5 /
+    # 1.5e-5): each stage its own peak lr, a fresh warm-up and poly decay, in place of train.lr's
+    # one warm-up + decay; train.max_steps may stop inside the stages, never beyond them
+    stages: list[StageSpec] | None = None
+    # with stages: each stage starts a fresh optimiser state (AdamW moments, SGD momentum), as
+    # the authors' code builds a new optimiser per stage
+    stage_fresh_optimizer: bool = True
     # learning-rate multipliers by module name prefix, e.g. {decoder: 6.0} (CEN trains its
     # decoder at 6x the encoder's lr); the longest matching prefix wins
     lr_scales: dict[str, float] = field(default_factory=dict)
@@ -297,8 +317,28 @@ def check_config(cfg: DictConfig) -> None:
         raise FusescopeError(f"train.betas={list(t.betas)!r} must be two numbers in [0, 1)")
     if t.optimizer not in ("adamw", "sgd"):
         raise FusescopeError(f"train.optimizer={t.optimizer!r} unknown; known: adamw, sgd")
-    for prefix, scale in (t.lr_scales or {}).items():
-        number(f"train.lr_scales.{prefix}", scale, 0, low_ok=False)
+    for prefix, scale in (t.lr_scales or {}).items():  # 0 freezes (TokenFusion's alpha)
+        number(f"train.lr_scales.{prefix}", scale, 0)
+    for i, stage in enumerate(t.stages or []):
+        where = f"train.stages[{i}]"
+        for key in ("steps", "lr"):
+            if stage[key] is None:
+                raise FusescopeError(f"{where}.{key} is required (a stage is {{steps, lr}})")
+        number(f"{where}.steps", stage.steps, 1, integer=True)
+        number(f"{where}.lr", stage.lr, 0, low_ok=False)
+        if stage.warmup_steps is not None:
+            number(f"{where}.warmup_steps", stage.warmup_steps, 0, integer=True)
+        if stage.decay_steps is not None:
+            number(f"{where}.decay_steps", stage.decay_steps, 1, integer=True)
+    if t.stages is not None:
+        total = sum(stage.steps for stage in t.stages)
+        if not t.stages:
+            raise FusescopeError("train.stages is empty (null: one schedule over train.lr)")
+        if t.max_steps > total:
+            raise FusescopeError(
+                f"train.max_steps={t.max_steps} runs past train.stages, which end after "
+                f"{total} steps (add a stage or lower train.max_steps)"
+            )
     if t.class_weights is not None:
         for w in t.class_weights:
             number("train.class_weights", w, 0)

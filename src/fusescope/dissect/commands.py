@@ -23,8 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "dissect",
         help="what each modality contributes: Set IoU, SVar, CKA, Grad-CAM, as a report",
-        description="Dissect an RGB-only run, a depth-only run and a joint two-stream run "
-        "(two_stream_concat) with the protocol of 'Dissecting RGB-D Learning for Improved "
+        description="Dissect an RGB-only run, a depth-only run and a joint run (two-stream: "
+        "two_stream_concat; or multi-stream: cen, asymfusion, tokenfusion, geminifusion, ...) "
+        "with the protocol of 'Dissecting RGB-D Learning for Improved "
         "Multi-modal Fusion'; or one classification run (fusescope.dissect.classification). "
         "Writes REPORT/index.html, results.json and PNG plots.",
     )
@@ -33,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         metavar="RUN",
         help="RUN_RGB RUN_DEPTH RUN_JOINT: the RGB-only model (model: unimodal), the "
-        "depth-only model and the joint model (two_stream_concat); or one "
+        "depth-only model and the joint model (two_stream_concat, or a multi-stream model: "
+        "its streams are the joint features, their concatenation the fused one); or one "
         "classification RUN (per-modality contribution of each label, CKA, Grad-CAM)",
     )
     p.add_argument("--out", required=True, help="report folder")

@@ -1,14 +1,21 @@
-"""The dissection paper's protocol over three trained runs: RGB alone, depth alone, and the joint
-two-stream model (separate encoders, concat + 1x1 conv fusion).
+"""The dissection paper's protocol over three trained runs: RGB alone, depth alone, and a joint
+model: the paper's two-stream model (separate encoders, concat + 1x1 conv fusion), or a
+multi-stream model (CEN, AsymFusion, TokenFusion, GeminiFusion, ...: one encoder shared by the
+streams, fused inside it).
 
 Features (the paper's notation), read through taps at encoder level l (0 = stride 4 ... 3 =
 stride 32, "stage l+1"):
 
     rgb_sep   F_I^S  the RGB-only run's encoder          `encoder[l]`
     depth_sep F_D^S  the depth-only run's encoder        `encoder[l]`
-    rgb_joint F_I^J  the joint run's RGB encoder         `encoders.<rgb>[l]`
-    depth_joint F_D^J the joint run's depth encoder      `encoders.<depth>[l]`
-    fused     F_C^J  the joint run's fused feature       `fuse.<l>`
+    rgb_joint F_I^J  the joint run's RGB encoder         `encoders.<rgb>[l]`; multi-stream: the
+                                                         RGB stream of `encoder.body[l]`
+    depth_joint F_D^J the joint run's depth encoder      `encoders.<depth>[l]`; multi-stream:
+                                                         the depth stream of `encoder.body[l]`
+    fused     F_C^J  the joint run's fused feature       `fuse.<l>`; multi-stream: the streams
+                                                         concatenated (they fuse inside the
+                                                         encoder, and their heads read them
+                                                         together only through the ensemble)
     cat_sep   Cat(F_I^S, F_D^S);  cat_joint  Cat(F_I^J, F_D^J)
 
 One streaming pass over the probe set feeds the CKA accumulator (every feature at every level:
@@ -163,6 +170,44 @@ class Runs:
     def models(self) -> dict[str, nn.Module]:
         return {"rgb": self.rgb.model, "depth": self.depth.model, "joint": self.joint.model}
 
+    @property
+    def multistream(self) -> bool:
+        """Whether the joint model is multi-stream (one encoder over the stacked modalities)
+        rather than the paper's two-stream model (`encoders.<m>` and `fuse`)."""
+        return not hasattr(self.joint.model, "fuse")
+
+    @property
+    def joint_modalities(self) -> tuple[str, ...]:
+        """The joint model's modalities in its stacking order."""
+        return tuple(self.joint.cfg.data.modalities)
+
+    def num_levels(self) -> int:
+        if self.multistream:
+            return len(self.joint.model.encoder.feature_info.channels())
+        return len(find_module(self.joint.model, "fuse"))  # one fusion module per level
+
+    def joint_taps(self, level: int) -> dict[str, Tap]:
+        """Taps on the joint model's per-modality streams at `level`: the two-stream model's
+        `encoders.<m>`, or the multi-stream encoder's stacked output split by modality (keys
+        `"joint_streams@<m>"`)."""
+        if self.multistream:
+            # `encoder.body`: the multi-stream encoder runs its body inside `run`, not `forward`
+            body = Tap("encoder.body", index=level, split=self.joint_modalities)
+            return {"joint_streams": body}
+        return {
+            "rgb_joint": Tap(f"encoders.{self.rgb_modality}", index=level),
+            "depth_joint": Tap(f"encoders.{self.depth_modality}", index=level),
+        }
+
+    def joint_names(self) -> dict[str, str]:
+        """The keys `joint_taps` gives -> the protocol's feature names."""
+        if not self.multistream:
+            return {"rgb_joint": "rgb_joint", "depth_joint": "depth_joint"}
+        return {
+            f"joint_streams@{self.rgb_modality}": "rgb_joint",
+            f"joint_streams@{self.depth_modality}": "depth_joint",
+        }
+
 
 def load_runs(
     rgb_dir: str | os.PathLike,
@@ -189,9 +234,21 @@ def load_runs(
     for run in (depth, joint):
         if run.meta.class_names != names:
             raise FusescopeError(f"{run.path}: classes differ from {rgb.path}'s")
-    for m in (m_rgb, m_depth):
-        for sub in ("encoders", f"encoders.{m}", "fuse"):
-            find_module(joint.model, sub)
+    encoder = getattr(joint.model, "encoder", None)
+    if getattr(encoder, "num_modalities", 1) == 2:  # a multi-stream model (stacked streams)
+        find_module(joint.model, "encoder")
+    else:
+        try:
+            for m in (m_rgb, m_depth):
+                for sub in ("encoders", f"encoders.{m}", "fuse"):
+                    find_module(joint.model, sub)
+        except FusescopeError:
+            raise FusescopeError(
+                f"{joint.path}: the joint run must be a two-stream model (two_stream_concat: "
+                f"encoders.<modality> and fuse) or a multi-stream one (cen, asymfusion, "
+                f"tokenfusion, geminifusion, multistream, ...); its model is "
+                f"{joint.cfg.model.name}"
+            ) from None
     for run in (rgb, depth):
         find_module(run.model, "encoder")
     return Runs(rgb, depth, joint, m_rgb, m_depth)
@@ -203,10 +260,26 @@ def feature_taps(runs: Runs, levels: Sequence[int]) -> dict[str, tuple[str, Tap]
     for lvl in levels:
         taps[f"rgb_sep/{lvl}"] = ("rgb", Tap("encoder", index=lvl))
         taps[f"depth_sep/{lvl}"] = ("depth", Tap("encoder", index=lvl))
-        taps[f"rgb_joint/{lvl}"] = ("joint", Tap(f"encoders.{runs.rgb_modality}", index=lvl))
-        taps[f"depth_joint/{lvl}"] = ("joint", Tap(f"encoders.{runs.depth_modality}", index=lvl))
-        taps[f"fused/{lvl}"] = ("joint", Tap(f"fuse.{lvl}"))
+        for name, tap in runs.joint_taps(lvl).items():
+            taps[f"{name}/{lvl}"] = ("joint", tap)
+        if not runs.multistream:
+            taps[f"fused/{lvl}"] = ("joint", Tap(f"fuse.{lvl}"))
     return taps
+
+
+def joint_features(runs: Runs, levels: Sequence[int]) -> dict[str, list[str]]:
+    """For a multi-stream joint run, the protocol's joint features as `stream_features`
+    concatenations of its split taps: `rgb_joint` and `depth_joint` (one stream each) and
+    `fused` (both streams); the two-stream model's are taps of their own (nothing here)."""
+    if not runs.multistream:
+        return {}
+    out = {}
+    for lvl in levels:
+        streams = [f"joint_streams/{lvl}@{m}" for m in runs.joint_modalities]
+        out[f"rgb_joint/{lvl}"] = [f"joint_streams/{lvl}@{runs.rgb_modality}"]
+        out[f"depth_joint/{lvl}"] = [f"joint_streams/{lvl}@{runs.depth_modality}"]
+        out[f"fused/{lvl}"] = streams
+    return out
 
 
 class RunInput:
@@ -271,7 +344,7 @@ def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissect
         raise FusescopeError(f"folds must be >= 2 and seeds >= 1, got {opts.folds}, {opts.seeds}")
     ds, loader = probe_loader(runs, opts)
     meta = runs.joint.meta
-    num_levels = len(find_module(runs.joint.model, "fuse"))  # one fusion module per level
+    num_levels = runs.num_levels()
     levels = sorted(set(opts.levels if opts.levels is not None else default_levels(num_levels)))
     cka_levels = sorted(set(opts.cka_levels if opts.cka_levels is not None else range(num_levels)))
     bad = [lvl for lvl in {*levels, *cka_levels} if not 0 <= lvl < num_levels]
@@ -279,7 +352,7 @@ def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissect
         raise FusescopeError(f"levels {bad} out of range 0..{num_levels - 1}")
     tapped = sorted({*levels, *cka_levels})
     taps = feature_taps(runs, tapped)
-    concat = {}
+    concat = joint_features(runs, tapped)  # first: cat_joint reads them
     for lvl in levels:
         concat[f"cat_sep/{lvl}"] = [f"rgb_sep/{lvl}", f"depth_sep/{lvl}"]
         concat[f"cat_joint/{lvl}"] = [f"rgb_joint/{lvl}", f"depth_joint/{lvl}"]
@@ -663,13 +736,7 @@ def gradcam_examples(
         return []
     meta = runs.joint.meta
     cams = {
-        "joint": GradCAM(
-            runs.joint.model,
-            {
-                "rgb_joint": Tap(f"encoders.{runs.rgb_modality}", index=level),
-                "depth_joint": Tap(f"encoders.{runs.depth_modality}", index=level),
-            },
-        ),
+        "joint": GradCAM(runs.joint.model, runs.joint_taps(level)),
         "rgb": GradCAM(runs.rgb.model, {"rgb_sep": Tap("encoder", index=level)}),
         "depth": GradCAM(runs.depth.model, {"depth_sep": Tap("encoder", index=level)}),
     }
@@ -684,11 +751,13 @@ def gradcam_examples(
         raw = {}
         for name in ("joint", "rgb", "depth"):
             model_batch = {**adapt[name](batch), "label": batch["label"]}
-            raw.update(
-                cams[name](
-                    model_batch, cid, region=opts.gradcam_region, ignore_index=meta.ignore_index
-                )
+            maps = cams[name](
+                model_batch, cid, region=opts.gradcam_region, ignore_index=meta.ignore_index
             )
+            if name == "joint":  # the streams' tap keys -> rgb_joint / depth_joint
+                rename = runs.joint_names()
+                maps = {rename[k]: v for k, v in maps.items() if k in rename}
+            raw.update(maps)
         # one scale per image over all four streams: each map is sum_k alpha_k A_k, a
         # first-order share of the class score (logit units), so the four compare directly
         maps = shared_scale(raw)

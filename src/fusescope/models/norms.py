@@ -248,6 +248,33 @@ class ModalityConv2d(nn.Module):
         return y.view(BM, y.shape[1] // M, *y.shape[2:])
 
 
+class ModalityLinear(nn.Module):
+    """M private linears over a modality view `(B, M, ..., C_in)`: modality m's rows go through
+    its own `(C_out, C_in)` weight, all in one batched matmul (a fusion op's per-modality MLP,
+    e.g. TokenFusion's score predictor, one network per modality in the authors' code).
+
+    Initialised as the transformer blocks around it (timm / SegFormer): truncated normal
+    weights of std 0.02, zero biases.
+    """
+
+    def __init__(self, in_features: int, out_features: int, num_modalities: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.num_modalities = num_modalities
+        self.weight = nn.Parameter(torch.empty(num_modalities, out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(num_modalities, out_features))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, modalities={self.num_modalities}"
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, M, ..., C_in) -> (B, M, ..., C_out)
+        B, M = x.shape[:2]
+        rows = x.reshape(B, M, -1, self.in_features)
+        y = torch.einsum("bmri,moi->bmro", rows, self.weight) + self.bias[:, None]
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
 class ModalityLayerNorm(nn.Module):
     """M LayerNorms over a modality-stacked batch: one native `layer_norm` without affine for
     every modality, then each modality's (C,) affine on the `(B, M, ..., C)` view.

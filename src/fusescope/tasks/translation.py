@@ -341,9 +341,12 @@ class TranslationTask(Task):
         pretrained: bool = False,
         stats: dict | None = None,
     ) -> Translator:
-        """The generator of `model.name` (+ the PatchGAN with `model.gan`). `pretrained` is
-        unused: the U-Net trains from scratch, as in pix2pix and CEN."""
+        """The generator of `model.name` (+ the PatchGAN with `model.gan`). The U-Net trains
+        from scratch (pix2pix, CEN); a timm backbone's `model.pretrained` is loaded unless
+        `pretrained` is False (a run folder's weights replace them)."""
         name, options, task = model_options(cfg.model)
+        if not pretrained and "pretrained" in options:
+            options["pretrained"] = False
         inputs, targets = list(cfg.data.modalities), targets_of(cfg)
         in_channels = {m: meta.modalities[m].channels for m in inputs}
         out_channels = sum(meta.modalities[t].channels for t in targets)
