@@ -28,9 +28,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fusescope.errors import FusescopeError
 from fusescope.io import is_plain_name
-from fusescope.tasks.base import TASK_NAMES
-
-SYNTH_KINDS = ("rooms", "posters")
 
 
 @dataclass
@@ -40,7 +37,7 @@ class SynthSpec:
     num: int = 600
     seed: int = 0
     size: list[int] = field(default_factory=lambda: [120, 160])
-    kind: str = "rooms"  # rooms: RGB-D frames (data/synthetic/); posters: image + text
+    kind: str = "rooms"  # a generator of fusescope.data.generators: rooms (RGB-D), posters
     # rooms: modalities to write (rgb depth texture shade normal edge); null: rgb and depth
     modalities: list[str] | None = None
 
@@ -123,7 +120,7 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    task: str = "segmentation"  # segmentation | translation | classification (fusescope.tasks)
+    task: str = "segmentation"  # a task of fusescope.tasks: segmentation, translation, ...
     data: DataConfig = field(default_factory=DataConfig)
     model: dict[str, Any] = field(default_factory=lambda: {"name": "early_concat"})
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -330,8 +327,9 @@ def check_config(cfg: DictConfig) -> None:
 
     if not d.root:
         raise FusescopeError("data.root is empty")
-    if cfg.task not in TASK_NAMES:
-        raise FusescopeError(f"task={cfg.task!r} unknown; known: {', '.join(TASK_NAMES)}")
+    from fusescope.tasks.base import task_of
+
+    task_of(cfg.task)  # an unknown task is an error listing the known ones
     for m in d.targets or []:
         check_plain_name(m, "data.targets")
     if not d.modalities:
@@ -354,10 +352,10 @@ def check_config(cfg: DictConfig) -> None:
     number("data.vocab_size", d.vocab_size, 2, integer=True)
     number("data.vocab_min_count", d.vocab_min_count, 1, integer=True)
     number("data.min_pixels", d.min_pixels, 1, integer=True)
-    if d.synth is not None and d.synth.kind not in SYNTH_KINDS:
-        raise FusescopeError(
-            f"data.synth.kind={d.synth.kind!r} unknown; known: {', '.join(SYNTH_KINDS)}"
-        )
+    if d.synth is not None:
+        from fusescope.data.generators import generator
+
+        generator(d.synth.kind)  # an unknown kind is an error listing the known ones
 
     check_plain_name(e.split, "eval.split")
     if e.tta not in ("none", "flip", "ms-flip"):

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fusescope.data.generators import Generator, register_generator
 from fusescope.data.prepare import staged_output
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, write_json
@@ -439,6 +440,34 @@ def generate_posters(
         )
 
 
+def generate_poster_data(
+    root: Path, num: int, seed: int, size: tuple[int, int], progress: bool = True
+) -> None:
+    """The known-answer posters as a classification data folder at `root`: generated in the
+    MM-IMDB layout (PNG posters, exact) in a temporary folder, then prepared into `root`."""
+    import tempfile
+
+    from fusescope.data.mmimdb import prepare_mmimdb
+
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{root.name}.raw-", dir=root.parent) as raw:
+        generate_posters(Path(raw) / "mmimdb", num, seed=seed, size=size, image_format="png")
+        prepare_mmimdb(Path(raw) / "mmimdb", root, overwrite=root.exists(), progress=progress)
+
+
+POSTERS = register_generator(
+    Generator(
+        kind="posters",
+        version=GENERATOR_VERSION,
+        record="fusescope.data.posters",
+        generate=lambda root, spec, progress: generate_poster_data(
+            root, num=spec.num, seed=spec.seed, size=tuple(spec.size), progress=progress
+        ),
+    )
+)
+"""The known-answer posters (`data.synth.kind: posters`): image + plot, classification."""
+
 __all__ = [
     "GENRES",
     "GENRE_ID",
@@ -447,6 +476,7 @@ __all__ = [
     "Genre",
     "PosterSample",
     "generate_posters",
+    "generate_poster_data",
     "genre_table",
     "render_image",
     "render_plot",

@@ -42,7 +42,7 @@ from fusescope.engine.classification_metrics import (
 )
 from fusescope.errors import FusescopeError
 from fusescope.models.classification import CLASSIFICATION_METHODS, build_classifier
-from fusescope.tasks.base import Task, check_global_batch
+from fusescope.tasks.base import Task, check_global_batch, register_task
 
 
 def in_specs(
@@ -335,4 +335,4 @@ class ClassificationTask(Task):
         return "\n".join(lines)
 
 
-TASK = ClassificationTask()
+TASK = register_task(ClassificationTask())

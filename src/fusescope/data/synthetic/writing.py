@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from fusescope.data.generators import Generator, register_generator
 from fusescope.data.meta import LABEL_DIR, DatasetMeta, ModalitySpec, write_split
 from fusescope.data.prepare import staged_output
 from fusescope.data.synthetic.classes import CLASSES
@@ -252,3 +253,41 @@ def frames_per_second(
             if write:
                 write_frame(root, index, frame)
         return num / (time.perf_counter() - start)
+
+
+# `data.synth` with `kind: rooms` (the default): this generator, its options checked and compared
+
+
+def _generate_from_spec(root: Path, spec, progress: bool) -> None:
+    generate(
+        root,
+        num=spec.num,
+        seed=spec.seed,
+        size=tuple(spec.size),
+        progress=progress,
+        workers=2,
+        modalities=None if spec.get("modalities") is None else list(spec.modalities),
+    )
+
+
+def _missing_modalities(record, spec) -> list[str]:
+    """A folder with more modalities than asked is the same data (the extra ones draw no random
+    number); one without a modality asked for is not. A record without `modalities` wrote the
+    default ones."""
+    have = record.get("modalities", list(DEFAULT_MODALITIES))
+    asked = check_modalities(spec.get("modalities"), "data.synth.modalities")
+    missing = [m for m in asked if m not in have]
+    return [f"no modality {', '.join(missing)} here (it has {', '.join(have)})"] if missing else []
+
+
+ROOMS = register_generator(
+    Generator(
+        kind="rooms",
+        version=GENERATOR_VERSION,
+        record="fusescope.data.synthetic",
+        generate=_generate_from_spec,
+        check=lambda spec: check_modalities(spec.get("modalities"), "data.synth.modalities"),
+        differences=_missing_modalities,
+    )
+)
+"""The known-answer RGB-D rooms (`data.synth.kind: rooms`, the default)."""
