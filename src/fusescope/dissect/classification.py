@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from fusescope.data.batching import collate
-from fusescope.data.text import UNK_ID
+from fusescope.data.kinds import KINDS
 from fusescope.dissect.cka import CKAAccumulator
 from fusescope.dissect.gradcam import cam
 from fusescope.dissect.taps import FeatureTaps, Tap, move_batch
@@ -70,16 +70,12 @@ def image_tap(model: nn.Module, modality: str) -> Tap | None:
 
 
 def remove_modality(batch: dict[str, Tensor], modality: str, kind: str) -> dict[str, Tensor]:
-    """The batch without `modality`'s information: zeros for an image (the mean image after
-    normalisation), one unknown word for a text."""
-    out = dict(batch)
-    if kind == "text":
-        ids = torch.full_like(batch[modality][:, :1], UNK_ID)
-        out[modality] = ids
-        out[f"{modality}_mask"] = torch.ones_like(ids, dtype=torch.bool)
-    else:
-        out[modality] = torch.zeros_like(batch[modality])
-    return out
+    """The batch without `modality`'s information: its kind's fill for an absent modality
+    (`fusescope.data.kinds`: zeros for an image, the mean image after normalisation; one
+    unknown word for a text)."""
+    x = batch[modality]
+    blank = KINDS[kind].blank(modality, x, x.shape[0], x.shape[1] if x.ndim == 4 else 0)
+    return {**batch, **blank}
 
 
 @torch.no_grad()
@@ -171,7 +167,7 @@ def dissect_classifier(
         matrix = acc.result()
         cka = {"names": keys, "matrix": matrix.tolist()}
 
-    image = next((m for m in modalities if kinds[m] != "text"), None)
+    image = next((m for m in modalities if KINDS[kinds[m]].spatial), None)
     gradcam = []
     tap = image_tap(model, image) if image else None
     if tap is not None:

@@ -28,6 +28,7 @@ from fusescope.config import check_config, config_from_dict, to_container
 from fusescope.data.batching import GlobalBatchSampler, collate
 from fusescope.data.build import ensure_data
 from fusescope.data.folder import fingerprint
+from fusescope.data.kinds import kind_of
 from fusescope.data.meta import load_meta
 from fusescope.engine.checkpoint import (
     CHECKPOINT,
@@ -307,6 +308,9 @@ def _train_locked(
         model = convert_batchnorm(model, fabric.device.type)
     optimizer = make_optimizer(model, t)
     dropout = dropout_probabilities(t.get("modality_dropout"), list(cfg.data.modalities))
+    # each dropped modality gets its kind's fill (an image: zeros after normalisation; a text:
+    # one <unk> word)
+    dropout_kinds = {m: kind_of(meta.modalities[m]) for m in dropout}
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, t.warmup_steps, t.max_steps, t.poly_power)
     )
@@ -457,7 +461,7 @@ def _train_locked(
             for i in range(t.grad_accum):
                 micro = {k: v[i :: t.grad_accum] for k, v in big.items()}
                 micro = fabric.to_device({k: v for k, v in micro.items() if k != "id"})
-                micro = drop_modalities(micro, dropout, list(cfg.data.modalities))
+                micro = drop_modalities(micro, dropout, list(cfg.data.modalities), dropout_kinds)
                 with fabric.no_backward_sync(model, enabled=i < t.grad_accum - 1):
                     output = model(micro)
                     loss, parts = task.loss(

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from fusescope.data import classification as data
 from fusescope.data.batching import collate
+from fusescope.data.kinds import kind_of
 from fusescope.data.text import PAD_ID
 from fusescope.engine.classification_metrics import (
     chance_f1,
@@ -58,9 +59,9 @@ def in_specs(
     specs = {}
     for m in modalities:
         spec = meta.modalities[m]
-        if spec.kind == "text":
+        if kind_of(spec).tokens:
             specs[m] = {
-                "kind": "text",
+                "kind": spec.kind,
                 "pad_id": PAD_ID,
                 "vocab_size": int(data_cfg.vocab_size),
                 "vocab": (vocabularies or {}).get(m),
