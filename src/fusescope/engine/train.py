@@ -458,6 +458,9 @@ def _train_locked(
             )
             if fabric.world_size > 1:
                 weight = fabric.all_reduce(weight, reduce_op="sum") / fabric.world_size
+            # each micro-batch's loss is its share of the step's (the global denominator, aux
+            # losses / grad_accum): the step's loss and parts are their sums, kept on the device
+            step_loss, step_parts = None, {}
             for i in range(t.grad_accum):
                 micro = {k: v[i :: t.grad_accum] for k, v in big.items()}
                 micro = fabric.to_device({k: v for k, v in micro.items() if k != "id"})
@@ -468,6 +471,9 @@ def _train_locked(
                         output, micro, meta, t, weight, aux_scale=1 / t.grad_accum
                     )
                     fabric.backward(loss)
+                step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+                for k, v in parts.items():
+                    step_parts[k] = v if k not in step_parts else step_parts[k] + v
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
@@ -479,8 +485,8 @@ def _train_locked(
                 # the only host sync of the loop, once per log interval
                 record = {
                     "step": step,
-                    "loss": float(loss.detach()),
-                    **{k: float(v) for k, v in parts.items()},
+                    "loss": float(step_loss),
+                    **{k: float(v) for k, v in step_parts.items()},
                     "lr": scheduler.get_last_lr()[0],
                     "samples_per_s": (step - start_step)
                     * t.batch_size
