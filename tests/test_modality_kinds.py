@@ -34,7 +34,8 @@ def test_the_table_holds_every_kind_once_and_unknown_kinds_list_them():
     assert list(KINDS) == ["color", "image", "normal", "depth", "thermal", "text"]
     with pytest.raises(
         FusescopeError,
-        match=r"m\.json: modalities\.x: kind 'sonar' is not one of color, image, normal, depth, thermal, text",
+        match=r"m\.json: modalities\.x: kind 'sonar' is not one of "
+        r"color, image, normal, depth, thermal, text",
     ):
         meta_with({"kind": "sonar", "channels": 1})
     with pytest.raises(FusescopeError, match="kind 'sonar' is not one of"):
@@ -93,7 +94,8 @@ def test_thermal_refuses_other_files_and_implausible_kelvin(tmp_path):
     write_png(tmp_path / "eight.png", np.full((4, 4), 30, np.uint8))
     with pytest.raises(
         FusescopeError,
-        match=r"eight\.png: thermal 't' must be a 16-bit PNG \(value \* 0\.01 = kelvin\), got uint8",
+        match=r"eight\.png: thermal 't' must be a 16-bit PNG "
+        r"\(value \* 0\.01 = kelvin\), got uint8",
     ):
         load_modality(tmp_path / "eight.png", "t", spec)
     write_png(tmp_path / "hot.png", np.full((4, 4), 30000, np.uint16))
