@@ -95,6 +95,7 @@ def make_nyudv2(tmp: Path) -> Path:
                 str(tmp / "splits.mat"),
                 "--mapping",
                 str(tmp / "map40.mat"),
+                "--hha",  # the SA-Gate configs feed RGB + HHA, as the paper
                 "--out",
                 str(out),
             ]
@@ -123,7 +124,10 @@ def make_sunrgbd(tmp: Path) -> Path:
     (src / "sunrgbd_training_images.txt").write_text("\n".join(lists["train"]) + "\n")
     out = tmp / "sunrgbd"
     assert (
-        main(["data", "prepare", "sunrgbd", str(src), "--out", str(out), "--any-split-size"]) == 0
+        main(
+            ["data", "prepare", "sunrgbd", str(src), "--out", str(out), "--any-split-size", "--hha"]
+        )
+        == 0
     )
     return out
 
