@@ -102,22 +102,6 @@ class ImageBranch(nn.Module):
         return Encoded(tokens, None, feature.mean((2, 3)))
 
 
-def branch_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The options every builder takes for its branches (see `build_branch`)."""
-    return {k: options[k] for k in BRANCH_DEFAULTS}
-
-
-BRANCH_DEFAULTS: dict[str, Any] = {
-    "backbone": "resnet18",
-    "pretrained": False,
-    "text_dim": 64,
-    "text_layers": 2,
-    "text_heads": 4,
-    "text_dropout": 0.1,
-    "glove": None,
-}
-
-
 def build_branch(
     modality: str,
     spec: Mapping[str, Any],
