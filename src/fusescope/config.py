@@ -38,7 +38,7 @@ class SynthSpec:
     seed: int = 0
     size: list[int] = field(default_factory=lambda: [120, 160])
     kind: str = "rooms"  # a generator of fusescope.data.generators: rooms (RGB-D), posters
-    # rooms: modalities to write (rgb depth texture shade normal edge); null: rgb and depth
+    # rooms: modalities to write (rgb depth texture shade normal edge thermal); null: rgb, depth
     modalities: list[str] | None = None
 
 
