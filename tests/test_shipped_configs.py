@@ -132,8 +132,9 @@ def make_sunrgbd(tmp: Path) -> Path:
     return out
 
 
-def make_synthetic(tmp: Path) -> Path:
+def make_synthetic(tmp: Path, modalities: tuple[str, ...] = ()) -> Path:
     out = tmp / "synthetic"
+    extra = ["--modalities", *modalities] if modalities else []
     assert (
         main(
             [
@@ -147,11 +148,17 @@ def make_synthetic(tmp: Path) -> Path:
                 "0",
                 "--size",
                 *map(str, FRAME),
+                *extra,
             ]
         )
         == 0
     )
     return out
+
+
+def make_synthetic_thermal(tmp: Path) -> Path:
+    """The known-answer rooms with the thermal modality (and its thermal-only classes)."""
+    return make_synthetic(tmp, ("rgb", "depth", "thermal"))
 
 
 def make_weights(tmp: Path, name: str) -> Path:
@@ -193,6 +200,7 @@ MAKERS = {
     "nyudv2": make_nyudv2,
     "sunrgbd": make_sunrgbd,
     "synthetic": make_synthetic,
+    "synthetic_thermal": make_synthetic_thermal,
     "translation": make_translation,
 }
 
@@ -202,6 +210,8 @@ def test_config_trains_and_evaluates(config, tiny_sets, tmp_path):
     path = ROOT / "configs" / config
     shipped = load_config(path)
     kind = config.split("/")[0]
+    if "thermal" in shipped.data.modalities:
+        kind += "_thermal"
     overrides = [
         f"data.root={tiny_sets(kind)}",
         "data.synth=null",
@@ -230,6 +240,8 @@ def test_config_trains_and_evaluates(config, tiny_sets, tmp_path):
             assert result["feature_network"]
         else:
             assert 0.0 <= result["miou"] <= 1.0
+            if "thermal" in shipped.data.modalities:  # the M = 3 known answer's own group
+                assert "thermal" in result["cue_group_miou"]
     finally:
         # a ResNet-101 run folder holds GBs (checkpoint + weights): free the disk per config
         shutil.rmtree(run, ignore_errors=True)
