@@ -7,7 +7,7 @@
 
 Models never read targets. A builder registered in `CLASSIFICATION_METHODS` is called as
 `builder(modalities, in_specs, num_classes, **model_options)`; `in_specs[m]` describes modality
-m: `{"kind": "color" | "image" | "depth" | "text", "channels": int}` for images, and for text
+m: `{"kind": <an image kind of fusescope.data.kinds>, "channels": int}` for images, and for text
 `{"kind": "text", "vocab_size": int, "pad_id": int, "vocab": list[str] | None}` (the vocabulary
 is needed only to initialise embeddings from GloVe).
 
