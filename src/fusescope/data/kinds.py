@@ -62,7 +62,6 @@ class ModalityKind:
 
     Attributes:
         name: the kind as `meta.json` writes it.
-        summary: one line for error messages and `fusescope data inspect`.
         dtype: the stored sample type (`uint8`, `uint16`); None for text.
         channels: the channel counts a modality of this kind may have; () for text.
         scale: whether `meta.json` gives a `scale` (units of `unit` per stored value):
@@ -87,7 +86,6 @@ class ModalityKind:
     """
 
     name: str
-    summary: str
     dtype: Any = np.uint8
     channels: tuple[int, ...] = (1, 3)
     scale: str = "none"
@@ -264,30 +262,16 @@ def kind_of(spec) -> ModalityKind:
     return KINDS[spec.kind]
 
 
-COLOR = register_kind(
-    ModalityKind(
-        "color",
-        "8-bit RGB; photometric augmentation applies to it alone",
-        colour=True,
-        corruption_group="rgb",
-    )
-)
-IMAGE = register_kind(
-    ModalityKind("image", "any other 8-bit image (HHA, shade, an 8-bit infrared or thermal image)")
-)
-NORMAL = register_kind(
-    ModalityKind(
-        "normal",
-        "surface normals, 8-bit (n + 1) / 2 per axis (x right, y down, z forward); a mirror "
-        "turns n_x around",
-        channels=(3,),
-        mirror_channel=0,
-    )
-)
+# 8-bit RGB; photometric augmentation applies to it alone
+COLOR = register_kind(ModalityKind("color", colour=True, corruption_group="rgb"))
+# any other 8-bit image (HHA, shade, an 8-bit infrared or thermal image)
+IMAGE = register_kind(ModalityKind("image"))
+# surface normals, 8-bit (n + 1) / 2 per axis (x right, y down, z forward)
+NORMAL = register_kind(ModalityKind("normal", channels=(3,), mirror_channel=0))
+# uint16 PNG; value * scale = metres; 0 = no reading (a hole)
 DEPTH = register_kind(
     ModalityKind(
         "depth",
-        "uint16 PNG; value * scale = metres; 0 = no reading (a hole)",
         dtype=np.uint16,
         channels=(1,),
         scale="required",
@@ -301,11 +285,11 @@ DEPTH = register_kind(
         describe="uint16 PNG x scale = metres",
     )
 )
+# uint16 PNG of radiometric counts; counts * scale = kelvin where a scale is given; 0 is a
+# reading (a temperature), not a hole
 THERMAL = register_kind(
     ModalityKind(
         "thermal",
-        "uint16 PNG of radiometric counts; counts * scale = kelvin where scale is given; "
-        "0 is a reading",
         dtype=np.uint16,
         channels=(1,),
         scale="optional",
@@ -317,10 +301,10 @@ THERMAL = register_kind(
         describe="uint16 PNG x scale = kelvin (raw counts without a scale)",
     )
 )
+# one UTF-8 file per sample (fusescope.data.text); no channels
 TEXT = register_kind(
     ModalityKind(
         "text",
-        "one UTF-8 file per sample (fusescope.data.text); no channels",
         dtype=None,
         channels=(),
         extensions=(TEXT_EXTENSION,),
