@@ -251,7 +251,7 @@ def modality_kind(name: str, where: str = "") -> ModalityKind:
     Raises:
         FusescopeError: an unknown kind, listing the known ones (`where` prefixes it).
     """
-    if name not in KINDS:
+    if not isinstance(name, str) or name not in KINDS:
         prefix = f"{where}: " if where else ""
         raise FusescopeError(f"{prefix}kind {name!r} is not one of {', '.join(KINDS)}")
     return KINDS[name]
