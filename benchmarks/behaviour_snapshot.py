@@ -33,7 +33,7 @@ KINDS = ("synthetic", "translation", "classification")
 
 def make_data(base: Path) -> dict[str, Path]:
     from fusescope.cli import main
-    from fusescope.data.build import generate_poster_data
+    from fusescope.data.posters import generate_poster_data
 
     rooms, translation, posters = base / "rooms", base / "translation", base / "posters"
     common = ["--num", "12", "--seed", "0", "--size", "32", "40"]

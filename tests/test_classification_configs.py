@@ -11,7 +11,7 @@ import pytest
 
 from fusescope.cli import main
 from fusescope.config import load_config
-from fusescope.data.build import generate_poster_data
+from fusescope.data.posters import generate_poster_data
 from fusescope.engine.evaluate import evaluate_run
 from fusescope.engine.train import train
 

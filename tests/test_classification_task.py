@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from fusescope.cli import main
 from fusescope.config import load_config
-from fusescope.data.build import generate_poster_data
+from fusescope.data.posters import generate_poster_data
 from fusescope.engine.train import train
 from fusescope.tasks import task_of
 from fusescope.tasks.classification import scores

@@ -11,8 +11,8 @@ from fusescope.data.meta import ClassInfo, DatasetMeta, ModalitySpec
 from fusescope.errors import FusescopeError
 
 H, W = 48, 64
-DEPTH_KINDS = [k for k, v in KINDS.items() if v.target == "depth"]
-RGB_KINDS = [k for k, v in KINDS.items() if v.target == "color"]
+DEPTH_KINDS = [k for k, v in KINDS.items() if v.group == "depth"]
+RGB_KINDS = [k for k, v in KINDS.items() if v.group == "rgb"]
 
 
 def make_meta(**modalities):
@@ -53,8 +53,7 @@ def test_deterministic_for_a_seed(kind):
 
 @pytest.mark.parametrize("kind", ["depth_noise", "depth_holes", "depth_edges", "rgb_lowlight"])
 def test_different_seeds_differ(kind):
-    target = KINDS[kind].target
-    key = "rgb" if target == "color" else "depth"
+    key = "rgb" if KINDS[kind].group == "rgb" else "depth"
     assert not np.array_equal(run(f"{kind}:3", seed=1)[key], run(f"{kind}:3", seed=2)[key])
 
 
@@ -76,7 +75,7 @@ def test_only_the_target_kind_changes(kind):
     sample = make_sample()
     out = run(f"{kind}:4", sample, seed=0)
     changed = {k for k in ("rgb", "depth", "hha") if not np.array_equal(out[k], sample[k])}
-    assert changed == ({"rgb"} if KINDS[kind].target == "color" else {"depth"})
+    assert changed == ({"rgb"} if KINDS[kind].group == "rgb" else {"depth"})
     np.testing.assert_array_equal(out["label"], sample["label"])
     assert out["id"] == "0001"
     assert out["rgb"].dtype == np.float32 and out["depth"].dtype == np.float32

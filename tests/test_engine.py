@@ -317,3 +317,32 @@ def test_the_training_loop_knows_no_model_class():
     engine = Path(fusescope.engine.__file__).parent
     for name in ("train.py", "distributed.py", "loss.py", "evaluate.py"):
         assert "fusescope.models" not in (engine / name).read_text(), name
+
+
+def test_grad_accum_logs_the_steps_loss_not_its_last_micro_batchs(tiny_data, tmp_path):
+    """batch 4 x grad_accum 2 sees the same 8 samples per step as batch 8: the same loss is
+    logged (BN statistics frozen and no dropout, so a micro-batch's outputs are the whole
+    batch's); the last micro-batch's loss alone would be about half of it."""
+
+    def logged(*extra):
+        run = train(
+            tiny_cfg(
+                tiny_data,
+                "train.max_steps=2",
+                "train.log_every=1",
+                "train.freeze_bn_stats=true",
+                "train.lr=1e-4",
+                "model.decoder={name: light, dropout: 0}",
+                *extra,
+            ),
+            tmp_path / "_".join(extra),
+        )
+        return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+    whole = logged("train.batch_size=8")
+    split = logged("train.batch_size=4", "train.grad_accum=2")
+    assert [r["step"] for r in split] == [1, 2]
+    for a, b in zip(whole, split, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=0)
+        assert b["ce"] == pytest.approx(a["ce"], rel=1e-5, abs=0)
+    assert split[0]["loss"] > 0.1

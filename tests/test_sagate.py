@@ -283,3 +283,53 @@ def test_needs_exactly_two_modalities():
         build_model(
             {"name": "sagate"}, ["rgb", "depth", "hha"], {"rgb": 3, "depth": 1, "hha": 3}, 3
         )
+
+
+def test_shared_shortcuts_are_one_module_for_both_streams_as_the_authors_build_them():
+    """model.shared_shortcuts: the second stream's projection shortcuts are the first stream's
+    modules (the authors' `self.hha_downsample = downsample`); the default keeps one each."""
+    torch.manual_seed(0)
+    separate, shared = tiny(), tiny(shared_shortcuts=True)
+    rgb, depth = shared.encoders["rgb"], shared.encoders["depth"]
+    names = [n for n, m in rgb.named_modules() if n.endswith("downsample")]
+    assert names == ["layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample"]
+    modules_rgb, modules_depth = dict(rgb.named_modules()), dict(depth.named_modules())
+    for n in names:
+        assert modules_rgb[n] is modules_depth[n]
+        assert (
+            dict(separate.encoders["rgb"].named_modules())[n]
+            is not dict(separate.encoders["depth"].named_modules())[n]
+        )
+    one_copy = sum(p.numel() for n in names for p in modules_rgb[n].parameters())
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(separate) - count(shared) == one_copy > 0
+    # the shared shortcut's gradient is the sum of both streams' (the separate model with equal
+    # shortcut weights in its two streams computes the same function)
+    for n in names:
+        twin = dict(separate.encoders["depth"].named_modules())[n]
+        twin.load_state_dict(dict(separate.encoders["rgb"].named_modules())[n].state_dict())
+    shared.load_state_dict(separate.state_dict())
+    x = batch()
+    for model in (separate, shared):
+        model.eval()  # no dropout, the same normalisation in both
+        model(x)["logits"].square().sum().backward()
+    grads = [
+        dict(model.encoders[m].named_modules())["layer3.0.downsample"][0].weight.grad
+        for model, m in ((separate, "rgb"), (separate, "depth"), (shared, "rgb"))
+    ]
+    assert grads[0].abs().sum() > 0 and grads[1].abs().sum() > 0
+    torch.testing.assert_close(grads[2], grads[0] + grads[1], rtol=1e-4, atol=1e-6)
+    # weights save and load (the state dict names the module under both streams)
+    state = shared.state_dict()
+    assert "encoders.depth.layer3.0.downsample.0.weight" in state
+    fresh = tiny(shared_shortcuts=True)
+    fresh.load_state_dict(state)
+    assert torch.equal(
+        fresh.encoders["depth"].layer3[0].downsample[0].weight,
+        shared.encoders["rgb"].layer3[0].downsample[0].weight,
+    )
+
+
+def test_shared_shortcuts_need_a_resnet():
+    with pytest.raises(FusescopeError, match="shared_shortcuts needs a backbone with projection"):
+        tiny(shared_shortcuts=True, backbone="efficientnet_lite0")

@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(
     p.relative_to(ROOT / "configs").as_posix()
     for p in (ROOT / "configs").glob("*/*.yaml")
-    if p.parent.name != "classification"  # tests/test_classification_configs.py
+    # classification: tests/test_classification_configs.py; _base_: shared parts, not configs
+    if p.parent.name not in ("classification", "_base_")
 )
 FRAME = (32, 40)  # prepared frames (H, W); real-data configs train on crops of this size
 CROP = list(FRAME)
@@ -94,6 +95,7 @@ def make_nyudv2(tmp: Path) -> Path:
                 str(tmp / "splits.mat"),
                 "--mapping",
                 str(tmp / "map40.mat"),
+                "--hha",  # the SA-Gate configs feed RGB + HHA, as the paper
                 "--out",
                 str(out),
             ]
@@ -122,13 +124,17 @@ def make_sunrgbd(tmp: Path) -> Path:
     (src / "sunrgbd_training_images.txt").write_text("\n".join(lists["train"]) + "\n")
     out = tmp / "sunrgbd"
     assert (
-        main(["data", "prepare", "sunrgbd", str(src), "--out", str(out), "--any-split-size"]) == 0
+        main(
+            ["data", "prepare", "sunrgbd", str(src), "--out", str(out), "--any-split-size", "--hha"]
+        )
+        == 0
     )
     return out
 
 
-def make_synthetic(tmp: Path) -> Path:
+def make_synthetic(tmp: Path, modalities: tuple[str, ...] = ()) -> Path:
     out = tmp / "synthetic"
+    extra = ["--modalities", *modalities] if modalities else []
     assert (
         main(
             [
@@ -142,11 +148,17 @@ def make_synthetic(tmp: Path) -> Path:
                 "0",
                 "--size",
                 *map(str, FRAME),
+                *extra,
             ]
         )
         == 0
     )
     return out
+
+
+def make_synthetic_thermal(tmp: Path) -> Path:
+    """The known-answer rooms with the thermal modality (and its thermal-only classes)."""
+    return make_synthetic(tmp, ("rgb", "depth", "thermal"))
 
 
 def make_weights(tmp: Path, name: str) -> Path:
@@ -190,6 +202,7 @@ MAKERS = {
     "nyudv2": make_nyudv2,
     "sunrgbd": make_sunrgbd,
     "synthetic": make_synthetic,
+    "synthetic_thermal": make_synthetic_thermal,
     "translation": make_translation,
 }
 
@@ -199,6 +212,8 @@ def test_config_trains_and_evaluates(config, tiny_sets, tmp_path):
     path = ROOT / "configs" / config
     shipped = load_config(path)
     kind = config.split("/")[0]
+    if "thermal" in shipped.data.modalities:
+        kind += "_thermal"
     overrides = [
         f"data.root={tiny_sets(kind)}",
         "data.synth=null",
@@ -227,6 +242,8 @@ def test_config_trains_and_evaluates(config, tiny_sets, tmp_path):
             assert result["feature_network"]
         else:
             assert 0.0 <= result["miou"] <= 1.0
+            if "thermal" in shipped.data.modalities:  # the M = 3 known answer's own group
+                assert "thermal" in result["cue_group_miou"]
     finally:
         # a ResNet-101 run folder holds GBs (checkpoint + weights): free the disk per config
         shutil.rmtree(run, ignore_errors=True)

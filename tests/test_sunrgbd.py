@@ -71,6 +71,21 @@ def test_prepare(sun, tmp_path):
     assert '"fx": 501.0' in intr
 
 
+def test_prepare_with_hha_uses_each_frames_intrinsics(sun, tmp_path):
+    """`--hha` (the SA-Gate configs' input): the HHA of the written depth, each frame with its
+    own camera matrix (the frames here differ in fx)."""
+    from fusescope.data.hha import Intrinsics, hha
+
+    src, truth = sun
+    out = tmp_path / "out"
+    meta = prepare_sunrgbd(src, out, check_split_sizes=False, hha=True)
+    assert meta.modalities["hha"].kind == "image" and meta.modalities["hha"].channels == 3
+    for k, (_, mm, _, _) in truth.items():
+        K = Intrinsics(500.0 + k, 510.0, 320.0, 240.0)
+        expected = hha(np.minimum(mm, 8000).astype(np.float64) / 1000.0, K)
+        np.testing.assert_array_equal(read_image(out / "hha" / f"{k:06d}.png"), expected)
+
+
 def test_official_sizes_required(sun, tmp_path):
     src, _ = sun
     with pytest.raises(FusescopeError, match="sunrgbd_testing_images.txt.*5050"):

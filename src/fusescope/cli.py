@@ -331,8 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="NAME",
-        help="modalities to write, of rgb depth texture shade normal edge "
-        "(default: rgb depth; the others are the translation modalities)",
+        help="modalities to write, of rgb depth texture shade normal edge thermal "
+        "(default: rgb depth; texture shade normal edge: the translation modalities; thermal "
+        "adds a 16-bit thermal image and the classes only it can see)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing data folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

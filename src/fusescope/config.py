@@ -3,6 +3,12 @@
 A config has four sections. `model` is free-form because each fusion method's builder signature is
 its schema (checked when the model is built); the other sections are fixed here, so an unknown key
 anywhere is an error naming it.
+
+A config file may say only what differs from others: `_base_: path.yaml` (or a list of paths,
+relative to the file) names files merged first, in order, each with its own bases before it;
+then the file itself, then the command-line overrides. Mappings merge key by key, anything else
+(a list, a number) is replaced. An unknown key is reported with the file it came from, a base
+or the child. A run folder's `config.yaml` is the fully resolved config, without `_base_`.
 """
 
 from __future__ import annotations
@@ -22,9 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from fusescope.errors import FusescopeError
 from fusescope.io import is_plain_name
-from fusescope.tasks.base import TASK_NAMES
 
-SYNTH_KINDS = ("rooms", "posters")
 # the most optimiser steps a schedule may count: a billion steps outlasts any run, and a larger
 # train.max_steps is a typo that would train forever at an lr that never decays
 MAX_STEPS = 10**9
@@ -39,8 +43,8 @@ class SynthSpec:
     num: int = 600
     seed: int = 0
     size: list[int] = field(default_factory=lambda: [120, 160])
-    kind: str = "rooms"  # rooms: RGB-D frames (data/synthetic/); posters: image + text
-    # rooms: modalities to write (rgb depth texture shade normal edge); null: rgb and depth
+    kind: str = "rooms"  # a generator of fusescope.data.generators: rooms (RGB-D), posters
+    # rooms: modalities to write (rgb depth texture shade normal edge thermal); null: rgb, depth
     modalities: list[str] | None = None
 
 
@@ -151,7 +155,7 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    task: str = "segmentation"  # segmentation | translation | classification (fusescope.tasks)
+    task: str = "segmentation"  # a task of fusescope.tasks: segmentation, translation, ...
     data: DataConfig = field(default_factory=DataConfig)
     model: dict[str, Any] = field(default_factory=lambda: {"name": "early_concat"})
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -163,19 +167,22 @@ def _structured() -> DictConfig:
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> DictConfig:
-    """Read a YAML config over the defaults, then apply `key=value` overrides.
+    """Read a YAML config (its `_base_` files first) over the defaults, then apply `key=value`
+    overrides.
 
     Raises:
-        FusescopeError: missing file, bad YAML, unknown key or a value of the wrong type; the
-            message names where the key came from (the file or the override) and, for an
-            unknown key, lists the keys its section accepts and the closest one.
+        FusescopeError: missing file or base, a cycle of bases, bad YAML, unknown key or a value
+            of the wrong type; the message names where the key came from (the file, one of its
+            bases, or the override) and, for an unknown key, lists the keys its section accepts
+            and the closest one.
     """
     cfg = _structured()
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise FusescopeError(f"{path}: config file not found")
-        cfg = _merge(cfg, _read_yaml(path), str(path))
+        for layer, where in config_layers(path):
+            cfg = _merge(cfg, layer, str(where))
     for item in overrides:
         if "=" not in item:
             raise FusescopeError(f"override {item!r} is not key=value")
@@ -189,6 +196,40 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Di
         raise FusescopeError(f"{where}{_explain(err)}") from None
     check_config(cfg)
     return cfg
+
+
+BASE_KEY = "_base_"
+
+
+def config_layers(path: Path, _chain: tuple[Path, ...] = ()) -> list[tuple[DictConfig, Path]]:
+    """The mappings a config file stands for, in merge order: its bases' layers (each base's
+    own bases first), then the file's own keys without `_base_`, each with the file it is from.
+
+    Raises:
+        FusescopeError: one line naming the file: a `_base_` that is not a path or a list of
+            paths, a base file that does not exist, or a cycle of bases.
+    """
+    here = path.resolve()
+    if here in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(here) :], here))
+        raise FusescopeError(f"{path}: _base_ cycle: {cycle}")
+    node = _read_yaml(path)
+    raw = node.pop(BASE_KEY) if BASE_KEY in node else []
+    bases = OmegaConf.to_container(raw) if OmegaConf.is_config(raw) else raw
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise FusescopeError(
+            f"{path}: {BASE_KEY} must be a file path or a list of file paths (relative to "
+            f"the config's folder), got {bases!r}"
+        )
+    layers: list[tuple[DictConfig, Path]] = []
+    for base in bases:
+        base_path = path.parent / Path(base).expanduser()
+        if not base_path.is_file():
+            raise FusescopeError(f"{path}: {BASE_KEY} {base!r}: file not found ({base_path})")
+        layers += config_layers(base_path, (*_chain, here))
+    layers.append((node, path))
+    return layers
 
 
 def _merge(cfg: DictConfig, other: DictConfig, where: str) -> DictConfig:
@@ -345,8 +386,9 @@ def check_config(cfg: DictConfig) -> None:
 
     if not d.root:
         raise FusescopeError("data.root is empty")
-    if cfg.task not in TASK_NAMES:
-        raise FusescopeError(f"task={cfg.task!r} unknown; known: {', '.join(TASK_NAMES)}")
+    from fusescope.tasks.base import task_of
+
+    task_of(cfg.task)  # an unknown task is an error listing the known ones
     for m in d.targets or []:
         check_plain_name(m, "data.targets")
     if d.targets is not None and len(set(d.targets)) != len(d.targets):
@@ -379,10 +421,10 @@ def check_config(cfg: DictConfig) -> None:
         raise FusescopeError(
             f"data.input_map={d.input_map!r} maps translation inputs; task is {cfg.task}"
         )
-    if d.synth is not None and d.synth.kind not in SYNTH_KINDS:
-        raise FusescopeError(
-            f"data.synth.kind={d.synth.kind!r} unknown; known: {', '.join(SYNTH_KINDS)}"
-        )
+    if d.synth is not None:
+        from fusescope.data.generators import generator
+
+        generator(d.synth.kind)  # an unknown kind is an error listing the known ones
 
     check_plain_name(e.split, "eval.split")
     if e.tta not in ("none", "flip", "ms-flip"):

@@ -18,6 +18,7 @@ import fusescope
 from fusescope.config import load_config
 from fusescope.data.build import eval_dataset
 from fusescope.data.folder import FolderDataset
+from fusescope.data.meta import CUES
 from fusescope.engine.checkpoint import load_run
 from fusescope.engine.device import training_device
 from fusescope.engine.evaluate import evaluate_run, predict_probs
@@ -25,7 +26,7 @@ from fusescope.engine.train import train
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, write_json
 
-CUE_COLUMNS = ("appearance", "geometry", "both")
+CUE_COLUMNS = ("appearance", "geometry", "both")  # always in a row; thermal where the data has it
 
 
 def config_dir() -> Path:
@@ -97,7 +98,7 @@ def train_and_evaluate(
         "method": config.stem,
         "run": str(run_dir),
         "miou": result["miou"],
-        **{cue: groups.get(cue) for cue in CUE_COLUMNS},
+        **{cue: groups.get(cue) for cue in (*CUE_COLUMNS, *groups)},
         "params_m": params / 1e6,
         "train_s": seconds,
         "per_class_iou": result["per_class_iou"],
@@ -110,17 +111,17 @@ def format_table(rows: list[dict]) -> str:
         return "  n/a" if x is None or x != x else f"{100 * x:5.1f}"
 
     width = max([22, *(len(r["method"]) for r in rows)])
-    head = (
-        f"| {'method':{width}s} | mIoU  | appearance-only | geometry-only | both-cue | "
-        f"params (M) | train (s) |"
-    )
+    # the cue groups in the data's order, thermal only where the data has it (M = 3)
+    cues = [c for c in CUES if c in CUE_COLUMNS or any(r.get(c) is not None for r in rows)]
+    names = [f"{c}-only" if c != "both" else "both-cue" for c in cues]
+    head = f"| {'method':{width}s} | mIoU  | {' | '.join(names)} | params (M) | train (s) |"
     lines = [head, "|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|"]
     for r in rows:
         seconds = "earlier" if r["train_s"] is None else f"{r['train_s']:.0f}"
+        cells = " | ".join(f"{pct(r.get(c)):>{len(n)}s}" for c, n in zip(cues, names, strict=True))
         lines.append(
-            f"| {r['method']:{width}s} | {pct(r['miou'])} | "
-            f"{pct(r['appearance']):>15s} | {pct(r['geometry']):>13s} | "
-            f"{pct(r['both']):>8s} | {r['params_m']:10.2f} | {seconds:>9s} |"
+            f"| {r['method']:{width}s} | {pct(r['miou'])} | {cells} | "
+            f"{r['params_m']:10.2f} | {seconds:>9s} |"
         )
     return "\n".join(lines)
 

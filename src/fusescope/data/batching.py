@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
+from fusescope.data.kinds import MASK_SUFFIX
 from fusescope.errors import FusescopeError
 
 
@@ -45,9 +46,6 @@ class GlobalBatchSampler:
             mine = batch[self.rank * self.local : (self.rank + 1) * self.local]
             yield [(epoch, int(i)) for i in mine]
             pos += self.batch_size
-
-
-MASK_SUFFIX = "_mask"
 
 
 def pad_sequences(samples: list[dict]) -> list[dict]:

@@ -32,10 +32,10 @@ from omegaconf import DictConfig
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from fusescope.data.batching import MASK_SUFFIX
 from fusescope.data.folder import check_folder, check_label_array, load_modality
+from fusescope.data.kinds import MASK_SUFFIX, kind_of
 from fusescope.data.meta import LABEL_DIR, LABELS_FILE, DatasetMeta, load_meta, read_split
-from fusescope.data.stats import Moments
+from fusescope.data.stats import Moments, add_moments, moments_to_stats
 from fusescope.data.text import TextTokenizer, Vocabulary, build_vocabulary, read_text, tokenize
 from fusescope.data.transforms import Normalize, TrainTransform
 from fusescope.errors import FusescopeError
@@ -135,7 +135,7 @@ class ClassificationFolderDataset(Dataset):
             self.root, self.meta, self.modalities, self.ids, with_labels=self.from_label_maps
         )
         self.labels = None if self.from_label_maps else read_labels(self.root, self.meta, self.ids)
-        self.texts = [m for m in self.modalities if self.meta.modalities[m].kind == "text"]
+        self.texts = [m for m in self.modalities if kind_of(self.meta.modalities[m]).tokens]
         self.images = [m for m in self.modalities if m not in self.texts]
         self.tokenizers = dict(tokenizers or {})
         self.max_tokens = max_tokens
@@ -148,7 +148,7 @@ class ClassificationFolderDataset(Dataset):
         return len(self.ids)
 
     def load_raw(self, index: int) -> dict:
-        """The sample in natural units: images float32 in [0, 1] (depth in metres), texts as
+        """The sample in natural units: images float32 in [0, 1] (depth in metres, ...), texts as
         strings, "target" as a (K,) bool array (frame classification: also the "label" map it
         comes from); every file checked."""
         sample_id = self.ids[index]
@@ -239,17 +239,10 @@ def compute_stats(
     for i in tqdm(range(len(dataset)), desc="statistics", disable=not progress, leave=False):
         raw = dataset.load_raw(i)
         for name in dataset.images:
-            x = raw[name].astype(np.float64)
-            x = x.reshape(x.shape[0], -1)  # (C, H*W)
-            depth = dataset.meta.modalities[name].kind == "depth"
-            valid = x > 0 if depth else np.ones_like(x, dtype=bool)
-            moments.setdefault(name, Moments(x.shape[0])).add(x, valid)
+            add_moments(moments, name, raw[name], dataset.meta.modalities[name])
         for name in dataset.texts:
             texts[name].append(raw[name])
-    stats = {
-        name: {"mean": m.mean().tolist(), "std": np.maximum(m.std(), 1e-6).tolist()}
-        for name, m in moments.items()
-    }
+    stats = moments_to_stats(moments)
     for name, items in texts.items():
         stats[name] = build_vocabulary(items, vocab_min_count, vocab_size).to_stats()
     return {name: stats[name] for name in dataset.modalities}
@@ -260,7 +253,7 @@ def vocabularies(stats: dict, modalities: list[str], meta: DatasetMeta) -> dict[
     return {
         m: Vocabulary.from_stats(stats.get(m), f"statistics of {m!r}")
         for m in modalities
-        if meta.modalities[m].kind == "text"
+        if kind_of(meta.modalities[m]).tokens
     }
 
 

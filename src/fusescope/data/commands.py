@@ -41,6 +41,7 @@ def _prepare_sunrgbd(args: argparse.Namespace) -> None:
         args.out,
         depth_source=args.depth_source,
         raw_depth=not args.no_raw_depth,
+        hha=args.hha,
         check_split_sizes=not args.any_split_size,
         overwrite=args.overwrite,
         progress=True,
@@ -206,6 +207,9 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         help="depth/ from the filled depth (depth_bfx) or the raw sensor depth (depth)",
     )
     p.add_argument("--no-raw-depth", action="store_true", help="skip raw_depth/")
+    p.add_argument(
+        "--hha", action="store_true", help="also write hha/ from depth/ and each frame's intrinsics"
+    )
     p.add_argument(
         "--any-split-size",
         action="store_true",

@@ -6,7 +6,9 @@ A corruption acts on a RAW sample, before normalisation:
      "label": int64 (H, W), ...}
 
 Modalities are picked by their kind in the data set's meta (`meta.modalities[name].kind`), never
-by name: depth corruptions act on every `depth` modality, RGB corruptions on every `color` one.
+by name: each modality kind names the corruption group that acts on it
+(`fusescope.data.kinds.ModalityKind.corruption_group`): depth corruptions act on every `depth`
+modality, RGB corruptions on every `color` one, and none on the kinds without a group.
 Labels and every other key are passed through untouched. Arrays may be NumPy arrays or torch
 tensors; the result has the same type.
 
@@ -46,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from fusescope.data.kinds import KINDS as MODALITY_KINDS
 from fusescope.errors import FusescopeError
 
 MAX_SEVERITY = 5
@@ -140,10 +143,10 @@ def rgb_blur(rgb: Array, sigma: float, rng: np.random.Generator) -> Array:
 
 @dataclass(frozen=True)
 class CorruptionKind:
-    """A family of corruptions: which modality kind it targets and its parameter per severity."""
+    """A family of corruptions: which modalities it acts on and its parameter per severity."""
 
     name: str
-    target: str  # modality kind it acts on: "depth" | "color"
+    group: str  # the modality kinds' corruption group it acts on: "depth" | "rgb"
     levels: tuple[float, ...]  # the parameter at severities 1..5 (monotone in effect)
     fn: Callable[[Array, float, np.random.Generator], Array]
     parameter: str  # what the level means, for tables and plots
@@ -172,9 +175,9 @@ KINDS: dict[str, CorruptionKind] = {
             "probability missing",
         ),
         CorruptionKind(
-            "rgb_lowlight", "color", (0.6, 0.4, 0.25, 0.12, 0.05), rgb_lowlight, "exposure factor"
+            "rgb_lowlight", "rgb", (0.6, 0.4, 0.25, 0.12, 0.05), rgb_lowlight, "exposure factor"
         ),
-        CorruptionKind("rgb_blur", "color", (0.5, 1.0, 1.5, 2.5, 4.0), rgb_blur, "blur sigma (px)"),
+        CorruptionKind("rgb_blur", "rgb", (0.5, 1.0, 1.5, 2.5, 4.0), rgb_blur, "blur sigma (px)"),
     )
 }
 
@@ -209,14 +212,21 @@ class Corruption:
             meta: the data set's `DatasetMeta` (its `modalities[name].kind` picks the targets).
 
         Raises:
-            FusescopeError: the sample has no modality of the kind this corruption acts on.
+            FusescopeError: the sample has no modality of a kind this corruption acts on.
         """
         kinds = {name: spec.kind for name, spec in meta.modalities.items()}
-        targets = [name for name in sample if kinds.get(name) == self.kind.target]
+        targets = [
+            name
+            for name in sample
+            if name in kinds and MODALITY_KINDS[kinds[name]].corruption_group == self.kind.group
+        ]
         if not targets:
             present = {n: kinds[n] for n in sample if n in kinds}
+            acted_on = [
+                k for k, v in MODALITY_KINDS.items() if v.corruption_group == self.kind.group
+            ]
             raise FusescopeError(
-                f"corruption {self.spec}: acts on {self.kind.target} modalities; "
+                f"corruption {self.spec}: acts on {' or '.join(acted_on)} modalities; "
                 f"the sample has {present or 'none'}"
             )
         out = dict(sample)

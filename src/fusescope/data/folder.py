@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from fusescope.data.kinds import IMAGE_EXTENSIONS, kind_of
 from fusescope.data.meta import (
     LABEL_DIR,
     LABELS_FILE,
@@ -29,19 +30,16 @@ from fusescope.data.meta import (
     load_meta,
     read_split,
 )
-from fusescope.data.text import TEXT_EXTENSION
 from fusescope.errors import FusescopeError
 from fusescope.io import outside_root, read_image
 
-EXTENSIONS = (".png", ".jpg", ".jpeg")
-# metric depth outside this range (median over valid pixels) means the scale is wrong
-PLAUSIBLE_DEPTH_M = (0.05, 200.0)
+EXTENSIONS = IMAGE_EXTENSIONS
 
 
 def extensions(meta: DatasetMeta, name: str) -> tuple[str, ...]:
     """The file extensions of folder `name` (a modality or the label folder)."""
     spec = meta.modalities.get(name)
-    return (TEXT_EXTENSION,) if spec is not None and spec.kind == "text" else EXTENSIONS
+    return kind_of(spec).extensions if spec is not None else EXTENSIONS
 
 
 def find_file(folder: Path, sample_id: str, exts: tuple[str, ...] = EXTENSIONS) -> Path | None:
@@ -89,54 +87,27 @@ def check_inside(
 
 
 def load_modality(path: str | os.PathLike, name: str, spec: ModalitySpec) -> np.ndarray:
-    """Read one modality file into float32 (C, H, W): images in [0, 1], depth in metres.
+    """Read one image modality file into float32 (C, H, W) in its kind's natural units (8-bit
+    images in [0, 1], depth in metres, thermal in kelvin; `fusescope.data.kinds`).
 
     Raises:
-        FusescopeError: wrong dtype or channel count, or depth in implausible units.
+        FusescopeError: wrong dtype or channel count, or implausible units.
     """
     array = read_image(path)
     check_modality_array(array, path, name, spec)
-    if spec.kind == "depth":
-        return (array.astype(np.float32) * np.float32(spec.scale))[None]
-    x = array[..., None] if array.ndim == 2 else array
-    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32) / 255.0
+    return kind_of(spec).decode(array, spec)
 
 
 def check_modality_array(
     array: np.ndarray, path: str | os.PathLike, name: str, spec: ModalitySpec
 ) -> None:
     """The checks every reader of a modality file makes (training, evaluation, `data inspect`):
-    dtype, channels and, for depth, plausible units.
+    dtype, channels and, for a scaled kind (depth), plausible units.
 
     Raises:
         FusescopeError: naming the file and what is wrong with it.
     """
-    if spec.kind == "depth":
-        if array.dtype != np.uint16:
-            raise FusescopeError(
-                f"{path}: depth '{name}' must be a 16-bit PNG (value * "
-                f"{spec.scale} = metres), got {array.dtype}"
-            )
-        if array.ndim != 2:
-            raise FusescopeError(f"{path}: depth '{name}' must have one channel")
-        metres = array.astype(np.float32) * np.float32(spec.scale)
-        valid = metres[metres > 0]
-        if valid.size:
-            median = float(np.median(valid))
-            lo, hi = PLAUSIBLE_DEPTH_M
-            if not lo <= median <= hi:
-                raise FusescopeError(
-                    f"{path}: depth '{name}' has median {median:.4g} m with scale {spec.scale} "
-                    f"m/unit; expected {lo}-{hi} m: wrong units or scale in meta.json?"
-                )
-        return
-    if array.dtype != np.uint8:
-        raise FusescopeError(f"{path}: '{name}' must be an 8-bit image, got {array.dtype}")
-    channels = 1 if array.ndim == 2 else array.shape[-1]
-    if channels != spec.channels:
-        raise FusescopeError(
-            f"{path}: '{name}' has {channels} channels, meta.json says {spec.channels}"
-        )
+    kind_of(spec).check(array, path, name, spec)
 
 
 def check_label_array(label: np.ndarray, path: str | os.PathLike, meta: DatasetMeta) -> None:
@@ -229,12 +200,13 @@ class FolderDataset(Dataset):
         texts = [
             m
             for m in self.modalities
-            if m in self.meta.modalities and self.meta.modalities[m].kind == "text"
+            if m in self.meta.modalities and kind_of(self.meta.modalities[m]).tokens
         ]
         if texts:
             raise FusescopeError(
-                f"{self.root / 'meta.json'}: {texts[0]!r} is a text modality; "
-                f"text serves classification (task: classification)"
+                f"{self.root / 'meta.json'}: {texts[0]!r} is a "
+                f"{self.meta.modalities[texts[0]].kind} modality; text serves classification "
+                f"(task: classification)"
             )
         self.files = check_folder(self.root, self.meta, self.modalities, self.ids)
         self.transform = transform
@@ -246,7 +218,7 @@ class FolderDataset(Dataset):
         return len(self.ids)
 
     def load_raw(self, index: int) -> dict:
-        """The sample in natural units (images in [0,1], depth in metres), checked."""
+        """The sample in natural units (images in [0,1], depth in metres, ...), checked."""
         sample_id = self.ids[index]
         raw: dict = {"id": sample_id}
         label_path = self.files[LABEL_DIR][sample_id]

@@ -9,11 +9,8 @@ Every data folder fusescope reads, synthetic or prepared from official files, ha
     ROOT/labels.json             classification data: {id: [class names]} (`task: classification`)
     ROOT/splits/<split>.txt      one sample id per line (train.txt, val.txt, test.txt)
 
-Modality kinds say how a file becomes a float tensor:
-    color  8-bit RGB; photometric augmentation applies to it alone.
-    image  any other 8-bit image (HHA, normals, infrared); C = 1 or 3.
-    depth  uint16 PNG; value * `scale` = metres; 0 = invalid (a hole).
-    text   one UTF-8 file per sample (`fusescope.data.text`); no channels.
+Modality kinds (color, image, normal, depth, thermal, text) say how a file becomes a float
+tensor and everything else that differs per kind: `fusescope.data.kinds` is their table.
 
 `task` says what a sample is labelled with: `segmentation` (the default: `label/` maps) or
 `classification` (`labels.json`; `multi_label` true: any number of classes per sample, false:
@@ -29,15 +26,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fusescope.data.kinds import KINDS, modality_kind
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, is_plain_name, read_json, write_json
 
-# normal: a surface-normal map, 8-bit (n + 1) / 2 per axis (x right, y down, z forward); an
-# image whose x axis changes sign when the image is mirrored
-MODALITY_KINDS = ("color", "image", "normal", "depth", "text")
-# appearance: only the image (RGB, a poster) identifies the class; geometry: only depth; text:
-# only the text; both: either modality does
-CUES = ("appearance", "geometry", "text", "both")
+# appearance: only the image (RGB, a poster) identifies the class; geometry: only depth;
+# thermal: only the thermal image; text: only the text; both: more than one modality does
+CUES = ("appearance", "geometry", "thermal", "text", "both")
 TASKS = ("segmentation", "classification")
 LABEL_DIR = "label"
 LABELS_FILE = "labels.json"
@@ -55,7 +50,9 @@ class ClassInfo:
 class ModalitySpec:
     kind: str
     channels: int  # 0 for text
-    scale: float | None = None  # depth only: metres per stored unit (0.001 for millimetres)
+    # units of the kind (`fusescope.data.kinds`) per stored value: depth metres (0.001 for
+    # millimetres), thermal kelvin per count; None for the kinds without one
+    scale: float | None = None
     units: str | None = None
 
 
@@ -102,7 +99,7 @@ class DatasetMeta:
                 k: {
                     kk: vv
                     for kk, vv in asdict(v).items()
-                    if vv is not None and not (v.kind == "text" and kk == "channels")
+                    if vv is not None and not (KINDS[v.kind].tokens and kk == "channels")
                 }
                 for k, v in self.modalities.items()
             },
@@ -136,12 +133,6 @@ def _integer(value: Any, where: str, low: int, high: int | None = None) -> int:
     ):
         bound = f"{low}..{high}" if high is not None else f">= {low}"
         raise FusescopeError(f"{where}: expected an integer {bound}, got {value!r}")
-    return value
-
-
-def _string(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise FusescopeError(f"{where}: expected a non-empty string, got {value!r}")
     return value
 
 
@@ -209,38 +200,39 @@ def meta_from_dict(d: dict[str, Any], where: str = "meta.json") -> DatasetMeta:
             )
         if not isinstance(spec, dict):
             raise FusescopeError(f"{here}: expected an object with kind and channels")
-        kind = _require(spec, "kind", here)
-        if kind not in MODALITY_KINDS:
-            raise FusescopeError(f"{here}: kind {kind!r} is not one of {', '.join(MODALITY_KINDS)}")
+        kind = modality_kind(_require(spec, "kind", here), here)
         if name == LABEL_DIR:
             raise FusescopeError(f"{here}: 'label' is reserved for the label folder")
-        if kind == "text":
+        if kind.tokens:
             if spec.get("channels", 0) != 0:
-                raise FusescopeError(f"{here}: a text modality has no channels")
-            modalities[name] = ModalitySpec("text", 0)
+                raise FusescopeError(f"{here}: a {kind.name} modality has no channels")
+            modalities[name] = ModalitySpec(kind.name, 0)
             continue
         channels = _integer(_require(spec, "channels", here), f"{here}.channels", 1)
-        allowed = {"depth": (1,), "normal": (3,)}.get(kind, (1, 3))
-        if channels not in allowed:
+        if channels not in kind.channels:
             raise FusescopeError(
-                f"{here}: {channels} channels; a {kind} modality has "
-                f"{' or '.join(map(str, allowed))}"
+                f"{here}: {channels} channels; a {kind.name} modality has "
+                f"{' or '.join(map(str, kind.channels))}"
             )
         scale = spec.get("scale")
-        if kind == "depth" and not (
-            isinstance(scale, int | float)
-            and not isinstance(scale, bool)
-            and math.isfinite(scale)
-            and scale > 0
-        ):
-            raise FusescopeError(f"{here}: depth needs a positive 'scale' (metres per unit)")
-        if kind != "depth":
-            scale = None  # only depth has units
+        if kind.scale == "none":
+            scale = None  # this kind has no units
+        elif scale is not None or kind.scale == "required":
+            if not (
+                isinstance(scale, int | float)
+                and not isinstance(scale, bool)
+                and math.isfinite(scale)
+                and scale > 0
+            ):
+                need = "needs a positive" if kind.scale == "required" else "takes a positive"
+                raise FusescopeError(
+                    f"{here}: {kind.name} {need} 'scale' ({kind.unit_name} per unit), got {scale!r}"
+                )
         units = spec.get("units")
         if units is not None and not isinstance(units, str):
             raise FusescopeError(f"{here}: units must be a string, got {units!r}")
         modalities[name] = ModalitySpec(
-            kind, channels, float(scale) if scale is not None else None, units
+            kind.name, channels, float(scale) if scale is not None else None, units
         )
     ignore_index = _integer(d.get("ignore_index", 255), f"{where}: ignore_index", 0, 255)
     if ignore_index < len(classes):

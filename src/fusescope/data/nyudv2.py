@@ -30,7 +30,6 @@ from fusescope.errors import FusescopeError
 from fusescope.io import write_png
 
 NUM_RAW_CLASSES = 894
-NUM_FRAMES = 1449
 # Kinect colour camera, from the NYU toolbox (camera_params.m); the toolbox and the HHA code
 # use them with 1-based pixel coordinates.
 INTRINSICS = {

@@ -5,8 +5,8 @@ A sample is `{input: float32 (C, H, W) normalised with train statistics, ...,
 "target:<name>": float32 (C, H, W) in [-1, 1], "id": str}`. Targets are keyed apart
 (`target_key`) so a model, which reads its input modalities by name, never sees them; they are
 mapped to [-1, 1] (`TargetSpace`), the range of the generator's tanh: 8-bit images by 2x - 1,
-depth by its train-split range (see `TargetSpace`). Inputs are normalised with train-split
-statistics, or (`data.input_map: cen`) mapped to [-1, 1] as CEN's loader maps them
+depth and thermal by their train-split range (see `TargetSpace`). Inputs are normalised with
+train-split statistics, or (`data.input_map: cen`) mapped to [-1, 1] as CEN's loader maps them
 (`CenInputMap`).
 """
 
@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from fusescope.data.folder import check_folder, load_modality
+from fusescope.data.kinds import kind_of
 from fusescope.data.meta import ModalitySpec, load_meta, read_split
 from fusescope.errors import FusescopeError
 
@@ -38,36 +39,29 @@ def target_key(name: str) -> str:
 
 
 class TargetSpace:
-    """Maps targets between natural units and the generator's [-1, 1].
+    """Maps targets from natural units to the generator's [-1, 1]: `2 (x - low) / (high - low)
+    - 1`, clipped, with (low, high) from the target's kind (`ModalityKind.target_range`):
 
-    8-bit images ([0, 1] after loading): `2x - 1`. Depth (metres): `2 x / range - 1` with
-    range = mean + 3 std of the train split's valid depth (from the run's statistics), clipped
-    to [-1, 1], so near-all depth values use the tanh's range; holes map to -1 (0 m).
+    8-bit images ([0, 1] after loading): (0, 1), i.e. `2x - 1`. Depth (metres): (0, mean + 3
+    std) of the train split's valid depth, so near-all depth values use the tanh's range and
+    holes map to -1 (0 m). Thermal (kelvin): mean -/+ 3 std.
 
     Args:
         specs: the targets' modality specs.
-        stats: normalisation statistics holding every depth target's mean / std.
+        stats: normalisation statistics holding every target's mean / std.
     """
 
     def __init__(self, specs: dict[str, ModalitySpec], stats: dict[str, dict]):
         self.specs = specs
         self.range = {}
         for name, spec in specs.items():
-            if spec.kind == "depth":
-                mean, std = stats[name]["mean"][0], stats[name]["std"][0]
-                self.range[name] = float(mean + 3 * std)
+            mean, std = stats[name]["mean"][0], stats[name]["std"][0]
+            self.range[name] = tuple(float(v) for v in kind_of(spec).target_range(mean, std))
 
     def to_unit(self, name: str, x: Tensor) -> Tensor:
         """Natural units -> [-1, 1]."""
-        if name in self.range:
-            return (2 * x / self.range[name] - 1).clamp(-1, 1)
-        return 2 * x - 1
-
-    def to_natural(self, name: str, y: Tensor) -> Tensor:
-        """[-1, 1] -> natural units ([0, 1] images, metres)."""
-        if name in self.range:
-            return (y.clamp(-1, 1) + 1) / 2 * self.range[name]
-        return (y.clamp(-1, 1) + 1) / 2
+        low, high = self.range[name]
+        return (2 * (x - low) / (high - low) - 1).clamp(-1, 1)
 
 
 class CenInputMap:

@@ -44,10 +44,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fusescope.data.generators import Generator, register_generator
 from fusescope.data.prepare import staged_output
 from fusescope.engine.memory import check_fits
 from fusescope.errors import FusescopeError
-from fusescope.io import atomic_path, check_disk_space, write_json
+from fusescope.io import atomic_path, check_disk_space, remove_stale_temps, temp_folder, write_json
 
 GENERATOR_VERSION = 2  # 2: genres drawn per cue group independently
 GROUPS = ("appearance", "text")  # the droppable cue groups; "both" genres are in each modality
@@ -444,6 +445,34 @@ def generate_posters(
         )
 
 
+def generate_poster_data(
+    root: Path, num: int, seed: int, size: tuple[int, int], progress: bool = True
+) -> None:
+    """The known-answer posters as a classification data folder at `root`: generated in the
+    MM-IMDB layout (PNG posters, exact) in a temporary folder, then prepared into `root`."""
+    from fusescope.data.mmimdb import prepare_mmimdb
+
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # the raw layout is locked while it exists: a killed run's is removed by the next one
+    remove_stale_temps(root.parent, [root.name])
+    with temp_folder(root.parent, f".{root.name}.raw-") as raw:
+        generate_posters(raw / "mmimdb", num, seed=seed, size=size, image_format="png")
+        prepare_mmimdb(raw / "mmimdb", root, overwrite=root.exists(), progress=progress)
+
+
+POSTERS = register_generator(
+    Generator(
+        kind="posters",
+        version=GENERATOR_VERSION,
+        record="fusescope.data.posters",
+        generate=lambda root, spec, progress: generate_poster_data(
+            root, num=spec.num, seed=spec.seed, size=tuple(spec.size), progress=progress
+        ),
+    )
+)
+"""The known-answer posters (`data.synth.kind: posters`): image + plot, classification."""
+
 __all__ = [
     "GENRES",
     "GENRE_ID",
@@ -452,6 +481,7 @@ __all__ = [
     "Genre",
     "PosterSample",
     "generate_posters",
+    "generate_poster_data",
     "genre_table",
     "render_image",
     "render_plot",

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fusescope.data.folder import FolderDataset, check_folder, check_modality_array
+from fusescope.data.kinds import kind_of
 from fusescope.data.meta import LABEL_DIR, DatasetMeta, load_meta, read_split
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, read_image
@@ -132,7 +133,8 @@ class Moments:
 
 @dataclass
 class ModalityStats:
-    """Mean and standard deviation per channel over valid pixels (depth: in metres, holes out)."""
+    """Mean and standard deviation per channel over valid pixels, in the kind's natural units
+    (depth: metres, holes out)."""
 
     mean: list[float]
     std: list[float]
@@ -142,11 +144,9 @@ class ModalityStats:
 def modality_stats(
     root: str | os.PathLike, modality: str, split: str = "train", meta: DatasetMeta | None = None
 ) -> ModalityStats:
-    """Streaming per-channel mean / std of one modality over a split.
-
-    Depth is converted to metres with the modality's scale and its zeros (holes) are left out;
-    8-bit images are scaled to [0, 1].
-    """
+    """Streaming per-channel mean / std of one modality over a split, decoded as training
+    decodes it (`fusescope.data.kinds`: depth in metres with its holes left out, 8-bit images
+    in [0, 1], ...)."""
     root = Path(root)
     meta = meta or load_meta(root)
     if modality not in meta.modalities:
@@ -154,6 +154,7 @@ def modality_stats(
             f"{root}: no modality {modality!r} (have: {', '.join(meta.modalities)})"
         )
     spec = meta.modalities[modality]
+    kind = kind_of(spec)
     moments = Moments(spec.channels)
     total = 0
     ids = read_split(root, split)
@@ -162,16 +163,10 @@ def modality_stats(
         path = files[sid]
         a = read_image(path)
         check_modality_array(a, path, modality, spec)  # what training checks, e.g. 16-bit depth
-        a = a.astype(np.float64)
-        a = a.reshape(a.shape[0], a.shape[1], -1)  # (H, W, C)
-        total += a.shape[0] * a.shape[1]
-        if spec.kind == "depth":
-            valid = a[..., 0] > 0
-            a = a * spec.scale
-        else:
-            valid = np.ones(a.shape[:2], dtype=bool)
-            a = a / 255.0
-        v = a[valid].T  # (C, P)
+        x = kind.decode(a, spec, np.float64)  # (C, H, W)
+        total += x.shape[1] * x.shape[2]
+        valid = kind.valid(x).all(0)  # a pixel counts where every channel is a reading
+        v = x[:, valid]  # (C, P)
         moments.add(v, np.ones_like(v, dtype=bool))
     n = int(moments.count.min())
     if not n:
@@ -181,7 +176,7 @@ def modality_stats(
 
 def compute_stats(dataset: FolderDataset, progress: bool = False) -> dict[str, dict]:
     """The normaliser's statistics: {modality: {"mean": [C floats], "std": [C floats]}} over
-    `dataset` in natural units (images in [0, 1], depth in metres), depth holes left out.
+    `dataset` in natural units (images in [0, 1], depth in metres, ...), holes left out.
 
     Computed once per run (streaming, one image in memory at a time) and saved in the run
     folder, so evaluation and prediction normalise exactly as training did.
@@ -190,11 +185,19 @@ def compute_stats(dataset: FolderDataset, progress: bool = False) -> dict[str, d
     for i in tqdm(range(len(dataset)), desc="statistics", disable=not progress, leave=False):
         raw = dataset.load_raw(i)
         for name in dataset.modalities:
-            x = raw[name].astype(np.float64)
-            x = x.reshape(x.shape[0], -1)  # (C, H*W)
-            depth = dataset.meta.modalities[name].kind == "depth"
-            valid = x > 0 if depth else np.ones_like(x, dtype=bool)
-            moments.setdefault(name, Moments(x.shape[0])).add(x, valid)
+            add_moments(moments, name, raw[name], dataset.meta.modalities[name])
+    return moments_to_stats(moments)
+
+
+def add_moments(moments: dict[str, Moments], name: str, x: np.ndarray, spec) -> None:
+    """Add one decoded image (C, H, W) of modality `name` to its streaming moments, holes out."""
+    x = x.astype(np.float64).reshape(x.shape[0], -1)  # (C, H*W)
+    moments.setdefault(name, Moments(x.shape[0])).add(x, kind_of(spec).valid(x))
+
+
+def moments_to_stats(moments: dict[str, Moments]) -> dict[str, dict]:
+    """`{modality: {"mean": [...], "std": [...]}}`, each std at least 1e-6 (a constant channel
+    normalises to 0 rather than to inf)."""
     return {
         name: {"mean": m.mean().tolist(), "std": np.maximum(m.std(), 1e-6).tolist()}
         for name, m in moments.items()
@@ -232,10 +235,13 @@ def render_samples(
             ax = axes[r, c]
             if name == LABEL_DIR:
                 ax.imshow(colors[a])
-            elif meta.modalities[name].kind == "depth":
-                ax.imshow(np.where(a > 0, a * meta.modalities[name].scale, np.nan), cmap="viridis")
+            elif a.ndim == 2:  # one channel, in natural units, holes blank
+                spec = meta.modalities[name]
+                kind = kind_of(spec)
+                x = kind.decode(a, spec)[0]
+                ax.imshow(np.where(kind.valid(x), x, np.nan), cmap=kind.colormap)
             else:
-                ax.imshow(a, cmap="gray" if a.ndim == 2 else None)
+                ax.imshow(a)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -298,8 +304,9 @@ def inspect(
     for name, spec in meta.modalities.items():
         st = modality_stats(root, name, split, meta)
         mod_stats[name] = st
-        unit = " m" if spec.kind == "depth" else ""
-        extra = f", valid {st.valid_fraction:.2%}" if spec.kind == "depth" else ""
+        kind = kind_of(spec)
+        unit = f" {kind.unit}" if kind.unit and (spec.scale or kind.scale == "required") else ""
+        extra = f", valid {st.valid_fraction:.2%}" if kind.holes else ""
         print_fn(
             f"{name}: mean {[round(m, 4) for m in st.mean]}{unit}, "
             f"std {[round(s, 4) for s in st.std]}{unit}{extra}"

@@ -18,7 +18,9 @@ as that repository's two path lists. So the input folder is:
 Depth PNGs store millimetres circularly shifted by 3 bits; the SUN toolbox (read3dPoints.m)
 decodes `(d >> 3) | (d << 13)` and clips at 8 m: so do we, keeping 0 as "no reading".
 Output ids are the label numbers ("000001"); val.txt is a copy of test.txt (no official val).
-Intrinsics differ per sensor, so they are written per frame to intrinsics.json.
+Intrinsics differ per sensor, so they are written per frame to intrinsics.json. With `hha`, hha/
+holds each frame's HHA computed from the depth written to depth/ and the frame's own intrinsics
+(`fusescope.data.hha`; as for NYUDv2, the filled depth serves as its own raw depth).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fusescope.data.hha import Intrinsics
+from fusescope.data.hha import hha as compute_hha
 from fusescope.data.meta import ClassInfo, DatasetMeta, ModalitySpec, write_split
 from fusescope.data.prepare import check_output_folder, palette, read_checked, staged_output
 from fusescope.errors import FusescopeError
@@ -120,6 +124,7 @@ def prepare_sunrgbd(
     *,
     depth_source: str = "depth_bfx",
     raw_depth: bool = True,
+    hha: bool = False,
     check_split_sizes: bool = True,
     overwrite: bool = False,
     progress: bool = False,
@@ -132,6 +137,7 @@ def prepare_sunrgbd(
         depth_source: frame sub-folder used for `depth/`: "depth_bfx" (filled, the usual
             choice for HHA and fusion baselines) or "depth" (raw).
         raw_depth: also write the raw depth to `raw_depth/`.
+        hha: also write `hha/`, the HHA of `depth/` with each frame's intrinsics (slower).
         check_split_sizes: require the official 5285 / 5050 list lengths.
         overwrite: replace an existing `out`.
         progress: show a progress bar.
@@ -160,6 +166,8 @@ def prepare_sunrgbd(
     modalities = {"rgb": ModalitySpec("color", 3), "depth": ModalitySpec("depth", 1, 0.001, "mm")}
     if raw_depth:
         modalities["raw_depth"] = ModalitySpec("depth", 1, 0.001, "mm")
+    if hha:
+        modalities["hha"] = ModalitySpec("image", 3)
     meta = DatasetMeta(
         name="sunrgbd",
         classes=[ClassInfo(n, i, colors[i]) for i, n in enumerate(CLASSES_37)],
@@ -197,6 +205,11 @@ def prepare_sunrgbd(
                 )
             write_png(tmp / "label" / f"{fid}.png", table[lab])
             intrinsics[fid] = read_intrinsics(src / frame / "intrinsics.txt")
+            if hha:  # the toolbox's intrinsics count pixels from 1, as the HHA code does
+                metres = depth.astype(np.float64) / 1000.0
+                write_png(
+                    tmp / "hha" / f"{fid}.png", compute_hha(metres, Intrinsics(**intrinsics[fid]))
+                )
         write_split(tmp, "train", [f"{k:06d}" for k, _, s in entries if s == "train"])
         write_split(tmp, "test", [f"{k:06d}" for k, _, s in entries if s == "test"])
         write_split(tmp, "val", [f"{k:06d}" for k, _, s in entries if s == "test"])

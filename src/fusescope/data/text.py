@@ -44,7 +44,6 @@ from fusescope.io import is_regular_file
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 SPECIALS = (PAD, UNK)
-TEXT_EXTENSION = ".txt"
 # a sample's text (a plot, a caption) is kilobytes; reading stops here, so a huge file (or a
 # link to a device that never ends) is an error, not an exhausted memory
 MAX_TEXT_BYTES = 4 * 2**20

@@ -1,5 +1,7 @@
 """Joint transforms: geometry applied identically to every image modality and the label, photometry
-to colour modalities only; text modalities pass through untouched. Each sample gets its own
+to colour modalities only; text modalities pass through untouched. What a kind needs (nearest or
+bilinear resizing, a mirror that turns a normal's x around, jitter, holes kept at 0 by the
+normaliser) comes from its entry in `fusescope.data.kinds`. Each sample gets its own
 `np.random.Generator` (seeded from the run seed, the epoch and the sample index), so augmentation
 is independent of workers, process count and resumption.
 """
@@ -11,22 +13,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fusescope.data.kinds import kind_of
 from fusescope.data.meta import ModalitySpec
 
 
-def resize(x: Tensor, size: tuple[int, int], kind: str) -> Tensor:
-    """Resize a (C,H,W) modality or (H,W) label; depth and labels by nearest (no new values:
-    holes stay holes, ids stay ids), images bilinearly."""
+def resize(x: Tensor, size: tuple[int, int], mode: str) -> Tensor:
+    """Resize a (C,H,W) modality or (H,W) label by `mode`: `nearest` (no new values: holes stay
+    holes, ids stay ids; labels and the kinds with holes) or `bilinear`."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    if kind in ("depth", "label"):
+    if mode == "nearest":
         y = F.interpolate(x.reshape(1, -1, *x.shape[-2:]).float(), size=size, mode="nearest")
         return y.reshape(*x.shape[:-2], *size).to(x.dtype)
     return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
-def _kind(name: str, specs: dict[str, ModalitySpec]) -> str:
-    return "label" if name == "label" else specs[name].kind
+def _interpolation(name: str, specs: dict[str, ModalitySpec]) -> str:
+    return "nearest" if name == "label" else kind_of(specs[name]).interpolation
 
 
 class TrainTransform:
@@ -64,7 +67,7 @@ class TrainTransform:
             k
             for k in sample
             if isinstance(sample[k], Tensor)
-            and (k == "label" or k in self.specs and self.specs[k].kind != "text")
+            and (k == "label" or k in self.specs and kind_of(self.specs[k]).spatial)
         ]
         h, w = sample["label" if "label" in sample else names[0]].shape[-2:]
         # draw every random number up front, in a fixed order, so the stream is the same
@@ -77,7 +80,7 @@ class TrainTransform:
         out = dict(sample)
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         for k in names:
-            out[k] = resize(out[k], size, _kind(k, self.specs))
+            out[k] = resize(out[k], size, _interpolation(k, self.specs))
         ch, cw = self.crop_size or (h, w)
         ph, pw = max(ch - size[0], 0), max(cw - size[1], 0)
         top = int(u_crop[0] * (size[0] + ph - ch + 1))
@@ -88,12 +91,10 @@ class TrainTransform:
             out[k] = x[..., top : top + ch, left : left + cw]
         if flip:
             for k in names:
-                out[k] = out[k].flip(-1)
-                if k != "label" and self.specs[k].kind == "normal":
-                    # a mirrored surface faces the other way along x: n_x -> -n_x
-                    out[k] = torch.cat([1 - out[k][:1], out[k][1:]])
+                # a kind may change values too: a mirrored surface faces the other way along x
+                out[k] = out[k].flip(-1) if k == "label" else kind_of(self.specs[k]).mirror(out[k])
         for k in names:
-            if k != "label" and self.specs[k].kind == "color" and self.color_jitter > 0:
+            if k != "label" and kind_of(self.specs[k]).colour and self.color_jitter > 0:
                 out[k] = color_jitter(out[k], *jitter)
         return out
 
@@ -109,13 +110,13 @@ def color_jitter(rgb: Tensor, brightness: float, contrast: float, saturation: fl
 
 
 class Normalize:
-    """Per-channel (x - mean) / std with train-split statistics; depth holes (0) stay 0.
+    """Per-channel (x - mean) / std with train-split statistics; holes (depth 0) stay 0.
 
     Works on a sample (C, H, W) or a batch (B, C, H, W) alike."""
 
     def __init__(self, specs: dict[str, ModalitySpec], stats: dict[str, dict[str, list[float]]]):
         # text modalities are encoded by their vocabulary (their statistics), not normalised
-        self.specs = {k: v for k, v in specs.items() if v.kind != "text"}
+        self.specs = {k: v for k, v in specs.items() if kind_of(v).spatial}
         stats = {k: v for k, v in stats.items() if "mean" in v}
         self.mean = {k: torch.tensor(v["mean"]).view(-1, 1, 1) for k, v in stats.items()}
         self.std = {k: torch.tensor(v["std"]).view(-1, 1, 1) for k, v in stats.items()}
@@ -129,10 +130,17 @@ class Normalize:
     def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
         out = dict(sample)
         for k, spec in self.specs.items():
-            if k not in out:
-                continue
-            x = (out[k] - self.mean[k]) / self.std[k]
-            if spec.kind == "depth":
-                x = torch.where(out[k] > 0, x, torch.zeros_like(x))
-            out[k] = x
+            if k in out:
+                out[k] = kind_of(spec).normalise(out[k], self.mean[k], self.std[k])
         return out
+
+    def mirror(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Normalised images flipped left-right as their kinds say (`ModalityKind.mirror` in
+        normalised units: a normal's x turns around), e.g. for flip test-time augmentation;
+        other entries are flipped as they are."""
+        return {
+            k: kind_of(self.specs[k]).mirror_normalised(v, self.mean[k], self.std[k])
+            if k in self.specs
+            else v.flip(-1)
+            for k, v in batch.items()
+        }

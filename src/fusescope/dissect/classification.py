@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from fusescope.data.batching import collate
+from fusescope.data.kinds import KINDS
 from fusescope.dissect.cka import CKAAccumulator
 from fusescope.dissect.gradcam import cam
 from fusescope.dissect.taps import FeatureTaps, Tap, move_batch
@@ -77,18 +78,16 @@ def image_tap(model: nn.Module, modality: str) -> Tap | None:
 def remove_modality(
     batch: dict[str, Tensor], modality: str, kind: str, blank: np.ndarray | None = None
 ) -> dict[str, Tensor]:
-    """The batch without `modality`'s information: zeros for an image (the mean image after
-    normalisation); for a text, the ids `blank` of a text that says nothing (the tokenizer's
-    `blank_ids()`) in every sample."""
-    out = dict(batch)
-    if kind == "text":
-        row = torch.as_tensor(blank, dtype=batch[modality].dtype, device=batch[modality].device)
-        ids = row.expand(batch[modality].shape[0], -1)  # (B, len(blank))
-        out[modality] = ids
-        out[f"{modality}_mask"] = torch.ones_like(ids, dtype=torch.bool)
-    else:
-        out[modality] = torch.zeros_like(batch[modality])
-    return out
+    """The batch without `modality`'s information: its kind's fill for an absent modality
+    (`fusescope.data.kinds`: zeros for an image, the mean image after normalisation; one
+    unknown word for a text), or for a text the ids `blank` of a text that says nothing in the
+    run's own tokenizer (`blank_ids()`: a pretrained tokenizer's unknown word is not ours)."""
+    x = batch[modality]
+    if blank is None:
+        fill = KINDS[kind].blank(modality, x, x.shape[0], x.shape[1] if x.ndim == 4 else 0)
+        return {**batch, **fill}
+    ids = torch.as_tensor(blank, dtype=x.dtype, device=x.device).expand(x.shape[0], -1)
+    return {**batch, modality: ids, f"{modality}_mask": torch.ones_like(ids, dtype=torch.bool)}
 
 
 @torch.no_grad()
@@ -187,7 +186,7 @@ def dissect_classifier(
         matrix = acc.result()
         cka = {"names": keys, "matrix": matrix.tolist()}
 
-    image = next((m for m in modalities if kinds[m] != "text"), None)
+    image = next((m for m in modalities if KINDS[kinds[m]].spatial), None)
     gradcam = []
     tap = image_tap(model, image) if image else None
     if tap is not None:

@@ -105,9 +105,6 @@ def plot_set_iou(
     return _save(fig, path)
 
 
-VERDICT_COLOURS = {"yes": "#228833", "no": "#cc3311", "not resolved": "#777777"}
-
-
 def plot_known_answer(by_level: dict, path: Path) -> Path:
     """Per Net2Vec level: mean held-out Set IoU of each cue group for RGB (separate) and depth
     (separate), spread over probe splits as error bars, noise floor as black ticks, and the

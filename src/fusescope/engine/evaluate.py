@@ -1,12 +1,15 @@
 """Evaluation protocols of the field: single scale, flip, multi-scale + flip, sliding window.
 
-Predictions are averaged as softmax probabilities at the input resolution. Depth-like inputs are
-rescaled by nearest neighbour (no invented depth between surfaces), images bilinearly. Under
+Predictions are averaged as softmax probabilities at the input resolution. Inputs are rescaled
+and mirrored as their kinds say (`fusescope.data.kinds`): depth by nearest neighbour (no invented
+depth between surfaces), images bilinearly; a normal map's x turns around when mirrored. Under
 several processes each takes every world_size-th sample and the confusion matrices are summed.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,6 +23,7 @@ from fusescope.config import check_config
 from fusescope.data.batching import collate
 from fusescope.data.corruptions import make_corruption
 from fusescope.data.folder import fingerprint
+from fusescope.data.kinds import KINDS
 from fusescope.engine.checkpoint import load_run
 from fusescope.engine.memory import check_fits, is_out_of_memory, out_of_memory_error
 from fusescope.engine.metrics import SegMetrics, group_miou, metrics_from_confusion
@@ -36,7 +40,7 @@ def _resize_inputs(batch: dict[str, Tensor], kinds: dict[str, str], size) -> dic
     for name, kind in kinds.items():
         x = batch[name]
         if tuple(x.shape[-2:]) != tuple(size):
-            mode = "nearest" if kind == "depth" else "bilinear"
+            mode = KINDS[kind].interpolation  # nearest where holes must stay holes
             x = F.interpolate(
                 x, size=size, mode=mode, **({} if mode == "nearest" else {"align_corners": False})
             )
@@ -100,8 +104,12 @@ def predict_probs(
     scales=(0.75, 1.0, 1.25),
     window=None,
     stride=None,
+    mirror: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
 ) -> Tensor:
-    """Class probabilities (B, K, H, W) under the chosen test-time augmentation."""
+    """Class probabilities (B, K, H, W) under the chosen test-time augmentation.
+
+    `mirror` flips the normalised inputs left-right as their kinds say (`Normalize.mirror`: a
+    normal's x turns around); None flips the pixels only."""
     if tta not in TTA_MODES:
         raise FusescopeError(f"--tta {tta!r} unknown; choose from {', '.join(TTA_MODES)}")
     inputs = {k: batch[k] for k in kinds}
@@ -116,7 +124,14 @@ def predict_probs(
         scaled_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
         scaled = _resize_inputs(inputs, kinds, scaled_size)
         for flip in flips:
-            x = {k: v.flip(-1) for k, v in scaled.items()} if flip else scaled
+            if flip:
+                x = (
+                    mirror(scaled)
+                    if mirror is not None
+                    else {k: v.flip(-1) for k, v in scaled.items()}
+                )
+            else:
+                x = scaled
             if window is None:
                 logits = model(x)["logits"].float()
             else:
@@ -147,6 +162,9 @@ def evaluate(
     loader = DataLoader(
         Subset(dataset, indices), batch_size=eval_cfg.batch_size, collate_fn=collate
     )
+    # the flip of flip TTA in normalised units, with the statistics on the batches' device
+    normalize = getattr(dataset, "normalize", None)
+    mirror = copy.copy(normalize).to(device).mirror if normalize is not None else None
     was_training = model.training
     model.eval()
     metrics = SegMetrics(meta.num_classes, meta.ignore_index, device=str(device))
@@ -163,6 +181,7 @@ def evaluate(
                 eval_cfg.scales,
                 eval_cfg.window,
                 eval_cfg.stride,
+                mirror=mirror,
             )
             metrics.update(probs.argmax(1), batch["label"])
     model.train(was_training)

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from fusescope.console import warn
+from fusescope.data.kinds import kind_of
 from fusescope.engine.checkpoint import Run
 from fusescope.engine.memory import check_fits, is_out_of_memory, out_of_memory_error
 from fusescope.errors import FusescopeError
@@ -110,17 +111,16 @@ def describe(run: Run) -> dict:
     modalities = {}
     for name in run.model.modalities:
         spec = run.meta.modalities[name]
+        kind = kind_of(spec)  # how its files decode (fusescope.data.kinds)
         modalities[name] = {
             "kind": spec.kind,
             "channels": spec.channels,
-            "decode": (
-                "uint16 PNG x scale = metres" if spec.kind == "depth" else "8-bit image / 255"
-            ),
-            **({"scale_m_per_unit": spec.scale} if spec.kind == "depth" else {}),
+            "decode": kind.describe,
+            **({f"scale_{kind.unit}_per_unit": spec.scale} if spec.scale is not None else {}),
             "mean": run.stats[name]["mean"],
             "std": run.stats[name]["std"],
-            "holes": "depth 0 (no reading) stays 0 after normalisation"
-            if spec.kind == "depth"
+            "holes": f"{spec.kind} 0 (no reading) stays 0 after normalisation"
+            if kind.holes
             else None,
         }
     return {

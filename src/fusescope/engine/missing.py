@@ -1,8 +1,10 @@
-"""A modality missing: dropped at random in training, absent at inference, one fill rule.
+"""A modality missing: dropped at random in training, absent at inference, one fill rule per
+modality kind (`fusescope.data.kinds.ModalityKind.fill` / `blank`).
 
-The fill is **zeros after normalisation**: the train-split mean of every channel, which is also
-what a depth hole becomes (`Normalize` keeps holes at 0), so a model trained with dropout has
-seen exactly the input it gets when a sensor is off. A method may add its own rule on top: a
+An image's fill is **zeros after normalisation**: the train-split mean of every channel, which is
+also what a depth hole becomes (`Normalize` keeps holes at 0), so a model trained with dropout
+has seen exactly the input it gets when a sensor is off; a text's is one `<unk>` word (the
+sequence's other positions masked out). A method may add its own rule on top: a
 model with a `combine_present(per_modality, present)` method (the learned per-modality
 ensembles of CEN / AsymFusion / the multi-stream baselines, and late averaging) scores only the
 streams of the modalities that are present, since the absent streams' logits carry no
@@ -21,7 +23,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from fusescope.data.kinds import KINDS, MASK_SUFFIX, ModalityKind
 from fusescope.errors import FusescopeError
+
+IMAGE = KINDS["image"]  # the fill of a modality whose kind is not given: an image's
 
 
 def dropout_probabilities(spec, modalities: Sequence[str]) -> dict[str, float]:
@@ -54,34 +59,42 @@ def dropout_probabilities(spec, modalities: Sequence[str]) -> dict[str, float]:
 
 
 def drop_modalities(
-    batch: dict[str, Tensor], probs: Mapping[str, float], modalities: Sequence[str]
+    batch: dict[str, Tensor],
+    probs: Mapping[str, float],
+    modalities: Sequence[str],
+    kinds: Mapping[str, ModalityKind] | None = None,
 ) -> dict[str, Tensor]:
-    """Zero each modality per sample with its probability, never all of a sample's modalities.
+    """Fill each modality per sample with its probability, never all of a sample's modalities.
 
     Vectorised over the batch: one (M, B) draw. Where every modality of a sample was drawn
     dropped, one of the droppable ones, chosen uniformly, is kept. The draws come from torch's
     global CPU generator (whatever the device), which the checkpoint saves, so a resumed run
-    drops the same inputs as an uninterrupted one.
+    drops the same inputs as an uninterrupted one. A dropped modality gets its kind's fill
+    (`kinds`, default: images), whatever its shape: an image (B, C, H, W) zeros, a text
+    (B, L) one `<unk>` word.
     """
     if not probs:
         return batch
-    ref = batch[modalities[0]]
-    M, B = len(modalities), ref.shape[0]
+    kinds = kinds or {}
+    B = batch[modalities[0]].shape[0]
+    M = len(modalities)
     p = torch.tensor([probs.get(m, 0.0) for m in modalities])  # (M,)
     dropped = torch.rand(M, B) < p[:, None]  # (M, B)
     # for samples that lost everything: restore the droppable modality with the top random score
     score = torch.rand(M, B).masked_fill((p == 0)[:, None], -1.0)
     restore = nn.functional.one_hot(score.argmax(0), M).T.bool() & dropped.all(0)  # (M, B)
-    keep = (~dropped | restore).to(ref.device, non_blocking=True)  # (M, B)
+    keep = (~dropped | restore).to(batch[modalities[0]].device, non_blocking=True)  # (M, B)
     out = dict(batch)
-    for i, m in enumerate(modalities):  # M tensors of different channel counts: no stacking
-        out[m] = batch[m] * keep[i].to(batch[m].dtype).view(B, 1, 1, 1)
+    for i, m in enumerate(modalities):  # M tensors of different shapes: no stacking
+        if m in probs:
+            out.update(kinds.get(m, IMAGE).fill(batch, m, keep[i]))
     return out
 
 
 class ModalityAbsent(nn.Module):
-    """`model` with some modalities absent: they are fed as zeros (after normalisation) and, if
-    the model has its own rule (`combine_present`), only the present streams are scored.
+    """`model` with some modalities absent: they are fed as their kind's fill (images: zeros
+    after normalisation) and, if the model has its own rule (`combine_present`), only the
+    present streams are scored.
 
     `modalities` lists the *present* ones, so code that asks a model which inputs it reads
     (prediction, evaluation) asks only for those.
@@ -90,9 +103,16 @@ class ModalityAbsent(nn.Module):
         model: the run's model.
         absent: modalities to leave out (at least one of the model's must stay).
         channels: channel count of each absent modality.
+        kinds: the kind of each absent modality (default: images).
     """
 
-    def __init__(self, model: nn.Module, absent: Sequence[str], channels: Mapping[str, int]):
+    def __init__(
+        self,
+        model: nn.Module,
+        absent: Sequence[str],
+        channels: Mapping[str, int],
+        kinds: Mapping[str, ModalityKind] | None = None,
+    ):
         super().__init__()
         known = list(model.modalities)
         check_known(absent, known, "--drop {}")
@@ -102,16 +122,18 @@ class ModalityAbsent(nn.Module):
         self.model = model
         self.absent = [m for m in known if m in absent]
         self.modalities = present
-        self.all_modalities = known
         self.num_classes = getattr(model, "num_classes", None)
         self.channels = {m: int(channels[m]) for m in self.absent}
+        self.kinds = {m: (kinds or {}).get(m, IMAGE) for m in self.absent}
 
     def forward(self, batch: dict[str, Tensor]) -> dict:
-        ref = batch[self.modalities[0]]
-        B, _, H, W = ref.shape
-        filled = {m: batch[m] for m in self.modalities}
+        # the present modalities (a text with its mask); a blank image takes their size
+        filled = {k: v for k, v in batch.items() if k.removesuffix(MASK_SUFFIX) in self.modalities}
+        like = next(
+            (batch[m] for m in self.modalities if batch[m].ndim == 4), batch[self.modalities[0]]
+        )
         for m in self.absent:
-            filled[m] = ref.new_zeros(B, self.channels[m], H, W)
+            filled.update(self.kinds[m].blank(m, like, like.shape[0], self.channels[m]))
         out = self.model(filled)
         combine = getattr(self.model, "combine_present", None)
         if getattr(self.model, "scores_streams", False) and out.get("per_modality"):
@@ -148,9 +170,15 @@ def absent_for_inputs(run, given: Sequence[str]) -> list[str]:
 
 
 def leave_out(run, absent: Sequence[str]) -> None:
-    """Wrap `run.model` in `ModalityAbsent` for `absent` (channel counts from the run's meta)."""
-    channels = {m: run.meta.modalities[m].channels for m in absent if m in run.meta.modalities}
-    run.model = ModalityAbsent(run.model, absent, channels)
+    """Wrap `run.model` in `ModalityAbsent` for `absent` (channels and kinds from the run's
+    meta)."""
+    specs = {m: run.meta.modalities[m] for m in absent if m in run.meta.modalities}
+    run.model = ModalityAbsent(
+        run.model,
+        absent,
+        {m: spec.channels for m, spec in specs.items()},
+        {m: KINDS[spec.kind] for m, spec in specs.items()},
+    )
 
 
 def check_known(names: Sequence[str], known: Sequence[str], flag: str) -> None:

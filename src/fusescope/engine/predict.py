@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from fusescope.data.folder import EXTENSIONS, files_by_stem, load_modality
+from fusescope.data.kinds import kind_of
 from fusescope.data.transforms import Normalize
 from fusescope.engine.checkpoint import Run
 from fusescope.engine.evaluate import predict_probs
@@ -33,7 +34,7 @@ def overlay_image(
 ) -> np.ndarray:
     """Class colours blended over the colour modality (or the first modality in grey)."""
     colors = np.asarray([c.color for c in run.meta.classes] + [(0, 0, 0)] * 256, dtype=np.float32)
-    colour_mods = [m for m in run.model.modalities if run.meta.modalities[m].kind == "color"]
+    colour_mods = [m for m in run.model.modalities if kind_of(run.meta.modalities[m]).colour]
     if colour_mods:
         base = raw[colour_mods[0]].transpose(1, 2, 0) * 255
     else:
@@ -66,6 +67,8 @@ def predict_samples(
     """
     batch = {m: torch.stack([s[m] for s in samples]).to(device) for m in run.model.modalities}
     kinds = {m: run.meta.modalities[m].kind for m in run.model.modalities}
+    specs = {m: run.meta.modalities[m] for m in run.model.modalities}
+    mirror = Normalize(specs, run.stats).to(device).mirror  # flip TTA, in normalised units
     try:
         probs = predict_probs(
             run.model,
@@ -76,6 +79,7 @@ def predict_samples(
             run.cfg.eval.scales,
             run.cfg.eval.window,
             run.cfg.eval.stride,
+            mirror=mirror,
         )
     except (MemoryError, RuntimeError) as err:
         if not is_out_of_memory(err):

@@ -29,6 +29,7 @@ from fusescope.config import check_config, config_from_dict, to_container
 from fusescope.data.batching import GlobalBatchSampler, collate
 from fusescope.data.build import ensure_data
 from fusescope.data.folder import fingerprint
+from fusescope.data.kinds import kind_of
 from fusescope.data.meta import load_meta
 from fusescope.engine.checkpoint import (
     CHECKPOINT,
@@ -415,6 +416,9 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric) -> 
     fresh_state_at = (
         set(stage_starts(t.stages)[1:]) if t.get("stages") and t.stage_fresh_optimizer else set()
     )
+    # each dropped modality gets its kind's fill (an image: zeros after normalisation; a text:
+    # one <unk> word)
+    dropout_kinds = {m: kind_of(meta.modalities[m]) for m in dropout}
 
     # everything is checked: only now is the run folder written
     if rank0:
@@ -545,16 +549,22 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric) -> 
             )
             if fabric.world_size > 1:
                 weight = fabric.all_reduce(weight, reduce_op="sum") / fabric.world_size
+            # each micro-batch's loss is its share of the step's (the global denominator, aux
+            # losses / grad_accum): the step's loss and parts are their sums, kept on the device
+            step_loss, step_parts = None, {}
             for i in range(t.grad_accum):
                 micro = {k: v[i :: t.grad_accum] for k, v in big.items()}
                 micro = fabric.to_device({k: v for k, v in micro.items() if k != "id"})
-                micro = drop_modalities(micro, dropout, list(cfg.data.modalities))
+                micro = drop_modalities(micro, dropout, list(cfg.data.modalities), dropout_kinds)
                 with fabric.no_backward_sync(model, enabled=i < t.grad_accum - 1):
                     output = model(micro)
                     loss, parts = task.loss(
                         output, micro, meta, t, weight, aux_scale=1 / t.grad_accum
                     )
                     fabric.backward(loss)
+                step_loss = loss.detach() if step_loss is None else step_loss + loss.detach()
+                for k, v in parts.items():
+                    step_parts[k] = v if k not in step_parts else step_parts[k] + v
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
@@ -566,8 +576,8 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric) -> 
                 # the only host sync of the loop, once per log interval
                 record = {
                     "step": step,
-                    "loss": float(loss.detach()),
-                    **{k: float(v) for k, v in parts.items()},
+                    "loss": float(step_loss),
+                    **{k: float(v) for k, v in step_parts.items()},
                     "lr": scheduler.get_last_lr()[0],
                     "samples_per_s": (step - start_step)
                     * t.batch_size

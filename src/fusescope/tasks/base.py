@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
@@ -14,8 +15,9 @@ if TYPE_CHECKING:  # the engine's types; importing this module needs no torch
     from torch import Tensor, nn
     from torch.utils.data import Dataset
 
-# every task's module is fusescope.tasks.<name>; it defines TASK, an instance of a Task subclass
-TASK_NAMES = ("segmentation", "translation", "classification")
+TASKS = Registry("task")
+"""Every task by its config name (`task: ...`); a task module registers its own instance
+(`register_task`), so the engine and the config know tasks only through this table."""
 
 
 class Task:
@@ -134,7 +136,29 @@ def check_global_batch(cfg: DictConfig, train_size: int, world_size: int) -> Non
         )
 
 
-_LOADED: dict[str, Task] = {}
+def register_task(task: Task) -> Task:
+    """Add `task` to `TASKS` under `task.name`; a task module ends with
+    `TASK = register_task(MyTask())`."""
+    TASKS.register(task.name)(task)
+    return task
+
+
+def _import_task_modules(name: str | None = None) -> None:
+    """Import the modules of this package, whose import registers their tasks: only
+    `fusescope.tasks.<name>` when it exists (the usual layout), else every one of them."""
+    import fusescope.tasks as package
+
+    modules = sorted(m.name for m in pkgutil.iter_modules(package.__path__))
+    if name is not None and name.isidentifier() and name in modules:
+        modules = [name]
+    for module in modules:
+        importlib.import_module(f"{package.__name__}.{module}")
+
+
+def known_tasks() -> list[str]:
+    """The names of every task this installation has."""
+    _import_task_modules()
+    return TASKS.names()
 
 
 def task_of(cfg_or_name: DictConfig | str) -> Task:
@@ -144,14 +168,8 @@ def task_of(cfg_or_name: DictConfig | str) -> Task:
         FusescopeError: an unknown task name, listing the known ones.
     """
     name = cfg_or_name if isinstance(cfg_or_name, str) else cfg_or_name.get("task", "segmentation")
-    if name not in TASK_NAMES:
-        raise FusescopeError(f"task={name!r} unknown; known: {', '.join(TASK_NAMES)}")
-    if name not in _LOADED:
-        try:
-            module = importlib.import_module(f"fusescope.tasks.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"fusescope.tasks.{name}":
-                raise
-            raise FusescopeError(f"task={name!r} is not available in this version") from None
-        _LOADED[name] = module.TASK
-    return _LOADED[name]
+    if name not in TASKS:
+        _import_task_modules(str(name))
+    if name not in TASKS:
+        raise FusescopeError(f"task={name!r} unknown; known: {', '.join(known_tasks())}")
+    return TASKS.get(name)

@@ -21,6 +21,7 @@ class accuracy for single-label data (there micro-F1 is the accuracy).
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -32,6 +33,7 @@ from tqdm import tqdm
 
 from fusescope.data import classification as data
 from fusescope.data.batching import collate
+from fusescope.data.kinds import kind_of
 from fusescope.data.text import PAD_ID
 from fusescope.engine.classification_metrics import (
     HEADLINE_THRESHOLD,
@@ -46,8 +48,7 @@ from fusescope.engine.classification_metrics import (
 from fusescope.engine.memory import check_fits
 from fusescope.errors import FusescopeError
 from fusescope.models.classification import CLASSIFICATION_METHODS, build_classifier
-from fusescope.models.classification.base import BRANCH_DEFAULTS
-from fusescope.tasks.base import Task, check_global_batch
+from fusescope.tasks.base import Task, check_global_batch, register_task
 
 
 def in_specs(
@@ -65,9 +66,9 @@ def in_specs(
     specs = {}
     for m in modalities:
         spec = meta.modalities[m]
-        if spec.kind == "text":
+        if kind_of(spec).tokens:
             specs[m] = {
-                "kind": "text",
+                "kind": spec.kind,
                 "pad_id": PAD_ID,
                 "vocab_size": int(data_cfg.vocab_size),
                 "vocab": (vocabularies or {}).get(m),
@@ -208,11 +209,12 @@ class ClassificationTask(Task):
                 "train.class_weights is for segmentation; classification "
                 "weighs every (sample, class) entry alike"
             )
-        CLASSIFICATION_METHODS.get(str(cfg.model.get("name")))  # an unknown name lists them
-        if any(meta.modalities[m].kind == "text" for m in d.modalities):
+        builder = CLASSIFICATION_METHODS.get(str(cfg.model.get("name")))  # unknown: listed
+        text_dim = inspect.signature(builder).parameters.get("text_dim")
+        if text_dim is not None and any(meta.modalities[m].kind == "text" for m in d.modalities):
             # the embedding table has data.vocab_size rows: with its gradient and AdamW's two
             # moments, four float32 copies, before anything is allocated
-            dim = cfg.model.get("text_dim", BRANCH_DEFAULTS["text_dim"])
+            dim = cfg.model.get("text_dim", text_dim.default)
             if isinstance(dim, int) and dim > 0:
                 check_fits(
                     16 * d.vocab_size * dim,
@@ -384,4 +386,4 @@ class ClassificationTask(Task):
         return "\n".join(lines)
 
 
-TASK = ClassificationTask()
+TASK = register_task(ClassificationTask())

@@ -18,7 +18,7 @@ from fusescope.engine.loss import label_weight, total_loss
 from fusescope.engine.memory import check_batch_memory
 from fusescope.errors import FusescopeError
 from fusescope.models import FUSION_METHODS, build_model
-from fusescope.tasks.base import Task, check_global_batch
+from fusescope.tasks.base import Task, check_global_batch, register_task
 
 
 class Segmentation(Task):
@@ -144,4 +144,4 @@ def _weights_on(weights: tuple[float, ...], device: torch.device) -> Tensor:
     return torch.tensor(weights, device=device)  # once per run, not once per step
 
 
-TASK = Segmentation()
+TASK = register_task(Segmentation())

@@ -85,7 +85,7 @@ from fusescope.errors import FusescopeError, OptionError
 from fusescope.models.translation import TRANSLATION_METHODS
 from fusescope.models.translation.patchgan import PatchDiscriminator
 from fusescope.models.translation.pix2pix import DISC_CONDITIONS, Translator
-from fusescope.tasks.base import Task, check_global_batch
+from fusescope.tasks.base import Task, check_global_batch, register_task
 
 # keys of the `model` section that this task reads; the rest go to the generator's builder
 TASK_MODEL_KEYS = {"gan": True, "disc_width": 64, "disc_layers": 3, "disc_condition": "all"}
@@ -543,4 +543,4 @@ class TranslationTask(Task):
         return "\n".join(lines)
 
 
-TASK = TranslationTask()
+TASK = register_task(TranslationTask())

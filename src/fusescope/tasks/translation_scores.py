@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from fusescope.data.kinds import kind_of
 from fusescope.data.meta import ModalitySpec
 from fusescope.metrics.fid import EFFICIENTNET_LITE0, FeatureDistance, feature_network
 from fusescope.metrics.image_quality import ImageQuality
@@ -33,7 +34,7 @@ HEADLINE = ("l1", "rmse", "psnr", "ssim", "fid", "kid")
 class TranslationScores:
     """Args:
     targets: target modality names, in output-channel order.
-    specs: their modality specs (depth targets get a validity mask).
+    specs: their modality specs (targets of a kind with holes, depth, get a validity mask).
     feature_weights: the Inception weights file for FID / KID; None: EfficientNet-Lite0.
     network: a feature network built by `feature_network`, shared between several
         TranslationScores (one per output) instead of `feature_weights`.
@@ -60,7 +61,7 @@ class TranslationScores:
         """Add a batch of every target: `{target: (B, C, H, W)}` in [-1, 1]."""
         pred01 = {t: (preds[t].float().clamp(-1, 1) + 1) / 2 for t in self.targets}
         true01 = {t: ((trues[t].float() + 1) / 2).clamp(0, 1) for t in self.targets}
-        valid = {t: true01[t] > 0 for t in self.targets if self.specs[t].kind == "depth"}
+        valid = {t: true01[t] > 0 for t in self.targets if kind_of(self.specs[t]).holes}
         self.quality.update(pred01, true01, valid or None)
         for t in self.targets:
             fake, real = pred01[t], true01[t]

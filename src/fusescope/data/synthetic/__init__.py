@@ -1,10 +1,12 @@
 """The known-answer RGB-D benchmark: procedural rooms ray cast in NumPy to RGB, depth, labels
-and, on request, the Taskonomy-style modalities texture, shade, normal and edge.
+and, on request, the Taskonomy-style modalities texture, shade, normal and edge, and a 16-bit
+thermal image with classes only it can see.
 
 Every class declares the modality that alone identifies it (`cue`): `both` (room structure,
-tables, beds), `geometry` (objects RGB cannot see or cannot tell apart) and `appearance` (objects
-depth cannot see or cannot tell apart). Models and dissection tools must rediscover these cues,
-so the renderer makes them exact rather than approximate.
+tables, beds), `geometry` (objects RGB cannot see or cannot tell apart), `appearance` (objects
+depth cannot see or cannot tell apart) and, in data sets with thermal, `thermal` (warm patches
+neither RGB nor depth can see: floor heating, heating pipes in the wall). Models and dissection
+tools must rediscover these cues, so the renderer makes them exact rather than approximate.
 
 How cue isolation is made exact. A scene is a list of objects; each object is built from *parts*
 and each part is seen by `both` modalities, only by `depth` or only by `rgb`:
@@ -17,13 +19,19 @@ and each part is seen by `both` modalities, only by `depth` or only by `rgb`:
   round sign or dome). They have no relief, and the depth image is cast with them absent; depth
   sensor drop-outs depend on the infrared reflectance of the *surface under* the decal, never on
   the decal's colour.
+- `thermal` parts (in scenes sampled for thermal only, from their own random stream) are warm
+  patches on a floor or wall: no paint and no relief, so RGB and depth are the same bytes with
+  or without them. The thermal image is cast like RGB (the camouflaged solids absent) and ignores
+  every painted decal, so it sees neither the geometry-only nor the appearance-only classes, and
+  no swap of a pair changes it (`thermal.py` has its image formation).
 - Pairs that only one modality can tell apart share everything but the deciding part: a wooden
   crate and a cardboard box have the same box geometry and infrared reflectance and differ only
   in texture (`appearance`); a round sign and a dome have the same flat disc painted on the wall
   and differ only in relief, a thin flat plate or a spherical cap (`geometry`).
 
-`render(scene, drop=("geometry",))` renders a scene without its depth-only parts and
-`render(scene, drop=("appearance",))` without its rgb-only parts; swapping a pair is
+`render(scene, drop=("geometry",))` renders a scene without its depth-only parts,
+`render(scene, drop=("appearance",))` without its rgb-only parts and `drop=("thermal",)` without
+its warm patches; swapping a pair is
 `dataclasses.replace(obj, cls=PAIRS[obj.cls])` on a scene object. The tests use both.
 
 Image formation (`rendering.py`), exact. Per pixel, `albedo` (3 channels) is the paint of the
@@ -59,10 +67,18 @@ other and of the order they are made in, and the same arguments give the same by
 Modules, one per concern: `scene` (the editable scene types), `parts` (solids and decals),
 `raycast`, `paint` (shared painters and paint draws), `classes` (one spec per class: label
 entry, parts, painter, placer), `layout` (free visible spots), `sampling` (`sample_scene`),
-`rendering`, `sensor`, `writing` (`generate`).
+`rendering`, `sensor`, `thermal` (the thermal scene and image), `writing` (`generate`).
 """
 
-from fusescope.data.synthetic.classes import CLASS_ID, CLASSES, PAIRS, SPECS, ClassSpec
+from fusescope.data.synthetic.classes import (
+    CLASS_ID,
+    CLASSES,
+    PAIRS,
+    SPECS,
+    THERMAL_CLASSES,
+    THERMAL_SPECS,
+    ClassSpec,
+)
 from fusescope.data.synthetic.rendering import (
     DROPPABLE,
     EDGE_SCALE,
@@ -84,6 +100,7 @@ from fusescope.data.synthetic.scene import (
     intrinsics,
 )
 from fusescope.data.synthetic.sensor import DEPTH_SCALE, MAX_RANGE, noise_fields
+from fusescope.data.synthetic.thermal import NETD, THERMAL_SCALE, thermal_noise
 from fusescope.data.synthetic.writing import (
     DEFAULT_MODALITIES,
     GENERATOR_VERSION,
@@ -109,11 +126,15 @@ __all__ = [
     "IGNORE_INDEX",
     "MAX_RANGE",
     "MODALITIES",
+    "NETD",
     "PAIRS",
     "RGB_GAIN",
     "SHADE_RANGE",
     "SPECS",
     "TEXTURE_RANGE",
+    "THERMAL_CLASSES",
+    "THERMAL_SCALE",
+    "THERMAL_SPECS",
     "Camera",
     "ClassSpec",
     "check_modalities",
@@ -131,5 +152,6 @@ __all__ = [
     "render_frame",
     "sample_scene",
     "texture_edges",
+    "thermal_noise",
     "write_frame",
 ]

@@ -1,12 +1,15 @@
 """One spec per class: its label entry (name, id, colour, cue), the parts it is built from,
 its painter and how a scene places it. Adding a class is one section here plus its entry in
-`SPECS`.
+`SPECS` (or `THERMAL_SPECS`).
 
 Specs are listed in the order `sample_scene` places them, which is the order of its random
 draws (changing it changes every frame: bump `GENERATOR_VERSION`). Placement runs in stages:
 a `floor` class draws how many to try and then places them before the next class; the `wall`
 classes draw all their counts first and are then placed in turn, so the wall items of a scene
-share one budget of wall space.
+share one budget of wall space. The `thermal` classes (`THERMAL_SPECS`: warm patches only the
+thermal image shows) exist only in scenes sampled for the thermal modality; they are placed
+last, from the frame's own thermal stream, so every other class and draw is the same with or
+without them.
 """
 
 from __future__ import annotations
@@ -54,12 +57,12 @@ class ClassSpec:
 
     Attributes:
         name, id, color, cue: the class's entry in meta.json (`cue`: the modality that alone
-            identifies it: `both`, `geometry` (depth) or `appearance` (RGB)).
+            identifies it: `both`, `geometry` (depth), `appearance` (RGB) or `thermal`).
         parts: object -> its solids and decals; None for the room's faces (`room_parts`).
         count: how many objects of the class a scene tries to place (draws from the stream).
         place: one object at a free visible spot, or None if none was found; None for a class
             placed by its pair's placer or by `sample_room`.
-        stage: `floor` or `wall` (see the module docstring).
+        stage: `floor`, `wall` or `thermal` (see the module docstring).
         pair: the class that only the other modality tells apart from this one; swapping one
             for the other on a scene object is a valid edit.
     """
@@ -713,6 +716,94 @@ DOME = ClassSpec(  # placed by the sign's placer
 
 
 # --------------------------------------------------------------------------------------------
+# Floor heating and heating pipe: warm patches that only the thermal image shows. They have no
+# paint (RGB sees the floor or wall they warm) and no relief (depth sees the surface), so
+# only thermal can find them; the thermal image sees the room through the RGB-visible surface,
+# so it is as blind to the camouflaged solids as RGB, and as blind to the decals as depth.
+# An object's `temperature` is the excess over the surface it warms (kelvin, at its centre).
+
+
+def _paint_warmth(q: np.ndarray, prm: dict) -> np.ndarray:
+    """Warmest along the middle, `edge` x the excess at the border (heat spreads sideways)."""
+    across = q[prm["across"]]
+    return np.float32(prm["excess"]) * (1 - (1 - prm["edge"]) * across * across)
+
+
+def _warm_patch_parts(obj: SceneObject, room: Room) -> Parts:
+    w, h, _ = obj.size
+    paint = partial(_paint_warmth, prm={**obj.paint, "excess": obj.temperature})
+    return [], [face_decal(obj, (w / 2, h / 2), _object_id(obj), paint, seen_by="thermal")]
+
+
+def _overlaps_a_rug(site: Site, x: float, z: float, hu: float, hv: float) -> bool:
+    return any(
+        o.cls == "rug"
+        and abs(x - o.position[0]) < hu + o.size[0] / 2 + 0.05
+        and abs(z - o.position[2]) < hv + o.size[1] / 2 + 0.05
+        for o in site.placed
+    )
+
+
+def _place_floor_heating(site: Site) -> SceneObject | None:
+    rng = site.rng
+    hu, hv = float(rng.uniform(0.4, 0.9)), float(rng.uniform(0.4, 0.8))
+    excess = float(rng.uniform(3.0, 6.0))
+    for _ in range(3):  # a rug shows its own label there: keep clear of rugs
+        spot = place_floor(site, float(np.hypot(hu, hv)), blocks=False)
+        if spot and not _overlaps_a_rug(site, spot[0], spot[1], hu, hv):
+            paint = {"across": 0, "edge": 0.6}
+            position = (spot[0], 0.0, spot[1])
+            return SceneObject(
+                "floor_heating",
+                position,
+                (2 * hu, 2 * hv, 0.0),
+                0.0,
+                FLOOR,
+                paint,
+                temperature=excess,
+            )
+    return None
+
+
+FLOOR_HEATING = ClassSpec(
+    "floor_heating",
+    14,
+    (255, 69, 0),
+    "thermal",
+    _warm_patch_parts,
+    count=lambda rng: int(rng.random() < 0.6),
+    place=_place_floor_heating,
+    stage="thermal",
+)
+
+
+def _place_heating_pipe(site: Site) -> SceneObject | None:
+    rng = site.rng
+    hu, hv = float(rng.uniform(0.04, 0.08)), float(rng.uniform(0.5, 1.0))
+    spot = place_wall(site, hu, hv, (0.6, 1.6))
+    if not spot:
+        return None
+    face, position = spot
+    paint = {"across": 0, "edge": 0.3}  # a narrow pipe: its heat falls off faster sideways
+    excess = float(rng.uniform(6.0, 14.0))
+    return SceneObject(
+        "heating_pipe", position, (2 * hu, 2 * hv, 0.0), 0.0, face, paint, temperature=excess
+    )
+
+
+HEATING_PIPE = ClassSpec(
+    "heating_pipe",
+    15,
+    (178, 34, 34),
+    "thermal",
+    _warm_patch_parts,
+    count=lambda rng: int(rng.integers(0, 3)),
+    place=_place_heating_pipe,
+    stage="thermal",
+)
+
+
+# --------------------------------------------------------------------------------------------
 # The table of classes
 
 SPECS: tuple[ClassSpec, ...] = (
@@ -720,11 +811,19 @@ SPECS: tuple[ClassSpec, ...] = (
     BED, CABINET, TABLE, PILLAR, CRATE, BOX, RUG,
     WINDOW, POSTER, SIGN, DOME,
 )  # fmt: skip
-"""Every class, in placement order (the order of `sample_scene`'s random draws)."""
+"""Every class of every frame, in placement order (the order of `sample_scene`'s random draws)."""
+THERMAL_SPECS: tuple[ClassSpec, ...] = (FLOOR_HEATING, HEATING_PIPE)
+"""The classes only the thermal image shows: in scenes sampled for thermal, placed last."""
 
-BY_NAME: dict[str, ClassSpec] = {s.name: s for s in SPECS}
+BY_NAME: dict[str, ClassSpec] = {s.name: s for s in (*SPECS, *THERMAL_SPECS)}
 CLASSES: tuple[ClassInfo, ...] = tuple(s.info for s in sorted(SPECS, key=lambda s: s.id))
-CLASS_ID: dict[str, int] = {c.name: c.id for c in CLASSES}
+"""The classes of a data set without thermal (ids 0..13)."""
+THERMAL_CLASSES: tuple[ClassInfo, ...] = (
+    *CLASSES,
+    *(s.info for s in sorted(THERMAL_SPECS, key=lambda s: s.id)),
+)
+"""The classes of a data set with thermal: the same ids, then the thermal-only classes."""
+CLASS_ID: dict[str, int] = {c.name: c.id for c in THERMAL_CLASSES}
 PAIRS: dict[str, str] = {s.name: s.pair for s in SPECS if s.pair is not None}
 """Classes that only one modality tells apart; swapping one for the other is a valid scene edit."""
 

@@ -34,12 +34,14 @@ class Layout:
 
 @dataclass
 class Site:
-    """What a placer works with: the scene's random stream, its camera, room and layout."""
+    """What a placer works with: the scene's random stream, its camera, room and layout, and
+    (for the thermal classes, placed after the rest) the objects already placed."""
 
     rng: np.random.Generator
     camera: Camera
     room: Room
     layout: Layout = field(default_factory=Layout)
+    placed: list = field(default_factory=list)
 
 
 def _room_hits(cam: Camera, room: Room, pix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

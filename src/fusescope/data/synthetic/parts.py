@@ -3,7 +3,9 @@ them with (`fusescope.data.synthetic.classes` says which parts each class has).
 
 A part is seen by both modalities or by one only (`seen_by`): `depth` solids are painted like
 what lies behind them and the RGB cast skips them; decals are flat paint on a room face that
-the depth cast never sees. Points, directions and normals are component-major (3, M) arrays.
+the depth cast never sees (`rgb` decals), or flat warm patches that only the thermal image
+shows (`thermal` decals: no paint, no relief). Points, directions and normals are
+component-major (3, M) arrays.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from fusescope.data.synthetic.scene import FACE_AXIS, FACE_UV, Room, SceneObject
 Painter = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """(local points (3, M), local normals (3, M)) -> albedo (3, M)."""
 DecalPainter = Callable[[np.ndarray], np.ndarray]
-"""Decal coordinates in [-1, 1]^2 (2, M) -> albedo (3, M)."""
+"""Decal coordinates in [-1, 1]^2 (2, M) -> albedo (3, M); a thermal decal's: warming (M,), K."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Solid:
     seen_by: str  # "both" or "depth" (camouflaged)
     ir: float
     paint: Painter | None
+    temperature: float | None = None  # above the air, K (thermal scenes; `SceneObject`)
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Decal:
     cls: int
     paint: DecalPainter
     emissive: bool = False  # windows glow: unaffected by the room's lighting
+    seen_by: str = "rgb"  # "rgb" (paint) or "thermal" (a warm patch: only thermal sees it)
 
 
 def yaw_rot(yaw: float) -> np.ndarray:
@@ -97,6 +101,7 @@ def box(
         seen_by,
         obj.ir,
         paint,
+        obj.temperature,
     )
 
 
@@ -107,6 +112,8 @@ def face_decal(
     paint: DecalPainter,
     disc: bool = False,
     emissive: bool = False,
+    seen_by: str = "rgb",
 ) -> Decal:
     """A rectangle (or disc) painted on the room face `obj.face`, centred at `obj.position`."""
-    return Decal(obj.face, face_uv(obj.face, obj.position), half, disc, cls, paint, emissive)
+    uv = face_uv(obj.face, obj.position)
+    return Decal(obj.face, uv, half, disc, cls, paint, emissive, seen_by)

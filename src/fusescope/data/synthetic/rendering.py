@@ -22,6 +22,7 @@ from collections.abc import Collection
 import numpy as np
 
 from fusescope.data.synthetic.classes import scene_parts
+from fusescope.data.synthetic.parts import Decal
 from fusescope.data.synthetic.raycast import cast, dot, local_normals, ray_dirs
 from fusescope.data.synthetic.sampling import sample_scene
 from fusescope.data.synthetic.scene import FACE_AXIS, FACE_UV, Frame, Scene
@@ -31,13 +32,14 @@ from fusescope.data.synthetic.sensor import (
     sensor_depth,
     sensor_rgb,
 )
+from fusescope.data.synthetic.thermal import render_thermal
 
 TEXTURE_RANGE = 1.25  # albedo that `texture` 255 stands for
 SHADE_RANGE = 2.0  # shading that `shade` 255 stands for
 RGB_GAIN = TEXTURE_RANGE * SHADE_RANGE  # radiance = RGB_GAIN * texture * shade, all in [0, 1]
 EDGE_SCALE = 4.0  # Sobel magnitude / 4: a straight step of s luminance levels reads s
 
-DROPPABLE = {"geometry": "depth", "appearance": "rgb"}
+DROPPABLE = {"geometry": "depth", "appearance": "rgb", "thermal": "thermal"}
 """`render(drop=...)` names: a cue group -> the parts only that cue's modality sees."""
 
 
@@ -66,6 +68,25 @@ def texture_edges(texture: np.ndarray) -> np.ndarray:
 
 
 TRANSLATION_MODALITIES = ("texture", "shade", "normal", "edge")
+EXTRA_MODALITIES = (*TRANSLATION_MODALITIES, "thermal")
+
+
+def _decal_hits(dc: Decal, pts: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels (indices into `ids`) of a decal's host face inside the decal, and their decal
+    coordinates (2, M) in [-1, 1]."""
+    iu, iv = FACE_UV[dc.host]
+    idx = np.flatnonzero(ids == dc.host)
+    q = np.stack(
+        [
+            (pts[iu, idx] - dc.center[0]) / dc.half[0],
+            (pts[iv, idx] - dc.center[1]) / dc.half[1],
+        ]
+    )  # (2, M)
+    if dc.disc:
+        inside = q[0] * q[0] + q[1] * q[1] <= 1
+    else:
+        inside = (np.abs(q[0]) <= 1) & (np.abs(q[1]) <= 1)
+    return idx[inside], q[:, inside]
 
 
 def render(
@@ -74,18 +95,20 @@ def render(
     noise: bool = True,
     extra: Collection[str] = TRANSLATION_MODALITIES,
 ) -> Frame:
-    """Ray cast a scene to RGB, depth, labels and the translation modalities in `extra`.
+    """Ray cast a scene to RGB, depth, labels and the extra modalities in `extra`.
 
     Args:
         scene: the scene to render.
         drop: cue groups whose single-modality parts are removed: `"geometry"` removes the parts
             only depth sees (camouflaged solids, sign plates, dome caps), `"appearance"` the
-            parts only RGB sees (decals). RGB is unchanged by the first, depth by the second.
-        noise: add sensor noise and depth holes; without it depth is only quantised. Texture,
-            shade, normal and edge are noise-free either way.
-        extra: which of `TRANSLATION_MODALITIES` to compute (the others are None in the
-            frame; `edge` brings `texture`); they cost time, not random draws. Naming rgb or
-            depth is allowed: they are always made.
+            parts only RGB sees (decals), `"thermal"` the warm patches only thermal sees. RGB is
+            unchanged by the first and the third, depth by the second and the third, thermal
+            by the first two.
+        noise: add sensor noise (depth holes, thermal noise); without it depth is only
+            quantised. Texture, shade, normal and edge are noise-free either way.
+        extra: which of `EXTRA_MODALITIES` to compute (the others are None in the frame; `edge`
+            brings `texture`; `thermal` needs a scene sampled with `thermal=True`); they cost
+            time, not random draws. Naming rgb or depth is allowed: they are always made.
 
     Returns:
         The frame; labels come from the parts that remain.
@@ -93,15 +116,21 @@ def render(
     unknown = set(drop) - set(DROPPABLE)
     if unknown:
         raise ValueError(f"cannot drop {sorted(unknown)}; known cue groups: {sorted(DROPPABLE)}")
-    if set(extra) - {"rgb", "depth", *TRANSLATION_MODALITIES}:
-        raise ValueError(f"unknown modality in {sorted(extra)}; known: {TRANSLATION_MODALITIES}")
+    if set(extra) - {"rgb", "depth", *EXTRA_MODALITIES}:
+        raise ValueError(f"unknown modality in {sorted(extra)}; known: {EXTRA_MODALITIES}")
+    if "thermal" in extra and scene.thermal is None:
+        raise ValueError("thermal needs a scene sampled for it: sample_scene(..., thermal=True)")
     cam = scene.camera
     hgt, wid = cam.height, cam.width
-    solids, decals = scene_parts(scene)
+    solids, all_decals = scene_parts(scene)
+    decals = [d for d in all_decals if d.seen_by == "rgb"]
+    warm = [d for d in all_decals if d.seen_by == "thermal"]
     if "geometry" in drop:
         solids = [s for s in solids if s.seen_by != "depth"]
     if "appearance" in drop:
         decals = []
+    if "thermal" in drop:
+        warm = []
 
     dirs = ray_dirs(cam)  # (3, H, W)
     origin = cam.position.astype(np.float32)
@@ -145,25 +174,21 @@ def render(
 
     emissive = np.zeros(n_pix, dtype=bool)
     for dc in decals:
-        iu, iv = FACE_UV[dc.host]
         for pts, ids, is_depth in ((p_depth, id_d, True), (p_rgb, id_c, False)):
-            idx = np.flatnonzero(ids == dc.host)
-            q = np.stack(
-                [
-                    (pts[iu, idx] - dc.center[0]) / dc.half[0],
-                    (pts[iv, idx] - dc.center[1]) / dc.half[1],
-                ]
-            )  # (2, M)
-            if dc.disc:
-                inside = q[0] * q[0] + q[1] * q[1] <= 1
-            else:
-                inside = (np.abs(q[0]) <= 1) & (np.abs(q[1]) <= 1)
-            idx, q = idx[inside], q[:, inside]
+            idx, q = _decal_hits(dc, pts, ids)
             if is_depth:
                 label[idx] = dc.cls
             else:
                 albedo[:, idx] = dc.paint(q)
                 emissive[idx] = dc.emissive
+    # warm patches: labelled where depth sees their host face (as decals are), felt by the
+    # thermal image on the RGB-visible surface; they change neither albedo nor geometry
+    warmth = np.zeros(n_pix, dtype=np.float64)
+    for dc in warm:
+        idx, _ = _decal_hits(dc, p_depth, id_d)
+        label[idx] = dc.cls
+        idx, q = _decal_hits(dc, p_rgb, id_c)
+        warmth[idx] += dc.paint(q)
 
     # Lambertian shading of the RGB-visible surface by a key light and a camera fill.
     view = d_flat / np.sqrt(dot(d_flat, d_flat))  # (3, N) unit
@@ -205,6 +230,8 @@ def render(
         toward = np.where(dot(n_depth, view) > 0, -n_depth, n_depth)
         normal = quantise8((cam.rotation.T.astype(np.float32) @ toward + 1) / 2)  # (3, N)
         frame.normal = np.ascontiguousarray(normal.reshape(3, hgt, wid).transpose(1, 2, 0))
+    if "thermal" in extra:
+        frame.thermal = render_thermal(scene, solids, id_c, p_rgb, warmth, noise)
     return frame
 
 
@@ -214,5 +241,7 @@ def render_frame(
     size: tuple[int, int] = (120, 160),
     extra: Collection[str] = TRANSLATION_MODALITIES,
 ) -> Frame:
-    """Frame `index` of a data set generated with `seed`, exactly as `generate` writes it."""
-    return render(sample_scene(seed, index, size), extra=extra)
+    """Frame `index` of a data set generated with `seed`, exactly as `generate` writes it (a
+    data set with thermal, `"thermal" in extra`, has its thermal-only classes in every frame)."""
+    scene = sample_scene(seed, index, size, thermal="thermal" in extra)
+    return render(scene, extra=extra)

@@ -8,6 +8,7 @@ import numpy as np
 from fusescope.data.synthetic.classes import SPECS, ClassSpec, sample_room
 from fusescope.data.synthetic.layout import Site
 from fusescope.data.synthetic.scene import Scene, SceneObject, make_camera
+from fusescope.data.synthetic.thermal import sample_thermal
 
 
 def _placement_groups() -> list[list[ClassSpec]]:
@@ -18,9 +19,14 @@ def _placement_groups() -> list[list[ClassSpec]]:
     return [[s] for s in placed if s.stage == "floor"] + ([walls] if walls else [])
 
 
-def sample_scene(seed: int, index: int, size: tuple[int, int] = (120, 160)) -> Scene:
-    """The scene of frame `index` of a data set generated with `seed`."""
-    scene_seq, sensor_seq = np.random.SeedSequence([seed, index]).spawn(2)
+def sample_scene(
+    seed: int, index: int, size: tuple[int, int] = (120, 160), thermal: bool = False
+) -> Scene:
+    """The scene of frame `index` of a data set generated with `seed`; with `thermal`, also its
+    thermal part (`thermal.sample_thermal`: temperatures and the thermal-only objects), drawn
+    from a third stream, so everything else is the same as without."""
+    streams = np.random.SeedSequence([seed, index]).spawn(3 if thermal else 2)
+    scene_seq, sensor_seq = streams[:2]  # the same two children whether or not a third is made
     rng = np.random.default_rng(scene_seq)
     room = sample_room(rng)
     position = np.array(
@@ -44,7 +50,7 @@ def sample_scene(seed: int, index: int, size: tuple[int, int] = (120, 160)) -> S
     light = np.array(
         [rng.uniform(0.2, 0.8) * room.width, room.height - 0.15, rng.uniform(0.3, 0.8) * room.depth]
     )
-    return Scene(
+    scene = Scene(
         camera=cam,
         room=room,
         objects=objects,
@@ -56,3 +62,8 @@ def sample_scene(seed: int, index: int, size: tuple[int, int] = (120, 160)) -> S
         depth_noise=float(rng.uniform(1.2e-3, 2.0e-3)),
         sensor_seed=int(sensor_seq.generate_state(1)[0]),
     )
+    if thermal:
+        scene.thermal, scene.objects = sample_thermal(
+            np.random.default_rng(streams[2]), site, objects
+        )
+    return scene

@@ -70,6 +70,28 @@ class SceneObject:
     face: int | None = None
     paint: dict[str, Any] = field(default_factory=dict)
     ir: float = 0.6  # infrared reflectance seen by the depth sensor
+    # thermal scenes only (`ThermalScene`): a solid's temperature above the air, kelvin; a
+    # thermal-only object's excess over the surface it warms
+    temperature: float | None = None
+
+
+@dataclass
+class ThermalScene:
+    """What a thermal camera sees of a room, drawn from the frame's own thermal stream, and
+    only when the thermal modality is rendered (the other modalities never read it).
+
+    Temperatures in kelvin: each room face's is `air` + its offset, a solid's `air` + its
+    object's `temperature`, and every surface warms by `stratification` per metre of height
+    above mid-room (warm air rises).
+    """
+
+    air: float
+    floor: float  # offsets from `air`
+    wall: float
+    ceiling: float
+    stratification: float  # kelvin per metre of height
+    netd: float  # the sensor's noise-equivalent temperature difference (noise std), kelvin
+    noise_seed: int  # the thermal noise stream; independent of what the scene holds
 
 
 @dataclass
@@ -84,6 +106,7 @@ class Scene:
     rgb_noise: float  # std of additive RGB noise, in [0, 1] units
     depth_noise: float  # depth noise std = depth_noise * z^2 (metres)
     sensor_seed: int  # the sensor noise stream; independent of what the scene holds
+    thermal: ThermalScene | None = None  # sampled only when thermal is rendered
 
 
 @dataclass
@@ -98,6 +121,7 @@ class Frame:
     shade: np.ndarray | None = None  # uint8 (H, W) shading / SHADE_RANGE
     normal: np.ndarray | None = None  # uint8 (H, W, 3) camera-frame unit normals, (n + 1) / 2
     edge: np.ndarray | None = None  # uint8 (H, W) Sobel magnitude of the texture's luminance / 4
+    thermal: np.ndarray | None = None  # uint16 (H, W) temperature / THERMAL_SCALE (0.01 K)
 
 
 def make_camera(size: tuple[int, int], position: np.ndarray, yaw: float, pitch: float) -> Camera:

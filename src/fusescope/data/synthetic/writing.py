@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from fusescope.console import progress_bar
+from fusescope.data.generators import Generator, register_generator
 from fusescope.data.meta import LABEL_DIR, DatasetMeta, ModalitySpec, write_split
 from fusescope.data.prepare import staged_output
-from fusescope.data.synthetic.classes import CLASSES
+from fusescope.data.synthetic.classes import CLASSES, THERMAL_CLASSES
 from fusescope.data.synthetic.rendering import (
     EDGE_SCALE,
     RGB_GAIN,
@@ -24,6 +25,7 @@ from fusescope.data.synthetic.rendering import (
 )
 from fusescope.data.synthetic.scene import Frame, intrinsics
 from fusescope.data.synthetic.sensor import DEPTH_SCALE
+from fusescope.data.synthetic.thermal import NETD, THERMAL_SCALE
 from fusescope.engine.memory import check_fits
 from fusescope.errors import FusescopeError
 from fusescope.io import check_disk_space, write_png
@@ -38,8 +40,10 @@ MODALITIES: dict[str, ModalitySpec] = {
     "shade": ModalitySpec("image", 1),
     "normal": ModalitySpec("normal", 3),
     "edge": ModalitySpec("image", 1),
+    "thermal": ModalitySpec("thermal", 1, THERMAL_SCALE, "0.01 K"),
 }
-"""Every modality the generator can write, in the order it writes them."""
+"""Every modality the generator can write, in the order it writes them. A data set with
+thermal also has the thermal-only classes (`classes.THERMAL_SPECS`)."""
 DEFAULT_MODALITIES = ("rgb", "depth")
 
 
@@ -103,8 +107,10 @@ def dataset_meta(
 ) -> DatasetMeta:
     """The meta.json of a generated set. The generator entry lists the modalities written and
     the image formation's constants only when more than rgb and depth are written (so a
-    default set's meta.json is the same as before the option existed; absent = rgb, depth)."""
+    default set's meta.json is the same as before the option existed; absent = rgb, depth).
+    With thermal, the classes are `THERMAL_CLASSES` (the thermal-only ones after the others)."""
     modalities = check_modalities(modalities)
+    thermal = "thermal" in modalities
     generator = {
         "name": "fusescope.data.synthetic",
         "version": GENERATOR_VERSION,
@@ -125,20 +131,26 @@ def dataset_meta(
             "normal": "camera frame (x right, y down, z forward), facing the camera, (n + 1) / 2",
             "edge": f"Sobel magnitude of the texture's 8-bit luminance / {EDGE_SCALE:g}",
         }
+        if thermal:
+            generator["formation"]["thermal"] = (
+                f"round((air + surface offset + stratification * (height - room height / 2) "
+                f"+ warm patches + {NETD:g} K noise) / {THERMAL_SCALE:g} K), kelvin"
+            )
+    cue_groups = {
+        "appearance": "only RGB identifies the class",
+        "geometry": "only depth identifies the class",
+        "both": "either modality identifies the class",
+    }
+    if thermal:
+        cue_groups["thermal"] = "only thermal identifies the class"
+        cue_groups["both"] = "more than one modality identifies the class"
     return DatasetMeta(
         name="synthetic",
-        classes=list(CLASSES),
+        classes=list(THERMAL_CLASSES if thermal else CLASSES),
         modalities={m: MODALITIES[m] for m in modalities},
         ignore_index=IGNORE_INDEX,
         intrinsics=intrinsics(size),
-        extra={
-            "generator": generator,
-            "cue_groups": {
-                "appearance": "only RGB identifies the class",
-                "geometry": "only depth identifies the class",
-                "both": "either modality identifies the class",
-            },
-        },
+        extra={"generator": generator, "cue_groups": cue_groups},
     )
 
 
@@ -265,3 +277,52 @@ def frames_per_second(
             if write:
                 write_frame(root, index, frame)
         return num / (time.perf_counter() - start)
+
+
+# `data.synth` with `kind: rooms` (the default): this generator, its options checked and compared
+
+
+def _generate_from_spec(root: Path, spec, progress: bool) -> None:
+    generate(
+        root,
+        num=spec.num,
+        seed=spec.seed,
+        size=tuple(spec.size),
+        progress=progress,
+        workers=2,
+        modalities=None if spec.get("modalities") is None else list(spec.modalities),
+    )
+
+
+LABELLING_MODALITIES = ("thermal",)
+"""Modalities whose data sets have more classes (thermal: the classes only it can see)."""
+
+
+def _missing_modalities(record, spec) -> list[str]:
+    """A folder with more modalities than asked is the same data (the extra ones draw no random
+    number), unless an extra one brings classes of its own (thermal); one without a modality
+    asked for is not. A record without `modalities` wrote the default ones."""
+    have = record.get("modalities", list(DEFAULT_MODALITIES))
+    asked = check_modalities(spec.get("modalities"), "data.synth.modalities")
+    missing = [m for m in asked if m not in have]
+    diff = [f"no modality {', '.join(missing)} here (it has {', '.join(have)})"] if missing else []
+    for m in LABELLING_MODALITIES:
+        if m in have and m not in asked:
+            diff.append(
+                f"its labels hold the {m}-only classes (generated with {m}), which "
+                f"data.synth.modalities does not ask for"
+            )
+    return diff
+
+
+ROOMS = register_generator(
+    Generator(
+        kind="rooms",
+        version=GENERATOR_VERSION,
+        record="fusescope.data.synthetic",
+        generate=_generate_from_spec,
+        check=lambda spec: check_modalities(spec.get("modalities"), "data.synth.modalities"),
+        differences=_missing_modalities,
+    )
+)
+"""The known-answer RGB-D rooms (`data.synth.kind: rooms`, the default)."""

@@ -8,7 +8,7 @@
 
 Models never read targets. A builder registered in `CLASSIFICATION_METHODS` is called as
 `builder(modalities, in_specs, num_classes, **model_options)`; `in_specs[m]` describes modality
-m: `{"kind": "color" | "image" | "depth" | "text", "channels": int}` for images, and for text
+m: `{"kind": <an image kind of fusescope.data.kinds>, "channels": int}` for images, and for text
 `{"kind": "text", "vocab_size": int, "pad_id": int, "vocab": list[str] | None, "weights": bool}`
 (the vocabulary is needed only to initialise embeddings from GloVe; `weights` false: build a
 pretrained text encoder's architecture without reading its weights or vectors, as a run
@@ -91,24 +91,6 @@ class ImageBranch(nn.Module):
         feature = self.encoder(x)[-1]  # (B, C, h, w)
         tokens = feature.flatten(2).transpose(1, 2)  # (B, h*w, C)
         return Encoded(tokens, None, feature.mean((2, 3)))
-
-
-def branch_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The options every builder takes for its branches (see `build_branch`)."""
-    return {k: options[k] for k in BRANCH_DEFAULTS}
-
-
-BRANCH_DEFAULTS: dict[str, Any] = {
-    "backbone": "resnet18",
-    "pretrained": False,
-    "text_dim": 64,
-    "text_layers": 2,
-    "text_heads": 4,
-    "text_dropout": 0.1,
-    "glove": None,
-    "text_encoder": "scratch",
-    "text_model": None,
-}
 
 
 def build_branch(

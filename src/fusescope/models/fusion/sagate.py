@@ -28,6 +28,11 @@ merge) reads the merged features. Ablation switches follow the paper's tables:
   head         merged (default) | average: one decoder per stream on its own (propagated)
                features, logits averaged (the starred rows of Table 4)
 
+  shared_shortcuts  the authors' dual ResNet hands one `downsample` module to both streams
+               (`self.hha_downsample = downsample` in their builder): each stage's projection
+               shortcut (conv + BN) is one module in both streams; false (the default, the
+               paper's text: two separate streams) keeps a copy per stream
+
 Gate maps: the model keeps none; read them with a tap on `fuse.<stage>` (element 3, `a`: the
 first modality's per-pixel weight, (B, 1, h, w); benchmarks/sagate_gates.py does).
 `save_gate_figure` draws them like the paper's Fig. 4 (red = first modality trusted, blue = second).
@@ -175,6 +180,31 @@ class SAGate(nn.Module):
         return rgb_out, depth_out, merged, a
 
 
+def share_shortcuts(source: nn.Module, target: nn.Module) -> int:
+    """Make every projection shortcut (`downsample`) of `target` the very module of `source` at
+    the same place, as the authors' dual ResNet does; returns how many were shared.
+
+    Raises:
+        OptionError: the encoders have no projection shortcuts (not a ResNet), or differ.
+    """
+    shared = 0
+    modules = dict(target.named_modules())
+    for name, module in source.named_modules():
+        shortcut = getattr(module, "downsample", None)
+        if not isinstance(shortcut, nn.Module):
+            continue
+        twin = modules.get(name)
+        if twin is None or not isinstance(getattr(twin, "downsample", None), nn.Module):
+            raise OptionError(f"shared_shortcuts: the second stream has no shortcut at {name!r}")
+        twin.downsample = shortcut
+        shared += 1
+    if not shared:
+        raise OptionError(
+            "shared_shortcuts needs a backbone with projection shortcuts (`downsample`, ResNets)"
+        )
+    return shared
+
+
 def run_segment(segment: nn.Sequential, x: Tensor) -> Tensor:
     for module in segment:
         x = module(x)
@@ -201,11 +231,14 @@ class SAGateNet(Segmentor):
         reduction: int,
         head: str,
         aux_weight: float | None,
+        shared_shortcuts: bool = False,
     ):
         super().__init__(modalities, num_classes)
         self.encoders = nn.ModuleDict(
             {m: create_encoder(backbone, in_channels[m], pretrained) for m in modalities}
         )
+        if shared_shortcuts:  # the first stream's (pretrained) shortcuts serve both
+            share_shortcuts(self.encoders[modalities[0]], self.encoders[modalities[1]])
         first = self.encoders[modalities[0]]
         channels, reductions = feature_channels(first), feature_reductions(first)
         # plain lists (not registered twice): the modules live in `encoders`
@@ -313,6 +346,7 @@ def sagate(
     reduction: int = 16,
     head: str = "merged",
     aux_weight: float | None = None,
+    shared_shortcuts: bool = False,
 ) -> Segmentor:
     """SA-Gate + BMP.
 
@@ -330,6 +364,8 @@ def sagate(
             logits averaged).
         aux_weight: weight of the auxiliary FCN head's loss; None: the authors' 0.2 when the
             decoder has an auxiliary head (deeplabv3plus), else 0.
+        shared_shortcuts: one projection shortcut module per stage for both streams, as the
+            authors' code builds it (their 63.4 M for ResNet-50); false: one per stream.
     """
     if len(modalities) != 2:
         raise OptionError(f"sagate fuses exactly two modalities; data.modalities is {modalities}")
@@ -359,6 +395,7 @@ def sagate(
         reduction=int(reduction),
         head=head,
         aux_weight=aux_weight,
+        shared_shortcuts=bool(shared_shortcuts),
     )
 
 
