@@ -228,8 +228,8 @@ def test_unet_256_and_the_70x70_patchgan_have_pix2pix_s_parameters():
     assert unet_256_reference(3, 3, conv_bias=False, norm_params=True) == 54_413_955
     assert patchgan_reference(6, conv_bias=False, norm_params=True) == 2_768_705
     # ours: every conv keeps its bias (instance norm) and every norm has affine parameters
-    unet = UNetTranslator(["rgb"], {"rgb": 3}, 3, streams="concat", depth=8, width=64)
-    ours = sum(p.numel() for p in unet.parameters())
+    generator = unet(["rgb"], {"rgb": 3}, 3, streams="concat", depth=8, width=64)
+    ours = sum(p.numel() for p in generator.parameters())
     assert ours == unet_256_reference(3, 3, conv_bias=True, norm_params=True) == 54_419_459
     disc = PatchDiscriminator(6, width=64, layers=3)
     ours = sum(p.numel() for p in disc.parameters())
@@ -237,7 +237,7 @@ def test_unet_256_and_the_70x70_patchgan_have_pix2pix_s_parameters():
     # and the difference from pix2pix's count is exactly the biases a batch norm makes redundant
     redundant = sum(
         m.bias.numel()
-        for m in unet.modules()
+        for m in generator.modules()
         if isinstance(m, nn.Conv2d | nn.ConvTranspose2d) and m.out_channels != 3
     )
     assert 54_419_459 - redundant == 54_413_955
@@ -259,8 +259,8 @@ def test_unet_256_dropout_follows_the_first_three_decoder_layers(monkeypatch):
         return real_dropout(x, p, training)
 
     monkeypatch.setattr(unet_module.F, "dropout", recording)
-    model = UNetTranslator(["rgb"], {"rgb": 3}, 3, streams="concat", depth=8, width=8)
-    assert model.dropout_levels == (8, 7, 6)
+    model = unet(["rgb"], {"rgb": 3}, 3, streams="concat", depth=8, width=8)
+    assert model.decoder.dropout_levels == (8, 7, 6)
     x = {"rgb": torch.randn(1, 3, 256, 256)}
     with torch.no_grad():
         model.eval()(x)
