@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 
 import fusescope
+from fusescope.bench import DEMO_DEFAULTS
 from fusescope.config import load_config
 from fusescope.data.build import eval_dataset
 from fusescope.data.folder import FolderDataset
 from fusescope.engine.checkpoint import load_run
 from fusescope.engine.device import training_device
-from fusescope.engine.evaluate import evaluate_run, predict_probs
+from fusescope.engine.evaluate import evaluate_run, predict_probs, save_eval
 from fusescope.engine.train import train
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, write_json
@@ -90,7 +91,11 @@ def train_and_evaluate(
     train(cfg, run_dir)
     seconds = None if finished else time.perf_counter() - start
     device = device or str(training_device(cfg.train.accelerator))
-    result = evaluate_run(run_dir, split=split, device=device, batch_size=batch_size, progress=True)
+    # saved as `fusescope eval` saves it, so `fusescope compare` reads these runs too
+    result = save_eval(
+        run_dir,
+        evaluate_run(run_dir, split=split, device=device, batch_size=batch_size, progress=True),
+    )
     params = count_params(load_run(run_dir).model)
     groups = result.get("cue_group_miou", {})
     return {
@@ -222,10 +227,6 @@ def prediction_figure(
     with atomic_path(out, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
-
-
-# sized to finish in a few minutes on 2 CPU cores; `fusescope bench known-answer` is the full one
-DEMO_DEFAULTS = {"steps": 250, "fusion": "early_concat", "num": 400, "size": (96, 128)}
 
 
 def run_demo(
