@@ -11,6 +11,7 @@
     fusescope compare RUN... --out DIR              table and overlaid training curves
     fusescope bench ...                             benchmarks that print figures
     fusescope dissect ...                           what each modality contributes
+    fusescope list methods|backbones|configs|tasks  what exists (from the registries)
 
 User errors (a bad file, key or value) print one line naming it and exit with status 2; warnings
 (input that is probably not what was meant) print one line `fusescope: warning: ...` and go on.
@@ -256,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from fusescope.bench.known_answer import DEMO_DEFAULTS
+    from fusescope.bench import DEMO_DEFAULTS
 
     p = sub.add_parser(
         "demo",
@@ -446,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     _optional_register("fusescope.engine.commands", sub)
     _optional_register("fusescope.bench.commands", sub)
     _optional_register("fusescope.dissect.commands", sub)
+    _optional_register("fusescope.listing", sub)
     return parser
 
 
