@@ -220,3 +220,31 @@ def test_wrong_runs_fail_clearly(report, tmp_path):
         out = tmp_path / f"folds{folds}"
         assert main(["dissect", *args, "--out", str(out), "--folds", folds, "--quiet"]) == 2
         assert not out.exists()
+
+
+def overlapping_texts(fig) -> list[tuple[str, str]]:
+    """Pairs of visible, non-empty texts (titles, axis labels, tick labels, legend entries)
+    whose rendered boxes intersect."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    from matplotlib.text import Text
+
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    return [
+        (a, b)
+        for i, (a, box_a) in enumerate(boxes)
+        for b, box_b in boxes[i + 1 :]
+        if box_a.overlaps(box_b) and box_a.width * box_b.width > 0
+    ]
+
+
+def test_known_answer_figure_has_no_overlapping_text(report):
+    from fusescope.dissect.report import known_answer_figure
+
+    by_level = json.loads((report / "results.json").read_text())["specialisation_by_level"]
+    assert len(by_level) >= 2  # panels side by side, as the default levels draw them
+    for spec in by_level.values():  # the longest verdict in every title
+        spec["known_answer"] = dict.fromkeys(spec["known_answer"], "not resolved")
+    fig = known_answer_figure(by_level)
+    assert overlapping_texts(fig) == []
