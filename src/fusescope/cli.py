@@ -3,7 +3,8 @@
     fusescope demo                                  the known-answer demo (data, 3 models, table)
     fusescope data synth --out DIR --num N          generate the known-answer data set
     fusescope data prepare|hha|inspect ...          real data sets (official files), HHA, stats
-    fusescope train CONFIG --out RUN [key=value]    train (resumes if RUN has a checkpoint)
+    fusescope train CONFIG --out RUN [key=value]    train (resumes if RUN has a checkpoint;
+                                                    --dry-run: say what it would do)
     fusescope eval RUN [--tta ...] [--json]         evaluate a run
     fusescope predict RUN --rgb A --depth B --out M predict on your own frames (a modality
                                                     left out: --rgb A --out M; --onnx FILE)
@@ -124,6 +125,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     from fusescope.engine.train import train
 
     cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        from fusescope.engine.dry_run import describe_training
+
+        print(describe_training(cfg, args.out))
+        return
     if args.quiet:
         cfg.train.progress = False
     out = train(cfg, args.out, resume=not args.no_resume)
@@ -336,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-eval", action="store_true", help="skip the validation at the end")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config, the data, parameters, device and run folder a "
+        "training would use, after its checks, and write nothing",
+    )
     p.add_argument(
         "overrides",
         nargs="*",
