@@ -65,7 +65,9 @@ def generate_poster_data(
     MM-IMDB layout (PNG posters, exact) in a temporary folder, then prepared into `root`."""
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{root.name}.raw-", dir=root.parent) as raw:
-        generate_posters(Path(raw) / "mmimdb", num, seed=seed, size=size, image_format="png")
+        generate_posters(
+            Path(raw) / "mmimdb", num, seed=seed, size=size, image_format="png", progress=progress
+        )
         prepare_mmimdb(Path(raw) / "mmimdb", root, overwrite=root.exists(), progress=progress)
 
 

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from fusescope.data.prepare import staged_output
 from fusescope.errors import FusescopeError
@@ -378,6 +379,7 @@ def generate_posters(
     size: tuple[int, int] = (96, 64),
     image_format: str = "jpeg",
     jpeg_quality: int = 95,
+    progress: bool = False,
 ) -> None:
     """Write `num` generated movies to `out` in the MM-IMDB release layout (module docstring).
 
@@ -391,6 +393,7 @@ def generate_posters(
         size: poster (height, width) in pixels.
         image_format: `jpeg` (as MM-IMDB; lossy) or `png` (exact pixels).
         jpeg_quality: JPEG quality (chroma not subsampled).
+        progress: show a progress bar (stderr).
 
     Raises:
         FusescopeError: `out` exists and is not an empty folder, or an argument is invalid.
@@ -406,7 +409,7 @@ def generate_posters(
     with staged_output(out, overwrite=True) as tmp:
         (tmp / "dataset").mkdir()
         ext = "jpeg" if image_format == "jpeg" else "png"
-        for index in range(num):
+        for index in tqdm(range(num), desc="posters", unit="movie", disable=not progress):
             sample = sample_poster(seed, index, size)
             image, plot = render_poster(sample)
             sid = sample_id(index)

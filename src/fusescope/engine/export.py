@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from fusescope.engine.checkpoint import Run
 from fusescope.errors import FusescopeError
@@ -127,11 +128,12 @@ def export_model(
     out: str | os.PathLike,
     size: tuple[int, int] = (64, 80),
     metadata: dict | None = None,
+    progress: bool = False,
 ) -> float:
     """Export `model` (eval mode) to ONNX at `out` with dynamic batch, height and width.
 
     The export is run through ONNX Runtime at two sizes and compared with PyTorch before the
-    file is moved into place.
+    file is moved into place (`progress`: a bar over the trace and the two checks, on stderr).
 
     Returns:
         The largest absolute logit difference between ONNX Runtime and PyTorch.
@@ -152,7 +154,8 @@ def export_model(
     device = next(model.parameters()).device
     example = tuple(torch.randn(1, channels[m], *size, device=device) for m in modalities)
     dims = {0: "batch", 2: "height", 3: "width"}
-    with atomic_path(out, suffix=".onnx") as tmp:
+    bar = tqdm(total=3, desc="export: tracing", unit="step", disable=not progress, leave=False)
+    with bar, atomic_path(out, suffix=".onnx") as tmp:
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # the tracer's notes on Python-side sizes
@@ -174,7 +177,8 @@ def export_model(
             entry = proto.metadata_props.add()
             entry.key, entry.value = "fusescope", json.dumps(metadata)
             onnx.save(proto, str(tmp))
-        worst = check_against_torch(tmp, graph, modalities, channels, size, device)
+        bar.update()
+        worst = check_against_torch(tmp, graph, modalities, channels, size, device, bar)
         if worst > EXPORT_TOLERANCE:
             raise FusescopeError(
                 f"{method}: ONNX Runtime logits differ from PyTorch's by "
@@ -190,28 +194,44 @@ def check_against_torch(
     channels: dict[str, int],
     size: tuple[int, int],
     device: torch.device,
+    bar: tqdm | None = None,
 ) -> float:
     """Largest |ONNX Runtime - PyTorch| logit difference on random inputs of two sizes (the
-    export size and another, so a height or width baked in as a constant is caught)."""
+    export size and another, so a height or width baked in as a constant is caught).
+
+    Raises:
+        FusescopeError: ONNX Runtime cannot run the graph (first line of its message).
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
     for h, w in (size, (size[0] + 24, size[1] + 40)):
+        if bar is not None:
+            bar.set_description(f"export: checking {h}x{w} against PyTorch")
         xs = [torch.randn(2, channels[m], h, w, generator=gen) for m in modalities]
         with torch.no_grad():
             ref = graph(*(x.to(device) for x in xs)).float().cpu().numpy()
-        got = session.run(["logits"], {m: x.numpy() for m, x in zip(modalities, xs, strict=True)})[
-            0
-        ]
+        feeds = {m: x.numpy() for m, x in zip(modalities, xs, strict=True)}
+        try:
+            got = session.run(["logits"], feeds)[0]
+        except Exception as err:  # ONNX Runtime's own failure, first line only
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            raise FusescopeError(
+                f"the exported graph fails in ONNX Runtime at {h}x{w} (not written): {first}"
+            ) from None
+        if bar is not None:
+            bar.update()
         if got.shape != ref.shape:
             raise FusescopeError(f"ONNX output shape {got.shape} != PyTorch {ref.shape}")
         worst = max(worst, float(np.abs(got - ref).max()))
     return worst
 
 
-def export_run(run: Run, out: str | os.PathLike, size: tuple[int, int] | None = None) -> dict:
+def export_run(
+    run: Run, out: str | os.PathLike, size: tuple[int, int] | None = None, progress: bool = False
+) -> dict:
     """Export a loaded run to `out` (.onnx) and its description to `out` + `.json`.
 
     Returns:
@@ -228,7 +248,9 @@ def export_run(run: Run, out: str | os.PathLike, size: tuple[int, int] | None = 
     modalities = list(run.model.modalities)
     channels = {m: run.meta.modalities[m].channels for m in modalities}
     info = describe(run)
-    worst = export_model(run.model.eval(), modalities, channels, out, tuple(size), info)
+    worst = export_model(
+        run.model.eval(), modalities, channels, out, tuple(size), info, progress=progress
+    )
     info["max_abs_diff_vs_torch"] = worst
     write_json(sidecar_path(out), info)
     return info
