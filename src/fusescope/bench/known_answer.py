@@ -21,6 +21,7 @@ from fusescope.data.build import eval_dataset
 from fusescope.data.folder import FolderDataset
 from fusescope.engine.checkpoint import load_run
 from fusescope.engine.device import training_device
+from fusescope.engine.dry_run import plan_training
 from fusescope.engine.evaluate import evaluate_run, predict_probs, save_eval
 from fusescope.engine.train import train
 from fusescope.errors import FusescopeError
@@ -144,7 +145,6 @@ def run_benchmark(
     """Train and evaluate every config on one data set with one budget; writes results.json
     and results.md in `out` and returns the rows (evaluation device and batch size as in
     `train_and_evaluate`)."""
-    out.mkdir(parents=True, exist_ok=True)
     if data_root is not None and (data_root / "meta.json").is_file():
         common = [f"data.root={data_root}", "data.synth=null", *extra]  # the folder as it is
     else:
@@ -157,9 +157,14 @@ def run_benchmark(
         ]
     if steps is not None:
         common.append(f"train.max_steps={steps}")
+    # every name, key and option is checked before the first training (a typo in the last
+    # config must not cost the minutes the others train)
+    resolved = [resolve_config(name) for name in configs]
+    for config in resolved:
+        plan_training(load_config(config, common), out / config.stem)
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in configs:
-        config = resolve_config(name)
+    for config in resolved:
         print(f"\n== {config.stem} ==", flush=True)
         rows.append(
             train_and_evaluate(

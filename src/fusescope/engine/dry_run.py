@@ -8,6 +8,7 @@ task's data checks, the model's options). No folder, data set, lock or file is c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -64,43 +65,80 @@ def run_plan(out: Path, max_steps: int) -> str:
     return f"{out}: new run"
 
 
-def describe_training(cfg: DictConfig, out: str | Path) -> str:
-    """The lines `--dry-run` prints. Raises the errors the training would raise first."""
-    import torch
+@dataclass
+class TrainingPlan:
+    """What a training of `cfg` into a run folder would use (see `plan_training`)."""
 
-    from fusescope.engine.device import training_device
+    task: str
+    data: str  # where the data is, or what would be generated
+    sizes: dict[str, int]  # frames of the train and val splits (empty: not known yet)
+    meta: object | None  # the data's DatasetMeta (None: known once the data exists)
+    parameters: tuple[int, int] | None  # (total, trainable) of the model built
+    run: str  # the run folder: new, resumed from a step, or finished
+
+
+def plan_training(cfg: DictConfig, out: str | Path) -> TrainingPlan:
+    """The training's checks before its first write (config values, the data's match with
+    `data.synth`, the task's data checks, the model's name and options, by building it without
+    pretrained weights), writing nothing.
+
+    Raises:
+        FusescopeError: what the training would refuse.
+    """
     from fusescope.tasks import task_of
 
     check_config(cfg)
-    out = Path(out)
     task = task_of(cfg)
-    t = cfg.train
     meta, sizes, data_line = data_plan(cfg)
-    lines = ["resolved config:", OmegaConf.to_yaml(cfg, resolve=True).rstrip(), ""]
-    lines.append(f"task:       {task.name}")
-    lines.append(f"data:       {data_line}")
-    if sizes:
-        per_split = ", ".join(f"{split} {n}" for split, n in sizes.items())
-        lines.append(f"            frames: {per_split}")
+    parameters = None
     if meta is not None:
         if (Path(cfg.data.root) / "meta.json").is_file():
             task.check_data(cfg, meta)  # only data that exists can be checked
+        model = task.build_model(cfg, meta, pretrained=False)
+        parameters = (
+            sum(p.numel() for p in model.parameters()),
+            sum(p.numel() for p in model.parameters() if p.requires_grad),
+        )
+    else:
+        task.methods.get(cfg.model.name)  # the name at least: an unknown one lists the known
+    run = run_plan(Path(out), int(cfg.train.max_steps))
+    return TrainingPlan(task.name, data_line, sizes, meta, parameters, run)
+
+
+def describe_training(cfg: DictConfig, out: str | Path) -> str:
+    """The lines `--dry-run` prints (after `plan_training`'s checks)."""
+    import torch
+
+    from fusescope.engine.device import training_device
+
+    plan = plan_training(cfg, out)
+    t = cfg.train
+    lines = ["resolved config:", OmegaConf.to_yaml(cfg, resolve=True).rstrip(), ""]
+    lines.append(f"task:       {plan.task}")
+    lines.append(f"data:       {plan.data}")
+    if plan.sizes:
+        per_split = ", ".join(f"{split} {n}" for split, n in plan.sizes.items())
+        lines.append(f"            frames: {per_split}")
+    if plan.meta is not None:
+        meta = plan.meta
         kinds = ", ".join(
             f"{m} ({meta.modalities[m].kind}, {meta.modalities[m].channels} ch)"
             for m in cfg.data.modalities
             if m in meta.modalities
         )
         lines.append(f"            modalities: {kinds}; {meta.num_classes} classes")
-        model = task.build_model(cfg, meta, pretrained=False)
-        total = sum(p.numel() for p in model.parameters())
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if plan.parameters is not None:
+        total, trainable = plan.parameters
         lines.append(
             f"model:      {cfg.model.name}: {total / 1e6:.2f} M parameters "
             f"({trainable / 1e6:.2f} M trainable)"
         )
     else:
-        lines.append("model:      parameters counted once the data exists (its classes decide)")
-    train_size = sizes.get(cfg.data.train_split)
+        lines.append(
+            f"model:      {cfg.model.name}: parameters counted once the data exists (its "
+            f"classes decide)"
+        )
+    train_size = plan.sizes.get(cfg.data.train_split)
     epochs = f", {t.max_steps * t.batch_size / train_size:.1f} epochs" if train_size else ""
     lines.append(
         f"training:   {t.max_steps} steps of batch {t.batch_size}{epochs}; lr {t.lr}, {t.optimizer}"
@@ -110,6 +148,6 @@ def describe_training(cfg: DictConfig, out: str | Path) -> str:
         f"device:     {device} (train.accelerator={t.accelerator}, devices={t.devices}, "
         f"precision={t.precision}; {torch.get_num_threads()} CPU threads)"
     )
-    lines.append(f"run folder: {run_plan(out, int(t.max_steps))}")
+    lines.append(f"run folder: {plan.run}")
     lines.append("dry run: nothing was written")
     return "\n".join(lines)
