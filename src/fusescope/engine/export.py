@@ -78,16 +78,34 @@ def unsupported_reason(model: nn.Module) -> str | None:
     return declared() if callable(declared) else None
 
 
+def stream_outputs(model: nn.Module, modalities: list[str]) -> dict[str, str]:
+    """modality -> ONNX output name of its stream's logits, for a model with its own rule for
+    an absent modality (`combine_present`: only the present streams are combined). The graph
+    returns them beside `logits`, so `predict --onnx` with a modality left out applies the
+    PyTorch model's own rule to them (`OnnxSegmentor`). Empty for other models."""
+    if getattr(model, "combine_present", None) is None or len(modalities) < 2:
+        return {}
+    return {m: f"logits_{m}" for m in modalities}
+
+
 class _LogitsGraph(nn.Module):
-    """The traced function: one tensor per modality in, the scored logits out."""
+    """The traced function: one tensor per modality in; the scored logits out, then each
+    stream's logits where `stream_outputs` names them."""
 
     def __init__(self, model: nn.Module, modalities: list[str]):
         super().__init__()
         self.model = model
         self.modalities = list(modalities)
+        self.streams = list(stream_outputs(model, self.modalities))
 
-    def forward(self, *inputs: Tensor) -> Tensor:
-        return self.model(dict(zip(self.modalities, inputs, strict=True)))["logits"]
+    def output_names(self) -> list[str]:
+        return ["logits", *stream_outputs(self.model, self.modalities).values()]
+
+    def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
+        out = self.model(dict(zip(self.modalities, inputs, strict=True)))
+        if not self.streams:
+            return out["logits"]
+        return (out["logits"], *(out["per_modality"][m] for m in self.streams))
 
 
 def describe(run: Run) -> dict:
@@ -116,6 +134,8 @@ def describe(run: Run) -> dict:
         "weights_sha256": weights_digest(run.model),
         "inputs": "one float32 (N, C, H, W) tensor per modality, normalised: (x - mean) / std",
         "output": "logits (N, num_classes, H, W)",
+        # with a modality absent, combine only these present streams' logits (the model's rule)
+        "stream_outputs": stream_outputs(run.model, list(run.model.modalities)),
         "modalities": modalities,
         "classes": [{"id": c.id, "name": c.name, "color": list(c.color)} for c in run.meta.classes],
     }
@@ -154,6 +174,7 @@ def export_model(
     device = next(model.parameters()).device
     example = tuple(torch.randn(1, channels[m], *size, device=device) for m in modalities)
     dims = {0: "batch", 2: "height", 3: "width"}
+    outputs = graph.output_names()
     bar = tqdm(total=3, desc="export: tracing", unit="step", disable=not progress, leave=False)
     with bar, atomic_path(out, suffix=".onnx") as tmp:
         try:
@@ -164,10 +185,10 @@ def export_model(
                     example,
                     str(tmp),
                     input_names=list(modalities),
-                    output_names=["logits"],
+                    output_names=outputs,
                     opset_version=OPSET,
                     dynamo=False,
-                    dynamic_axes={**{m: dims for m in modalities}, "logits": dims},
+                    dynamic_axes={**{m: dims for m in modalities}, **dict.fromkeys(outputs, dims)},
                 )
         except Exception as err:  # the exporter's own message, first line only
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
@@ -212,10 +233,11 @@ def check_against_torch(
             bar.set_description(f"export: checking {h}x{w} against PyTorch")
         xs = [torch.randn(2, channels[m], h, w, generator=gen) for m in modalities]
         with torch.no_grad():
-            ref = graph(*(x.to(device) for x in xs)).float().cpu().numpy()
+            ref = graph(*(x.to(device) for x in xs))
+        ref = [r.float().cpu().numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
         feeds = {m: x.numpy() for m, x in zip(modalities, xs, strict=True)}
         try:
-            got = session.run(["logits"], feeds)[0]
+            got = session.run(None, feeds)  # every output: logits, then each stream's
         except Exception as err:  # ONNX Runtime's own failure, first line only
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
             raise FusescopeError(
@@ -223,9 +245,10 @@ def check_against_torch(
             ) from None
         if bar is not None:
             bar.update()
-        if got.shape != ref.shape:
-            raise FusescopeError(f"ONNX output shape {got.shape} != PyTorch {ref.shape}")
-        worst = max(worst, float(np.abs(got - ref).max()))
+        for g, r in zip(got, ref, strict=True):
+            if g.shape != r.shape:
+                raise FusescopeError(f"ONNX output shape {g.shape} != PyTorch {r.shape}")
+            worst = max(worst, float(np.abs(g - r).max()))
     return worst
 
 
@@ -307,6 +330,12 @@ class OnnxSegmentor:
         self.modalities = [i.name for i in self.session.get_inputs()]
         self.num_classes = run.meta.num_classes
         self.training = False
+        self.path = Path(path)
+        self.streams = dict(meta.get("stream_outputs") or {})  # modality -> output name
+        self._combine = getattr(run.model, "combine_present", None)
+        if self._combine is not None and self.streams:
+            # a modality left out: the PyTorch model's own rule, on the graph's stream logits
+            self.combine_present = self._combine
 
     def eval(self) -> OnnxSegmentor:
         return self
@@ -316,12 +345,26 @@ class OnnxSegmentor:
             raise FusescopeError("an ONNX model cannot be trained")
         return self
 
+    def check_absent(self, absent: list[str]) -> None:
+        """Refuse to leave modalities out of a file exported before the streams' logits were
+        outputs, when the run's rule needs them (`ModalityAbsent` asks)."""
+        if absent and self._combine is not None and not self.streams:
+            raise FusescopeError(
+                f"{self.path}: exported without its streams' logits (an earlier fusescope), "
+                f"so {', '.join(absent)} cannot be left out the way PyTorch does (only the "
+                f"present streams combined); export the run again"
+            )
+
     def __call__(self, batch: dict[str, Tensor]) -> dict:
         feeds = {m: batch[m].detach().float().cpu().numpy() for m in self.modalities}
-        logits = self.session.run(["logits"], feeds)[0]
-        ref = batch[self.modalities[0]]
+        names = ["logits", *self.streams.values()]
+        logits, *streams = self.session.run(names, feeds)
+        device = batch[self.modalities[0]].device
         return {
-            "logits": torch.from_numpy(logits).to(ref.device),
-            "per_modality": {},
+            "logits": torch.from_numpy(logits).to(device),
+            "per_modality": {
+                m: torch.from_numpy(x).to(device)
+                for m, x in zip(self.streams, streams, strict=True)
+            },
             "aux_losses": {},
         }
