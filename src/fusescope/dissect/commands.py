@@ -46,6 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=30, help="Net2Vec epochs (paper: 30)")
     p.add_argument("--lr", type=float, default=0.05, help="Net2Vec learning rate")
     p.add_argument(
+        "--pixels",
+        type=int,
+        default=None,
+        help="label pixels per image drawn at random for each Net2Vec step (0: every pixel; "
+        "Set IoU is always scored on every pixel) (default: 1024)",
+    )
+    p.add_argument(
         "--cka",
         choices=["minibatch", "exact"],
         default="minibatch",
@@ -90,12 +97,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_dissect(args: argparse.Namespace) -> None:
     from fusescope.console import stage
-    from fusescope.dissect.protocol import DissectOptions, dissect, load_runs, train_runs
+    from fusescope.dissect.protocol import (
+        PROBE_PIXELS,
+        DissectOptions,
+        dissect,
+        load_runs,
+        train_runs,
+    )
     from fusescope.dissect.report import write_report
     from fusescope.engine.device import resolve_device
 
     if args.batch_size < 4:
         raise FusescopeError("--batch-size must be >= 4 (debiased CKA per batch)")
+    if args.pixels is not None and args.pixels < 0:
+        raise FusescopeError(f"--pixels must be >= 0 (0: every pixel), got {args.pixels}")
     device = str(resolve_device(args.device))  # before any training or loading
     if len(args.runs) == 1 and not args.train:
         cmd_dissect_classifier(args, device)
@@ -116,6 +131,7 @@ def cmd_dissect(args: argparse.Namespace) -> None:
         levels=args.levels,
         epochs=args.epochs,
         lr=args.lr,
+        pixels=(args.pixels or None) if args.pixels is not None else PROBE_PIXELS,
         cka_method=args.cka,
         gradcam_images=args.gradcam_images,
         gradcam_region=args.gradcam_region,
