@@ -58,7 +58,13 @@ def load_modality(path: str | os.PathLike, name: str, spec: ModalitySpec) -> np.
     if spec.kind == "depth":
         return (array.astype(np.float32) * np.float32(spec.scale))[None]
     x = array[..., None] if array.ndim == 2 else array
-    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32) / 255.0
+    return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32) / image_range(array)
+
+
+def image_range(array: np.ndarray) -> float:
+    """The value an image file's white has: 255 for 8-bit, 65535 for 16-bit PNGs (e.g. the
+    Cityscapes disparity), so every image modality decodes to [0, 1]."""
+    return float(np.iinfo(array.dtype).max)
 
 
 def check_modality_array(
@@ -89,8 +95,8 @@ def check_modality_array(
                     f"m/unit; expected {lo}-{hi} m: wrong units or scale in meta.json?"
                 )
         return
-    if array.dtype != np.uint8:
-        raise FusescopeError(f"{path}: '{name}' must be an 8-bit image, got {array.dtype}")
+    if array.dtype not in (np.uint8, np.uint16):
+        raise FusescopeError(f"{path}: '{name}' must be an 8- or 16-bit image, got {array.dtype}")
     channels = 1 if array.ndim == 2 else array.shape[-1]
     if channels != spec.channels:
         raise FusescopeError(

@@ -11,7 +11,8 @@ Every data folder fusescope reads, synthetic or prepared from official files, ha
 
 Modality kinds say how a file becomes a float tensor:
     color  8-bit RGB; photometric augmentation applies to it alone.
-    image  any other 8-bit image (HHA, normals, infrared); C = 1 or 3.
+    image  any other 8- or 16-bit image (HHA, normals, infrared, Cityscapes disparity); C = 1
+           or 3; decoded to [0, 1] by its bit depth.
     depth  uint16 PNG; value * `scale` = metres; 0 = invalid (a hole).
     text   one UTF-8 file per sample (`fusescope.data.text`); no channels.
 

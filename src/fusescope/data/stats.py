@@ -14,7 +14,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fusescope.data.folder import FolderDataset, check_folder, check_modality_array
+from fusescope.data.folder import (
+    FolderDataset,
+    check_folder,
+    check_modality_array,
+    image_range,
+)
 from fusescope.data.meta import LABEL_DIR, DatasetMeta, load_meta, read_split
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, read_image
@@ -145,7 +150,7 @@ def modality_stats(
     """Streaming per-channel mean / std of one modality over a split.
 
     Depth is converted to metres with the modality's scale and its zeros (holes) are left out;
-    8-bit images are scaled to [0, 1].
+    8- and 16-bit images are scaled to [0, 1].
     """
     root = Path(root)
     meta = meta or load_meta(root)
@@ -162,6 +167,7 @@ def modality_stats(
         path = files[sid]
         a = read_image(path)
         check_modality_array(a, path, modality, spec)  # what training checks, e.g. 16-bit depth
+        white = image_range(a)
         a = a.astype(np.float64)
         a = a.reshape(a.shape[0], a.shape[1], -1)  # (H, W, C)
         total += a.shape[0] * a.shape[1]
@@ -170,7 +176,7 @@ def modality_stats(
             a = a * spec.scale
         else:
             valid = np.ones(a.shape[:2], dtype=bool)
-            a = a / 255.0
+            a = a / white
         v = a[valid].T  # (C, P)
         moments.add(v, np.ones_like(v, dtype=bool))
     n = int(moments.count.min())

@@ -117,7 +117,9 @@ def describe(run: Run) -> dict:
             "kind": spec.kind,
             "channels": spec.channels,
             "decode": (
-                "uint16 PNG x scale = metres" if spec.kind == "depth" else "8-bit image / 255"
+                "uint16 PNG x scale = metres"
+                if spec.kind == "depth"
+                else "image / 255 (8-bit) or / 65535 (16-bit)"
             ),
             **({"scale_m_per_unit": spec.scale} if spec.kind == "depth" else {}),
             "mean": run.stats[name]["mean"],
