@@ -248,3 +248,20 @@ def test_known_answer_figure_has_no_overlapping_text(report):
         spec["known_answer"] = dict.fromkeys(spec["known_answer"], "not resolved")
     fig = known_answer_figure(by_level)
     assert overlapping_texts(fig) == []
+
+
+def test_probe_set_of_several_splits(tmp_path):
+    from fusescope.dissect.protocol import ProbeSet, probe_splits
+
+    ids = [f"{i:04d}" for i in range(10)]
+    data = write_folder_dataset(
+        tmp_path / "d", n=10, splits={"train": ids[:4], "val": ids[4:7], "test": ids[7:]}
+    )
+    assert probe_splits("test") == ["test"] and probe_splits("val+test") == ["val", "test"]
+    for bad in ("val+", "test+test", "+"):
+        with pytest.raises(FusescopeError, match="joined by"):
+            probe_splits(bad)
+    probe = ProbeSet(data, probe_splits("val+test"), ["rgb", "depth"])
+    assert len(probe) == 6 and probe.meta.class_names == ["c0", "c1", "c2"]
+    test_only = ProbeSet(data, ["test"], ["rgb"])
+    assert (probe[3]["rgb"] == test_only[0]["rgb"]).all()  # val's 3 images first, then test's

@@ -32,7 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "classification RUN (per-modality contribution of each label, CKA, Grad-CAM)",
     )
     p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--split", default="test", help="probe split (default: test)")
+    p.add_argument(
+        "--split",
+        default="test",
+        help="probe split, or splits joined by '+' (e.g. val+test: more probe images; never "
+        "the runs' training split) (default: test)",
+    )
     p.add_argument("--probe-size", type=int, default=200, help="first N probe images (0: all)")
     p.add_argument("--batch-size", type=int, default=16, help="probe batch (>= 4; CKA batch)")
     p.add_argument(

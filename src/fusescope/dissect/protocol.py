@@ -92,7 +92,8 @@ class DissectOptions:
     """What the protocol measures and on which data.
 
     Attributes:
-        split: the probe split (the paper: 500 test pairs).
+        split: the probe split (the paper: 500 test pairs), or several joined by "+"
+            (`val+test`): images none of the runs trained on.
         probe_size: use the first N images of the split (None: all).
         batch_size: images per streamed batch; also the CKA minibatch (>= 4 for debiased).
         levels: encoder levels probed with Net2Vec (None: `default_levels`, stages 2 and 4).
@@ -234,15 +235,40 @@ class RunInput:
 FEW_PROBE_IMAGES = 50  # below this, probe results are noisy enough to warn
 
 
+def probe_splits(spec: str) -> list[str]:
+    """`"test"` or `"val+test"` -> the splits whose images make the probe set, in order."""
+    splits = [s.strip() for s in spec.split("+")]
+    if not all(splits) or len(set(splits)) < len(splits):
+        raise FusescopeError(f"probe split {spec!r}: give split names joined by '+', e.g. val+test")
+    return splits
+
+
+class ProbeSet(torch.utils.data.ConcatDataset):
+    """The images of one or more splits of a data folder, in order, as one probe set (images a
+    run trained on have no place in it: the protocol probes held-out images)."""
+
+    def __init__(self, root: str | os.PathLike, splits: Sequence[str], modalities: list[str]):
+        parts = [FolderDataset(root, split, modalities) for split in splits]
+        super().__init__(parts)
+        self.meta, self.root = parts[0].meta, parts[0].root
+
+
 def probe_loader(runs: Runs, opts: DissectOptions) -> tuple[Any, torch.utils.data.DataLoader]:
     """The raw (unnormalised) probe set over both modalities and its loader."""
     root = opts.data_root or runs.joint.cfg.data.root
-    ds = FolderDataset(root, opts.split, [runs.rgb_modality, runs.depth_modality])
+    splits = probe_splits(opts.split)
+    trained_on = {str(run.cfg.data.train_split) for run in (runs.rgb, runs.depth, runs.joint)}
+    if root == runs.joint.cfg.data.root and trained_on & set(splits):
+        warn(
+            f"probe split(s) {', '.join(sorted(trained_on & set(splits)))} of {root}: the runs "
+            f"trained on these images, so their features fit them better than new images"
+        )
+    ds = ProbeSet(root, splits, [runs.rgb_modality, runs.depth_modality])
     if ds.meta.class_names != runs.rgb.meta.class_names:
         raise FusescopeError(f"{root}: classes differ from the runs' classes")
     n = len(ds) if opts.probe_size is None else min(opts.probe_size, len(ds))
     if n < 4:
-        raise FusescopeError(f"{root}/splits/{opts.split}.txt: {n} images; the probe needs >= 4")
+        raise FusescopeError(f"{root}, split {opts.split}: {n} images; the probe needs >= 4")
     if n < FEW_PROBE_IMAGES:
         warn(
             f"the probe set has only {n} images ({root}, split {opts.split}): Set IoU, SVar "
