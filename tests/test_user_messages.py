@@ -301,3 +301,21 @@ def test_a_small_probe_set_warns(tiny_data):
     with pytest.warns(FusescopeWarning, match=r"the probe set has only 4 images .*split test"):
         _, loader = probe_loader(runs, DissectOptions(batch_size=4))
     assert len(loader.dataset) == 4
+
+
+def test_tensorboard_without_the_package_leaves_no_run_folder(tiny_data, tmp_path, monkeypatch):
+    """train.tensorboard=true needs tensorboard; without it the refusal comes before the run
+    folder is written (it came after: an empty run was left behind)."""
+    import sys
+
+    from fusescope.engine.train import train
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    cfg = load_config(
+        CONFIG,
+        [f"data.root={tiny_data}", "data.synth=null", *TINY_MODEL, "train.tensorboard=true"],
+    )
+    run = tmp_path / "run"
+    with pytest.raises(FusescopeError, match="needs the tensorboard package"):
+        train(cfg, run)
+    assert not run.exists()
