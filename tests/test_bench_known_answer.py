@@ -30,3 +30,24 @@ def test_known_answer_rows_are_each_runs_own_evaluation(tmp_path):
         assert row["params_m"] > 0 and row["train_s"] > 0
         assert f"{100 * row['miou']:5.1f}" in table and row["method"] in table
     assert [r["miou"] for r in saved] == [r["miou"] for r in rows]  # results.json: the rows
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["demo", "--fusion", "foo"], "no config 'foo'"),
+        (["bench", "known-answer", "rgb_only", "foo"], "no config 'foo'"),
+        (["demo", "--backbone", "nope"], "unknown backbone 'nope'"),
+        (["bench", "known-answer", "rgb_only", "cen", "--set", "model.mode=swap"], "mode"),
+    ],
+)
+def test_every_name_is_checked_before_any_training(tmp_path, capsys, argv, message):
+    """A bad name in the last config (or an option of one) is refused before the first model
+    trains or the data is generated: nothing is written."""
+    from fusescope.cli import main
+
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fusescope: error: ") and message in err and "\n" not in err, err
+    assert not out.exists() and list(tmp_path.iterdir()) == []

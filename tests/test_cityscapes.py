@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from fusescope.data.cityscapes import prepare_cityscapes
+from fusescope.data.folder import FolderDataset
 from fusescope.data.meta import load_meta, read_split
+from fusescope.data.stats import compute_stats
 from fusescope.errors import FusescopeError
 from fusescope.io import read_image, write_png
 
@@ -34,19 +36,19 @@ OFFICIAL = {
 }
 
 
-@pytest.fixture
-def city(tmp_path):
-    rng = np.random.default_rng(2)
-    src = tmp_path / "src"
+def write_official_tree(src, size=(H, W), counts=(("train", 3), ("val", 2)), seed=2):
+    """Frames in the official Cityscapes layout (leftImg8bit, disparity, gtFine labelIds,
+    camera JSON) under `src`; returns {stem: (split, rgb, disparity, labelIds)}."""
+    rng = np.random.default_rng(seed)
     truth = {}
-    for split, n in (("train", 3), ("val", 2)):
+    for split, n in counts:
         for i in range(n):
             stem = f"aachen_{i:06d}_000019" if split == "train" else f"lindau_{i:06d}_000019"
             city = stem.split("_")[0]
-            rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
-            disp = rng.integers(0, 30000, (H, W)).astype(np.uint16)
+            rgb = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+            disp = rng.integers(0, 30000, size).astype(np.uint16)
             disp[0, :3] = [0, 1, 2]
-            lab = rng.integers(0, 34, (H, W), dtype=np.uint8)
+            lab = rng.integers(0, 34, size, dtype=np.uint8)
             write_png(src / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", rgb)
             write_png(src / "disparity" / split / city / f"{stem}_disparity.png", disp)
             write_png(src / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", lab)
@@ -66,7 +68,13 @@ def city(tmp_path):
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(json.dumps(cam))
             truth[stem] = (split, rgb, disp, lab)
-    return src, truth
+    return truth
+
+
+@pytest.fixture
+def city(tmp_path):
+    src = tmp_path / "src"
+    return src, write_official_tree(src)
 
 
 def test_prepare_depth(city, tmp_path):
@@ -96,6 +104,13 @@ def test_prepare_disparity(city, tmp_path):
     prepare_cityscapes(src, out, depth_mode="disparity")
     stem, (_, _, disp, _) = next(iter(truth.items()))
     np.testing.assert_array_equal(read_image(out / "disparity" / f"{stem}.png"), disp)
+    # the loaders read the 16-bit disparity as an image in [0, 1] (value / 65535)
+    ds = FolderDataset(out, truth[stem][0], ["rgb", "disparity"])
+    sample = ds[ds.ids.index(stem)]
+    np.testing.assert_allclose(sample["disparity"][0].numpy(), disp / 65535.0, rtol=1e-6)
+    stats = compute_stats(FolderDataset(out, "train", ["disparity"]))
+    train = np.stack([d for s, (split, _, d, _) in truth.items() if split == "train"]) / 65535.0
+    assert stats["disparity"]["mean"][0] == pytest.approx(train.mean(), rel=1e-5)
 
 
 def test_missing_camera(city, tmp_path):

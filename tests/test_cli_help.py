@@ -94,3 +94,20 @@ def test_default_formatting_of_lists_and_percent():
     text = parser.format_help()
     assert "size (default: 3 4)" in text and "a share (default: 5%)" in text
     assert "a flag\n" in text
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["eval", "--help"], ["dissect", "--help"]])
+def test_help_does_not_import_torch(argv):
+    """The help answers without loading torch (a fresh interpreter, so nothing is cached)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from fusescope.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch', 'timm', 'lightning_fabric') if m in sys.modules)\n"
+        "print('IMPORTED', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "IMPORTED []", out.stdout[-500:]

@@ -16,7 +16,6 @@ geometry lead) 0.47 and 0.39 trained vs 0.29 and 0.22 untrained on data seeds 3 
 import dataclasses
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
@@ -24,8 +23,8 @@ from conftest import TINY_MODEL, write_folder_dataset
 from fusescope.config import load_config
 from fusescope.data.batching import collate
 from fusescope.data.folder import FolderDataset
-from fusescope.dissect.net2vec import Net2Vec
-from fusescope.dissect.protocol import RunInput, specialisation
+from fusescope.dissect.net2vec import HeldOutSplit, Net2Vec
+from fusescope.dissect.protocol import DissectOptions, RunInput, specialisation
 from fusescope.dissect.taps import Tap, stream_features
 from fusescope.engine.checkpoint import build_run_model, load_run
 from fusescope.engine.train import train
@@ -42,7 +41,8 @@ MARGIN = 0.1  # trained minus untrained specialisation
 
 def held_out(runs, data):
     """`specialisation` of the separately trained features: held-out Set IoU over 2-fold
-    splits (3 of them) and the noise floor, as the protocol computes them."""
+    splits (3 of them) and the noise floor, as the protocol computes them (its default
+    settings, pixel sampling included)."""
     probe = FolderDataset(data, "test", ["rgb", "depth"])
     loader = torch.utils.data.DataLoader(probe, batch_size=9, collate_fn=collate)
     taps = {m: (m, Tap("encoder", index=LEVEL)) for m in runs}
@@ -54,16 +54,14 @@ def held_out(runs, data):
         for m in runs:
             cache[m].append((feats[m], batch["label"]))
     splits, floors = {}, {}
-    net2vec = Net2Vec(3, epochs=30, lr=0.05)
+    opts = DissectOptions()  # the protocol's probe settings (epochs, lr, sampled pixels)
+    net2vec = Net2Vec(3, epochs=opts.epochs, lr=opts.lr, pixels=opts.pixels)
+    held = [HeldOutSplit(s, floor) for floor in (False, True) for s in range(opts.seeds)]
     for m in runs:
         acts = torch.cat([a for a, _ in cache[m]])
         labels = torch.cat([lab for _, lab in cache[m]])
-        splits[f"{m}_sep"] = np.array(
-            [net2vec.cross_validated(acts, labels, seed=s) for s in range(3)]
-        )
-        floors[f"{m}_sep"] = np.array(
-            [net2vec.cross_validated(acts, labels, seed=s, noise_floor=True) for s in range(3)]
-        )
+        scores = net2vec.held_out(acts, labels, held, folds=opts.folds)
+        splits[f"{m}_sep"], floors[f"{m}_sep"] = scores[: opts.seeds], scores[opts.seeds :]
     return specialisation(splits, floors, META, level=LEVEL, margin=0.1)
 
 

@@ -246,3 +246,86 @@ np.save({str(tmp_path / "ids.npy")!r}, s.run(["logits"], feeds)[0][0].argmax(0))
     ids, ref = np.load(tmp_path / "ids.npy"), read_image(tmp_path / "torch.png")
     assert ids.shape == ref.shape == (32, 40)
     assert (ids == ref).mean() >= MIN_ARGMAX_AGREEMENT
+
+
+@pytest.fixture(scope="module")
+def cen3(tmp_path_factory):
+    """A tiny CEN run over three modalities (rgb, depth, hha), some gammas below theta so that
+    channels are exchanged (M > 2: the mean of the other two)."""
+    from fusescope.config import load_config
+    from fusescope.engine.train import train
+    from test_engine import ROOT
+
+    root = tmp_path_factory.mktemp("cen3")
+    data = write_folder_dataset(root / "data", modalities=("rgb", "depth", "hha"))
+    cfg = load_config(
+        ROOT / "configs" / "synthetic" / "cen.yaml",
+        [
+            f"data.root={data}",
+            "data.synth=null",
+            "data.modalities=[rgb,depth,hha]",
+            *TINY_MODEL,
+            "train.max_steps=2",
+            "model.theta=0.999",  # gammas start at 1 and move: some fall below
+        ],
+    )
+    return data, train(cfg, root / "run")
+
+
+def test_three_modality_cen_exports_and_predicts_like_pytorch(cen3, tmp_path, capsys):
+    data, run = cen3
+    onnx_path = tmp_path / "cen3.onnx"
+    assert main(["export", str(run), "--out", str(onnx_path), "--quiet"]) == 0
+    info = json.loads((tmp_path / "cen3.onnx.json").read_text())
+    assert list(info["modalities"]) == ["rgb", "depth", "hha"]
+    frame = [f"--{m}={data / m / '0000.png'}" for m in ("rgb", "depth", "hha")]
+    for name, extra in (("torch", []), ("onnx", ["--onnx", str(onnx_path)])):
+        out = tmp_path / f"{name}.png"
+        assert main(["predict", str(run), *frame, *extra, "--out", str(out)]) == 0
+    from fusescope.io import read_image
+
+    a, b = read_image(tmp_path / "torch.png"), read_image(tmp_path / "onnx.png")
+    assert (a == b).mean() >= MIN_ARGMAX_AGREEMENT
+
+
+def test_onnx_with_a_modality_absent_follows_the_pytorch_rule(runs, cen3, tmp_path, capsys):
+    """Left out: PyTorch combines only the present streams' logits (CEN's ensemble
+    renormalised); the ONNX file gives the streams' logits and the same rule is applied, so the
+    two agree (before, ONNX fed zeros to every stream and kept the absent one's logits)."""
+    from fusescope.engine.checkpoint import load_run
+    from fusescope.engine.export import OnnxSegmentor
+    from fusescope.engine.missing import ModalityAbsent
+
+    data, run = cen3
+    onnx_path = tmp_path / "cen3.onnx"
+    assert main(["export", str(run), "--out", str(onnx_path), "--quiet"]) == 0
+    loaded = load_run(run)
+    channels = {m: loaded.meta.modalities[m].channels for m in ("rgb", "depth", "hha")}
+    batch = {m: torch.randn(2, channels[m], 32, 40) for m in ("rgb", "hha")}
+    for absent in (["depth"], ["depth", "hha"]):
+        present = {m: x for m, x in batch.items() if m not in absent}
+        with torch.no_grad():
+            ref = ModalityAbsent(loaded.model.eval(), absent, channels)(present)["logits"]
+        onnx = OnnxSegmentor(onnx_path, loaded, threads=1)
+        got = ModalityAbsent(onnx, absent, channels)(present)["logits"]
+        torch.testing.assert_close(got, ref, atol=1e-4, rtol=0)
+        # the old way (every stream fed, the ensemble over all of them) differs
+        full = onnx({**present, **{m: torch.zeros(2, channels[m], 32, 40) for m in absent}})
+        assert (full["logits"] - ref).abs().max() > 1e-3
+
+    frame = ["--rgb", str(data / "rgb/0000.png"), "--hha", str(data / "hha/0000.png")]
+    for name, extra in (("torch", []), ("onnx", ["--onnx", str(onnx_path)])):
+        out = tmp_path / f"{name}_rgb_hha.png"
+        assert main(["predict", str(run), *frame, *extra, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("only the present streams' logits are combined") == 2
+    from fusescope.io import read_image
+
+    masks = [read_image(tmp_path / f"{n}_rgb_hha.png") for n in ("torch", "onnx")]
+    assert (masks[0] == masks[1]).mean() >= MIN_ARGMAX_AGREEMENT
+
+    # a file exported before the streams were outputs cannot follow the rule: one line
+    onnx = OnnxSegmentor(onnx_path, loaded, threads=1)
+    onnx.streams = {}
+    with pytest.raises(FusescopeError, match="export the run again"):
+        ModalityAbsent(onnx, ["depth"], channels)

@@ -191,9 +191,7 @@ def test_unknown_key_and_wrong_modality_count():
 def test_flow_runs_in_float32_under_autocast():
     model = build().eval()
     seen = []
-    flow_of(model).flow.register_forward_hook(
-        lambda m, i, o: seen.append((i[0].dtype, o[0].dtype))
-    )
+    flow_of(model).flow.register_forward_hook(lambda m, i, o: seen.append((i[0].dtype, o[0].dtype)))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(batch(40, 40, b=1))
     assert seen == [(torch.float32, torch.float32)]

@@ -8,9 +8,15 @@ import torch.nn.functional as F
 from fusescope.dissect import Net2Vec
 from fusescope.dissect.net2vec import (
     ConceptProbe,
+    HeldOutSplit,
     cached_batches,
     concept_presence,
+    fold_plan,
+    iou_or_nan,
+    logits_at,
     probe_stats,
+    resize_logits,
+    subset_batches,
 )
 
 C, K_EXTRA, H, STRIDE = 4, 3, 32, 2
@@ -151,3 +157,66 @@ def test_cross_validation_checks_its_folds():
     acts, labels = planted_layer(n=4)
     with pytest.raises(ValueError, match="folds"):
         Net2Vec(3, epochs=1).cross_validated(acts, labels, folds=5)
+
+
+def one_probe_at_a_time(net2vec, acts, labels, split, folds, batch_size):
+    """The reference for `held_out`: each fold's probe trained alone by `Net2Vec._train` on its
+    training images (`subset_batches`), scored by `Net2Vec.overlap` on the held-out fold."""
+    plan = fold_plan(acts.shape[0], folds, split.seed, split.noise_floor)
+    paired = acts[plan.source]  # image i's labels with the activations of image source[i]
+    inter, union = np.zeros(net2vec.concepts), np.zeros(net2vec.concepts)
+    for k in range(folds):
+        train_ids = (plan.fold_of != k).nonzero()[:, 0]
+        test_ids = (plan.fold_of == k).nonzero()[:, 0]
+        train = subset_batches(paired, labels, train_ids, batch_size)
+        probe, stats = net2vec._prepare(train)
+        net2vec._train(probe, train, stats)
+        test = subset_batches(paired, labels, test_ids, batch_size)
+        i, u = net2vec.overlap(probe, test, list(range(net2vec.concepts)))
+        inter, union = inter + i, union + u
+    return iou_or_nan(inter, union)
+
+
+@pytest.mark.parametrize("folds,batch_size", [(2, 8), (3, 4)])
+def test_the_probe_bank_equals_one_probe_at_a_time(folds, batch_size):
+    """All splits' probes (held out and noise floor) trained as one bank: the same Set IoUs as
+    training each probe alone, including folds of unequal size (31 images) and a last batch
+    that only some probes have."""
+    acts, labels = planted_layer(n=31, channels=24, size=16, stride=2)
+    acts = acts + 0.3 * torch.randn(acts.shape, generator=torch.Generator().manual_seed(1))
+    net2vec = Net2Vec(3, epochs=6, lr=0.05)
+    splits = [HeldOutSplit(s, floor) for floor in (False, True) for s in range(2)]
+    bank = net2vec.held_out(acts, labels, splits, folds=folds, batch_size=batch_size)
+    alone = [one_probe_at_a_time(net2vec, acts, labels, s, folds, batch_size) for s in splits]
+    np.testing.assert_allclose(bank, np.array(alone), atol=1e-3)
+    assert np.ptp(bank[:2, 1]) > 0 or np.ptp(bank[:, 2]) > 0  # the splits do differ
+
+
+def test_logits_at_sampled_pixels_equal_the_upsampled_logits():
+    """The bilinear upsampling evaluated at chosen pixels (grid_sample) is `interpolate`'s,
+    for integer and non-integer scale factors and at the borders."""
+    g = torch.Generator().manual_seed(0)
+    for small, size in (((5, 7), (40, 56)), ((5, 7), (13, 17)), ((6, 6), (6, 6))):
+        z = torch.randn(3, 4, *small, generator=g)
+        every = torch.arange(size[0] * size[1]).expand(3, -1)
+        full = resize_logits(z, size).flatten(2)
+        torch.testing.assert_close(logits_at(z, every, size), full, atol=1e-5, rtol=0)
+        some = torch.randint(size[0] * size[1], (3, 50), generator=g)
+        torch.testing.assert_close(
+            logits_at(z, some, size), full.gather(2, some[:, None].expand(-1, 4, -1))
+        )
+
+
+def test_pixel_sampling_keeps_planted_concepts_and_the_noise_floor():
+    """Training on 64 random pixels per image (of 256) still finds the planted concepts held
+    out, and pure noise still scores at its floor."""
+    splits = [HeldOutSplit(s, floor) for floor in (False, True) for s in range(3)]
+    net2vec = Net2Vec(3, epochs=30, lr=0.05, pixels=64)
+    acts, labels = planted_layer()
+    scores = net2vec.held_out(acts, labels, splits)
+    held, floor = scores[:3], scores[3:]
+    assert held[:, 1].min() > 0.95 and held[:, 2].mean() > 0.8, held
+    assert (held.mean(0)[1:] > floor.mean(0)[1:] + 0.4).all(), (held, floor)
+    acts, labels = planted_layer(n=16, channels=512, stride=4, planted=False)
+    scores = net2vec.held_out(acts, labels, splits)
+    assert np.abs(scores[:3].mean(0) - scores[3:].mean(0)).max() < 0.08, scores

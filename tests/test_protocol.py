@@ -220,3 +220,48 @@ def test_wrong_runs_fail_clearly(report, tmp_path):
         out = tmp_path / f"folds{folds}"
         assert main(["dissect", *args, "--out", str(out), "--folds", folds, "--quiet"]) == 2
         assert not out.exists()
+
+
+def overlapping_texts(fig) -> list[tuple[str, str]]:
+    """Pairs of visible, non-empty texts (titles, axis labels, tick labels, legend entries)
+    whose rendered boxes intersect."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    from matplotlib.text import Text
+
+    texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    return [
+        (a, b)
+        for i, (a, box_a) in enumerate(boxes)
+        for b, box_b in boxes[i + 1 :]
+        if box_a.overlaps(box_b) and box_a.width * box_b.width > 0
+    ]
+
+
+def test_known_answer_figure_has_no_overlapping_text(report):
+    from fusescope.dissect.report import known_answer_figure
+
+    by_level = json.loads((report / "results.json").read_text())["specialisation_by_level"]
+    assert len(by_level) >= 2  # panels side by side, as the default levels draw them
+    for spec in by_level.values():  # the longest verdict in every title
+        spec["known_answer"] = dict.fromkeys(spec["known_answer"], "not resolved")
+    fig = known_answer_figure(by_level)
+    assert overlapping_texts(fig) == []
+
+
+def test_probe_set_of_several_splits(tmp_path):
+    from fusescope.dissect.protocol import ProbeSet, probe_splits
+
+    ids = [f"{i:04d}" for i in range(10)]
+    data = write_folder_dataset(
+        tmp_path / "d", n=10, splits={"train": ids[:4], "val": ids[4:7], "test": ids[7:]}
+    )
+    assert probe_splits("test") == ["test"] and probe_splits("val+test") == ["val", "test"]
+    for bad in ("val+", "test+test", "+"):
+        with pytest.raises(FusescopeError, match="joined by"):
+            probe_splits(bad)
+    probe = ProbeSet(data, probe_splits("val+test"), ["rgb", "depth"])
+    assert len(probe) == 6 and probe.meta.class_names == ["c0", "c1", "c2"]
+    test_only = ProbeSet(data, ["test"], ["rgb"])
+    assert (probe[3]["rgb"] == test_only[0]["rgb"]).all()  # val's 3 images first, then test's

@@ -1,11 +1,12 @@
 """Every config under configs/ builds, trains 2 steps and evaluates with its own protocol.
 
 Each config keeps its model, train and eval sections; only what the machine running the tests
-cannot have is overridden: the data root (tiny data sets made here: NYUDv2 and SUN RGB-D in their
-official formats, prepared through `fusescope data prepare`, and the known-answer generator for
-configs/synthetic), the crop size, max_steps, the batch size, data loader workers, and
-`pretrained: true`, which becomes a local weight file of the backbone's shapes (random weights,
-made here) so nothing is downloaded. Precision stays the config's own (bf16-mixed for real data).
+cannot have is overridden: the data root (tiny data sets made here: NYUDv2, SUN RGB-D and
+Cityscapes in their official formats, prepared through `fusescope data prepare`, and the
+known-answer generator for configs/synthetic), the crop size, max_steps, the batch size, data
+loader workers, and `pretrained: true`, which becomes a local weight file of the backbone's
+shapes (random weights, made here) so nothing is downloaded. Precision stays the config's own
+(bf16-mixed for real data).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from fusescope.engine.evaluate import evaluate_run
 from fusescope.engine.train import train
 from fusescope.io import write_png
 from fusescope.models.backbones import backbone_spec, resolve_alias
+from test_cityscapes import write_official_tree
 from test_nyudv2 import write_v73
 from test_sunrgbd import encode
 
@@ -198,7 +200,18 @@ def make_translation(tmp: Path) -> Path:
     return out
 
 
+def make_cityscapes(tmp: Path) -> Path:
+    """3 train and 2 val frames in the official tree, prepared with disparity (SA-Gate's
+    RGB + disparity)."""
+    write_official_tree(tmp / "src", size=FRAME)
+    out = tmp / "cityscapes"
+    args = ["data", "prepare", "cityscapes", str(tmp / "src"), "--out", str(out)]
+    assert main([*args, "--depth-mode", "disparity"]) == 0
+    return out
+
+
 MAKERS = {
+    "cityscapes": make_cityscapes,
     "nyudv2": make_nyudv2,
     "sunrgbd": make_sunrgbd,
     "synthetic": make_synthetic,

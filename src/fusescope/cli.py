@@ -3,7 +3,8 @@
     fusescope demo                                  the known-answer demo (data, 3 models, table)
     fusescope data synth --out DIR --num N          generate the known-answer data set
     fusescope data prepare|hha|inspect ...          real data sets (official files), HHA, stats
-    fusescope train CONFIG --out RUN [key=value]    train (resumes if RUN has a checkpoint)
+    fusescope train CONFIG --out RUN [key=value]    train (resumes if RUN has a checkpoint;
+                                                    --dry-run: say what it would do)
     fusescope eval RUN [--tta ...] [--json]         evaluate a run
     fusescope predict RUN --rgb A --depth B --out M predict on your own frames (a modality
                                                     left out: --rgb A --out M; --onnx FILE)
@@ -11,6 +12,7 @@
     fusescope compare RUN... --out DIR              table and overlaid training curves
     fusescope bench ...                             benchmarks that print figures
     fusescope dissect ...                           what each modality contributes
+    fusescope list methods|backbones|configs|tasks  what exists (from the registries)
 
 User errors (a bad file, key or value) print one line naming it and exit with status 2; warnings
 (input that is probably not what was meant) print one line `fusescope: warning: ...` and go on.
@@ -137,6 +139,11 @@ def cmd_train(args: argparse.Namespace) -> None:
             f"{args.out}; move it or choose another --out"
         )
     cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        from fusescope.engine.dry_run import describe_training
+
+        print(describe_training(cfg, args.out))
+        return
     if args.quiet:
         cfg.train.progress = False
     out = train(cfg, args.out, resume=not args.no_resume)
@@ -270,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from fusescope.bench.known_answer import DEMO_DEFAULTS
+    from fusescope.bench import DEMO_DEFAULTS
 
     p = sub.add_parser(
         "demo",
@@ -354,6 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--no-eval", action="store_true", help="skip the validation at the end")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved config, the data, parameters, device and run folder a "
+        "training would use, after its checks, and write nothing",
+    )
     p.add_argument(
         "overrides",
         nargs="*",
@@ -468,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     _optional_register("fusescope.engine.commands", sub)
     _optional_register("fusescope.bench.commands", sub)
     _optional_register("fusescope.dissect.commands", sub)
+    _optional_register("fusescope.listing", sub)
     return parser
 
 

@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 
 import fusescope
+from fusescope.bench import DEMO_DEFAULTS
 from fusescope.config import load_config
 from fusescope.data.build import eval_dataset
 from fusescope.data.folder import FolderDataset
 from fusescope.data.meta import CUES
 from fusescope.engine.checkpoint import load_run
 from fusescope.engine.device import training_device
-from fusescope.engine.evaluate import evaluate_run, predict_probs
+from fusescope.engine.dry_run import plan_training
+from fusescope.engine.evaluate import evaluate_run, predict_probs, save_eval
 from fusescope.engine.train import train
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, write_json
@@ -91,7 +93,11 @@ def train_and_evaluate(
     train(cfg, run_dir)
     seconds = None if finished else time.perf_counter() - start
     device = device or str(training_device(cfg.train.accelerator))
-    result = evaluate_run(run_dir, split=split, device=device, batch_size=batch_size, progress=True)
+    # saved as `fusescope eval` saves it, so `fusescope compare` reads these runs too
+    result = save_eval(
+        run_dir,
+        evaluate_run(run_dir, split=split, device=device, batch_size=batch_size, progress=True),
+    )
     params = count_params(load_run(run_dir).model)
     groups = result.get("cue_group_miou", {})
     return {
@@ -140,7 +146,6 @@ def run_benchmark(
     """Train and evaluate every config on one data set with one budget; writes results.json
     and results.md in `out` and returns the rows (evaluation device and batch size as in
     `train_and_evaluate`)."""
-    out.mkdir(parents=True, exist_ok=True)
     if data_root is not None and (data_root / "meta.json").is_file():
         common = [f"data.root={data_root}", "data.synth=null", *extra]  # the folder as it is
     else:
@@ -153,9 +158,14 @@ def run_benchmark(
         ]
     if steps is not None:
         common.append(f"train.max_steps={steps}")
+    # every name, key and option is checked before the first training (a typo in the last
+    # config must not cost the minutes the others train)
+    resolved = [resolve_config(name) for name in configs]
+    for config in resolved:
+        plan_training(load_config(config, common), out / config.stem)
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for name in configs:
-        config = resolve_config(name)
+    for config in resolved:
         print(f"\n== {config.stem} ==", flush=True)
         rows.append(
             train_and_evaluate(
@@ -223,10 +233,6 @@ def prediction_figure(
     with atomic_path(out, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
-
-
-# sized to finish in a few minutes on 2 CPU cores; `fusescope bench known-answer` is the full one
-DEMO_DEFAULTS = {"steps": 250, "fusion": "early_concat", "num": 400, "size": (96, 128)}
 
 
 def run_demo(

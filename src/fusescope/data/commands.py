@@ -105,6 +105,7 @@ def _synth_posters(args: argparse.Namespace) -> None:
         size=tuple(args.size),
         image_format=args.format,
         jpeg_quality=args.jpeg_quality,
+        progress=not args.quiet,
     )
     print(
         f"wrote {args.num} posters of {args.size[0]}x{args.size[1]} with plots to {args.out} "
@@ -347,6 +348,7 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         help="poster files: jpeg as MM-IMDB (lossy) or png (exact pixels)",
     )
     p.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality 1-100")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_synth_posters)
 
     p = data_subparsers.add_parser("hha", help="HHA encoding of one depth image")

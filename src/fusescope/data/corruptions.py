@@ -44,11 +44,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from fusescope.data.kinds import KINDS as MODALITY_KINDS
+
+# torch is imported where it is used: the command line's help lists `KINDS` and must load
+# without torch
 from fusescope.errors import FusescopeError
 
 MAX_SEVERITY = 5
@@ -65,6 +66,9 @@ def depth_noise(depth: Array, coeff: float, rng: np.random.Generator) -> Array:
 def blob_mask(shape: tuple[int, int], fraction: float, rng: np.random.Generator) -> Array:
     """A boolean (H, W) mask covering `fraction` of the pixels in smooth random blobs."""
     h, w = shape
+    import torch
+    import torch.nn.functional as F
+
     cell = max(4, max(h, w) // 16)  # blob scale: about 1/16 of the image
     coarse = rng.random((math.ceil(h / cell) + 1, math.ceil(w / cell) + 1), dtype=np.float32)
     field = F.interpolate(
@@ -239,6 +243,8 @@ class Corruption:
 
 def _apply(fn: Callable, x: Any, parameter: float, rng: np.random.Generator) -> Any:
     """Run `fn` on a NumPy view of `x` and give the result back in `x`'s type."""
+    import torch
+
     if isinstance(x, torch.Tensor):
         y = fn(x.detach().cpu().numpy().astype(np.float32, copy=False), parameter, rng)
         return torch.from_numpy(np.ascontiguousarray(y)).to(x.device)

@@ -5,7 +5,7 @@ normaliser, corruption, dropout and exporter asks this table, so a new kind is o
 
     kind     file                        decoded to (float32)         notes
     color    8-bit RGB (or grey) image   [0, 1]                       jitter; RGB corruptions
-    image    8-bit, 1 or 3 channels      [0, 1]                       HHA, shade, 8-bit infrared
+    image    8 or 16-bit, 1 or 3 ch.     [0, 1] by its bit depth      HHA, shade, IR, disparity
     normal   8-bit RGB, (n + 1) / 2      [0, 1]                       a mirror negates n_x
     depth    uint16 PNG, 1 channel       value x scale = metres       0 = a hole; depth corruptions
     thermal  uint16 PNG, 1 channel       counts x scale = kelvin (raw 0 is a reading, not a hole
@@ -63,6 +63,7 @@ class ModalityKind:
     Attributes:
         name: the kind as `meta.json` writes it.
         dtype: the stored sample type (`uint8`, `uint16`); None for text.
+        sixteen_bit: an 8-bit kind that also reads 16-bit files (scaled by their own white).
         channels: the channel counts a modality of this kind may have; () for text.
         scale: whether `meta.json` gives a `scale` (units of `unit` per stored value):
             "required", "optional" or "none" (a given scale is dropped).
@@ -87,6 +88,7 @@ class ModalityKind:
 
     name: str
     dtype: Any = np.uint8
+    sixteen_bit: bool = False
     channels: tuple[int, ...] = (1, 3)
     scale: str = "none"
     unit: str | None = None
@@ -122,13 +124,14 @@ class ModalityKind:
         Raises:
             FusescopeError: naming the file and what is wrong with it.
         """
-        if array.dtype != self.dtype:
+        if array.dtype != self.dtype and not (self.sixteen_bit and array.dtype == np.uint16):
             if self.dtype == np.uint16:
                 scaled = f" (value * {spec.scale} = {self.unit_name})" if spec.scale else ""
                 raise FusescopeError(
                     f"{path}: {self.name} '{name}' must be a 16-bit PNG{scaled}, got {array.dtype}"
                 )
-            raise FusescopeError(f"{path}: '{name}' must be an 8-bit image, got {array.dtype}")
+            bits = "an 8- or 16-bit" if self.sixteen_bit else "an 8-bit"
+            raise FusescopeError(f"{path}: '{name}' must be {bits} image, got {array.dtype}")
         channels = 1 if array.ndim == 2 else array.shape[-1]
         if self.dtype == np.uint16 and array.ndim != 2:
             raise FusescopeError(f"{path}: {self.name} '{name}' must have one channel")
@@ -159,7 +162,10 @@ class ModalityKind:
                 values = values * dtype(spec.scale)
             return values[None]
         x = array[..., None] if array.ndim == 2 else array
-        return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=dtype) / 255.0
+        # by the file's bit depth: 255 for 8-bit, 65535 for a 16-bit image kind's PNG (e.g.
+        # Cityscapes' disparity), so every image decodes to [0, 1]
+        white = float(np.iinfo(array.dtype).max)
+        return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=dtype) / white
 
     def valid(self, x: np.ndarray) -> np.ndarray:
         """Which decoded values are readings, for the statistics (holes left out)."""
@@ -264,8 +270,11 @@ def kind_of(spec) -> ModalityKind:
 
 # 8-bit RGB; photometric augmentation applies to it alone
 COLOR = register_kind(ModalityKind("color", colour=True, corruption_group="rgb"))
-# any other 8-bit image (HHA, shade, an 8-bit infrared or thermal image)
-IMAGE = register_kind(ModalityKind("image"))
+# any other 8- or 16-bit image (HHA, shade, an 8-bit infrared or thermal image, Cityscapes'
+# 16-bit disparity), decoded to [0, 1] by its bit depth
+IMAGE = register_kind(
+    ModalityKind("image", sixteen_bit=True, describe="8- or 16-bit image / its white (255, 65535)")
+)
 # surface normals, 8-bit (n + 1) / 2 per axis (x right, y down, z forward)
 NORMAL = register_kind(ModalityKind("normal", channels=(3,), mirror_channel=0))
 # uint16 PNG; value * scale = metres; 0 = no reading (a hole)

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from fusescope.data.generators import Generator, register_generator
 from fusescope.data.prepare import staged_output
@@ -380,6 +381,7 @@ def generate_posters(
     size: tuple[int, int] = (96, 64),
     image_format: str = "jpeg",
     jpeg_quality: int = 95,
+    progress: bool = False,
 ) -> None:
     """Write `num` generated movies to `out` in the MM-IMDB release layout (module docstring).
 
@@ -393,6 +395,7 @@ def generate_posters(
         size: poster (height, width) in pixels.
         image_format: `jpeg` (as MM-IMDB; lossy) or `png` (exact pixels).
         jpeg_quality: JPEG quality (chroma not subsampled).
+        progress: show a progress bar (stderr).
 
     Raises:
         FusescopeError: `out` exists and is not an empty folder, or an argument is invalid.
@@ -412,7 +415,7 @@ def generate_posters(
     with staged_output(out, overwrite=True) as tmp:
         (tmp / "dataset").mkdir()
         ext = "jpeg" if image_format == "jpeg" else "png"
-        for index in range(num):
+        for index in tqdm(range(num), desc="posters", unit="movie", disable=not progress):
             sample = sample_poster(seed, index, size)
             image, plot = render_poster(sample)
             sid = sample_id(index)
@@ -457,7 +460,9 @@ def generate_poster_data(
     # the raw layout is locked while it exists: a killed run's is removed by the next one
     remove_stale_temps(root.parent, [root.name])
     with temp_folder(root.parent, f".{root.name}.raw-") as raw:
-        generate_posters(raw / "mmimdb", num, seed=seed, size=size, image_format="png")
+        generate_posters(
+            raw / "mmimdb", num, seed=seed, size=size, image_format="png", progress=progress
+        )
         prepare_mmimdb(raw / "mmimdb", root, overwrite=root.exists(), progress=progress)
 
 

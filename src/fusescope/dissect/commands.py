@@ -39,7 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "classification RUN (per-modality contribution of each label, CKA, Grad-CAM)",
     )
     p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--split", default="test", help="probe split (default: test)")
+    p.add_argument(
+        "--split",
+        default="test",
+        help="probe split, or splits joined by '+' (e.g. val+test: more probe images; never "
+        "the runs' training split) (default: test)",
+    )
     p.add_argument(
         "--probe-size", type=non_negative_int, default=200, help="first N probe images (0: all)"
     )
@@ -54,6 +59,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--epochs", type=positive_int, default=30, help="Net2Vec epochs (paper: 30)")
     p.add_argument("--lr", type=positive_float, default=0.05, help="Net2Vec learning rate")
+    p.add_argument(
+        "--pixels",
+        type=int,
+        default=None,
+        help="label pixels per image drawn at random for each Net2Vec step (0: every pixel; "
+        "Set IoU is always scored on every pixel) (default: 1024)",
+    )
     p.add_argument(
         "--cka",
         choices=["minibatch", "exact"],
@@ -107,7 +119,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_dissect(args: argparse.Namespace) -> None:
     from fusescope.console import stage
-    from fusescope.dissect.protocol import DissectOptions, dissect, load_runs, train_runs
+    from fusescope.dissect.protocol import (
+        PROBE_PIXELS,
+        DissectOptions,
+        dissect,
+        load_runs,
+        train_runs,
+    )
     from fusescope.dissect.report import write_report
     from fusescope.engine.device import resolve_device
 
@@ -118,6 +136,8 @@ def cmd_dissect(args: argparse.Namespace) -> None:
             f"--folds {args.folds}: held-out Set IoU needs at least 2 folds (each image scored "
             f"by a probe trained on the others)"
         )
+    if args.pixels is not None and args.pixels < 0:
+        raise FusescopeError(f"--pixels must be >= 0 (0: every pixel), got {args.pixels}")
     device = str(resolve_device(args.device))  # before any training or loading
     if len(args.runs) == 1 and not args.train:
         cmd_dissect_classifier(args, device)
@@ -138,6 +158,7 @@ def cmd_dissect(args: argparse.Namespace) -> None:
         levels=args.levels,
         epochs=args.epochs,
         lr=args.lr,
+        pixels=(args.pixels or None) if args.pixels is not None else PROBE_PIXELS,
         cka_method=args.cka,
         gradcam_images=args.gradcam_images,
         gradcam_region=args.gradcam_region,

@@ -44,13 +44,14 @@ images containing the concept, so one pass over the data per epoch trains every 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 # a data source: called once per epoch, yields (activations (B,K,h,w), labels (B,H,W) int64)
 Batches = Callable[[], Iterable[tuple[Tensor, Tensor]]]
@@ -75,10 +76,7 @@ class ConceptProbe(nn.Module):
     def forward(self, activations: Tensor, size: tuple[int, int]) -> Tensor:
         """`(B, K, h, w)` -> concept logits `(B, C, H, W)` at label size `size`."""
         x = (activations - self.mean[:, None, None]) / self.std[:, None, None]
-        logits = self.conv(x)  # (B, C, h, w)
-        if tuple(logits.shape[-2:]) != tuple(size):
-            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        return logits
+        return resize_logits(self.conv(x), size)  # (B, C, h, w) -> (B, C, H, W)
 
     def weights(self) -> tuple[Tensor, Tensor]:
         """Weights `(C, K)` and biases `(C,)` on the raw (unstandardised) activations."""
@@ -151,13 +149,13 @@ def weighted_bce(logits: Tensor, target: Tensor, alpha: Tensor, valid: Tensor) -
     """Eq. 2 per (image, concept): mean over valid pixels of the alpha-weighted BCE.
 
     Args:
-        logits: `(B, C, H, W)`; target: `(B, C, H, W)` in {0, 1}; alpha: `(C,)`;
-        valid: `(B, 1, H, W)` bool.
+        logits: `(B, C, H, W)`; target: `(B, C, H, W)` in {0, 1}; alpha: `(C,)`, or `(B, C)`
+        when the images belong to probes with their own alphas; valid: `(B, 1, H, W)` bool.
 
     Returns:
         `(B, C)` losses.
     """
-    a = alpha[None, :, None, None]
+    a = alpha[None, :, None, None] if alpha.dim() == 1 else alpha[:, :, None, None]
     # log sigmoid(z) and log(1 - sigmoid(z)) = log sigmoid(-z), stable for large |z|
     loss = -(a * target * F.logsigmoid(logits) + (1 - a) * (1 - target) * F.logsigmoid(-logits))
     loss = loss * valid
@@ -196,6 +194,10 @@ class Net2Vec:
         lr: Adam learning rate on the standardised channels.
         ignore_index: label value that is not scored.
         device: where the probes train.
+        pixels: in `held_out`, train each step on this many label pixels per image, drawn
+            uniformly at random (with replacement) anew every step, instead of all of them
+            (None). The loss of an image is a mean over its pixels, so a uniform sample is an
+            unbiased estimate of it; Set IoU is always scored on every pixel.
     """
 
     def __init__(
@@ -205,12 +207,16 @@ class Net2Vec:
         lr: float = 0.05,
         ignore_index: int = 255,
         device: torch.device | str = "cpu",
+        pixels: int | None = None,
     ):
+        if pixels is not None and pixels < 1:
+            raise ValueError(f"pixels must be >= 1 or None (every pixel), got {pixels}")
         self.concepts = concepts
         self.epochs = epochs
         self.lr = lr
         self.ignore_index = ignore_index
         self.device = torch.device(device)
+        self.pixels = pixels
 
     def _prepare(
         self, batches: Batches, channels: int | None = None, stats: ProbeStats | None = None
@@ -361,42 +367,49 @@ class Net2Vec:
         noise_floor: bool = False,
         batch_size: int = 16,
     ) -> np.ndarray:
-        """Held-out Set IoU `(C,)`: k-fold over images, every image scored by the probe trained
-        on the other folds, intersections and unions pooled over folds (NaN: concept absent).
+        """Held-out Set IoU `(C,)` of one k-fold split (see `held_out`, which trains many
+        splits at once)."""
+        return self.held_out(acts, labels, [HeldOutSplit(seed, noise_floor)], folds, batch_size)[0]
+
+    def held_out(
+        self,
+        acts: Tensor,
+        labels: Tensor,
+        splits: Sequence[HeldOutSplit],
+        folds: int = 2,
+        batch_size: int = 16,
+        progress: str | None = None,
+    ) -> np.ndarray:
+        """Held-out Set IoU `(S, C)` for S k-fold splits: in each, every image is scored by the
+        probe trained on the other folds, intersections and unions pooled over folds (NaN:
+        concept absent).
+
+        The S x k probes are independent linear models over the same activations; they are
+        trained as one bank (`ProbeBank`): one gather and one batched matmul per step for all
+        of them, each probe seeing exactly the batches, statistics and Adam updates it would see
+        trained alone (`tests/test_net2vec.py` checks it against one probe at a time).
 
         Args:
             acts: `(N, K, h, w)` activations of the whole probe set.
             labels: `(N, H, W)` their labels.
-            folds: k; images are assigned to folds by a random permutation drawn from `seed`.
-            seed: picks the fold assignment (and the pairing for the noise floor).
-            noise_floor: pair each image's labels with another image's activations (a random
-                derangement) before everything else: the score a probe gets without image
+            splits: per split, the seed of its fold assignment (a random permutation) and
+                whether it is a noise floor: each image's labels paired with another image's
+                activations (a random derangement), the score a probe gets without image
                 information, in the same units.
+            folds: k.
             batch_size: images per probe step.
+            progress: the label of a progress bar over the probe steps (None: no bar).
         """
         n = acts.shape[0]
         if not 2 <= folds <= n:
             raise ValueError(f"folds must be in 2..{n} (the probe images), got {folds}")
-        g = torch.Generator().manual_seed(seed)
-        order = torch.randperm(n, generator=g)
-        if noise_floor:
-            # image order[i] gets the activations of image order[i + 1]: no fixed point
-            source = torch.empty(n, dtype=torch.long)
-            source[order] = order.roll(-1)
-            acts = acts[source]
-        fold_of = torch.empty(n, dtype=torch.long)
-        fold_of[order] = torch.arange(n) % folds
-        inter = np.zeros(self.concepts)
-        union = np.zeros(self.concepts)
-        ids = list(range(self.concepts))
-        for k in range(folds):
-            train_ids, test_ids = (fold_of != k).nonzero()[:, 0], (fold_of == k).nonzero()[:, 0]
-            train = subset_batches(acts, labels, train_ids, batch_size)
-            probe, stats = self._prepare(train)
-            self._train(probe, train, stats)
-            i, u = self.overlap(probe, subset_batches(acts, labels, test_ids, batch_size), ids)
-            inter += i
-            union += u
+        plans = [fold_plan(n, folds, s.seed, s.noise_floor) for s in splits]
+        acts = acts.to(self.device, torch.float32)
+        labels = labels.to(self.device)
+        bank = ProbeBank(acts, labels, plans, self.concepts, self.ignore_index, batch_size)
+        seed = splits[0].seed if splits else 0
+        bank.train(self.epochs, self.lr, self.pixels, seed=seed, progress=progress)
+        inter, union = bank.overlap(batch_size)  # (S, C) each
         return iou_or_nan(inter, union)
 
     def _result(self, probe: ConceptProbe, batches: Batches, stats: ProbeStats) -> Net2VecResult:
@@ -409,6 +422,248 @@ class Net2Vec:
             images=stats.images.numpy(),
             alpha=stats.alpha.numpy().astype(np.float64),
         )
+
+
+@dataclass(frozen=True)
+class HeldOutSplit:
+    """One k-fold scoring of the probe set: its fold assignment is drawn from `seed`; a noise
+    floor pairs each image's labels with another image's activations."""
+
+    seed: int
+    noise_floor: bool = False
+
+
+@dataclass
+class FoldPlan:
+    """Which activations go with which labels, and which fold scores each image."""
+
+    source: Tensor  # (N,) image i's labels go with the activations of image source[i]
+    fold_of: Tensor  # (N,) the fold whose probe scores image i (it trains on the others)
+
+
+def fold_plan(n: int, folds: int, seed: int, noise_floor: bool) -> FoldPlan:
+    """Folds by a random permutation drawn from `seed`; for a noise floor, image order[i] gets
+    the activations of image order[i + 1] (a derangement: no image keeps its own)."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=g)
+    source = torch.arange(n)
+    if noise_floor:
+        source[order] = order.roll(-1)
+    fold_of = torch.empty(n, dtype=torch.long)
+    fold_of[order] = torch.arange(n) % folds
+    return FoldPlan(source, fold_of)
+
+
+class ProbeBank:
+    """The G = S x k probes of S k-fold splits over one layer's activations, as one model.
+
+    Probe g = (split s, fold f) trains on the images outside fold f of split s, in their index
+    order, `batch_size` at a time, with its own channel standardisation and alphas from those
+    images: what `Net2Vec.fit` would do with that subset alone. All probes step together: step
+    t gathers, for every probe, its t-th batch of activations into one `(G, B, h, w, K)` tensor
+    (shorter subsets padded and masked) and applies one batched matmul; the loss is a sum of
+    per-probe terms, so each probe's gradient is its own, and Adam runs per probe with its own
+    step count (a probe with no batch at step t does not move: torch's Adam would still move it
+    by its momentum).
+    """
+
+    betas = (0.9, 0.999)
+    eps = 1e-8
+
+    def __init__(
+        self,
+        acts: Tensor,
+        labels: Tensor,
+        plans: Sequence[FoldPlan],
+        concepts: int,
+        ignore_index: int,
+        batch_size: int,
+    ):
+        n, channels = acts.shape[:2]
+        device = acts.device
+        self.concepts, self.ignore_index, self.plans = concepts, ignore_index, plans
+        self.folds = int(plans[0].fold_of.max()) + 1 if plans else 0
+        train_ids = [
+            (p.fold_of != f).nonzero()[:, 0] for p in plans for f in range(self.folds)
+        ]  # probe g = s * folds + f
+        sources = [p.source for p in plans for _ in range(self.folds)]
+        g = len(train_ids)
+        # probe_stats for every probe at once: per-image sums, summed by membership matrices
+        a64 = acts.to(torch.float64)
+        per_image_sum, per_image_sq = a64.sum((2, 3)), (a64 * a64).sum((2, 3))  # (N, K)
+        del a64
+        act_member = torch.zeros(g, n, dtype=torch.float64, device=device)
+        label_member = torch.zeros_like(act_member)
+        for i, (ids, src) in enumerate(zip(train_ids, sources, strict=True)):
+            act_member[i, src[ids].to(device)] = 1
+            label_member[i, ids.to(device)] = 1
+        count = label_member.sum(1, keepdim=True) * acts.shape[2] * acts.shape[3]
+        mean = act_member @ per_image_sum / count
+        std = (act_member @ per_image_sq / count - mean * mean).clamp_min(0).sqrt()
+        self.mean = mean.float()  # (G, K)
+        self.std = torch.where(std > 1e-6, std, torch.ones_like(std)).float()
+        valid = (labels != ignore_index) & (labels >= 0) & (labels < concepts)
+        pixels = concept_pixels(labels, concepts, valid)  # (N, C)
+        self.present = pixels > 0  # (N, C)
+        own = valid.flatten(1).sum(1, keepdim=True).clamp_min(1)
+        fraction = (pixels / own).to(torch.float64)
+        images = label_member @ self.present.to(torch.float64)  # (G, C)
+        self.alpha = (1 - label_member @ fraction / images.clamp_min(1)).float()
+        self.weight = torch.zeros(g, concepts, channels, device=device, requires_grad=True)
+        self.bias = torch.zeros(g, concepts, device=device, requires_grad=True)
+        # step t of every epoch: probe g's labels label_index[t, g], activations act_index[...]
+        steps = max(-(-len(ids) // batch_size) for ids in train_ids)
+        label_index = torch.zeros(steps, g, batch_size, dtype=torch.long)
+        act_index = torch.zeros_like(label_index)
+        filled = torch.zeros(steps, g, batch_size, dtype=torch.bool)
+        for i, (ids, src) in enumerate(zip(train_ids, sources, strict=True)):
+            padded = torch.zeros(steps * batch_size, dtype=torch.long)
+            padded[: len(ids)] = ids
+            label_index[:, i] = padded.view(steps, batch_size)
+            act_index[:, i] = src[padded].view(steps, batch_size)
+            filled[:, i] = (torch.arange(steps * batch_size) < len(ids)).view(steps, batch_size)
+        self.label_index = label_index.to(device)
+        self.act_index = act_index.to(device)
+        self.filled = filled.to(device)
+        self.acts = acts.permute(0, 2, 3, 1).contiguous()  # (N, h, w, K): gathers feed matmuls
+        self.labels = labels
+
+    def raw_weights(self) -> tuple[Tensor, Tensor]:
+        """Weights `(G, C, K)` and biases `(G, C)` on the raw activations: the standardisation
+        folded in, w.(A - mu)/sigma + b = (w/sigma).A + b' (as `ConceptProbe.weights`), so no
+        step normalises a gathered `(G, B, h, w, K)` tensor."""
+        weight = self.weight / self.std[:, None, :]
+        return weight, self.bias - (weight * self.mean[:, None, :]).sum(2)
+
+    def logits(self, acts: Tensor, probe: Tensor) -> Tensor:
+        """Channels-last activations `(G', B, h, w, K)` and the probe of each image, `(G', B)`
+        (or `(G',)`: one per row) -> concept logits `(G', B, C, h, w)`."""
+        weight, bias = self.raw_weights()
+        if probe.dim() == 1:  # (G', B*h*w, K) @ (G', K, C)
+            out = acts.flatten(1, 3) @ weight[probe].transpose(1, 2)
+            out = out.unflatten(1, acts.shape[1:4]) + bias[probe][:, None, None, None]
+        else:  # (G', B, h*w, K) @ (G', B, K, C)
+            out = acts.flatten(2, 3) @ weight[probe].transpose(2, 3)
+            out = out.unflatten(2, acts.shape[2:4]) + bias[probe][:, :, None, None]
+        return out.permute(0, 1, 4, 2, 3)  # (G', B, h, w, C) -> (G', B, C, h, w)
+
+    def train(
+        self, epochs: int, lr: float, pixels: int | None, seed: int = 0, progress: str | None = None
+    ) -> None:
+        """`epochs` passes; with `pixels`, each step's loss is over that many label pixels per
+        image drawn uniformly (an unbiased estimate of the per-image mean). `progress` labels a
+        progress bar over the steps (None: none)."""
+        acts, labels = self.acts, self.labels
+        g, device = self.weight.shape[0], self.weight.device
+        size = labels.shape[-2:]
+        flat_labels = labels.flatten(1)  # (N, H*W)
+        probes = torch.arange(g, device=device)
+        moments = [torch.zeros_like(p) for p in (self.weight, self.bias) for _ in range(2)]
+        done = torch.zeros(g, device=device)  # Adam steps taken per probe
+        gen = torch.Generator(device=device).manual_seed(seed)
+        steps = self.label_index.shape[0]
+        bar = tqdm(
+            total=epochs * steps, desc=progress, unit="step", disable=progress is None, leave=False
+        )
+        for _ in range(epochs):
+            for t in range(steps):
+                filled, index = self.filled[t], self.label_index[t]  # (G, B) each
+                present = self.present[index] & filled[..., None]  # (G, B, C)
+                with torch.enable_grad():
+                    logits = self.logits(acts[self.act_index[t]], probes)  # (G, B, C, h, w)
+                    flat = logits.flatten(0, 1)  # (G*B, C, h, w)
+                    if pixels is None:
+                        z, lab = resize_logits(flat, size), labels[index].flatten(0, 1)
+                    else:
+                        where = torch.randint(
+                            size[0] * size[1], (*index.shape, pixels), generator=gen, device=device
+                        )  # (G, B, P)
+                        z = logits_at(flat, where.flatten(0, 1), size)[:, :, None]  # (GB, C, 1, P)
+                        lab = flat_labels[index[..., None], where].flatten(0, 1)[:, None]
+                    target, valid = concept_targets(lab, self.concepts, self.ignore_index)
+                    alpha = self.alpha[:, None].expand(-1, filled.shape[1], -1).flatten(0, 1)
+                    loss = weighted_bce(z, target, alpha, valid).unflatten(0, filled.shape)
+                    # per probe and concept: the mean over its batch images containing the
+                    # concept, as Net2Vec._step
+                    per_concept = (loss * present).sum(1) / present.sum(1).clamp_min(1)
+                    grads = torch.autograd.grad(per_concept.sum(), (self.weight, self.bias))
+                active = filled.any(1)  # (G,)
+                done += active
+                self._adam(grads, moments, done, active, lr)
+                bar.update()
+        bar.close()
+
+    @torch.no_grad()
+    def _adam(
+        self,
+        grads: tuple[Tensor, Tensor],
+        moments: list[Tensor],
+        done: Tensor,
+        active: Tensor,
+        lr: float,
+    ) -> None:
+        """torch.optim.Adam's update (defaults: betas 0.9 / 0.999, eps 1e-8) per probe, applied
+        only to the probes that had a batch."""
+        b1, b2 = self.betas
+        t = done.clamp_min(1)
+        for k, (param, grad) in enumerate(zip((self.weight, self.bias), grads, strict=True)):
+            shape = (-1,) + (1,) * (param.dim() - 1)
+            on = active.view(shape)
+            m, v = moments[2 * k], moments[2 * k + 1]
+            m.copy_(torch.where(on, m.lerp(grad, 1 - b1), m))
+            v.copy_(torch.where(on, v * b2 + (1 - b2) * grad * grad, v))
+            step = (lr / (1 - b1**t)).view(shape)
+            denom = (v.sqrt() / (1 - b2**t).sqrt().view(shape)) + self.eps
+            param.sub_(torch.where(on, step * m / denom, torch.zeros_like(param)))
+
+    @torch.no_grad()
+    def overlap(self, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+        """Eq. 3's intersections and unions `(S, C)`, pooled over folds: each image scored at
+        full label resolution by its split's probe that did not train on it."""
+        acts, labels = self.acts, self.labels
+        device = acts.device
+        probe = torch.stack([p.fold_of + i * self.folds for i, p in enumerate(self.plans)])
+        source = torch.stack([p.source for p in self.plans])  # (S, N)
+        probe, source = probe.to(device), source.to(device)
+        inter = torch.zeros(len(self.plans), self.concepts, dtype=torch.float64, device=device)
+        union = torch.zeros_like(inter)
+        ids = torch.arange(self.concepts, device=device)[:, None, None]
+        for i in range(0, acts.shape[0], batch_size):
+            chunk = slice(i, i + batch_size)
+            logits = self.logits(acts[source[:, chunk]], probe[:, chunk])  # (S, b, C, h, w)
+            pred = resize_logits(logits.flatten(0, 1), labels.shape[-2:]) > 0  # sigmoid > 0.5
+            pred = pred.unflatten(0, logits.shape[:2])  # (S, b, C, H, W)
+            lab = labels[chunk][:, None]  # (b, 1, H, W)
+            truth = lab == ids  # (b, C, H, W): a true pixel is valid, its image has the concept
+            # union: pixels of the images containing the concept; ignore_index never counts
+            scored = self.present[chunk][:, :, None, None] & (lab != self.ignore_index)
+            inter += (pred & truth).sum((3, 4)).sum(1).double()
+            union += ((pred | truth) & scored).sum((3, 4)).sum(1).double()
+        return inter.cpu().numpy(), union.cpu().numpy()
+
+
+def resize_logits(logits: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """`(B, C, h, w)` -> `(B, C, H, W)`, bilinear without corner alignment (as `ConceptProbe`)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def logits_at(logits: Tensor, where: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """The bilinear upsampling of `resize_logits` evaluated only at flat pixel indices `where`
+    `(B, P)` of the `size` label grid: `(B, C, P)`, equal to `resize_logits(...)` there.
+
+    grid_sample without corner alignment maps a pixel centre to the same source point as
+    `interpolate` does, and clamping to the border equals interpolate's edge handling.
+    """
+    height, width = size
+    y = torch.div(where, width, rounding_mode="floor").to(logits.dtype)
+    x = (where % width).to(logits.dtype)
+    grid = torch.stack([(2 * x + 1) / width - 1, (2 * y + 1) / height - 1], -1)  # (B, P, 2)
+    out = F.grid_sample(
+        logits, grid[:, None], mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return out[:, :, 0]
 
 
 def cached_batches(pairs: list[tuple[Tensor, Tensor]], batch_size: int | None = None) -> Batches:

@@ -58,7 +58,7 @@ from fusescope.data.folder import FolderDataset
 from fusescope.data.transforms import Normalize
 from fusescope.dissect.cka import CKAAccumulator
 from fusescope.dissect.gradcam import GradCAM, shared_scale
-from fusescope.dissect.net2vec import Net2Vec, concept_pixels
+from fusescope.dissect.net2vec import HeldOutSplit, Net2Vec, concept_pixels
 from fusescope.dissect.svar import concept_variance, semantic_variance
 from fusescope.dissect.taps import Tap, find_module, move_batch, stream_features
 from fusescope.engine.checkpoint import load_run, require_task
@@ -90,18 +90,25 @@ TABLE_I = (
 )
 
 
+# label pixels per image and probe step (of 12,288 at the demo's 96x128); see DissectOptions
+PROBE_PIXELS = 1024
+
+
 @dataclass
 class DissectOptions:
     """What the protocol measures and on which data.
 
     Attributes:
-        split: the probe split (the paper: 500 test pairs).
+        split: the probe split (the paper: 500 test pairs), or several joined by "+"
+            (`val+test`): images none of the runs trained on.
         probe_size: use the first N images of the split (None: all).
         batch_size: images per streamed batch; also the CKA minibatch (>= 4 for debiased).
         levels: encoder levels probed with Net2Vec (None: `default_levels`, stages 2 and 4).
         cka_levels: levels compared with CKA (None: all).
         epochs: Net2Vec epochs (the paper: 30).
         lr: Net2Vec learning rate (Adam on standardised channels).
+        pixels: label pixels per image in each probe step, drawn at random (None: every
+            pixel; see `Net2Vec`). Set IoU is scored on every pixel either way.
         cka_method: "minibatch" (bounded memory) or "exact" (full-set value, O(p^2) memory).
         gradcam_images: Grad-CAM examples per chosen class (one class per cue group).
         margin: Set IoU lead that counts as a modality specialising in a class (it must also
@@ -123,6 +130,7 @@ class DissectOptions:
     cka_levels: list[int] | None = None
     epochs: int = 30
     lr: float = 0.05
+    pixels: int | None = PROBE_PIXELS
     cka_method: str = "minibatch"
     gradcam_images: int = 3
     margin: float = 0.1
@@ -300,15 +308,40 @@ class RunInput:
 FEW_PROBE_IMAGES = 50  # below this, probe results are noisy enough to warn
 
 
+def probe_splits(spec: str) -> list[str]:
+    """`"test"` or `"val+test"` -> the splits whose images make the probe set, in order."""
+    splits = [s.strip() for s in spec.split("+")]
+    if not all(splits) or len(set(splits)) < len(splits):
+        raise FusescopeError(f"probe split {spec!r}: give split names joined by '+', e.g. val+test")
+    return splits
+
+
+class ProbeSet(torch.utils.data.ConcatDataset):
+    """The images of one or more splits of a data folder, in order, as one probe set (images a
+    run trained on have no place in it: the protocol probes held-out images)."""
+
+    def __init__(self, root: str | os.PathLike, splits: Sequence[str], modalities: list[str]):
+        parts = [FolderDataset(root, split, modalities) for split in splits]
+        super().__init__(parts)
+        self.meta, self.root = parts[0].meta, parts[0].root
+
+
 def probe_loader(runs: Runs, opts: DissectOptions) -> tuple[Any, torch.utils.data.DataLoader]:
     """The raw (unnormalised) probe set over both modalities and its loader."""
     root = opts.data_root or runs.joint.cfg.data.root
-    ds = FolderDataset(root, opts.split, [runs.rgb_modality, runs.depth_modality])
+    splits = probe_splits(opts.split)
+    trained_on = {str(run.cfg.data.train_split) for run in (runs.rgb, runs.depth, runs.joint)}
+    if root == runs.joint.cfg.data.root and trained_on & set(splits):
+        warn(
+            f"probe split(s) {', '.join(sorted(trained_on & set(splits)))} of {root}: the runs "
+            f"trained on these images, so their features fit them better than new images"
+        )
+    ds = ProbeSet(root, splits, [runs.rgb_modality, runs.depth_modality])
     if ds.meta.class_names != runs.rgb.meta.class_names:
         raise FusescopeError(f"{root}: classes differ from the runs' classes")
     n = len(ds) if opts.probe_size is None else min(opts.probe_size, len(ds))
     if n < 4:
-        raise FusescopeError(f"{root}/splits/{opts.split}.txt: {n} images; the probe needs >= 4")
+        raise FusescopeError(f"{root}, split {opts.split}: {n} images; the probe needs >= 4")
     if n < FEW_PROBE_IMAGES:
         warn(
             f"the probe set has only {n} images ({root}, split {opts.split}): Set IoU, SVar "
@@ -386,6 +419,7 @@ def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissect
         lr=opts.lr,
         ignore_index=meta.ignore_index,
         device=opts.device,
+        pixels=opts.pixels,
     )
     splits: dict[str, dict[str, np.ndarray]] = {}  # level -> feature -> (seeds, C)
     floors: dict[str, dict[str, np.ndarray]] = {}
@@ -395,21 +429,29 @@ def dissect(runs: Runs, opts: DissectOptions, progress: bool = False) -> Dissect
         for f in FEATURES:
             k = levels.index(lvl) * len(FEATURES) + list(FEATURES).index(f) + 1
             stage(
-                f"Net2Vec probe {k}/{len(levels) * len(FEATURES)}: {FEATURES[f]}, stage "
-                f"{lvl + 1} ({opts.seeds} splits x {opts.folds} folds, held-out and noise "
-                f"floor)",
+                f"Net2Vec probes {k}/{len(levels) * len(FEATURES)}: {FEATURES[f]}, stage "
+                f"{lvl + 1} ({opts.seeds} splits x {opts.folds} folds, held out and noise "
+                f"floor: {2 * opts.seeds * opts.folds} probes trained as one)",
                 progress,
             )
             pairs = cache.pop(f"{f}/{lvl}")
             acts = torch.cat([a for a, _ in pairs])  # (N, K, h, w)
             labels = torch.cat([lab for _, lab in pairs])  # (N, H, W)
             del pairs
-            held, floor = [], []
-            for seed in range(opts.seeds):
-                kw = {"folds": opts.folds, "seed": seed, "batch_size": opts.batch_size}
-                held.append(net2vec.cross_validated(acts, labels, **kw))
-                floor.append(net2vec.cross_validated(acts, labels, noise_floor=True, **kw))
-            splits[str(lvl)][f], floors[str(lvl)][f] = np.array(held), np.array(floor)
+            # every split's held-out probes and noise-floor probes, trained as one bank
+            scores = net2vec.held_out(
+                acts,
+                labels,
+                [
+                    HeldOutSplit(seed, floor)
+                    for floor in (False, True)
+                    for seed in range(opts.seeds)
+                ],
+                folds=opts.folds,
+                batch_size=opts.batch_size,
+                progress=f"{FEATURES[f]}, stage {lvl + 1}" if progress else None,
+            )
+            splits[str(lvl)][f], floors[str(lvl)][f] = scores[: opts.seeds], scores[opts.seeds :]
     valid = (labels != meta.ignore_index) & (labels >= 0) & (labels < num_classes)
     pixels = concept_pixels(labels, num_classes, valid).sum(0).double()  # (C,)
     frequency = (pixels / valid.sum().clamp_min(1)).numpy()

@@ -106,12 +106,30 @@ def plot_set_iou(
 
 
 def plot_known_answer(by_level: dict, path: Path) -> Path:
+    """`known_answer_figure` written to `path`."""
+    return _save(known_answer_figure(by_level), path)
+
+
+def known_answer_figure(by_level: dict):
     """Per Net2Vec level: mean held-out Set IoU of each cue group for RGB (separate) and depth
     (separate), spread over probe splits as error bars, noise floor as black ticks, and the
-    known-answer verdict in the panel title."""
+    known-answer verdicts under the panel title, one per line (side by side they ran into the
+    next panel's title). One y axis for every panel, labelled once."""
     plt = _pyplot()
     levels = sorted(by_level, key=int)
-    fig, axes = plt.subplots(1, len(levels), figsize=(3.6 * len(levels), 3.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(levels),
+        figsize=(4.2 * len(levels), 3.8),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
+    )
+    top = 0.0
+    short = {
+        "rgb_leads_on_appearance": "RGB > depth on A",
+        "depth_leads_on_geometry": "depth > RGB on G",
+    }
     for ax, lvl in zip(axes[0], levels, strict=True):
         spec = by_level[lvl]
         groups = list(spec["cue_mean_iou"])
@@ -123,16 +141,17 @@ def plot_known_answer(by_level: dict, path: Path) -> Path:
             xs = x + side * 0.2
             ax.bar(xs, v, 0.4, yerr=sd, capsize=3, color=color, label=f"{m} (separate)")
             ax.hlines(floor, xs - 0.2, xs + 0.2, colors="black", linewidth=1.6)
+            top = max(top, float(np.nanmax(v + sd, initial=0)))
         ax.plot([], [], color="black", linewidth=1.6, label="noise floor")
-        ax.set_xticks(x, [f"{g}-only" if g != "both" else "both cues" for g in groups], fontsize=8)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("mean held-out Set IoU")
+        ticks = {"appearance": "appearance\nonly (A)", "geometry": "geometry\nonly (G)"}
+        ax.set_xticks(x, [ticks.get(g, "both\ncues") for g in groups], fontsize=8)
         verdicts = spec.get("known_answer", {})
-        short = {"rgb_leads_on_appearance": "RGB>D on A", "depth_leads_on_geometry": "D>RGB on G"}
-        title = ", ".join(f"{short.get(k, k)}: {v}" for k, v in verdicts.items())
-        ax.set_title(f"stage {int(lvl) + 1}\n{title}", fontsize=9)
-        ax.legend(fontsize=7, loc="upper left")
-    return _save(fig, path)
+        lines = [f"{short.get(k, k)}: {v}" for k, v in verdicts.items()]
+        ax.set_title("\n".join([f"stage {int(lvl) + 1}", *lines]), fontsize=9)
+    axes[0, 0].set_ylabel("mean held-out Set IoU")
+    axes[0, 0].set_ylim(0, min(1.0, max(0.3, 1.35 * top)))  # room for the legend
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    return fig
 
 
 def plot_cka(cka: dict, out: Path) -> list[Path]:

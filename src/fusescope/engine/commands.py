@@ -17,7 +17,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     _require_onnx()
     run = load_run(args.run)
     require_task(run, "segmentation", "fusescope export")
-    info = export_run(run, args.out, size=tuple(args.size) if args.size else None)
+    info = export_run(
+        run, args.out, size=tuple(args.size) if args.size else None, progress=not args.quiet
+    )
     print(
         f"wrote {args.out} (opset {info['opset']}, inputs "
         f"{', '.join(info['modalities'])} normalised, output logits; ONNX Runtime vs PyTorch "
@@ -49,6 +51,7 @@ def register(subparsers) -> None:
         help="example input size for tracing (height and width stay dynamic; "
         "default: the run's crop size)",
     )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("compare", help="compare runs: a table and overlaid training curves")

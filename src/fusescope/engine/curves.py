@@ -4,7 +4,10 @@
                                    exchanged fraction per stage when logged)
     fusescope compare RUN... --out DIR
         DIR/compare.md, compare.json   one row per run: method, steps, final loss, best
-                                       validation mIoU, test/val mIoU and per cue group
+                                       validation metric, and the task's own test/val metrics
+                                       (segmentation: mIoU and per cue group; translation: L1,
+                                       PSNR, SSIM, FID, KID per target; classification: micro
+                                       / macro F1, mAP, F1 per cue group)
         DIR/curves.png                 the runs' curves overlaid
 
 Everything is read from the run folder (`metrics.jsonl`, `eval_*.json`, `config.yaml`), so
@@ -147,30 +150,55 @@ def _method(run_dir: Path) -> str:
     return str(OmegaConf.load(cfg).model.name) if cfg.is_file() else "?"
 
 
+def run_task(run_dir: Path) -> str:
+    """The task a run folder's config names (segmentation when it names none)."""
+    from omegaconf import OmegaConf
+
+    return str(OmegaConf.load(run_dir / "config.yaml").get("task", "segmentation"))
+
+
 def compare_runs(runs: list[str | os.PathLike], out: str | os.PathLike) -> list[Path]:
-    """Write DIR/compare.md, DIR/compare.json and DIR/curves.png for `runs`."""
+    """Write DIR/compare.md, DIR/compare.json and DIR/curves.png for `runs`: one row per run
+    with its task's own metrics (`Task.compare_columns` of its evaluation result).
+
+    Raises:
+        FusescopeError: a folder that is not a run, or runs of different tasks (their metrics
+            do not share a table).
+    """
+    from fusescope.tasks import task_of
+
     runs = [Path(r) for r in runs]
     names = [r.name for r in runs]
     if len(set(names)) < len(names):  # runs of the same folder name in different places
         names = [str(r) for r in runs]
-    series_list, rows = [], []
-    for run, name in zip(runs, names, strict=True):
+    for run in runs:
         if not (run / "config.yaml").is_file():
             raise FusescopeError(f"{run}: not a fusescope run folder (no config.yaml)")
+    tasks = {run: run_task(run) for run in runs}
+    if len(set(tasks.values())) > 1:
+        listed = ", ".join(f"{run.name} ({task})" for run, task in tasks.items())
+        raise FusescopeError(
+            f"fusescope compare takes runs of one task (their metrics differ): {listed}"
+        )
+    task = task_of(tasks[runs[0]])
+    val_key = f"val_{task.primary_metric}"
+    series_list, rows = [], []
+    for run, name in zip(runs, names, strict=True):
         series = read_metrics(run)
         series_list.append(series)
-        result = final_eval(run) or {}
-        val = series.get("val_miou") or []
+        result = final_eval(run)
+        val = [v for _, v in series.get(val_key) or []]
+        best = (max if task.higher_is_better else min)(val) if val else None
+        columns = task.compare_columns(result) if result else {}
         rows.append(
             {
                 "run": name,
                 "method": _method(run),
                 "steps": series["loss"][-1][0] if series.get("loss") else None,
                 "final_loss": series["loss"][-1][1] if series.get("loss") else None,
-                "best_val_miou": max(v for _, v in val) if val else None,
-                "eval_split": result.get("split"),
-                "miou": result.get("miou"),
-                **{f"{k}_miou": v for k, v in (result.get("cue_group_miou") or {}).items()},
+                f"best val {task.primary_metric}": best,
+                "eval split": result.get("split") if result else None,
+                **columns,
             }
         )
     out = Path(out)
@@ -178,28 +206,22 @@ def compare_runs(runs: list[str | os.PathLike], out: str | os.PathLike) -> list[
         raise FusescopeError(f"{out}: exists and is not a folder")
     columns = list(dict.fromkeys(k for r in rows for k in r))
 
-    def fmt(key: str, v) -> str:
-        if v is None:
+    def fmt(v) -> str:
+        if v is None or (isinstance(v, float) and v != v):
             return "n/a"
-        if key.endswith("miou"):
-            return f"{100 * v:.1f}"
         if isinstance(v, float):
-            return f"{v:.3g}"
+            return f"{v:.4g}"
         return str(v)
 
-    titles = {"miou": "mIoU", "best_val_miou": "best val mIoU"}
-    header = (
-        "| "
-        + " | ".join(titles.get(c, c.replace("_miou", " mIoU").replace("_", " ")) for c in columns)
-        + " |"
-    )
+    header = "| " + " | ".join(c.replace("_", " ") for c in columns) + " |"
     lines = [header, "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(c, r.get(c)) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
     md = out / "compare.md"
     with atomic_path(md) as tmp:
         tmp.write_text(
-            "mIoU in %, from each run's eval_<split>_none.json; best val mIoU from "
-            "validation during training (train.eval_every)\n\n" + "\n".join(lines) + "\n"
+            f"{task.name} runs; metrics from each run's eval_<split>_none.json (n/a: not "
+            f"evaluated yet, run `fusescope eval RUN`); best val {task.primary_metric} from "
+            f"validation during training (train.eval_every)\n\n" + "\n".join(lines) + "\n"
         )
     write_json(out / "compare.json", rows)
     png = draw(series_list, names, out / CURVES, title="training curves")

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from fusescope.console import warn
 from fusescope.data.kinds import kind_of
@@ -94,16 +95,34 @@ def unsupported_reason(model: nn.Module) -> str | None:
     return declared() if callable(declared) else None
 
 
+def stream_outputs(model: nn.Module, modalities: list[str]) -> dict[str, str]:
+    """modality -> ONNX output name of its stream's logits, for a model with its own rule for
+    an absent modality (`combine_present`: only the present streams are combined). The graph
+    returns them beside `logits`, so `predict --onnx` with a modality left out applies the
+    PyTorch model's own rule to them (`OnnxSegmentor`). Empty for other models."""
+    if getattr(model, "combine_present", None) is None or len(modalities) < 2:
+        return {}
+    return {m: f"logits_{m}" for m in modalities}
+
+
 class _LogitsGraph(nn.Module):
-    """The traced function: one tensor per modality in, the scored logits out."""
+    """The traced function: one tensor per modality in; the scored logits out, then each
+    stream's logits where `stream_outputs` names them."""
 
     def __init__(self, model: nn.Module, modalities: list[str]):
         super().__init__()
         self.model = model
         self.modalities = list(modalities)
+        self.streams = list(stream_outputs(model, self.modalities))
 
-    def forward(self, *inputs: Tensor) -> Tensor:
-        return self.model(dict(zip(self.modalities, inputs, strict=True)))["logits"]
+    def output_names(self) -> list[str]:
+        return ["logits", *stream_outputs(self.model, self.modalities).values()]
+
+    def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
+        out = self.model(dict(zip(self.modalities, inputs, strict=True)))
+        if not self.streams:
+            return out["logits"]
+        return (out["logits"], *(out["per_modality"][m] for m in self.streams))
 
 
 def describe(run: Run) -> dict:
@@ -116,7 +135,7 @@ def describe(run: Run) -> dict:
             "kind": spec.kind,
             "channels": spec.channels,
             "decode": kind.describe,
-            **({f"scale_{kind.unit}_per_unit": spec.scale} if spec.scale is not None else {}),
+            **({f"scale_{kind.unit}_per_unit": spec.scale} if spec.scale and kind.unit else {}),
             "mean": run.stats[name]["mean"],
             "std": run.stats[name]["std"],
             "holes": f"{spec.kind} 0 (no reading) stays 0 after normalisation"
@@ -134,6 +153,8 @@ def describe(run: Run) -> dict:
         "weights_sha256": weights_digest(run.model),
         "inputs": "one float32 (N, C, H, W) tensor per modality, normalised: (x - mean) / std",
         "output": "logits (N, num_classes, H, W)",
+        # with a modality absent, combine only these present streams' logits (the model's rule)
+        "stream_outputs": stream_outputs(run.model, list(run.model.modalities)),
         "modalities": modalities,
         "classes": [{"id": c.id, "name": c.name, "color": list(c.color)} for c in run.meta.classes],
     }
@@ -146,11 +167,12 @@ def export_model(
     out: str | os.PathLike,
     size: tuple[int, int] = (64, 80),
     metadata: dict | None = None,
+    progress: bool = False,
 ) -> float:
     """Export `model` (eval mode) to ONNX at `out` with dynamic batch, height and width.
 
     The export is run through ONNX Runtime at two sizes and compared with PyTorch before the
-    file is moved into place.
+    file is moved into place (`progress`: a bar over the trace and the two checks, on stderr).
 
     Returns:
         The largest absolute logit difference between ONNX Runtime and PyTorch.
@@ -171,7 +193,9 @@ def export_model(
     device = next(model.parameters()).device
     example = tuple(torch.randn(1, channels[m], *size, device=device) for m in modalities)
     dims = {0: "batch", 2: "height", 3: "width"}
-    with atomic_path(out, suffix=".onnx") as tmp:
+    outputs = graph.output_names()
+    bar = tqdm(total=3, desc="export: tracing", unit="step", disable=not progress, leave=False)
+    with bar, atomic_path(out, suffix=".onnx") as tmp:
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # the tracer's notes on Python-side sizes
@@ -180,10 +204,10 @@ def export_model(
                     example,
                     str(tmp),
                     input_names=list(modalities),
-                    output_names=["logits"],
+                    output_names=outputs,
                     opset_version=OPSET,
                     dynamo=False,
-                    dynamic_axes={**{m: dims for m in modalities}, "logits": dims},
+                    dynamic_axes={**{m: dims for m in modalities}, **dict.fromkeys(outputs, dims)},
                 )
         except Exception as err:  # the exporter's own message, first line only
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
@@ -194,8 +218,9 @@ def export_model(
             metadata = {**metadata, "graph_sha256": graph_digest(proto)}
             entry.key, entry.value = "fusescope", json.dumps(metadata)
             onnx.save(proto, str(tmp))
+        bar.update()
         try:
-            worst = check_against_torch(tmp, graph, modalities, channels, size, device)
+            worst = check_against_torch(tmp, graph, modalities, channels, size, device, bar)
         except (MemoryError, RuntimeError) as err:
             if not is_out_of_memory(err):
                 raise
@@ -217,13 +242,15 @@ def check_against_torch(
     channels: dict[str, int],
     size: tuple[int, int],
     device: torch.device,
+    bar: tqdm | None = None,
 ) -> float:
     """Largest |ONNX Runtime - PyTorch| logit difference on random inputs of two sizes (the
     export size and another, so a height or width baked in as a constant is caught); infinite
-    where either gives a logit that is not finite (a NaN is never "no difference").
+    where either gives a value that is not finite (a NaN is never "no difference").
 
     Raises:
-        FusescopeError: PyTorch's own logits are not finite (NaN or infinite weights).
+        FusescopeError: PyTorch's own logits are not finite (NaN or infinite weights), or ONNX
+            Runtime cannot run the graph (first line of its message).
     """
     import onnxruntime as ort
 
@@ -231,24 +258,38 @@ def check_against_torch(
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
     for h, w in (size, (size[0] + 24, size[1] + 40)):
+        if bar is not None:
+            bar.set_description(f"export: checking {h}x{w} against PyTorch")
         xs = [torch.randn(2, channels[m], h, w, generator=gen) for m in modalities]
         with torch.no_grad():
-            ref = graph(*(x.to(device) for x in xs)).float().cpu().numpy()
-        got = session.run(["logits"], {m: x.numpy() for m, x in zip(modalities, xs, strict=True)})[
-            0
-        ]
-        if got.shape != ref.shape:
-            raise FusescopeError(f"ONNX output shape {got.shape} != PyTorch {ref.shape}")
-        if not np.isfinite(ref).all():
+            ref = graph(*(x.to(device) for x in xs))
+        ref = [r.float().cpu().numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
+        feeds = {m: x.numpy() for m, x in zip(modalities, xs, strict=True)}
+        try:
+            got = session.run(None, feeds)  # every output: logits, then each stream's
+        except Exception as err:  # ONNX Runtime's own failure, first line only
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
             raise FusescopeError(
-                "the model's PyTorch logits are not finite (NaN or infinite weights?); not exported"
-            )
-        diff = float(np.abs(got - ref).max())
-        worst = max(worst, diff if math.isfinite(diff) else math.inf)
+                f"the exported graph fails in ONNX Runtime at {h}x{w} (not written): {first}"
+            ) from None
+        if bar is not None:
+            bar.update()
+        for g, r in zip(got, ref, strict=True):
+            if g.shape != r.shape:
+                raise FusescopeError(f"ONNX output shape {g.shape} != PyTorch {r.shape}")
+            if not np.isfinite(r).all():
+                raise FusescopeError(
+                    "the model's PyTorch logits are not finite (NaN or infinite weights?); "
+                    "not exported"
+                )
+            diff = float(np.abs(g - r).max())
+            worst = max(worst, diff if math.isfinite(diff) else math.inf)
     return worst
 
 
-def export_run(run: Run, out: str | os.PathLike, size: tuple[int, int] | None = None) -> dict:
+def export_run(
+    run: Run, out: str | os.PathLike, size: tuple[int, int] | None = None, progress: bool = False
+) -> dict:
     """Export a loaded run to `out` (.onnx) and its description to `out` + `.json`, both or
     neither. An unfinished run is exported with a warning; its step is in the description.
 
@@ -281,7 +322,9 @@ def export_run(run: Run, out: str | os.PathLike, size: tuple[int, int] | None = 
         )
     remove_stale_temps(out.parent, [out.name, sidecar.name])  # a killed export's leftovers
     info = describe(run)
-    worst = export_model(run.model.eval(), modalities, channels, out, tuple(size), info)
+    worst = export_model(
+        run.model.eval(), modalities, channels, out, tuple(size), info, progress=progress
+    )
     info["max_abs_diff_vs_torch"] = worst
     try:
         write_json(sidecar, info)
@@ -368,7 +411,7 @@ class OnnxSegmentor:
     def __init__(self, path: str | os.PathLike, run: Run, threads: int = 0):
         import onnxruntime as ort
 
-        verify_onnx(path, run)
+        meta = verify_onnx(path, run)
         if threads < 0:
             raise FusescopeError(f"--threads must be 0 (all cores) or more, got {threads}")
         options = ort.SessionOptions()
@@ -377,6 +420,12 @@ class OnnxSegmentor:
         self.modalities = [i.name for i in self.session.get_inputs()]
         self.num_classes = run.meta.num_classes
         self.training = False
+        self.path = Path(path)
+        self.streams = dict(meta.get("stream_outputs") or {})  # modality -> output name
+        self._combine = getattr(run.model, "combine_present", None)
+        if self._combine is not None and self.streams:
+            # a modality left out: the PyTorch model's own rule, on the graph's stream logits
+            self.combine_present = self._combine
 
     def eval(self) -> OnnxSegmentor:
         return self
@@ -386,12 +435,26 @@ class OnnxSegmentor:
             raise FusescopeError("an ONNX model cannot be trained")
         return self
 
+    def check_absent(self, absent: list[str]) -> None:
+        """Refuse to leave modalities out of a file exported before the streams' logits were
+        outputs, when the run's rule needs them (`ModalityAbsent` asks)."""
+        if absent and self._combine is not None and not self.streams:
+            raise FusescopeError(
+                f"{self.path}: exported without its streams' logits (an earlier fusescope), "
+                f"so {', '.join(absent)} cannot be left out the way PyTorch does (only the "
+                f"present streams combined); export the run again"
+            )
+
     def __call__(self, batch: dict[str, Tensor]) -> dict:
         feeds = {m: batch[m].detach().float().cpu().numpy() for m in self.modalities}
-        logits = self.session.run(["logits"], feeds)[0]
-        ref = batch[self.modalities[0]]
+        names = ["logits", *self.streams.values()]
+        logits, *streams = self.session.run(names, feeds)
+        device = batch[self.modalities[0]].device
         return {
-            "logits": torch.from_numpy(logits).to(ref.device),
-            "per_modality": {},
+            "logits": torch.from_numpy(logits).to(device),
+            "per_modality": {
+                m: torch.from_numpy(x).to(device)
+                for m, x in zip(self.streams, streams, strict=True)
+            },
             "aux_losses": {},
         }

@@ -119,6 +119,9 @@ class ModalityAbsent(nn.Module):
         present = [m for m in known if m not in absent]
         if not present:
             raise FusescopeError(f"cannot drop every modality of the run ({', '.join(known)})")
+        check = getattr(model, "check_absent", None)  # a model that cannot follow the rule
+        if check is not None:
+            check(list(absent))
         self.model = model
         self.absent = [m for m in known if m in absent]
         self.modalities = present

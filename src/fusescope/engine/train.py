@@ -420,6 +420,8 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric) -> 
     # one <unk> word)
     dropout_kinds = {m: kind_of(meta.modalities[m]) for m in dropout}
 
+    if rank0 and t.tensorboard:
+        require_tensorboard()
     # everything is checked: only now is the run folder written
     if rank0:
         # under the lock no other process writes here: temp files are a killed run's leftovers
@@ -730,8 +732,9 @@ def _read_saved_config(path: Path) -> dict:
     return to_container(config_from_dict(loaded))
 
 
-def open_tensorboard(out: Path):
-    """A TensorBoard writer under RUN/tensorboard (optional: metrics.jsonl is always written)."""
+def require_tensorboard():
+    """TensorBoard's `SummaryWriter`, or a one-line error (asked before the run folder is
+    written, so a missing package leaves nothing behind)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
@@ -739,7 +742,12 @@ def open_tensorboard(out: Path):
             "train.tensorboard=true needs the tensorboard package: pip install "
             "'fusescope[tensorboard]'"
         ) from None
-    return SummaryWriter(str(out / "tensorboard"))
+    return SummaryWriter
+
+
+def open_tensorboard(out: Path):
+    """A TensorBoard writer under RUN/tensorboard (optional: metrics.jsonl is always written)."""
+    return require_tensorboard()(str(out / "tensorboard"))
 
 
 def _evaluate_during_training(fabric, model, cfg, stats, meta, step, log_file) -> None:

@@ -226,7 +226,9 @@ def mean_of_others(x5: Tensor) -> Tensor:
     if M == 2:
         return x5.flip(1)
     mix = (1.0 - torch.eye(M, device=x5.device, dtype=x5.dtype)) / (M - 1)
-    return torch.matmul(mix, x5.reshape(x5.shape[0], M, -1)).view(x5.shape)
+    # view_as, not view(x5.shape): a traced export keeps the sizes dynamic (view(shape) bakes
+    # in the example's batch, height and width)
+    return torch.matmul(mix, x5.reshape(x5.shape[0], M, -1)).view_as(x5)
 
 
 def common_channels(modalities: list[str], in_channels: dict[str, int]) -> int:

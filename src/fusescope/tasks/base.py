@@ -29,11 +29,13 @@ class Task:
         name: the config's `task` value.
         methods: the registry `model.name` is looked up in.
         primary_metric: key of `evaluate`'s result logged as `val_<key>` during training.
+        higher_is_better: whether a larger `primary_metric` is better (compare's "best val").
     """
 
     name: str
     methods: Registry
     primary_metric: str
+    higher_is_better: bool = True
 
     def check_data(self, cfg: DictConfig, meta, world_size: int = 1) -> None:
         """Everything about the data that would otherwise fail after the run folder is written.
@@ -102,6 +104,11 @@ class Task:
 
     def format_result(self, result: dict) -> str:
         """`fusescope eval`'s human-readable lines for `evaluate_run`'s result."""
+        raise NotImplementedError
+
+    def compare_columns(self, result: dict) -> dict[str, float | None]:
+        """`fusescope compare`'s columns for one run's evaluation result: the task's own
+        metrics, each named with its unit and scaled as it should print (None: not measured)."""
         raise NotImplementedError
 
     def check_eval_options(self, **options: Any) -> None:

@@ -385,5 +385,25 @@ class ClassificationTask(Task):
             )
         return "\n".join(lines)
 
+    def compare_columns(self, result: dict) -> dict[str, float | None]:
+        def pct(key: str, within: dict | None = None) -> float | None:
+            value = (result if within is None else within).get(key)
+            return None if value is None else 100 * value
+
+        if result.get("multi_label", True) and "micro_f1" in result:
+            columns = {
+                "micro-F1 (%)": pct("micro_f1"),
+                "macro-F1 (%)": pct("macro_f1"),
+                "mAP (%)": pct("map"),
+            }
+            for cue in result.get("cue_group_f1") or {}:
+                columns[f"{cue} F1 (%)"] = pct(cue, result["cue_group_f1"])
+            return columns
+        return {
+            "accuracy (%)": pct("accuracy"),
+            "mean class accuracy (%)": pct("mean_class_accuracy"),
+            "macro-F1 (%)": pct("macro_f1"),
+        }
+
 
 TASK = register_task(ClassificationTask())

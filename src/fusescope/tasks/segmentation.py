@@ -132,6 +132,16 @@ class Segmentation(Task):
             lines.append(f"  {name:{width}s} IoU {pct(iou)}")
         return "\n".join(lines)
 
+    def compare_columns(self, result: dict) -> dict[str, float | None]:
+        columns = {"mIoU (%)": _percent(result.get("miou"))}
+        for name, value in (result.get("cue_group_miou") or {}).items():
+            columns[f"{name} mIoU (%)"] = _percent(value)
+        return columns
+
+
+def _percent(x: float | None) -> float | None:
+    return None if x is None else 100 * x
+
 
 def _class_weights(train_cfg: DictConfig, like: dict[str, Tensor]) -> Tensor | None:
     if train_cfg.class_weights is None:

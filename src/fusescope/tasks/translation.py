@@ -250,6 +250,7 @@ class TranslationTask(Task):
     name = "translation"
     methods = TRANSLATION_METHODS
     primary_metric = "l1"
+    higher_is_better = False
 
     # ------------------------------------------------------------------------------- data
     def check_data(self, cfg: DictConfig, meta: DatasetMeta, world_size: int) -> None:
@@ -542,5 +543,23 @@ class TranslationTask(Task):
                 )
         return "\n".join(lines)
 
+    def compare_columns(self, result: dict) -> dict[str, float | None]:
+        """Per target: L1, PSNR, SSIM, FID and KID x100 (FID / KID on the features the
+        result's `feature_network` names)."""
+        columns: dict[str, float | None] = {}
+        for target, scores in (result.get("per_target") or {}).items():
+            for key, title in TRANSLATION_COLUMNS:
+                columns[f"{target} {title}"] = scores.get(key)
+        return columns
+
+
+# (result key, column title) of each target in `fusescope compare`
+TRANSLATION_COLUMNS = (
+    ("l1", "L1"),
+    ("psnr", "PSNR (dB)"),
+    ("ssim", "SSIM"),
+    ("fid", "FID"),
+    ("kid", "KID x100"),
+)
 
 TASK = register_task(TranslationTask())

@@ -85,6 +85,24 @@ def write_frame(
     write_png(root / LABEL_DIR / name, frame.label, compress_level=1)
 
 
+DEFAULT_SPLITS = (0.7, 0.15, 0.15)  # train, val, test shares
+
+
+def planned(
+    num: int,
+    seed: int,
+    size: tuple[int, int],
+    modalities: Iterable[str] | None = None,
+    splits: tuple[float, float, float] = DEFAULT_SPLITS,
+) -> tuple[DatasetMeta, dict[str, int]]:
+    """What `generate` would write, without writing it: the meta.json and the frames per
+    split (`fusescope train --dry-run` on data that does not exist yet)."""
+    _check_args(num, seed, (int(size[0]), int(size[1])), splits)
+    meta = dataset_meta(num, seed, (int(size[0]), int(size[1])), splits, modalities)
+    counts = _split_counts(num, splits)
+    return meta, dict(zip(("train", "val", "test"), counts, strict=True))
+
+
 def _split_counts(num: int, splits: tuple[float, float, float]) -> list[int]:
     """Frames per split by largest remainder; every split with a positive share gets one."""
     shares = np.asarray(splits, dtype=np.float64) / sum(splits)
@@ -184,7 +202,7 @@ def generate(
     num: int,
     seed: int = 0,
     size: tuple[int, int] = (120, 160),
-    splits: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    splits: tuple[float, float, float] = DEFAULT_SPLITS,
     progress: bool = True,
     workers: int = 1,
     modalities: Iterable[str] | None = DEFAULT_MODALITIES,

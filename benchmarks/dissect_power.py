@@ -1,0 +1,160 @@
+"""Power of the dissection's known-answer check on fresh data seeds, at the demo's size and budget.
+
+For every seed folder `RUNS/s<seed>` holding `rgb_only/` and `depth_only/` runs trained as the
+demo trains them (320 frames of 96x128, 250 steps; `data/` beside them) this script makes one
+feature pass of the two encoders over the probe images at every level, then reads the
+known-answer check ("RGB leads on the appearance-only classes, depth on the geometry-only
+ones") under each probe setting with the protocol's own functions: `Net2Vec.held_out` (held out
+and noise floor) and `specialisation` (the margin rule: a lead beyond max(0.02, 2 sd over probe
+splits), the leader that far above its floor). Only the separately trained runs enter the check,
+so the joint run is not needed here.
+
+It prints, per setting and level, each seed's two verdicts with their leads, and the rate of
+seeds where both say "yes". The runs:
+
+    for s in 11 12 ...; do for c in rgb_only depth_only; do
+      fusescope train configs/synthetic/$c.yaml --out runs/power/s$s/$c \\
+        data.root=runs/power/s$s/data "data.synth={num: 320, seed: $s, size: [96, 128]}" \\
+        train.max_steps=250
+    done; done
+    python benchmarks/dissect_power.py --runs runs/power --seeds 11 12 13 14
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from fusescope.data.batching import collate
+from fusescope.dissect.net2vec import HeldOutSplit, Net2Vec
+from fusescope.dissect.protocol import (
+    PROBE_PIXELS,
+    DissectOptions,
+    ProbeSet,
+    RunInput,
+    probe_splits,
+    specialisation,
+)
+from fusescope.dissect.taps import Tap, stream_features
+from fusescope.engine.checkpoint import load_run
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One way of probing: which images, how the probes are split and trained."""
+
+    name: str
+    split: str = "test"
+    folds: int = 2
+    seeds: int = 3
+    epochs: int = 30
+    pixels: int | None = PROBE_PIXELS
+
+
+SETTINGS = {
+    s.name: s
+    for s in (
+        Setting("default"),
+        Setting("val+test", split="val+test"),
+        Setting("folds4", folds=4),
+        Setting("val+test,folds4", split="val+test", folds=4),
+        Setting("val+test,folds4,seeds5", split="val+test", folds=4, seeds=5),
+        Setting("every-pixel", pixels=None),
+    )
+}
+
+
+def features(seed_dir: Path, split: str, levels: list[int], batch_size: int = 16):
+    """{(modality, level): (acts (N, K, h, w), labels (N, H, W))} and the data's meta."""
+    runs = {m: load_run(seed_dir / f"{m}_only") for m in ("rgb", "depth")}
+    ds = ProbeSet(runs["rgb"].cfg.data.root, probe_splits(split), ["rgb", "depth"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
+    taps = {(m, lvl): (m, Tap("encoder", index=lvl)) for m in runs for lvl in levels}
+    adapt = {m: RunInput(run, "cpu") for m, run in runs.items()}
+    cache: dict = {k: ([], []) for k in taps}
+    models = {m: r.model.eval() for m, r in runs.items()}
+    for batch, feats in stream_features(models, taps, loader, adapt=adapt):
+        for k in taps:
+            cache[k][0].append(feats[k].cpu())
+            cache[k][1].append(batch["label"].cpu())
+    out = {k: (torch.cat(a), torch.cat(b)) for k, (a, b) in cache.items()}
+    return out, runs["rgb"].meta
+
+
+def verdicts(feats, meta, setting: Setting, level: int) -> dict:
+    """The protocol's known-answer reading of the two separate encoders at `level`."""
+    opts = DissectOptions()
+    net2vec = Net2Vec(
+        meta.num_classes,
+        epochs=setting.epochs,
+        lr=opts.lr,
+        ignore_index=meta.ignore_index,
+        pixels=setting.pixels,
+    )
+    splits = [HeldOutSplit(s, floor) for floor in (False, True) for s in range(setting.seeds)]
+    held, floors = {}, {}
+    for m in ("rgb", "depth"):
+        acts, labels = feats[(m, level)]
+        scores = net2vec.held_out(acts, labels, splits, folds=setting.folds)
+        held[f"{m}_sep"], floors[f"{m}_sep"] = scores[: setting.seeds], scores[setting.seeds :]
+    spec = specialisation(held, floors, meta, level, opts.margin, opts.margin_known)
+    return {
+        key: {
+            "verdict": verdict,
+            "lead": round(spec["known_answer_detail"][key]["lead"], 4),
+            "threshold": round(spec["known_answer_detail"][key]["threshold"], 4),
+        }
+        for key, verdict in spec.get("known_answer", {}).items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, default=Path("runs/power"))
+    parser.add_argument("--seeds", type=int, nargs="+", required=True)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    args = parser.parse_args()
+    settings = [SETTINGS[name] for name in args.settings]
+    table: dict = {}
+    for seed in args.seeds:
+        seed_dir = args.runs / f"s{seed}"
+        by_split: dict = {}
+        for setting in settings:
+            if setting.split not in by_split:
+                by_split[setting.split] = features(seed_dir, setting.split, args.levels)
+            feats, meta = by_split[setting.split]
+            for level in args.levels:
+                start = time.perf_counter()
+                result = verdicts(feats, meta, setting, level)
+                row = {"seconds": round(time.perf_counter() - start, 1), **result}
+                table.setdefault(setting.name, {}).setdefault(f"stage {level + 1}", {})[seed] = row
+                print(json.dumps({"seed": seed, "setting": setting.name, "level": level, **row}))
+    summary = {}
+    for name, by_level in table.items():
+        for stage, by_seed in by_level.items():
+            both = sum(
+                len(row) == 3  # seconds + the two checks
+                and all(v["verdict"] == "yes" for k, v in row.items() if k != "seconds")
+                for row in by_seed.values()
+            )
+            summary[f"{name} / {stage}"] = f"{both}/{len(by_seed)} seeds both yes"
+    print(
+        json.dumps(
+            {
+                "threads": torch.get_num_threads(),
+                "settings": {s.name: asdict(s) for s in settings},
+                "rate": summary,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
