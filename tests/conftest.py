@@ -104,6 +104,36 @@ TINY_MODEL = [
 ]
 
 
+# a tiny MiT (SegFormer's encoder) for the methods defined on transformer blocks only
+TINY_MIT = {
+    "name": "mit_b0",
+    "depths": [1, 1, 1, 1],
+    "embed_dims": [8, 16, 32, 64],
+    "num_heads": [1, 1, 2, 2],
+}
+
+
+def transformer_only(method: str) -> bool:
+    """Whether a segmentation method is a fusion op defined on transformer blocks alone
+    (TokenFusion, GeminiFusion): tests of every method build those on `TINY_MIT`."""
+    from fusescope.models.registry import FUSION_OPS
+
+    return method in FUSION_OPS and FUSION_OPS.get(method).block_families == ("transformer",)
+
+
+def tiny_backbone(method: str):
+    """The backbone a test of every method builds `method` on: resnet18, or TINY_MIT."""
+    return TINY_MIT if transformer_only(method) else "resnet18"
+
+
+def backbone_override(method: str) -> str:
+    """`tiny_backbone(method)` as a command-line override."""
+    b = tiny_backbone(method)
+    if isinstance(b, str):
+        return f"model.backbone={b}"
+    return "model.backbone={" + ", ".join(f"{k}: {v}" for k, v in b.items()) + "}"
+
+
 def cli_train(run, data_root, *extra, config=None) -> int:
     """`fusescope train` of a tiny model (TINY_MODEL) on `data_root` as the CLI runs it; returns
     the exit code. `config` defaults to the synthetic early_concat config."""

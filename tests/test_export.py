@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_MODEL, write_folder_dataset
+from conftest import TINY_MODEL, tiny_backbone, write_folder_dataset
 from fusescope.cli import main
 from fusescope.errors import FusescopeError
 from fusescope.models import FUSION_METHODS, build_model
@@ -41,7 +41,7 @@ CANNOT_EXPORT = {"mango": "fixed token grid"}
 
 def tiny_model(name):
     cfg, mods = TINY.get(name, ({"name": name}, ["rgb", "depth"]))
-    cfg = {"backbone": "resnet18", **cfg}
+    cfg = {"backbone": tiny_backbone(name), **cfg}
     return build_model(cfg, mods, {m: CHANNELS[m] for m in mods}, 3).eval(), mods
 
 

@@ -32,6 +32,7 @@ import warnings
 import pytest
 import torch
 
+from conftest import transformer_only
 from fusescope.errors import FusescopeError, OptionError
 from fusescope.models import FUSION_METHODS, FUSION_OPS, build_model
 from fusescope.models.classification import CLASSIFICATION_METHODS, build_classifier
@@ -68,7 +69,7 @@ SMALL_CLS = {"mango": {"blocks": 1, "width": 8, "slots": 2, "attn_dim": 8, "coup
 SMALL_TR = {"depth": 4, "width": 8, "dropout": 1}
 # ops defined on transformer tokens (no CNN or U-Net form), and the family they are tested on
 # where one family stands for all (export, three modalities)
-TRANSFORMER_ONLY = ("tokenfusion", "geminifusion")
+TRANSFORMER_ONLY = tuple(name for name in FUSION_OPS.names() if transformer_only(name))
 CNN_FAMILIES = ("resnet", "efficientnet", "convnext")
 # (task, method, family) that cannot work, and the reason their one-line error gives
 CANNOT = {

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, backbone_override
 from fusescope.config import load_config
 from fusescope.engine.checkpoint import load_run
 from fusescope.engine.distributed import GlobalBatchNorm2d
@@ -37,6 +37,7 @@ def test_every_method_trains_and_evaluates_in_bf16(tiny_data, tmp_path, method):
             f"data.root={tiny_data}",
             "data.synth=null",
             *TINY_MODEL,
+            backbone_override(method),
             f"model.name={method}",
             f"data.modalities={modalities}",
             "model.decoder={name: light, width: 32}",

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import tiny_backbone
 from fusescope.errors import FusescopeError
 from fusescope.models import FUSION_METHODS, build_model
 from fusescope.models.backbones import backbone_spec, create_encoder, feature_reductions
@@ -209,7 +210,7 @@ def test_every_method_takes_refinenet(method):
     modalities = ["rgb"] if method == "unimodal" else ["rgb", "depth"]
     decoder = {"name": "refinenet", "width": 8, "top_width": 16}
     model = build_model(
-        {"name": method, "backbone": "resnet18", "decoder": decoder},
+        {"name": method, "backbone": tiny_backbone(method), "decoder": decoder},
         modalities,
         {"rgb": 3, "depth": 1},
         4,

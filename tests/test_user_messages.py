@@ -296,8 +296,9 @@ def test_a_small_probe_set_warns(tiny_data):
     from fusescope.dissect.protocol import DissectOptions, probe_loader
 
     meta = load_meta(tiny_data)
-    run = SimpleNamespace(cfg=SimpleNamespace(data=SimpleNamespace(root=str(tiny_data))), meta=meta)
-    runs = SimpleNamespace(joint=run, rgb=run, rgb_modality="rgb", depth_modality="depth")
+    data = SimpleNamespace(root=str(tiny_data), train_split="train")
+    run = SimpleNamespace(cfg=SimpleNamespace(data=data), meta=meta)
+    runs = SimpleNamespace(joint=run, rgb=run, depth=run, rgb_modality="rgb", depth_modality="depth")
     with pytest.warns(FusescopeWarning, match=r"the probe set has only 4 images .*split test"):
         _, loader = probe_loader(runs, DissectOptions(batch_size=4))
     assert len(loader.dataset) == 4

@@ -1,7 +1,7 @@
 """`fusescope list methods|backbones|configs|tasks`: what exists, read from the registries.
 
 Nothing here names a method, backbone, task or config: every line comes from the tasks
-(`fusescope.tasks.TASK_NAMES`, each task's `methods` registry), the builders themselves (the
+(`fusescope.tasks.base.known_tasks()`, each task's `methods` registry), the builders themselves (the
 first line of the docstring, a `paper` attribute where the registry records one, the keyword
 arguments and their defaults), the backbone tables of `fusescope.models.backbones`, and the YAML
 files under `configs/`. A method or config added tomorrow is listed without touching this file.
@@ -42,11 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from fusescope.tasks.base import TASK_NAMES
+    from fusescope.tasks.base import known_tasks
 
-    if args.task is not None and args.task not in TASK_NAMES:
-        raise FusescopeError(f"--task {args.task!r} unknown; known: {', '.join(TASK_NAMES)}")
-    tasks = [args.task] if args.task else list(TASK_NAMES)
+    task_names = known_tasks()
+    if args.task is not None and args.task not in task_names:
+        raise FusescopeError(f"--task {args.task!r} unknown; known: {', '.join(task_names)}")
+    tasks = [args.task] if args.task else task_names
     text = {
         "methods": lambda: format_methods(method_rows(tasks), args.options),
         "backbones": format_backbones,
@@ -144,18 +145,25 @@ def format_backbones() -> str:
     return "\n".join(lines)
 
 
+# configs/_base_/: the shared parts the shipped configs name in their `_base_`, not runnable alone
+BASE_DIR = "_base_"
+
+
 def config_rows(tasks: list[str]) -> list[dict[str, Any]]:
     """Every YAML file under configs/ (of the source tree or the working directory) with its
     task, method, backbone, data and first comment line."""
     from omegaconf import OmegaConf
 
     from fusescope.bench.known_answer import config_dir
+    from fusescope.config import config_layers
 
     root = config_dir()
     rows = []
     for path in sorted(root.rglob("*.yaml")):
+        if BASE_DIR in path.relative_to(root).parts:  # fragments the configs inherit from
+            continue
         try:
-            cfg = OmegaConf.load(path)
+            cfg = OmegaConf.merge(*(layer for layer, _ in config_layers(path)))
         except Exception as err:  # a broken file is listed, not a crash
             rows.append({"config": str(path.relative_to(root.parent)), "error": str(err)})
             continue
@@ -210,10 +218,10 @@ def format_configs(rows: list[dict[str, Any]]) -> str:
 
 def task_rows() -> list[dict[str, Any]]:
     from fusescope.tasks import task_of
-    from fusescope.tasks.base import TASK_NAMES
+    from fusescope.tasks.base import known_tasks
 
     rows = []
-    for name in TASK_NAMES:
+    for name in known_tasks():
         task = task_of(name)
         rows.append(
             {

@@ -97,10 +97,10 @@ def unsupported_reason(model: nn.Module) -> str | None:
 
 def stream_outputs(model: nn.Module, modalities: list[str]) -> dict[str, str]:
     """modality -> ONNX output name of its stream's logits, for a model with its own rule for
-    an absent modality (`combine_present`: only the present streams are combined). The graph
+    an absent modality (`scores_streams`: only the present streams are combined). The graph
     returns them beside `logits`, so `predict --onnx` with a modality left out applies the
     PyTorch model's own rule to them (`OnnxSegmentor`). Empty for other models."""
-    if getattr(model, "combine_present", None) is None or len(modalities) < 2:
+    if not getattr(model, "scores_streams", False) or len(modalities) < 2:
         return {}
     return {m: f"logits_{m}" for m in modalities}
 
@@ -422,9 +422,11 @@ class OnnxSegmentor:
         self.training = False
         self.path = Path(path)
         self.streams = dict(meta.get("stream_outputs") or {})  # modality -> output name
-        self._combine = getattr(run.model, "combine_present", None)
-        if self._combine is not None and self.streams:
-            # a modality left out: the PyTorch model's own rule, on the graph's stream logits
+        streamed = bool(getattr(run.model, "scores_streams", False))
+        self._combine = run.model.combine_present if streamed else None
+        # a modality left out: the PyTorch model's own rule, on the graph's stream logits
+        self.scores_streams = streamed and bool(self.streams)
+        if self.scores_streams:
             self.combine_present = self._combine
 
     def eval(self) -> OnnxSegmentor:

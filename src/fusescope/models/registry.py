@@ -18,7 +18,8 @@ class FusionOpRegistry(Registry):
     into a `MultiStreamModel` at the sites its encoder's block family has. The function's
     keyword-only arguments are the op's one option set, for every task; `task_defaults` gives a
     task's paper defaults where they differ, `check(**options)` refuses bad values before
-    anything is built, `paper` says where the op comes from."""
+    anything is built, `paper` says where the op comes from, `block_families` the encoder block
+    families it is defined on (None: every one; `fusescope.models.sites`)."""
 
     def register(
         self,
@@ -28,6 +29,7 @@ class FusionOpRegistry(Registry):
         check: Callable[..., None] | None = None,
         task_defaults: dict[str, dict[str, Any]] | None = None,
         tasks: tuple[str, ...] = ("segmentation", "translation", "classification"),
+        block_families: tuple[str, ...] | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         add = super().register(name)
 
@@ -36,6 +38,7 @@ class FusionOpRegistry(Registry):
             insert.check = check
             insert.task_defaults = task_defaults or {}
             insert.tasks = tasks
+            insert.block_families = block_families
             return add(insert)
 
         return describe

@@ -125,6 +125,7 @@ def _check_gemini(heads: int = 8, norms: str = "auto", **_) -> None:
     check=_check_gemini,
     paper="GeminiFusion: Efficient Pixel-wise Multimodal Fusion for Vision Transformer "
     "(Jia et al., ICML 2024)",
+    block_families=("transformer",),
 )
 def geminifusion(
     model, *, heads: int = 8, stages: list[int] | None = None, norms: str = "auto"

@@ -135,6 +135,7 @@ def _check_tokenfusion(
     check=_check_tokenfusion,
     paper="TokenFusion: Multimodal Token Fusion for Vision Transformers (Wang et al., CVPR 2022)",
     task_defaults={"translation": {"blocks": "last"}},
+    block_families=("transformer",),
 )
 def tokenfusion(
     model,
