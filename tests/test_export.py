@@ -21,7 +21,7 @@ from fusescope.models import FUSION_METHODS, build_model
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from fusescope.engine.export import export_model  # noqa: E402
+from fusescope.tasks.segmentation.export import export_model  # noqa: E402
 
 MAX_ABS_DIFF = 1e-4
 MIN_ARGMAX_AGREEMENT = 0.999
@@ -293,8 +293,8 @@ def test_onnx_with_a_modality_absent_follows_the_pytorch_rule(runs, cen3, tmp_pa
     renormalised); the ONNX file gives the streams' logits and the same rule is applied, so the
     two agree (before, ONNX fed zeros to every stream and kept the absent one's logits)."""
     from fusescope.engine.checkpoint import load_run
-    from fusescope.engine.export import OnnxSegmentor
     from fusescope.engine.missing import ModalityAbsent
+    from fusescope.tasks.segmentation.export import OnnxSegmentor
 
     data, run = cen3
     onnx_path = tmp_path / "cen3.onnx"

@@ -1,5 +1,14 @@
 """Semantic segmentation: per-pixel classes, cross-entropy over labelled pixels, mIoU under the
-field's test-time protocols (`fusescope.engine.evaluate`)."""
+field's test-time protocols. The task (`Segmentation`, registered as `segmentation`) is here;
+beside it, what only segmentation has:
+
+    loss.py        cross-entropy over labelled pixels (main, per-stream and aux-head logits)
+    metrics.py     the confusion matrix: pixel accuracy, mean accuracy, mIoU, per-class IoU
+    evaluation.py  single scale, flip, multi-scale + flip, sliding window (`predict_probs`)
+    predict.py     `fusescope predict`: masks and overlays for the user's frames
+    frames.py      folder prediction's reader (DataLoader workers)
+    export.py      `fusescope export`: the ONNX graph and `OnnxSegmentor` (`predict --onnx`)
+"""
 
 from __future__ import annotations
 
@@ -13,12 +22,12 @@ from torch import Tensor, nn
 from fusescope.data.build import eval_dataset, normalisation_stats, train_dataset
 from fusescope.data.folder import FolderDataset
 from fusescope.data.meta import LABEL_DIR
-from fusescope.engine.evaluate import evaluate
-from fusescope.engine.loss import label_weight, total_loss
 from fusescope.engine.memory import check_batch_memory
 from fusescope.errors import FusescopeError
 from fusescope.models import FUSION_METHODS, build_model
 from fusescope.tasks.base import Task, check_global_batch, register_task
+from fusescope.tasks.segmentation.evaluation import evaluate
+from fusescope.tasks.segmentation.loss import label_weight, total_loss
 
 
 class Segmentation(Task):
