@@ -72,7 +72,7 @@ CLASSIFICATION_TINY = [
 
 @pytest.mark.slow
 def test_compare_shows_each_tasks_own_metrics_and_refuses_a_mix(tiny_data, tmp_path, capsys):
-    from fusescope.data.build import generate_poster_data
+    from fusescope.data.posters import generate_poster_data
     from translation_helpers import write_translation_dataset
 
     tr_data = write_translation_dataset(tmp_path / "tr", n=8, size=(32, 32))

@@ -19,9 +19,9 @@ from PIL import Image
 transformers = pytest.importorskip("transformers")
 
 from fusescope.config import load_config  # noqa: E402
-from fusescope.data.build import generate_poster_data  # noqa: E402
 from fusescope.data.meta import load_meta  # noqa: E402
 from fusescope.data.mmimdb import prepare_mmimdb  # noqa: E402
+from fusescope.data.posters import generate_poster_data  # noqa: E402
 from fusescope.engine.checkpoint import load_run  # noqa: E402
 from fusescope.engine.evaluate import evaluate_run  # noqa: E402
 from fusescope.engine.train import train  # noqa: E402

@@ -325,7 +325,7 @@ def _translation(tmp_path):
 
 
 def _classification(tmp_path):
-    from fusescope.data.build import generate_poster_data
+    from fusescope.data.posters import generate_poster_data
 
     data = tmp_path / "data"
     generate_poster_data(data, num=24, seed=0, size=(48, 32), progress=False)
@@ -602,7 +602,7 @@ def test_memory_settings_are_one_line(seg, tmp_path, capsys, monkeypatch):
         ],
     )
     assert "model.depth=40" in line and "GiB" in line
-    from fusescope.data.build import generate_poster_data
+    from fusescope.data.posters import generate_poster_data
 
     posters = tmp_path / "posters"
     generate_poster_data(posters, num=6, seed=0, size=(24, 24), progress=False)
