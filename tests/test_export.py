@@ -27,6 +27,12 @@ MAX_ABS_DIFF = 1e-4
 MIN_ARGMAX_AGREEMENT = 0.999
 CHANNELS = {"rgb": 3, "depth": 1}
 
+TINY_MIT = {
+    "name": "mit_b0",
+    "depths": [1, 1, 1, 1],
+    "embed_dims": [8, 16, 32, 64],
+    "num_heads": [1, 1, 2, 2],
+}
 # tiny settings per method; methods not listed are built with their defaults
 TINY = {
     "unimodal": ({"name": "unimodal"}, ["rgb"]),
@@ -34,6 +40,11 @@ TINY = {
         {"name": "mango", "blocks": 1, "flow_width": 8, "attn_dim": 8, "coupling_hidden": 8},
         ["rgb", "depth"],
     ),
+    # ops on transformer tokens (a ResNet is refused): on a tiny MiT
+    **{
+        name: ({"name": name, "backbone": TINY_MIT}, ["rgb", "depth"])
+        for name in ("tokenfusion", "geminifusion")
+    },
 }
 # methods that cannot export with dynamic height and width, and the reason they must give
 CANNOT_EXPORT = {"mango": "fixed token grid"}
