@@ -34,12 +34,12 @@ import torch.nn.functional as F
 from timing import interleave  # benchmarks/timing.py (the script's folder is on sys.path)
 from torch import Tensor, nn
 
-from fusescope.engine.loss import total_loss
 from fusescope.models import build_model
 from fusescope.models.backbones import create_encoder, feature_channels, feature_reductions
 from fusescope.models.core import resize_to
 from fusescope.models.decoders import build_decoder
 from fusescope.models.norms import ModalityBatchNorm
+from fusescope.tasks.segmentation.loss import total_loss
 
 CLASSES = 14
 NAMES = ["rgb", "depth", "hha"]

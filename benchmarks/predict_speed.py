@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from fusescope.engine.export import export_model
 from fusescope.models import build_model
+from fusescope.tasks.segmentation.export import export_model
 
 CHANNELS = {"rgb": 3, "depth": 1}
 

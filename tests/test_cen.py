@@ -249,7 +249,7 @@ def authors_loss(outputs, target, slim_params, lamda):
 def test_l1_per_output_and_the_loss_equal_the_authors():
     """Bottleneck ResNet (the authors' ResNet-101 family): the l1 term is on bn2's gammas,
     modality 0's first half and modality 1's second half, counted M + 1 times."""
-    from fusescope.engine.loss import total_loss
+    from fusescope.tasks.segmentation.loss import total_loss
 
     model = build_model(
         {"name": "cen", "backbone": "resnet26", "l1_per_output": True, "exchange_scope": "any"},

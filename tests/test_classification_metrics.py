@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusescope.engine.classification_metrics import (
+from fusescope.tasks.classification.metrics import (
     chance_f1,
     choose_threshold,
     cue_group_f1,

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from fusescope.engine.loss import total_loss
 from fusescope.errors import FusescopeError
 from fusescope.models import (
     build_model,
@@ -19,6 +18,7 @@ from fusescope.models.deeplab import (
     with_aux,
 )
 from fusescope.models.segmentor import AuxLogits, Segmentor
+from fusescope.tasks.segmentation.loss import total_loss
 
 CHANNELS, REDUCTIONS = [8, 12, 16, 24], [4, 8, 16, 32]
 

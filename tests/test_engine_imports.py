@@ -1,7 +1,9 @@
 """The engine is task-free: the import graph of every module under src/fusescope/engine, followed
 through fusescope's own modules (module-level and function-level imports, read with `ast`, not
 by searching text), reaches no model module and no task module; tasks come only through the
-task interface (`fusescope.tasks`, `fusescope.tasks.base`), which finds them by registry."""
+task interface (`fusescope.tasks`, `fusescope.tasks.base`), which finds them by registry. What
+only one task has (segmentation's loss, metrics, evaluation protocols, prediction, export;
+classification's metrics) lives beside that task, and is defined nowhere under the engine."""
 
 from __future__ import annotations
 
@@ -121,3 +123,55 @@ def test_the_walk_finds_a_model_or_task_import_anywhere_in_a_file(tmp_path):
 @pytest.mark.parametrize("module", ENGINE)
 def test_every_engine_module_parses(module):
     assert module_file(module) is not None and isinstance(imports_of(module), set)
+
+
+# what was the engine's and is one task's: module -> its home now
+MOVED = {
+    "fusescope.engine.loss": "fusescope.tasks.segmentation.loss",
+    "fusescope.engine.metrics": "fusescope.tasks.segmentation.metrics",
+    "fusescope.engine.predict": "fusescope.tasks.segmentation.predict",
+    "fusescope.engine.frames": "fusescope.tasks.segmentation.frames",
+    "fusescope.engine.export": "fusescope.tasks.segmentation.export",
+    "fusescope.engine.classification_metrics": "fusescope.tasks.classification.metrics",
+}
+# one task's classes and functions: the module defining each (read with `ast`)
+TASK_OWN = {
+    "total_loss": "fusescope.tasks.segmentation.loss",
+    "label_weight": "fusescope.tasks.segmentation.loss",
+    "SegMetrics": "fusescope.tasks.segmentation.metrics",
+    "metrics_from_confusion": "fusescope.tasks.segmentation.metrics",
+    "predict_probs": "fusescope.tasks.segmentation.evaluation",
+    "sliding_logits": "fusescope.tasks.segmentation.evaluation",
+    "OnnxSegmentor": "fusescope.tasks.segmentation.export",
+    "export_model": "fusescope.tasks.segmentation.export",
+    "write_prediction": "fusescope.tasks.segmentation.predict",
+    "multilabel_f1": "fusescope.tasks.classification.metrics",
+    "TranslationScores": "fusescope.tasks.translation.scores",
+}
+
+
+def defined_at_top(module: str, src: Path = SRC) -> set[str]:
+    """The names of the functions and classes `module` defines at its top level."""
+    tree = ast.parse(module_file(module, src).read_text())
+    kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    return {node.name for node in tree.body if isinstance(node, kinds)}
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_a_task_own_module_lives_beside_its_task(old):
+    assert module_file(old) is None and old not in ENGINE
+    assert module_file(MOVED[old]) is not None
+
+
+def test_a_task_own_function_is_defined_beside_its_task_only():
+    every = sorted(
+        ".".join(p.relative_to(SRC).with_suffix("").parts).removesuffix(".__init__")
+        for p in (SRC / PACKAGE).rglob("*.py")
+    )
+    where = {name: [] for name in TASK_OWN}
+    for module in every:
+        for name in defined_at_top(module) & set(TASK_OWN):
+            where[name].append(module)
+    assert where == {name: [home] for name, home in TASK_OWN.items()}
+    # the engine keeps what every task runs through, e.g. `fusescope eval`'s run-level side
+    assert {"evaluate_run", "save_eval"} <= defined_at_top("fusescope.engine.evaluate")

@@ -21,12 +21,18 @@ from fusescope.models import FUSION_METHODS, build_model
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from fusescope.engine.export import export_model  # noqa: E402
+from fusescope.tasks.segmentation.export import export_model  # noqa: E402
 
 MAX_ABS_DIFF = 1e-4
 MIN_ARGMAX_AGREEMENT = 0.999
 CHANNELS = {"rgb": 3, "depth": 1}
 
+TINY_MIT = {
+    "name": "mit_b0",
+    "depths": [1, 1, 1, 1],
+    "embed_dims": [8, 16, 32, 64],
+    "num_heads": [1, 1, 2, 2],
+}
 # tiny settings per method; methods not listed are built with their defaults
 TINY = {
     "unimodal": ({"name": "unimodal"}, ["rgb"]),
@@ -34,6 +40,11 @@ TINY = {
         {"name": "mango", "blocks": 1, "flow_width": 8, "attn_dim": 8, "coupling_hidden": 8},
         ["rgb", "depth"],
     ),
+    # ops on transformer tokens (a ResNet is refused): on a tiny MiT
+    **{
+        name: ({"name": name, "backbone": TINY_MIT}, ["rgb", "depth"])
+        for name in ("tokenfusion", "geminifusion")
+    },
 }
 # methods that cannot export with dynamic height and width, and the reason they must give
 CANNOT_EXPORT = {"mango": "fixed token grid"}
@@ -293,8 +304,8 @@ def test_onnx_with_a_modality_absent_follows_the_pytorch_rule(runs, cen3, tmp_pa
     renormalised); the ONNX file gives the streams' logits and the same rule is applied, so the
     two agree (before, ONNX fed zeros to every stream and kept the absent one's logits)."""
     from fusescope.engine.checkpoint import load_run
-    from fusescope.engine.export import OnnxSegmentor
     from fusescope.engine.missing import ModalityAbsent
+    from fusescope.tasks.segmentation.export import OnnxSegmentor
 
     data, run = cen3
     onnx_path = tmp_path / "cen3.onnx"

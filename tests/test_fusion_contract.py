@@ -264,7 +264,7 @@ EXPORT_CASES = [(n, home_family(n)) for n in FUSION_METHODS.names()] + [
 @pytest.mark.parametrize("name, family", EXPORT_CASES)
 def test_export_or_one_line_why(name, family, tmp_path):
     pytest.importorskip("onnxruntime")
-    from fusescope.engine.export import export_model
+    from fusescope.tasks.segmentation.export import export_model
 
     model, mods = build("segmentation", name, family)
     model.eval()

@@ -580,8 +580,8 @@ def _stop_where_work_begins(monkeypatch):
     import fusescope.data.prepare as prepare
     import fusescope.dissect.protocol as protocol
     import fusescope.engine.curves as curves
-    import fusescope.engine.export as export
-    import fusescope.engine.predict as predict
+    import fusescope.tasks.segmentation.export as export
+    import fusescope.tasks.segmentation.predict as predict
     from fusescope.engine import train as train_module
     from fusescope.tasks import task_of
 

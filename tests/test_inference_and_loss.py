@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from fusescope.engine.evaluate import TTA_MODES, predict_probs
-from fusescope.engine.loss import label_weight, total_loss
+from fusescope.tasks.segmentation.evaluation import TTA_MODES, predict_probs
+from fusescope.tasks.segmentation.loss import label_weight, total_loss
 
 KINDS = {"rgb": "color", "depth": "depth"}
 K = 3

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 
-from fusescope.engine.metrics import SegMetrics, group_miou, metrics_from_confusion
 from fusescope.io import json_safe
+from fusescope.tasks.segmentation.metrics import SegMetrics, group_miou, metrics_from_confusion
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -137,8 +137,8 @@ def test_train_with_dropout_then_eval_and_predict_without_depth(tiny_data, tmp_p
     )
     assert "depth absent: zeros after normalisation" in capsys.readouterr().err
     from fusescope.engine.checkpoint import load_run
-    from fusescope.engine.predict import load_frame
     from fusescope.io import read_image
+    from fusescope.tasks.segmentation.predict import load_frame
 
     # the same as the model fed a zero (normalised) depth map
     loaded = load_run(run)

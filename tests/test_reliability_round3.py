@@ -442,7 +442,7 @@ def test_onnx_with_changed_weights_or_another_graph_is_refused(seg, exported, tm
 
 
 def test_damaged_weights_are_refused_and_nan_is_no_agreement(seg, tmp_path, capsys):
-    from fusescope.engine.export import export_model
+    from fusescope.tasks.segmentation.export import export_model
 
     _, finished, _ = seg
     run = tmp_path / "run"
@@ -621,7 +621,7 @@ def test_memory_settings_are_one_line(seg, tmp_path, capsys, monkeypatch):
     )
     assert "data.vocab_size=100000000000" in line and "GiB" in line
     # frames too large for any estimate (8000 x 8000): torch's allocation error, named
-    from fusescope.engine import predict
+    from fusescope.tasks.segmentation import predict
 
     def out_of_memory(*args, **kwargs):
         raise RuntimeError(

@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from fusescope.dissect.taps import FeatureTaps, Tap
-from fusescope.engine.loss import total_loss
 from fusescope.errors import FusescopeError
 from fusescope.models import (
     build_model,
@@ -24,6 +23,7 @@ from fusescope.models.fusion.sagate import (
     run_segment,
     save_gate_figure,
 )
+from fusescope.tasks.segmentation.loss import total_loss
 
 MODALITIES, IN_CHANNELS = ["rgb", "depth"], {"rgb": 3, "depth": 1}
 TINY_DECODER = {"name": "deeplabv3plus", "width": 16, "low_level_width": 8}

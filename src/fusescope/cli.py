@@ -218,7 +218,7 @@ def format_result(result: dict, run: str = "RUN") -> str:
 def cmd_predict(args: argparse.Namespace) -> None:
     from fusescope.engine.checkpoint import load_run, require_task
     from fusescope.engine.device import resolve_device
-    from fusescope.engine.predict import predict
+    from fusescope.tasks.segmentation.predict import predict
 
     inputs = {}
     for item in args.input or []:
@@ -233,7 +233,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     run = load_run(args.run, device=device)
     require_task(run, "segmentation", "fusescope predict")
     if args.onnx:
-        from fusescope.engine.export import OnnxSegmentor
+        from fusescope.tasks.segmentation.export import OnnxSegmentor
 
         run.model = OnnxSegmentor(args.onnx, run, threads=args.threads)
     from fusescope.engine.missing import absent_for_inputs, fill_rule
@@ -254,6 +254,23 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(
         f"wrote {len(written)} mask(s) and overlay(s): {written[0]}"
         + (" ..." if len(written) > 1 else "")
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from fusescope.engine.checkpoint import load_run, require_task
+    from fusescope.tasks.segmentation.export import _require_onnx, export_run, sidecar_path
+
+    _require_onnx()
+    run = load_run(args.run)
+    require_task(run, "segmentation", "fusescope export")
+    info = export_run(
+        run, args.out, size=tuple(args.size) if args.size else None, progress=not args.quiet
+    )
+    print(
+        f"wrote {args.out} (opset {info['opset']}, inputs "
+        f"{', '.join(info['modalities'])} normalised, output logits; ONNX Runtime vs PyTorch "
+        f"max |diff| {info['max_abs_diff_vs_torch']:.2g}) and {sidecar_path(args.out)}"
     )
 
 
@@ -477,6 +494,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="ONNX Runtime threads (0: all cores); with --onnx",
     )
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "export",
+        help="export a run to ONNX (inputs normalised; the "
+        "normalisation is written beside it as JSON)",
+    )
+    p.add_argument("run", help="run folder written by `fusescope train`")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="example input size for tracing (height and width stay dynamic; "
+        "default: the run's crop size)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_export)
 
     _optional_register("fusescope.engine.commands", sub)
     _optional_register("fusescope.bench.commands", sub)

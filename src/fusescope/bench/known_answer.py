@@ -23,10 +23,11 @@ from fusescope.data.meta import CUES
 from fusescope.engine.checkpoint import load_run
 from fusescope.engine.device import training_device
 from fusescope.engine.dry_run import plan_training
-from fusescope.engine.evaluate import evaluate_run, predict_probs, save_eval
+from fusescope.engine.evaluate import evaluate_run, save_eval
 from fusescope.engine.train import train
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, write_json
+from fusescope.tasks.segmentation.evaluation import predict_probs
 
 CUE_COLUMNS = ("appearance", "geometry", "both")  # always in a row; thermal where the data has it
 

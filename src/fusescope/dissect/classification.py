@@ -39,13 +39,13 @@ from fusescope.data.kinds import KINDS
 from fusescope.dissect.cka import CKAAccumulator
 from fusescope.dissect.gradcam import cam
 from fusescope.dissect.taps import FeatureTaps, Tap, move_batch
-from fusescope.engine.classification_metrics import (
+from fusescope.errors import FusescopeError
+from fusescope.io import json_safe, write_json
+from fusescope.tasks.classification.metrics import (
     HEADLINE_THRESHOLD,
     choose_threshold,
     per_class_f1,
 )
-from fusescope.errors import FusescopeError
-from fusescope.io import json_safe, write_json
 
 DROP_MARGIN = 0.1  # F1 a cue group must lose (on average) to count as "comes from" a modality
 

@@ -86,7 +86,8 @@ class Task:
         aux_scale: float = 1.0,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The micro-batch's total loss (its summed supervised losses / `denominator`, plus the
-        model's `aux_losses` x `aux_scale`) and its detached parts for logging."""
+        model's `aux_losses` x `aux_scale`) and its detached parts for logging: a task computes
+        its supervised parts and hands them to `aggregate_loss`."""
         raise NotImplementedError
 
     def evaluate(
@@ -141,6 +142,29 @@ def check_global_batch(cfg: DictConfig, train_size: int, world_size: int) -> Non
             f"{t.grad_accum} must be divisible by the number of processes "
             f"({world_size})"
         )
+
+
+def aggregate_loss(
+    supervised: dict[str, Tensor], output: dict, aux_scale: float = 1.0
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The one way every task's `loss` ends: the task's supervised parts, then each of the
+    model's `aux_losses` (already weighted by the model) x `aux_scale` under its own name, summed
+    in float32. Returns the total and its detached parts for logging (the engine sums them over
+    micro-batches and logs each).
+
+    Args:
+        supervised: name -> scalar loss of the task's own terms, in the order they are logged.
+        output: the model's output dict (its `aux_losses`, if any, are read).
+        aux_scale: factor on the aux losses (1 / gradient-accumulation steps, as each
+            micro-batch adds them).
+    """
+    import torch  # here, so importing the task interface needs no torch
+
+    parts = dict(supervised)
+    for name, value in output.get("aux_losses", {}).items():
+        parts[name] = aux_scale * value
+    total = torch.stack([v.float() for v in parts.values()]).sum()
+    return total, {k: v.detach() for k, v in parts.items()}
 
 
 def register_task(task: Task) -> Task:

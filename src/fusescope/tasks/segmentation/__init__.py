@@ -1,5 +1,14 @@
 """Semantic segmentation: per-pixel classes, cross-entropy over labelled pixels, mIoU under the
-field's test-time protocols (`fusescope.engine.evaluate`)."""
+field's test-time protocols. The task (`Segmentation`, registered as `segmentation`) is here;
+beside it, what only segmentation has:
+
+    loss.py        cross-entropy over labelled pixels (main, per-stream and aux-head logits)
+    metrics.py     the confusion matrix: pixel accuracy, mean accuracy, mIoU, per-class IoU
+    evaluation.py  single scale, flip, multi-scale + flip, sliding window (`predict_probs`)
+    predict.py     `fusescope predict`: masks and overlays for the user's frames
+    frames.py      folder prediction's reader (DataLoader workers)
+    export.py      `fusescope export`: the ONNX graph and `OnnxSegmentor` (`predict --onnx`)
+"""
 
 from __future__ import annotations
 
@@ -13,12 +22,12 @@ from torch import Tensor, nn
 from fusescope.data.build import eval_dataset, normalisation_stats, train_dataset
 from fusescope.data.folder import FolderDataset
 from fusescope.data.meta import LABEL_DIR
-from fusescope.engine.evaluate import evaluate
-from fusescope.engine.loss import label_weight, total_loss
-from fusescope.engine.memory import check_batch_memory
+from fusescope.engine.memory import physical_memory
 from fusescope.errors import FusescopeError
 from fusescope.models import FUSION_METHODS, build_model
 from fusescope.tasks.base import Task, check_global_batch, register_task
+from fusescope.tasks.segmentation.evaluation import evaluate
+from fusescope.tasks.segmentation.loss import label_weight, total_loss
 
 
 class Segmentation(Task):
@@ -152,6 +161,29 @@ def _class_weights(train_cfg: DictConfig, like: dict[str, Tensor]) -> Tensor | N
 @functools.cache
 def _weights_on(weights: tuple[float, ...], device: torch.device) -> Tensor:
     return torch.tensor(weights, device=device)  # once per run, not once per step
+
+
+def check_batch_memory(cfg: DictConfig, meta, frame: tuple[int, int], world_size: int = 1) -> None:
+    """Refuse a crop or rescale so large that one batch of inputs alone (a lower bound of what
+    a step needs) exceeds this machine's memory, before anything is allocated."""
+    t, d = cfg.train, cfg.data
+    total = physical_memory()
+    if total is None:
+        return
+    per_pixel = 4 * sum(meta.modalities[m].channels for m in d.modalities) + 8  # float32, int64
+    top = max(d.scale_range)
+    resized = (round(frame[0] * top), round(frame[1] * top))
+    crop = tuple(d.crop_size) if d.crop_size else tuple(frame)
+    one = max(resized[0], crop[0]) * max(resized[1], crop[1]) * per_pixel  # before the crop
+    batch = t.batch_size * t.grad_accum // world_size * crop[0] * crop[1] * per_pixel
+    needed = one + batch
+    if needed > total:
+        raise FusescopeError(
+            f"data.crop_size={list(crop)} (frames {frame[0]}x{frame[1]}, data.scale_range up to "
+            f"{top}) with train.batch_size={t.batch_size} x grad_accum={t.grad_accum}: one batch "
+            f"of inputs alone needs {needed / 2**30:.1f} GiB, more than this machine's "
+            f"{total / 2**30:.1f} GiB of memory; lower them"
+        )
 
 
 TASK = register_task(Segmentation())

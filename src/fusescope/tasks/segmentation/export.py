@@ -96,10 +96,11 @@ def unsupported_reason(model: nn.Module) -> str | None:
 
 
 def stream_outputs(model: nn.Module, modalities: list[str]) -> dict[str, str]:
-    """modality -> ONNX output name of its stream's logits, for a model with its own rule for
-    an absent modality (`scores_streams`: only the present streams are combined). The graph
-    returns them beside `logits`, so `predict --onnx` with a modality left out applies the
-    PyTorch model's own rule to them (`OnnxSegmentor`). Empty for other models."""
+    """modality -> ONNX output name of its stream's logits, for a model whose scored logits
+    combine its streams' (`scores_streams`; with a modality absent only the present streams are
+    combined, `combine_present`). The graph returns them beside `logits`, so `predict --onnx`
+    with a modality left out applies the PyTorch model's own rule to them (`OnnxSegmentor`).
+    Empty for other models (every model core has a `combine_present`; only these use it)."""
     if not getattr(model, "scores_streams", False) or len(modalities) < 2:
         return {}
     return {m: f"logits_{m}" for m in modalities}
@@ -422,12 +423,12 @@ class OnnxSegmentor:
         self.training = False
         self.path = Path(path)
         self.streams = dict(meta.get("stream_outputs") or {})  # modality -> output name
-        streamed = bool(getattr(run.model, "scores_streams", False))
-        self._combine = run.model.combine_present if streamed else None
-        # a modality left out: the PyTorch model's own rule, on the graph's stream logits
-        self.scores_streams = streamed and bool(self.streams)
+        # the run's model combines its streams: with a modality left out, its own rule
+        # (`combine_present`) on the graph's stream logits
+        self._rule = getattr(run.model, "scores_streams", False)
+        self.scores_streams = bool(self._rule and self.streams)
         if self.scores_streams:
-            self.combine_present = self._combine
+            self.combine_present = run.model.combine_present
 
     def eval(self) -> OnnxSegmentor:
         return self
@@ -440,7 +441,7 @@ class OnnxSegmentor:
     def check_absent(self, absent: list[str]) -> None:
         """Refuse to leave modalities out of a file exported before the streams' logits were
         outputs, when the run's rule needs them (`ModalityAbsent` asks)."""
-        if absent and self._combine is not None and not self.streams:
+        if absent and self._rule and not self.streams:
             raise FusescopeError(
                 f"{self.path}: exported without its streams' logits (an earlier fusescope), "
                 f"so {', '.join(absent)} cannot be left out the way PyTorch does (only the "

@@ -11,7 +11,7 @@ however it is split over micro-batches and processes; single-label: cross-entrop
 divided by the global batch's sample count. Each `per_modality` output is supervised the same
 way with weight `train.per_modality_weight`; `aux_losses` are added as the model weighted them.
 
-Metrics (`engine/classification_metrics.py`): micro / macro / weighted / samples F1, per-class
+Metrics (`metrics.py` beside this module): micro / macro / weighted / samples F1, per-class
 and per-cue-group F1 (where classes declare a cue: the known-answer data) with sigmoid outputs
 thresholded at 0.5, as every published MM-IMDB F1 is (`"threshold": 0.5`); the same F1s at one
 threshold chosen on the validation split (`data.val_split`) and applied unchanged to the split
@@ -35,7 +35,11 @@ from fusescope.data import classification as data
 from fusescope.data.batching import collate
 from fusescope.data.kinds import kind_of
 from fusescope.data.text import PAD_ID
-from fusescope.engine.classification_metrics import (
+from fusescope.engine.memory import check_fits
+from fusescope.errors import FusescopeError
+from fusescope.models.classification import CLASSIFICATION_METHODS, build_classifier
+from fusescope.tasks.base import Task, aggregate_loss, check_global_batch, register_task
+from fusescope.tasks.classification.metrics import (
     HEADLINE_THRESHOLD,
     chance_f1,
     choose_threshold,
@@ -45,10 +49,6 @@ from fusescope.engine.classification_metrics import (
     per_class_f1,
     single_label_scores,
 )
-from fusescope.engine.memory import check_fits
-from fusescope.errors import FusescopeError
-from fusescope.models.classification import CLASSIFICATION_METHODS, build_classifier
-from fusescope.tasks.base import Task, check_global_batch, register_task
 
 
 def in_specs(
@@ -310,10 +310,7 @@ class ClassificationTask(Task):
         parts = {name: term(output["logits"])}
         for m, logits in output.get("per_modality", {}).items():
             parts[f"{name}_{m}"] = train_cfg.per_modality_weight * term(logits)
-        for key, value in output.get("aux_losses", {}).items():
-            parts[key] = aux_scale * value
-        total = torch.stack([v.float() for v in parts.values()]).sum()
-        return total, {k: v.detach() for k, v in parts.items()}
+        return aggregate_loss(parts, output, aux_scale)
 
     def evaluate(
         self,

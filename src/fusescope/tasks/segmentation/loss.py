@@ -1,10 +1,12 @@
-"""How the engine turns a model's output dict into one loss, without knowing the method."""
+"""Segmentation's supervised loss: cross-entropy over labelled pixels on a model's main,
+per-stream and aux-head logits, summed with its aux losses by the tasks' one aggregator."""
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from fusescope.tasks.base import aggregate_loss
 
 
 def label_weight(label: Tensor, ignore_index: int, class_weights: Tensor | None) -> Tensor:
@@ -58,7 +60,4 @@ def total_loss(
         parts[f"ce_{name}"] = per_modality_weight * ce(logits)
     for name, (logits, weight) in out.get("aux_logits", {}).items():
         parts[name] = weight * ce(logits)
-    for name, value in out.get("aux_losses", {}).items():
-        parts[name] = aux_scale * value
-    total = torch.stack([v.float() for v in parts.values()]).sum()
-    return total, {k: v.detach() for k, v in parts.items()}
+    return aggregate_loss(parts, out, aux_scale)

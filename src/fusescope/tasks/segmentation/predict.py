@@ -23,10 +23,10 @@ from fusescope.data.folder import EXTENSIONS, files_by_stem, load_modality
 from fusescope.data.kinds import kind_of
 from fusescope.data.transforms import Normalize
 from fusescope.engine.checkpoint import Run
-from fusescope.engine.evaluate import predict_probs
 from fusescope.engine.memory import is_out_of_memory, out_of_memory_error
 from fusescope.errors import FusescopeError
 from fusescope.io import atomic_path, remove_stale_temps, temp_folder, write_label_png
+from fusescope.tasks.segmentation.evaluation import predict_probs
 
 
 def overlay_image(
@@ -261,7 +261,7 @@ def _predict_folder(
 
     from tqdm import tqdm
 
-    from fusescope.engine.frames import read_frames
+    from fusescope.tasks.segmentation.frames import read_frames
 
     written = []
     writes = []

@@ -25,7 +25,7 @@ class FrameFiles(Dataset):
         return len(self.frames)
 
     def __getitem__(self, i: int):
-        from fusescope.engine.predict import load_frame
+        from fusescope.tasks.segmentation.predict import load_frame
 
         try:
             sample, raw = load_frame(self.run, self.frames[i])

@@ -85,7 +85,7 @@ from fusescope.errors import FusescopeError, OptionError
 from fusescope.models.translation import TRANSLATION_METHODS
 from fusescope.models.translation.patchgan import PatchDiscriminator
 from fusescope.models.translation.pix2pix import DISC_CONDITIONS, Translator
-from fusescope.tasks.base import Task, check_global_batch, register_task
+from fusescope.tasks.base import Task, aggregate_loss, check_global_batch, register_task
 
 # keys of the `model` section that this task reads; the rest go to the generator's builder
 TASK_MODEL_KEYS = {"gan": True, "disc_width": 64, "disc_layers": 3, "disc_condition": "all"}
@@ -428,10 +428,7 @@ class TranslationTask(Task):
             g, d = adversarial_losses(critic.discriminator, critic.condition, y, judged, t.gan_mode)
             parts["gan_g"] = t.gan_weight * g.sum() / denominator
             parts["gan_d"] = t.gan_weight * d.sum() / denominator
-        for name, value in output.get("aux_losses", {}).items():
-            parts[name] = aux_scale * value
-        total = torch.stack([v.float() for v in parts.values()]).sum()
-        return total, {k: v.detach() for k, v in parts.items()}
+        return aggregate_loss(parts, output, aux_scale)
 
     # ------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -450,7 +447,7 @@ class TranslationTask(Task):
         ensemble (`per_stream`, `best_output`). Every process scores the whole split (FID / KID
         need every image's features anyway). `eval.generator_mode` (module docstring)."""
         from fusescope.metrics.fid import EFFICIENTNET_LITE0, feature_network
-        from fusescope.tasks.translation_scores import HEADLINE, TranslationScores, best_output
+        from fusescope.tasks.translation.scores import HEADLINE, TranslationScores, best_output
 
         mode = str(cfg.eval.get("generator_mode", "eval"))
         if mode not in GENERATOR_MODES:
