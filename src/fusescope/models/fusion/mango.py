@@ -32,6 +32,7 @@ Design choices, where the paper leaves room:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -108,7 +109,14 @@ class LatentFlow(FusionOp):
         """Tokens (B, N, D), modality A's first, -> (Z, the NLL per dimension, batch mean).
         Runs in float32; records the unweighted NLL for `stat_parts`."""
         dtype = torch.promote_types(tokens.dtype, torch.float32)
-        with torch.autocast(device_type=tokens.device.type, enabled=False):
+        # the meta device (parameter / FLOP counts) has no autocast, nor needs one
+        device = tokens.device.type
+        full_precision = (
+            contextlib.nullcontext()
+            if device == "meta"
+            else torch.autocast(device_type=device, enabled=False)
+        )
+        with full_precision:
             z, log_prob = self.flow.log_prob(tokens.to(dtype))
         dims = tokens.shape[1] * tokens.shape[2]
         nll = nll_per_dim(log_prob, dims).mean()
