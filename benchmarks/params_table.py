@@ -225,7 +225,7 @@ def mango_tables() -> None:
             counts = {}
             for rule in ("torch", "fvcore", "thop"):
                 params, counts[rule] = meta_cost(cfg, mods, chans, 40, (256, 256), rule)
-            free = meta_cost(cfg, mods, chans, 40, (8, 8), "torch", free_params=True)[0] / 1e6
+            free = meta_cost(cfg, mods, chans, 40, (256, 256), "torch", free_params=True)[0] / 1e6
             g = {k: v / 1e9 for k, v in counts.items()}
             print(
                 f"| {label} | {grid[0]} x {grid[1]} ({2 * grid[0] * grid[1]}) | "
