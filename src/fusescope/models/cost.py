@@ -4,7 +4,8 @@ Papers count "FLOPs" with different tools, and the tools disagree by more than t
 so each table is compared under its own source's rule (`COUNTERS`):
 
 * `count_flops` (`torch`): `torch.utils.flop_counter.FlopCounterMode`, a multiply-add is 2 FLOPs,
-  convolutions, matmuls and attention only, plus triangular solves (MANGO's flow; `FLOP_RULES`). SA-Gate Table 1 is reproduced within 1% by it.
+  convolutions, matmuls and attention only, plus triangular solves (MANGO's flow; `FLOP_RULES`).
+  SA-Gate Table 1 is reproduced within 1% by it.
 * `count_macs_thop` (`thop`): what `thop.profile` (0.1.1) returns, multiply-adds of the modules
   it has a rule for. DFormer's and DFormerv2's tables (which list TokenFusion and GeminiFusion)
   come from their `benchmark.py`: `thop.profile(model, (1 x 3 x 480 x 640,) * 2)`. Functional

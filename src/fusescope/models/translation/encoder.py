@@ -88,7 +88,9 @@ class TokenFusionDecoder(nn.Module):
     ):
         super().__init__()
         if any(b != 2 * a for a, b in zip(reductions, reductions[1:], strict=False)):
-            raise OptionError(f"TokenFusion's decoder needs strides doubling per level: {reductions}")
+            raise OptionError(
+                f"TokenFusion's decoder needs strides doubling per level: {reductions}"
+            )
         levels = range(len(channels) - 2, -1, -1)  # coarsest-but-one to finest
         self.up = nn.ModuleList(PatchUpsample(channels[i + 1], channels[i]) for i in levels)
         self.blocks = nn.ModuleList(
@@ -123,8 +125,9 @@ def encoder_blocks(encoder: nn.Module) -> list[tuple[int, int, int]]:
     """(depth, heads, spatial-reduction ratio) of each stage of a MiT encoder (timm's PVTv2);
     elsewhere 2 blocks, a head per 64 channels and MiT's ratios 8, 4, 2, 1."""
     found = []
-    for k, (name, width) in enumerate(zip(stage_modules(encoder), feature_channels(encoder))):
-        stage = encoder.get_submodule(name)
+    names = stage_modules(encoder)
+    for k, width in enumerate(feature_channels(encoder)):
+        stage = encoder.get_submodule(names[k]) if k < len(names) else None
         if hasattr(stage, "blocks") and hasattr(stage.blocks[0], "attn"):
             attn = stage.blocks[0].attn
             sr = attn.sr.stride[0] if getattr(attn, "sr", None) is not None else 1
