@@ -6,7 +6,8 @@ SA-Gate Table 1 (DeepLabV3+, ResNet-50, 3 x 480 x 480) at the papers' sizes, our
 GFLOPs (FlopCounterMode: 1 multiply-add = 2 FLOPs, the papers' unit) beside the papers' numbers;
 and TokenFusion / GeminiFusion on MiT (the SegFormer head of width 256, 40 classes) beside
 DFormer's / DFormerv2's tables (thop multiply-adds of one 3 x 480 x 640 frame per modality) and
-MANGO's Table 8 (no tool or size given: every rule at 480 x 640 and at its 256 x 256 shown).
+MANGO's Table 8 (no tool or size given: every rule at 480 x 640 and at its 256 x 256 shown),
+and MANGO itself on MAE ViT-B/16 and MiT-B3 at 256 x 256 with the flow on all tokens or pooled.
 Counted on the meta device (a few minutes in all).
 
 Run: python benchmarks/params_table.py [--paper]
@@ -21,7 +22,7 @@ import torch
 
 from fusescope.models import FUSION_METHODS, build_model
 from fusescope.models.backbones import create_encoder
-from fusescope.models.cost import meta_cost
+from fusescope.models.cost import flow_cost, meta_cost
 
 MODALITIES = ["rgb", "depth"]
 IN_CHANNELS = {"rgb": 3, "depth": 1}
@@ -142,6 +143,15 @@ MANGO_ROWS = [
     ),
 ]
 RULES = ("thop", "thop_mha", "fvcore", "torch")  # models/cost.COUNTERS
+# MANGO itself in its paper's setting (section 4.1: MAE's encoder, TokenFusion's head, 256 x 256;
+# configs/nyudv2/mango.yaml) and on MiT-B3 (TokenFusion's "Small" encoder, which Table 8's
+# 72.9 M is closer to), each with the flow on the encoder's full 16 x 16 grid and pooled to 8 x 8
+MANGO_TABLE8 = (72.9, 152)
+MANGO_PAPER_ROWS = [
+    ("MAE ViT-B/16", {"backbone": "vit_base_patch16_224.mae", "stage": 4}),
+    ("MiT-B3", {"backbone": "mit_b3", "stage": 3}),
+]
+MANGO_GRIDS = ((16, 16), (8, 8))  # 256 x 256 at stride 16: all tokens; 2 x 2 pooled
 
 
 def transformer_tables() -> None:
@@ -190,6 +200,61 @@ def transformer_tables() -> None:
         print(
             f"| {label} | {paper_params} | {params / 1e6:.2f} | {paper_flops} | "
             f"{' | '.join(cells)} |"
+        )
+
+
+def mango_tables() -> None:
+    """MANGO on MAE ViT-B/16 and on MiT-B3 (SegFormer head, 40 classes, 256 x 256) against
+    Table 8, and what the flow costs on all tokens against a pooled grid."""
+    mods, chans = ["rgb", "depth"], {"rgb": 3, "depth": 3}
+    paper_params, paper_flops = MANGO_TABLE8
+    print(
+        f"\nMANGO in its paper's setting (SegFormer head width 256, 40 classes, one 256 x 256 "
+        f"frame per modality, 12 flow blocks of width 64) against Table 8 ({paper_params} M, "
+        f"{paper_flops} GFLOPs; no counting tool stated). 'free': LICA's LU factors counted "
+        f"once (each stores a full N x N matrix per triangle)"
+    )
+    print(
+        "| encoder | flow grid (tokens) | params (M) | free (M) | diff (free) | torch GFLOPs "
+        "(2/MAC) | diff | fvcore GMACs | thop GMACs |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, options in MANGO_PAPER_ROWS:
+        for grid in MANGO_GRIDS:
+            cfg = {"name": "mango", **options, "decoder": SEGFORMER, "grid": list(grid)}
+            counts = {}
+            for rule in ("torch", "fvcore", "thop"):
+                params, counts[rule] = meta_cost(cfg, mods, chans, 40, (256, 256), rule)
+            free = meta_cost(cfg, mods, chans, 40, (256, 256), "torch", free_params=True)[0] / 1e6
+            g = {k: v / 1e9 for k, v in counts.items()}
+            print(
+                f"| {label} | {grid[0]} x {grid[1]} ({2 * grid[0] * grid[1]}) | "
+                f"{params / 1e6:.2f} | {free:.2f} | {diff(free, paper_params)} | "
+                f"{g['torch']:.1f} | {diff(g['torch'], paper_flops)} | {g['fvcore']:.1f} | "
+                f"{g['thop']:.1f} |"
+            )
+    print(
+        "\nThe same at 480 x 640 (the flow's 16 x 16 grid pooled from 30 x 40) under fvcore's "
+        "rule, the one Table 8's TokenFusion row fits (110.9 against 108)"
+    )
+    print("| encoder | fvcore GMACs | diff |")
+    print("|---|---|---|")
+    for label, options in MANGO_PAPER_ROWS:
+        cfg = {"name": "mango", **options, "decoder": SEGFORMER, "grid": [16, 16]}
+        flops = meta_cost(cfg, mods, chans, 40, (480, 640), "fvcore")[1] / 1e9
+        print(f"| {label} | {flops:.1f} | {diff(flops, paper_flops)} |")
+    print(
+        "\nMANGO's flow alone (12 blocks, width 64, from a 768-channel map, batch 1): tokens, "
+        "parameters, FLOPs of one forward (FlopCounterMode with LICA's triangular solves), "
+        "activations kept for backward (float32)"
+    )
+    print("| grid per modality | tokens N | params (M) | GFLOPs | activations (MiB) |")
+    print("|---|---|---|---|---|")
+    for grid in ((16, 16), (8, 8), (4, 4)):
+        cost = flow_cost(768, grid)
+        print(
+            f"| {grid[0]} x {grid[1]} | {cost['tokens']} | {cost['params'] / 1e6:.2f} | "
+            f"{cost['flops'] / 1e9:.2f} | {cost['activation_bytes'] / 2**20:.1f} |"
         )
 
 
@@ -266,6 +331,7 @@ if __name__ == "__main__":
     if args.paper:
         paper_tables()
         transformer_tables()
+        mango_tables()
     else:
         main()
     print(f"\n({time.perf_counter() - start:.0f} s)")

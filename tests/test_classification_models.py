@@ -155,6 +155,23 @@ def test_mango_flow_inverts_its_tokens_and_reports_the_nll():
     assert set(model.training_stats()) == {"flow_nll_nats", "flow_bpd"}
 
 
+def test_mango_with_dynmm_head_is_one_linear_layer_on_both_modalities_means():
+    """`head: dynmm`: DynMM's MM-IMDB fusion head, Linear(concat of the two modalities'
+    features) to the classes; the logits are that layer on the per-modality means of Z."""
+    mods = ["poster", "plot"]
+    model = build("mango", mods, head="dynmm", width=32).eval()
+    linears = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(64, 5)]
+    b = batch(mods)
+    with torch.no_grad():
+        z, _ = model.latent.flow(model.tokens(b))
+        means = z.view(2, 2, -1, 32).mean(2).flatten(1)
+        expected = linears[0](means)
+        torch.testing.assert_close(model(b)["logits"], expected)
+    with pytest.raises(FusescopeError, match="head must be one of mlp, dynmm"):
+        build("mango", mods, head="gmu")
+
+
 def test_bad_options_are_one_line_errors():
     with pytest.raises(FusescopeError, match="unknown config key model.colour"):
         build("concat", ["poster", "plot"], colour=1)

@@ -44,3 +44,36 @@ def test_unet_options_with_a_timm_encoder_are_one_line_errors():
         build("multistream", backbone=MIT, depth=4, width=8)
     with pytest.raises(OptionError, match="the U-Net trains from scratch"):
         build("cen", pretrained=True)
+
+
+def test_tokenfusion_decoder_mirrors_the_encoder_levels():
+    """`decoder: tokenfusion`: per level (coarse to fine) a pixel-shuffle step to that level's
+    width, its skip added, the encoder level's MiT blocks (depth, heads, spatial reduction);
+    pixel-shuffle steps without blocks from stride 4 to full size, a 1x1 projection, tanh."""
+    from fusescope.models.translation.encoder import TokenFusionDecoder
+
+    model = build("mango", backbone=MIT, decoder="tokenfusion", grid=[2, 2], blocks=1)
+    decoder = model.decoder
+    assert isinstance(decoder, TokenFusionDecoder)
+    # levels 3, 2, 1 of MIT: depths 2, 1, 2; heads 2, 1, 1; mit_b0's reductions 2, 4, 8
+    shapes = [
+        (len(level), level[0].attn.num_heads, level[0].attn.sr.stride[0])
+        for level in decoder.blocks
+    ]
+    assert shapes == [(2, 2, 2), (1, 1, 4), (2, 1, 8)]
+    assert [up.proj.out_channels for up in decoder.up] == [32, 16, 8]
+    assert len(decoder.to_full) == 2  # stride 4 -> 2 -> 1
+    data = {"shade": torch.randn(2, 1, 40, 48), "texture": torch.randn(2, 3, 40, 48)}
+    out = model(data)  # 40 x 48: the stride-32 level is 2 x 2, upsampled to the 3 x 3 skip
+    assert out["image"].shape == (2, 3, 40, 48) and out["image"].abs().max() <= 1
+    images = [out["image"], *out["per_modality"].values()]  # the ensemble trains alpha only
+    loss = sum((img - 0.5).abs().mean() for img in images)
+    (loss + out["aux_losses"]["flow_nll"]).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing
+    # private LayerNorms per stream in the decoder, as TokenFusion's LayerNormParallel
+    assert decoder.norms[0].weight.shape == (2, 32)
+    with pytest.raises(OptionError, match="the U-Net has its own decoder"):
+        build("mango", decoder="tokenfusion")
+    with pytest.raises(OptionError, match="model.decoder must be one of light, tokenfusion"):
+        build("mango", backbone=MIT, decoder="segformer")

@@ -4,7 +4,8 @@ Papers count "FLOPs" with different tools, and the tools disagree by more than t
 so each table is compared under its own source's rule (`COUNTERS`):
 
 * `count_flops` (`torch`): `torch.utils.flop_counter.FlopCounterMode`, a multiply-add is 2 FLOPs,
-  convolutions, matmuls and attention only. SA-Gate Table 1 is reproduced within 1% by it.
+  convolutions, matmuls and attention only, plus triangular solves (MANGO's flow; `FLOP_RULES`).
+  SA-Gate Table 1 is reproduced within 1% by it.
 * `count_macs_thop` (`thop`): what `thop.profile` (0.1.1) returns, multiply-adds of the modules
   it has a rule for. DFormer's and DFormerv2's tables (which list TokenFusion and GeminiFusion)
   come from their `benchmark.py`: `thop.profile(model, (1 x 3 x 480 x 640,) * 2)`. Functional
@@ -34,7 +35,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from fusescope.models import build_model
 from fusescope.models.norms import ModalityConv2d, ModalityLinear
@@ -44,6 +45,45 @@ from fusescope.nn.norm import is_norm, tracks_batch_stats
 def count_params(model: nn.Module) -> int:
     """Every parameter of the model (trainable or not, each shared tensor once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def triangular_solve_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs (2 per multiply-add) of `linalg_solve_triangular(A, B)`: substitution takes
+    n (n + 1) / 2 multiply-adds per right-hand side (MANGO's LICA and the ICA inverse);
+    FlopCounterMode has no rule for it and would count 0."""
+    n = a_shape[-1]
+    rhs = math.prod(b_shape) // n  # batch x right-hand sides
+    return n * (n + 1) * rhs
+
+
+def cpu_attention_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    """The CPU kernel of `F.scaled_dot_product_attention` (timm's ViT, MiT) counted as the CUDA
+    kernels and the meta device's decomposition are: FlopCounterMode has no rule for it, so a
+    model counted on the CPU would lose its attention."""
+    return sdpa_flop_count(query, key, value)
+
+
+# attention as every device counts it (the meta device decomposes it into matmuls)
+ATTENTION_RULES = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention_flops,
+}
+# FlopCounterMode's rules for ops it does not count itself
+FLOP_RULES = {
+    **ATTENTION_RULES,
+    torch.ops.aten.linalg_solve_triangular: triangular_solve_flops,
+}
+
+
+def count_free_params(model: nn.Module) -> int:
+    """`count_params` less the entries of MANGO's LICA token mixings that their masks zero: each
+    `TokenMixing` stores its unit-lower and strict-upper LU factors as full N x N matrices (Glow's
+    layout), so N (N + 1) of its 2 N^2 + N stored entries never change; N^2 are free."""
+    from fusescope.models.flow import TokenMixing
+
+    masked = sum(
+        m.num_tokens * (m.num_tokens + 1) for m in model.modules() if isinstance(m, TokenMixing)
+    )
+    return count_params(model) - masked
 
 
 def count_flops(model: nn.Module, batch: Mapping[str, Tensor]) -> int:
@@ -61,7 +101,7 @@ def count_flops(model: nn.Module, batch: Mapping[str, Tensor]) -> int:
         # size; the mask only selects a few scalars, so "all selected" changes no counted FLOP
         with (
             fx_config.patch(meta_nonzero_assume_all_nonzero=True),
-            FlopCounterMode(display=False) as counter,
+            FlopCounterMode(display=False, custom_mapping=FLOP_RULES) as counter,
             torch.no_grad(),
         ):
             model(dict(batch))
@@ -176,7 +216,8 @@ def count_macs_fvcore(model: nn.Module, batch: Mapping[str, Tensor]) -> int:
 
     norms = _hooked_count(model, batch, _fvcore_norm_rule)
     with _inference(model):
-        mapping = {torch.ops.aten.upsample_bilinear2d: bilinear}
+        # fvcore has no handle for triangular solves (it skips them with a warning): no FLOP_RULES
+        mapping = {**ATTENTION_RULES, torch.ops.aten.upsample_bilinear2d: bilinear}
         with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
             model(dict(batch))
     return counter.get_total_flops() // 2 + norms
@@ -197,12 +238,57 @@ def meta_cost(
     num_classes: int,
     size: tuple[int, int],
     counter: str = "torch",
+    free_params: bool = False,
 ) -> tuple[int, int]:
     """(parameters, FLOPs under `counter`, a key of `COUNTERS`) of `build_model(model_cfg,
     ...)` on one frame of `size`, counted on the meta device (pretrained weights are not
-    loaded: they change neither count)."""
+    loaded: they change neither count). `free_params`: `count_free_params` instead of every
+    stored parameter."""
     cfg = {**model_cfg, "pretrained": False}
     with torch.device("meta"):
         model = build_model(cfg, modalities, in_channels, num_classes)
         batch = {m: torch.zeros(1, in_channels[m], *size) for m in modalities}
-    return count_params(model), COUNTERS[counter](model, batch)
+    params = count_free_params(model) if free_params else count_params(model)
+    return params, COUNTERS[counter](model, batch)
+
+
+def flow_cost(
+    channels: int, grid: tuple[int, int], blocks: int = 12, flow_width: int = 64, **flow
+) -> dict[str, int]:
+    """What MANGO's `LatentFlow` costs on a `grid` of tokens per modality, from a `channels`-wide
+    map of that size (batch 1, float32, on the CPU): `tokens` (both modalities), `params`,
+    `flops` of one forward (FlopCounterMode, 2 per multiply-add) and `activation_bytes`, the
+    tensors autograd keeps for the backward pass (each storage once, parameters excluded)."""
+    from fusescope.models.flow import PARTITIONS
+    from fusescope.models.fusion.mango import LatentFlow
+
+    options = {
+        "partitions": PARTITIONS,
+        "coupling": True,
+        "attn_dim": 64,
+        "hidden": 128,
+        "nll_weight": 0.1,
+        "log_scale_bound": 2.0,
+        **flow,
+    }
+    op = LatentFlow(channels, flow_width=flow_width, grid=grid, blocks=blocks, **options)
+    x5 = torch.randn(1, 2, channels, *grid)
+    with FlopCounterMode(display=False, custom_mapping=FLOP_RULES) as counter, torch.no_grad():
+        op.fuse_maps(x5)
+    weights = {p.untyped_storage().data_ptr() for p in op.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fused, nll = op.fuse_maps(x5.requires_grad_())
+    return {
+        "tokens": 2 * grid[0] * grid[1],
+        "params": count_params(op),
+        "flops": counter.get_total_flops(),
+        "activation_bytes": sum(kept.values()),
+    }

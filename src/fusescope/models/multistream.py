@@ -131,6 +131,11 @@ class MultiStreamEncoder(nn.Module):
         return families.pop() if len(families) == 1 else None
 
     @property
+    def stage_strides(self) -> list[int]:
+        """Each stage's token stride (a ViT's four stages all at its patch stride)."""
+        return list(self._stage_strides)
+
+    @property
     def num_stages(self) -> int:
         return len(self._stage_modules)
 

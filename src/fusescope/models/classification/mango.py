@@ -36,6 +36,8 @@ from fusescope.models.flow import PARTITIONS
 from fusescope.models.fusion.mango import LatentFlow
 from fusescope.models.registry import CLASSIFICATION_METHODS
 
+HEADS = ("mlp", "dynmm")  # the head on Z: see `mango`
+
 
 class SlotPooling(nn.Module):
     """`slots` learned queries attend over a modality's tokens: (B, N, D) -> (B, slots, D).
@@ -153,6 +155,7 @@ def mango(
     log_scale_bound: float = 2.0,
     dropout: float = 0.0,
     hidden: int | None = 128,
+    head: str = "mlp",
 ) -> Classifier:
     """MANGO: task loss + `nll_weight` x the flow's NLL per dimension.
 
@@ -162,9 +165,18 @@ def mango(
         attn_dim, coupling_hidden, blocks, partitions, coupling, log_scale_bound: the flow
             (`models/flow.py`; the paper: 12 blocks, all three partitions, coupling on).
         nll_weight: weight of the NLL (nats per dimension) in the loss.
-        dropout, hidden: the head on Z.
+        dropout, hidden: the head on Z (`head: mlp`).
+        head: `mlp`, a one-hidden-layer MLP (`hidden` wide) on the concatenated per-modality
+            means of Z; `dynmm`, the task head of Dynamic Multimodal Fusion (Xue & Marculescu,
+            the head MANGO's section 4.1 names): one linear layer on that concatenation, as
+            the fusion branch of DynMM's MM-IMDB code (MultiBench's Concat, then
+            Linear(2 x 512, 23)); no hidden layer, no dropout (`width: 512` gives their sizes).
     """
     check_modalities(modalities, (2,), "mango")
+    if head not in HEADS:
+        raise OptionError(f"head must be one of {', '.join(HEADS)}, not {head!r}")
+    if head == "dynmm":
+        hidden, dropout = None, 0.0
     unknown = sorted(set(partitions) - set(PARTITIONS))
     if unknown:
         raise OptionError(f"unknown partitions {unknown}; known: {', '.join(PARTITIONS)}")

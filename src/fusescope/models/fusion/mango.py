@@ -32,6 +32,7 @@ Design choices, where the paper leaves room:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -108,7 +109,14 @@ class LatentFlow(FusionOp):
         """Tokens (B, N, D), modality A's first, -> (Z, the NLL per dimension, batch mean).
         Runs in float32; records the unweighted NLL for `stat_parts`."""
         dtype = torch.promote_types(tokens.dtype, torch.float32)
-        with torch.autocast(device_type=tokens.device.type, enabled=False):
+        # the meta device (parameter / FLOP counts) has no autocast, nor needs one
+        device = tokens.device.type
+        full_precision = (
+            contextlib.nullcontext()
+            if device == "meta"
+            else torch.autocast(device_type=device, enabled=False)
+        )
+        with full_precision:
             z, log_prob = self.flow.log_prob(tokens.to(dtype))
         dims = tokens.shape[1] * tokens.shape[2]
         nll = nll_per_dim(log_prob, dims).mean()
@@ -184,11 +192,14 @@ def check_flow_options(
 
 
 def default_flow_stage(encoder) -> int:
-    """The U-Net's own choice (`UNetEncoder.flow_stage`: level depth - 3, 8x8 at 256 px), else
-    the encoder stage of stride 16."""
+    """The U-Net's own choice (`UNetEncoder.flow_stage`: level depth - 3, 8x8 at 256 px); on a
+    single-scale encoder (ViT: every stage at the patch stride) its last stage, the tokens the
+    encoder gives; else the encoder stage of stride 16."""
     body = encoder.body
     if hasattr(body, "flow_stage"):
         return body.flow_stage()
+    if len(set(encoder.stage_strides)) == 1:
+        return encoder.num_stages
     reductions = list(encoder.feature_info.reduction())
     return reductions.index(16) + 1 if 16 in reductions else min(3, encoder.num_stages)
 
@@ -217,8 +228,8 @@ def mango(
     """MANGO's latent flow at the output of `stage` (see the module docstring).
 
     Args:
-        stage: the stage whose features the flow models (default: stride 16; the U-Net's level
-            depth - 3).
+        stage: the stage whose features the flow models (default: stride 16; a ViT's last
+            stage; the U-Net's level depth - 3).
         flow_width: token features D (a 1x1 projection of the stage's map).
         grid: [rows, cols] token grid per modality (fixed N, needed by LICA); null: native size.
         blocks: flow blocks L (paper: 12).

@@ -71,12 +71,19 @@ def host(
     dropout: int = 3,
     decoder_norms: str = "shared",
     decoder_width: int = 96,
+    decoder: str = "light",
 ) -> MultiStreamModel:
     """The multi-stream generator every op inserts into: `backbone: unet` (default) the pix2pix
     U-Net (`depth`, `width`, `dropout`, `decoder_norms`; `unet.translation_host`), or any timm
     encoder (`mit_b0`, `{name: mit_b2, drop_path_rate: 0.1}`, `resnet18`, ...) with `pretrained`
-    weights and the light decoder of `decoder_width` (`encoder.encoder_translator`)."""
+    weights and the light decoder of `decoder_width` or TokenFusion's (`decoder: tokenfusion`;
+    `encoder.encoder_translator`)."""
     if backbone == "unet":
+        if decoder != "light":
+            raise OptionError(
+                f"model.decoder {decoder!r} decodes a timm encoder's levels; the U-Net has its "
+                f"own decoder (set model.backbone, e.g. mit_b0)"
+            )
         if pretrained:
             raise OptionError("model.pretrained: the U-Net trains from scratch (pix2pix, CEN)")
         return translation_host(
@@ -100,7 +107,7 @@ def host(
             f"a multi-stream generator fuses >= 2 modalities; data.modalities is {modalities}"
         )
     return encoder_translator(
-        modalities, in_channels, out_channels, backbone, pretrained, decoder_width
+        modalities, in_channels, out_channels, backbone, pretrained, decoder_width, decoder
     )
 
 
