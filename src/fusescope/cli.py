@@ -278,7 +278,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from fusescope.bench.known_answer import run_demo
 
     run_demo(
-        Path(args.out), steps=args.steps, fusion=args.fusion, num=args.num, backbone=args.backbone
+        Path(args.out),
+        steps=args.steps,
+        fusion=args.fusion,
+        num=args.num,
+        backbone=args.backbone,
+        threads=args.threads,
     )
 
 
@@ -328,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone",
         default=None,
         help="encoder of all three models, e.g. resnet34 (default: each config's, resnet18)",
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads for training and evaluation; the table's last digits depend "
+        f"on it (default: {DEMO_DEFAULTS['threads']}, as the README's table was measured)",
     )
     p.set_defaults(func=cmd_demo)
 

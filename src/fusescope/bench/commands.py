@@ -31,6 +31,7 @@ def cmd_known_answer(args: argparse.Namespace) -> None:
         extra=args.set or [],
         device=device,
         batch_size=args.batch_size,
+        threads=args.threads,
     )
 
 
@@ -96,6 +97,13 @@ def register(subparsers) -> None:
         type=positive_int,
         default=None,
         help="evaluation batch (default: the config's eval.batch_size)",
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads for training and evaluation, fixed so the table's digits do "
+        "not depend on the machine's core count (default: torch's own, one per core)",
     )
     p.set_defaults(func=cmd_known_answer)
     from fusescope.data.corruptions import KINDS

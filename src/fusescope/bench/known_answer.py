@@ -21,7 +21,7 @@ from fusescope.data.build import eval_dataset
 from fusescope.data.folder import FolderDataset
 from fusescope.data.meta import CUES
 from fusescope.engine.checkpoint import load_run
-from fusescope.engine.device import training_device
+from fusescope.engine.device import cpu_threads, training_device
 from fusescope.engine.dry_run import plan_training
 from fusescope.engine.evaluate import evaluate_run, save_eval
 from fusescope.engine.train import train
@@ -143,10 +143,13 @@ def run_benchmark(
     extra: list[str] = (),
     device: str | None = None,
     batch_size: int | None = None,
+    threads: int | None = None,
 ) -> list[dict]:
     """Train and evaluate every config on one data set with one budget; writes results.json
     and results.md in `out` and returns the rows (evaluation device and batch size as in
-    `train_and_evaluate`)."""
+    `train_and_evaluate`). `threads` fixes torch's CPU threads for the trainings and
+    evaluations (`fusescope.engine.device.cpu_threads`: the table's last digits depend on
+    it); None leaves them as they are. Each row records the count it ran with."""
     if data_root is not None and (data_root / "meta.json").is_file():
         common = [f"data.root={data_root}", "data.synth=null", *extra]  # the folder as it is
     else:
@@ -164,15 +167,19 @@ def run_benchmark(
     resolved = [resolve_config(name) for name in configs]
     for config in resolved:
         plan_training(load_config(config, common), out / config.stem)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for config in resolved:
-        print(f"\n== {config.stem} ==", flush=True)
-        rows.append(
-            train_and_evaluate(
+    with cpu_threads(threads):  # checked before anything is written
+        import torch
+
+        count = torch.get_num_threads()
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"torch CPU threads: {count}" + (" (fixed)" if threads else ""), flush=True)
+        rows = []
+        for config in resolved:
+            print(f"\n== {config.stem} ==", flush=True)
+            row = train_and_evaluate(
                 config, out / config.stem, common, device=device, batch_size=batch_size
             )
-        )
+            rows.append({**row, "threads": count})
     table = format_table(rows)
     write_json(out / "results.json", rows)
     with atomic_path(out / "results.md") as tmp:
@@ -242,20 +249,31 @@ def run_demo(
     fusion: str | None = None,
     num: int | None = None,
     backbone: str | None = None,
+    threads: int | None = None,
 ) -> list[dict]:
     """The README's first command: data, RGB-only, depth-only and a fusion model, the table and
-    a figure, all under `out`."""
+    a figure, all under `out`, on `threads` CPU threads (default `DEMO_DEFAULTS["threads"]`,
+    the count the README's table was measured with, so any machine with the same kernels
+    prints the same table)."""
     steps = steps or DEMO_DEFAULTS["steps"]
     fusion = fusion or DEMO_DEFAULTS["fusion"]
     num = num or DEMO_DEFAULTS["num"]
     extra = [f"model.backbone={backbone}"] if backbone else []
     configs = ["rgb_only", "depth_only", fusion]
     start = time.perf_counter()
+    threads = DEMO_DEFAULTS["threads"] if threads is None else threads
     rows = run_benchmark(
-        configs, out, steps=steps, num=num, size=DEMO_DEFAULTS["size"], extra=extra
+        configs,
+        out,
+        steps=steps,
+        num=num,
+        size=DEMO_DEFAULTS["size"],
+        extra=extra,
+        threads=threads,
     )
     figure = out / "predictions.png"
-    prediction_figure([Path(r["run"]) for r in rows], [r["method"] for r in rows], figure)
+    with cpu_threads(threads):
+        prediction_figure([Path(r["run"]) for r in rows], [r["method"] for r in rows], figure)
     print(f"\nfigure: {figure}  ({time.perf_counter() - start:.0f} s in all)")
     print(json.dumps({r["method"]: round(100 * r["miou"], 1) for r in rows}))
     return rows

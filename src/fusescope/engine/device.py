@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from fusescope.errors import FusescopeError
@@ -74,6 +76,36 @@ def training_device(accelerator: str) -> torch.device:
     if accelerator in ("cuda", "mps"):
         return torch.device(accelerator)
     return torch.device("cpu")  # cpu, and accelerators fusescope does not evaluate on
+
+
+@contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op CPU threads set to `count` inside the block, as they were after it
+    (None: left as they are).
+
+    Why: PyTorch's CPU kernels (convolution weight gradients, sums, norms) split a reduction
+    into one chunk per thread and add the chunks' results, so the thread count decides the
+    order of the additions and thus the last bits of every gradient; training amplifies those
+    bits into different weights and a different table. With `count` fixed, a run gives the same
+    bytes on any machine with the same kernels (CPU instruction set, torch version), loaded or
+    idle, whatever number of cores it has (measured: see the README's quick start).
+
+    Raises:
+        FusescopeError: `count` is not a positive integer.
+    """
+    import torch
+
+    if count is None:
+        yield
+        return
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise FusescopeError(f"CPU threads must be a positive integer, got {count!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def positive_int(text: str) -> int:

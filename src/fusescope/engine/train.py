@@ -442,6 +442,10 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric) -> 
                 {
                     "fusescope_version": fusescope.__version__,
                     "torch_version": torch.__version__,
+                    # what decides a CPU run's last bits besides the code and data: the
+                    # kernels' instruction set and the thread count (engine/device.cpu_threads)
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "torch_threads": torch.get_num_threads(),
                     # absolute: `fusescope eval RUN` from another working directory finds it
                     "data_root": str(root.resolve()),
                     "data_fingerprint": fingerprint(
