@@ -298,7 +298,9 @@ def test_a_small_probe_set_warns(tiny_data):
     meta = load_meta(tiny_data)
     data = SimpleNamespace(root=str(tiny_data), train_split="train")
     run = SimpleNamespace(cfg=SimpleNamespace(data=data), meta=meta)
-    runs = SimpleNamespace(joint=run, rgb=run, depth=run, rgb_modality="rgb", depth_modality="depth")
+    runs = SimpleNamespace(
+        joint=run, rgb=run, depth=run, rgb_modality="rgb", depth_modality="depth"
+    )
     with pytest.warns(FusescopeWarning, match=r"the probe set has only 4 images .*split test"):
         _, loader = probe_loader(runs, DissectOptions(batch_size=4))
     assert len(loader.dataset) == 4
