@@ -88,29 +88,32 @@ class PixelCrossAttention(FusionOp):
 
     def forward(self, x4: Tensor, site: str) -> Tensor:
         B, M, N, C = x4.shape
-        h = self.heads
+        h, d = self.heads, C // self.heads
         other = mean_of_others(x4)
         relation = self.relation(torch.cat([x4, other], dim=-1))  # (B, M, N, C), sums to 1
-        w_q, w_k, w_v = self.in_proj_weight.split(C, dim=1)  # (M, C, C) each
-        b_q, b_k, b_v = self.in_proj_bias.split(C, dim=1)  # (M, C) each
 
-        def project(t: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # per direction m
-            return torch.einsum("bmnc,mdc->bmnd", t, weight) + bias[:, None]
+        def rows(t: Tensor) -> Tensor:  # (B, M, N, C) -> (M, B*N, C): one bmm per projection
+            return t.transpose(0, 1).reshape(M, B * N, C)
 
-        q = project(x4, w_q, b_q)
-        keys = torch.stack(
-            [project(x4 + self.k_noise[:, None], w_k, b_k), project(x4 * relation, w_k, b_k)], 3
-        )  # (B, M, N, 2, C)
-        values = torch.stack(
-            [project(x4 + self.v_noise[:, None], w_v, b_v), project(other, w_v, b_v)], 3
-        )
-        d = C // h
-        q = q.reshape(B, M, N, 1, h, d)
-        scores = (q * keys.reshape(B, M, N, 2, h, d)).sum(-1) / math.sqrt(d)  # (B, M, N, 2, h)
-        weights = scores.softmax(dim=3)
-        mixed = (weights[..., None] * values.reshape(B, M, N, 2, h, d)).sum(3)  # (B, M, N, h, d)
-        out = project(mixed.reshape(B, M, N, C), self.out_proj_weight, self.out_proj_bias)
-        return x4 + out
+        def project(t: Tensor, weight: Tensor, bias: Tensor) -> Tensor:  # direction m: W_m t + b_m
+            return torch.baddbmm(bias[:, None], t, weight.transpose(1, 2))
+
+        w_k, w_v = self.in_proj_weight[:, C : 2 * C], self.in_proj_weight[:, 2 * C :]
+        b_k, b_v = self.in_proj_bias[:, C : 2 * C], self.in_proj_bias[:, 2 * C :]
+        # query and the self entry's key / value in one projection: a noise row enters a
+        # projection linearly, W (q + noise) + b = (W q + b) + W noise
+        q, k_self, v_self = project(rows(x4), self.in_proj_weight, self.in_proj_bias).split(C, -1)
+        k_self = k_self + torch.einsum("mdc,mc->md", w_k, self.k_noise)[:, None]
+        v_self = v_self + torch.einsum("mdc,mc->md", w_v, self.v_noise)[:, None]
+        k_rel = project(rows(x4 * relation), w_k, b_k)
+        v_other = project(rows(other), w_v, b_v)
+        # attention over the two entries: a softmax over 2 is the sigmoid of their difference
+        q = q.reshape(M, B * N, h, d)
+        gap = (q * (k_self - k_rel).reshape(M, B * N, h, d)).sum(-1) / math.sqrt(d)  # (M, BN, h)
+        v_other = v_other.reshape(M, B * N, h, d)
+        mixed = v_other + torch.sigmoid(gap)[..., None] * (v_self.reshape(M, B * N, h, d) - v_other)
+        out = project(mixed.reshape(M, B * N, C), self.out_proj_weight, self.out_proj_bias)
+        return x4 + out.reshape(M, B, N, C).transpose(0, 1)
 
 
 def _check_gemini(heads: int = 8, norms: str = "auto", **_) -> None:
