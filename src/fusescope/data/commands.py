@@ -177,6 +177,24 @@ def _inspect(args: argparse.Namespace) -> None:
     inspect(args.dir, split=args.split, samples=args.samples, num_samples=args.num_samples)
 
 
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    """The converters' one rule for an existing output folder (`check_output_folder`)."""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing fusescope data folder (never a folder without meta.json)",
+    )
+
+
+def _add_follow_symlinks(p: argparse.ArgumentParser) -> None:
+    """Converters that read a release tree refuse links leaving it unless asked."""
+    p.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="read files that symbolic links in --root point to outside it (refused otherwise)",
+    )
+
+
 def register(data_subparsers: argparse._SubParsersAction) -> None:
     """Add `prepare`, `synth-posters`, `hha` and `inspect` to the `fusescope data` subparsers."""
     from fusescope.engine.device import positive_int
@@ -191,11 +209,7 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mapping13", type=Path, help="class13Mapping.mat: use 13 classes")
     p.add_argument("--hha", action="store_true", help="also write hha/ (slower)")
     p.add_argument("--out", type=Path, required=True, help="data folder to write")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing fusescope data folder (never a folder without meta.json)",
-    )
+    _add_overwrite(p)
     p.set_defaults(func=_prepare_nyudv2)
 
     p = sub.add_parser("sunrgbd", help="SUN RGB-D, 37 classes, 5285 / 5050")
@@ -216,11 +230,7 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="accept lists other than the official 5285 / 5050",
     )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing fusescope data folder (never a folder without meta.json)",
-    )
+    _add_overwrite(p)
     p.set_defaults(func=_prepare_sunrgbd)
 
     p = sub.add_parser("cityscapes", help="Cityscapes, 19 classes, with disparity")
@@ -240,11 +250,7 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         choices=["train", "val"],
         help="official splits to convert",
     )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing fusescope data folder (never a folder without meta.json)",
-    )
+    _add_overwrite(p)
     p.set_defaults(func=_prepare_cityscapes)
 
     p = sub.add_parser("taskonomy", help="Taskonomy domains for image translation (CEN's names)")
@@ -288,16 +294,8 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         default="depth_zbuffer",
         help="the Taskonomy domain written as depth",
     )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing fusescope data folder (never a folder without meta.json)",
-    )
-    p.add_argument(
-        "--follow-symlinks",
-        action="store_true",
-        help="read files that symbolic links in --root point to outside it (refused otherwise)",
-    )
+    _add_overwrite(p)
+    _add_follow_symlinks(p)
     p.set_defaults(func=_prepare_taskonomy)
 
     p = sub.add_parser("mmimdb", help="MM-IMDB posters, plots and 23 genres (multi-label)")
@@ -315,16 +313,8 @@ def register(data_subparsers: argparse._SubParsersAction) -> None:
         metavar=("H", "W"),
         help="resize every poster to H x W (default: keep each poster's size)",
     )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing fusescope data folder (never a folder without meta.json)",
-    )
-    p.add_argument(
-        "--follow-symlinks",
-        action="store_true",
-        help="read files that symbolic links in --root point to outside it (refused otherwise)",
-    )
+    _add_overwrite(p)
+    _add_follow_symlinks(p)
     p.set_defaults(func=_prepare_mmimdb)
 
     p = data_subparsers.add_parser(
