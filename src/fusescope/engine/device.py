@@ -108,26 +108,25 @@ def cpu_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts such as --batch-size."""
+def _int_at_least(text: str, low: int, rule: str) -> int:
+    """`text` as an integer of at least `low`, else argparse's one-line error saying `rule`."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} must be {rule}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts such as --batch-size."""
+    return _int_at_least(text, 1, "at least 1")
 
 
 def non_negative_int(text: str) -> int:
     """argparse type for counts where 0 means "none" or "automatic" (--workers, --threads)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
+    return _int_at_least(text, 0, "0 or more")
 
 
 def positive_float(text: str) -> float:
