@@ -62,7 +62,9 @@ def test_cross_attention_is_zero_for_thop_and_its_projections_with_an_mha_rule()
     assert count_macs_thop(model, batch) == relation
     assert count_macs_thop_mha(model, batch) == tokens * (9 * C * C + 4 * C + 3 * C - 1)
     # fvcore sees the projections as matmuls: q, 2 keys, 2 values, out (6 C^2) + relation 3 C^2
-    assert count_macs_fvcore(model, batch) == tokens * 9 * C * C
+    # per token, and once per call the noise rows through each direction's key and value
+    # weights (M C^2 each: the noise is folded into the projections, not added per token)
+    assert count_macs_fvcore(model, batch) == tokens * 9 * C * C + 2 * M * C * C
 
 
 def test_fvcore_counts_matmuls_norms_and_bilinear_upsampling():
