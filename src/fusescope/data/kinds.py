@@ -28,7 +28,7 @@ is read by the generators' worker processes); the methods that take tensors impo
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -198,37 +198,60 @@ class ModalityKind:
         out = (x - mean) / std
         return out.where(x > 0, out.new_zeros(())) if self.holes else out
 
-    def fill(self, batch: Mapping[str, Tensor], name: str, keep: Tensor) -> dict[str, Tensor]:
+    def fill(
+        self,
+        batch: Mapping[str, Tensor],
+        name: str,
+        keep: Tensor,
+        text: Sequence[int] | None = None,
+    ) -> dict[str, Tensor]:
         """The batch entries of modality `name` with the samples where `keep` (B,) is False
-        replaced by the kind's missing-modality fill: images by zeros after normalisation,
-        a text by one `<unk>` word (its mask true on that word only)."""
+        replaced by the kind's missing-modality fill: images by zeros after normalisation, a
+        text by the ids `text` of a text that says nothing in the run's tokenizer (default:
+        our vocabulary's, one `<unk>` word), its mask true on those ids only."""
         if not self.tokens:
             x = batch[name]
             return {name: x * keep.to(x.dtype).view(-1, *[1] * (x.ndim - 1))}
+        import torch
+
         from fusescope.data.text import PAD_ID, UNK_ID
 
+        blank = torch.as_tensor(text if text is not None else [UNK_ID], dtype=torch.int64)
         ids, mask = batch[name], batch[f"{name}{MASK_SUFFIX}"]  # (B, L), L >= 1
-        word = ids.new_full(ids.shape[1:], PAD_ID)
-        word[0] = UNK_ID
-        only_first = mask.new_zeros(mask.shape[1:])
-        only_first[0] = True
+        short = len(blank) - ids.shape[1]
+        if short > 0:  # every text of the batch is shorter than the blank one: pad them
+            ids = torch.nn.functional.pad(ids, (0, short), value=PAD_ID)
+            mask = torch.nn.functional.pad(mask, (0, short), value=False)
+        words = ids.new_full(ids.shape[1:], PAD_ID)
+        words[: len(blank)] = blank.to(ids.device)
+        on_words = mask.new_zeros(mask.shape[1:])
+        on_words[: len(blank)] = True
         keep = keep.view(-1, 1)
         return {
-            name: ids.where(keep, word),
-            f"{name}{MASK_SUFFIX}": mask.where(keep, only_first),
+            name: ids.where(keep, words),
+            f"{name}{MASK_SUFFIX}": mask.where(keep, on_words),
         }
 
-    def blank(self, name: str, like: Tensor, batch_size: int, channels: int) -> dict[str, Tensor]:
+    def blank(
+        self,
+        name: str,
+        like: Tensor,
+        batch_size: int,
+        channels: int,
+        text: Sequence[int] | None = None,
+    ) -> dict[str, Tensor]:
         """The batch entries of a modality that is absent altogether: zeros after
         normalisation, `channels` deep at the spatial size of `like` (an image of the batch),
-        or one `<unk>` word per sample."""
+        or per sample the ids `text` of a text that says nothing (default: one `<unk>`
+        word)."""
         import torch
 
         if not self.tokens:
             return {name: like.new_zeros(batch_size, channels, *like.shape[-2:])}
         from fusescope.data.text import UNK_ID
 
-        ids = torch.full((batch_size, 1), UNK_ID, dtype=torch.int64, device=like.device)
+        blank = torch.as_tensor(text if text is not None else [UNK_ID], dtype=torch.int64)
+        ids = blank.to(like.device).expand(batch_size, -1).contiguous()
         return {name: ids, f"{name}{MASK_SUFFIX}": torch.ones_like(ids, dtype=torch.bool)}
 
 

@@ -79,15 +79,13 @@ def remove_modality(
     batch: dict[str, Tensor], modality: str, kind: str, blank: np.ndarray | None = None
 ) -> dict[str, Tensor]:
     """The batch without `modality`'s information: its kind's fill for an absent modality
-    (`fusescope.data.kinds`: zeros for an image, the mean image after normalisation; one
-    unknown word for a text), or for a text the ids `blank` of a text that says nothing in the
-    run's own tokenizer (`blank_ids()`: a pretrained tokenizer's unknown word is not ours)."""
+    (`fusescope.data.kinds`: zeros for an image, the mean image after normalisation; for a
+    text the ids `blank` of a text that says nothing in the run's own tokenizer, its
+    `blank_ids()`: a pretrained tokenizer's unknown word is not ours)."""
     x = batch[modality]
-    if blank is None:
-        fill = KINDS[kind].blank(modality, x, x.shape[0], x.shape[1] if x.ndim == 4 else 0)
-        return {**batch, **fill}
-    ids = torch.as_tensor(blank, dtype=x.dtype, device=x.device).expand(x.shape[0], -1)
-    return {**batch, modality: ids, f"{modality}_mask": torch.ones_like(ids, dtype=torch.bool)}
+    channels = x.shape[1] if x.ndim == 4 else 0
+    text = None if blank is None else [int(i) for i in blank]
+    return {**batch, **KINDS[kind].blank(modality, x, x.shape[0], channels, text)}
 
 
 @torch.no_grad()

@@ -3,12 +3,13 @@ modality kind (`fusescope.data.kinds.ModalityKind.fill` / `blank`).
 
 An image's fill is **zeros after normalisation**: the train-split mean of every channel, which is
 also what a depth hole becomes (`Normalize` keeps holes at 0), so a model trained with dropout
-has seen exactly the input it gets when a sensor is off; a text's is one `<unk>` word (the
-sequence's other positions masked out). A method may add its own rule on top: a
-model with a `combine_present(per_modality, present)` method (the learned per-modality
-ensembles of CEN / AsymFusion / the multi-stream baselines, and late averaging) scores only the
-streams of the modalities that are present, since the absent streams' logits carry no
-information about the scene.
+has seen exactly the input it gets when a sensor is off; a text's is a text that says nothing
+in the run's tokenizer (the sequence's other positions masked out): one `<unk>` word of the
+run's vocabulary, or a pretrained text encoder's special tokens alone (`blank_texts`). A
+method may add its own rule on top: a model with a `combine_present(per_modality, present)`
+method (the learned per-modality ensembles of CEN / AsymFusion / the multi-stream baselines,
+and late averaging) scores only the streams of the modalities that are present, since the
+absent streams' logits carry no information about the scene.
 
     train.modality_dropout: 0.3                  each modality dropped with p = 0.3 per sample
     train.modality_dropout: {depth: 0.5}         only depth, with p = 0.5
@@ -63,6 +64,7 @@ def drop_modalities(
     probs: Mapping[str, float],
     modalities: Sequence[str],
     kinds: Mapping[str, ModalityKind] | None = None,
+    texts: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Tensor]:
     """Fill each modality per sample with its probability, never all of a sample's modalities.
 
@@ -71,7 +73,8 @@ def drop_modalities(
     global CPU generator (whatever the device), which the checkpoint saves, so a resumed run
     drops the same inputs as an uninterrupted one. A dropped modality gets its kind's fill
     (`kinds`, default: images), whatever its shape: an image (B, C, H, W) zeros, a text
-    (B, L) one `<unk>` word.
+    (B, L) the ids of a text that says nothing in the run's tokenizer (`texts`, from
+    `blank_texts`; default: one `<unk>` word).
     """
     if not probs:
         return batch
@@ -87,7 +90,7 @@ def drop_modalities(
     out = dict(batch)
     for i, m in enumerate(modalities):  # M tensors of different shapes: no stacking
         if m in probs:
-            out.update(kinds.get(m, IMAGE).fill(batch, m, keep[i]))
+            out.update(kinds.get(m, IMAGE).fill(batch, m, keep[i], (texts or {}).get(m)))
     return out
 
 
@@ -104,6 +107,8 @@ class ModalityAbsent(nn.Module):
         absent: modalities to leave out (at least one of the model's must stay).
         channels: channel count of each absent modality.
         kinds: the kind of each absent modality (default: images).
+        texts: for an absent text, the ids of a text that says nothing in the run's
+            tokenizer (`blank_texts`; default: one `<unk>` word).
     """
 
     def __init__(
@@ -112,6 +117,7 @@ class ModalityAbsent(nn.Module):
         absent: Sequence[str],
         channels: Mapping[str, int],
         kinds: Mapping[str, ModalityKind] | None = None,
+        texts: Mapping[str, Sequence[int]] | None = None,
     ):
         super().__init__()
         known = list(model.modalities)
@@ -128,6 +134,7 @@ class ModalityAbsent(nn.Module):
         self.num_classes = getattr(model, "num_classes", None)
         self.channels = {m: int(channels[m]) for m in self.absent}
         self.kinds = {m: (kinds or {}).get(m, IMAGE) for m in self.absent}
+        self.texts = {m: list(ids) for m, ids in (texts or {}).items() if m in self.absent}
 
     def forward(self, batch: dict[str, Tensor]) -> dict:
         # the present modalities (a text with its mask); a blank image takes their size
@@ -136,7 +143,8 @@ class ModalityAbsent(nn.Module):
             (batch[m] for m in self.modalities if batch[m].ndim == 4), batch[self.modalities[0]]
         )
         for m in self.absent:
-            filled.update(self.kinds[m].blank(m, like, like.shape[0], self.channels[m]))
+            blank = self.kinds[m].blank(m, like, like.shape[0], self.channels[m], self.texts.get(m))
+            filled.update(blank)
         out = self.model(filled)
         combine = getattr(self.model, "combine_present", None)
         if getattr(self.model, "scores_streams", False) and out.get("per_modality"):
@@ -176,12 +184,30 @@ def leave_out(run, absent: Sequence[str]) -> None:
     """Wrap `run.model` in `ModalityAbsent` for `absent` (channels and kinds from the run's
     meta)."""
     specs = {m: run.meta.modalities[m] for m in absent if m in run.meta.modalities}
+    kinds = {m: KINDS[spec.kind] for m, spec in specs.items()}
     run.model = ModalityAbsent(
         run.model,
         absent,
         {m: spec.channels for m, spec in specs.items()},
-        {m: KINDS[spec.kind] for m, spec in specs.items()},
+        kinds,
+        blank_texts(run.cfg, kinds),
     )
+
+
+def blank_texts(cfg, kinds: Mapping[str, ModalityKind]) -> dict[str, list[int]]:
+    """Per text modality of `kinds`, the ids of a text that says nothing in the run's
+    tokenizer when it is a pretrained text encoder's (MiniLM, CLIP: its special tokens
+    alone, what the encoder was trained to read as an empty text); none for the run's own
+    word vocabulary, whose blank is the kinds' default, one `<unk>` word."""
+    texts = [m for m, kind in kinds.items() if kind.tokens]
+    if not texts:
+        return {}
+    from fusescope.tasks.classification import text_tokenizer
+
+    tokenizer = text_tokenizer(cfg)
+    if tokenizer is None:
+        return {}
+    return {m: tokenizer.blank_ids().tolist() for m in texts}
 
 
 def check_known(names: Sequence[str], known: Sequence[str], flag: str) -> None:

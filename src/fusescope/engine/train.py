@@ -43,7 +43,7 @@ from fusescope.engine.checkpoint import (
 )
 from fusescope.engine.distributed import convert_batchnorm
 from fusescope.engine.memory import is_out_of_memory, out_of_memory_error
-from fusescope.engine.missing import drop_modalities, dropout_probabilities
+from fusescope.engine.missing import blank_texts, drop_modalities, dropout_probabilities
 from fusescope.errors import FusescopeError
 from fusescope.io import (
     atomic_path,
@@ -417,8 +417,9 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric) -> 
         set(stage_starts(t.stages)[1:]) if t.get("stages") and t.stage_fresh_optimizer else set()
     )
     # each dropped modality gets its kind's fill (an image: zeros after normalisation; a text:
-    # one <unk> word)
+    # a text that says nothing in the run's tokenizer)
     dropout_kinds = {m: kind_of(meta.modalities[m]) for m in dropout}
+    dropout_texts = blank_texts(cfg, dropout_kinds)
 
     if rank0 and t.tensorboard:
         require_tensorboard()
@@ -561,7 +562,9 @@ def _train_locked(cfg: DictConfig, out: Path, resume: bool, on_step, fabric) -> 
             for i in range(t.grad_accum):
                 micro = {k: v[i :: t.grad_accum] for k, v in big.items()}
                 micro = fabric.to_device({k: v for k, v in micro.items() if k != "id"})
-                micro = drop_modalities(micro, dropout, list(cfg.data.modalities), dropout_kinds)
+                micro = drop_modalities(
+                    micro, dropout, list(cfg.data.modalities), dropout_kinds, dropout_texts
+                )
                 with fabric.no_backward_sync(model, enabled=i < t.grad_accum - 1):
                     output = model(micro)
                     loss, parts = task.loss(
