@@ -10,7 +10,10 @@ splits), the leader that far above its floor). Only the separately trained runs 
 so the joint run is not needed here.
 
 It prints, per setting and level, each seed's two verdicts with their leads, and the rate of
-seeds where both say "yes". The runs:
+seeds where both say "yes". Settings (`--settings`, default: `default`): `default` is the
+protocol's own on these folders (200 new frames of the generator, `fresh_probe_frames`),
+`test-split` the folder's 48-image test split (the default before), the others larger or
+differently split probes (`SETTINGS`). The runs:
 
     for s in 11 12 ...; do for c in rgb_only depth_only; do
       fusescope train configs/synthetic/$c.yaml --out runs/power/s$s/$c \\
@@ -31,8 +34,10 @@ from pathlib import Path
 import torch
 
 from fusescope.data.batching import collate
+from fusescope.data.synthetic import generate
 from fusescope.dissect.net2vec import HeldOutSplit, Net2Vec
 from fusescope.dissect.protocol import (
+    FRESH_SEED_OFFSET,
     PROBE_PIXELS,
     DissectOptions,
     ProbeSet,
@@ -54,25 +59,57 @@ class Setting:
     seeds: int = 3
     epochs: int = 30
     pixels: int | None = PROBE_PIXELS
+    fresh: int | None = None  # probe on this many newly rendered frames instead of `split`
+
+    @property
+    def images(self) -> str:
+        """Which probe images: the key the feature cache is shared under."""
+        return f"fresh{self.fresh}" if self.fresh else self.split
 
 
 SETTINGS = {
     s.name: s
     for s in (
-        Setting("default"),
+        # the protocol's default on a known-answer folder whose test split is small: probe_size
+        # (200) new frames of its generator (`fresh_probe_frames`)
+        Setting("default", fresh=200),
+        Setting("fresh200,seeds5", fresh=200, seeds=5),
+        Setting("test-split", split="test"),  # the default before: the folder's test split
         Setting("val+test", split="val+test"),
         Setting("folds4", folds=4),
         Setting("val+test,folds4", split="val+test", folds=4),
         Setting("val+test,folds4,seeds5", split="val+test", folds=4, seeds=5),
         Setting("every-pixel", pixels=None),
+        Setting("fresh200,pixels256", fresh=200, pixels=256),
+        Setting("fresh200,pixels256,seeds5", fresh=200, pixels=256, seeds=5),
+        Setting("fresh400,pixels256", fresh=400, pixels=256),
+        Setting("fresh400,pixels256,seeds5", fresh=400, pixels=256, seeds=5),
+        Setting("fresh100", fresh=100),
+        Setting("fresh400", fresh=400),
     )
 }
 
 
-def features(seed_dir: Path, split: str, levels: list[int], batch_size: int = 16):
+def features(seed_dir: Path, setting: Setting, levels: list[int], batch_size: int = 16):
     """{(modality, level): (acts (N, K, h, w), labels (N, H, W))} and the data's meta."""
     runs = {m: load_run(seed_dir / f"{m}_only") for m in ("rgb", "depth")}
-    ds = ProbeSet(runs["rgb"].cfg.data.root, probe_splits(split), ["rgb", "depth"])
+    root, splits = runs["rgb"].cfg.data.root, probe_splits(setting.split)
+    if setting.fresh:
+        # new frames of the same generator: a seed the runs never drew from (frame i of seed s
+        # is drawn from (s, i)), all in one split
+        synth = runs["rgb"].cfg.data.synth
+        seed = FRESH_SEED_OFFSET + synth.seed
+        root, splits = seed_dir / f"{setting.images}_seed{seed}", ["test"]
+        if not root.exists():
+            generate(
+                root,
+                setting.fresh,
+                seed,
+                tuple(synth.size),
+                splits=(0.0, 0.0, 1.0),
+                progress=False,
+            )
+    ds = ProbeSet(root, splits, ["rgb", "depth"])
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
     taps = {(m, lvl): (m, Tap("encoder", index=lvl)) for m in runs for lvl in levels}
     adapt = {m: RunInput(run, "cpu") for m, run in runs.items()}
@@ -118,7 +155,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs/power"))
     parser.add_argument("--seeds", type=int, nargs="+", required=True)
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=["default"], choices=list(SETTINGS))
     args = parser.parse_args()
     settings = [SETTINGS[name] for name in args.settings]
     table: dict = {}
@@ -126,9 +163,9 @@ def main() -> None:
         seed_dir = args.runs / f"s{seed}"
         by_split: dict = {}
         for setting in settings:
-            if setting.split not in by_split:
-                by_split[setting.split] = features(seed_dir, setting.split, args.levels)
-            feats, meta = by_split[setting.split]
+            if setting.images not in by_split:
+                by_split[setting.images] = features(seed_dir, setting, args.levels)
+            feats, meta = by_split[setting.images]
             for level in args.levels:
                 start = time.perf_counter()
                 result = verdicts(feats, meta, setting, level)

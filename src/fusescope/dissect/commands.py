@@ -48,6 +48,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--probe-size", type=non_negative_int, default=200, help="first N probe images (0: all)"
     )
+    p.add_argument(
+        "--probe-frames",
+        type=probe_frames,
+        default="auto",
+        metavar="N",
+        help="known-answer data: probe on N frames newly rendered by the data folder's "
+        "generator (a seed none of the runs trained on) instead of the split; 'auto' "
+        "(default): --probe-size of them when the folder was generated and the split holds "
+        "fewer; 0: the split",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="probe batch (>= 4; CKA batch)")
     p.add_argument(
         "--level",
@@ -55,7 +65,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         dest="levels",
         metavar="L",
-        help="encoder level for Net2Vec/SVar, 0 = stride 4 (repeatable; default: 1 and the last)",
+        help="encoder level for Net2Vec/SVar, 0 = stride 4 (repeatable; default: 1 and the "
+        "deepest with a map of at least 6 cells on its short side)",
     )
     p.add_argument("--epochs", type=positive_int, default=30, help="Net2Vec epochs (paper: 30)")
     p.add_argument("--lr", type=positive_float, default=0.05, help="Net2Vec learning rate")
@@ -154,6 +165,7 @@ def cmd_dissect(args: argparse.Namespace) -> None:
     opts = DissectOptions(
         split=args.split,
         probe_size=args.probe_size or None,
+        probe_frames=args.probe_frames,
         batch_size=args.batch_size,
         levels=args.levels,
         epochs=args.epochs,
@@ -189,6 +201,19 @@ def cmd_dissect(args: argparse.Namespace) -> None:
         )
     # the last line: where to look (absolute, and as a URL a terminal or browser opens)
     print(f"report: {index.resolve()}  (open {index.resolve().as_uri()})")
+
+
+def probe_frames(value: str) -> int | str:
+    """`--probe-frames`: "auto" or an integer >= 0."""
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: 'auto' or an integer >= 0")
+    return count
 
 
 def _threshold(value: str) -> float | str:

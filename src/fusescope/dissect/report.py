@@ -105,6 +105,20 @@ def plot_set_iou(
     return _save(fig, path)
 
 
+def probe_source(probe: dict) -> str:
+    """Where the probe images came from, as HTML."""
+    root = f"<code>{html.escape(probe['root'])}</code>"
+    fresh = probe.get("fresh_frames")
+    if fresh:
+        return (
+            f"{probe['images']} new frames rendered by the known-answer generator of {root} "
+            f"({html.escape(str(fresh['kind']))}, seed {fresh['seed']}: none of them a frame "
+            f"the runs trained on), in place of its split "
+            f"<code>{html.escape(probe['split'])}</code>"
+        )
+    return f"{probe['images']} images of split <code>{html.escape(probe['split'])}</code> in {root}"
+
+
 def plot_known_answer(by_level: dict, path: Path) -> Path:
     """`known_answer_figure` written to `path`."""
     return _save(known_answer_figure(by_level), path)
@@ -313,9 +327,8 @@ def write_report(dissection: Dissection, out: str | os.PathLike) -> Path:
         "<h1>Dissection of RGB-D fusion</h1>",
         f"<p>Runs: RGB <code>{html.escape(res['runs']['rgb'])}</code>, depth "
         f"<code>{html.escape(res['runs']['depth'])}</code>, joint "
-        f"<code>{html.escape(res['runs']['joint'])}</code>. Probe: "
-        f"{res['probe']['images']} images of split <code>{html.escape(res['probe']['split'])}"
-        f"</code> in <code>{html.escape(res['probe']['root'])}</code>.</p>",
+        f"<code>{html.escape(res['runs']['joint'])}</code>. Probe: {probe_source(res['probe'])}"
+        ".</p>",
         f"<p><b>Every Set IoU here is held out</b> ({html.escape(res['probe']['scoring'])}): "
         "each probe image is scored by a probe trained on the other folds. Beside it, the "
         "<b>noise floor</b>: the same procedure on features paired with another image's labels "
