@@ -11,16 +11,16 @@ so the joint run is not needed here.
 
 It prints, per setting and level, each seed's two verdicts with their leads, and the rate of
 seeds where both say "yes". Settings (`--settings`, default: `default`): `default` is the
-protocol's own on these folders (200 new frames of the generator, `fresh_probe_frames`),
-`test-split` the folder's 48-image test split (the default before), the others larger or
-differently split probes (`SETTINGS`). The runs:
+protocol's own on these folders (200 new frames of the generator, `fresh_probe_frames`; 2 folds
+x 5 splits; 1024 sampled pixels), the others vary one thing (`SETTINGS`; `test-split` is the
+default before: the folder's 48-image test split, 3 splits). The runs:
 
     for s in 11 12 ...; do for c in rgb_only depth_only; do
       fusescope train configs/synthetic/$c.yaml --out runs/power/s$s/$c \\
         data.root=runs/power/s$s/data "data.synth={num: 320, seed: $s, size: [96, 128]}" \\
         train.max_steps=250
     done; done
-    python benchmarks/dissect_power.py --runs runs/power --seeds 11 12 13 14
+    python benchmarks/dissect_power.py --runs runs/power --seeds 11 12 13 14 15 16 17 18
 """
 
 from __future__ import annotations
@@ -51,13 +51,14 @@ from fusescope.engine.checkpoint import load_run
 
 @dataclass(frozen=True)
 class Setting:
-    """One way of probing: which images, how the probes are split and trained."""
+    """One way of probing: which images, how the probes are split and trained (unset fields:
+    the protocol's defaults, `DissectOptions`)."""
 
     name: str
     split: str = "test"
-    folds: int = 2
-    seeds: int = 3
-    epochs: int = 30
+    folds: int = DissectOptions.folds
+    seeds: int = DissectOptions.seeds
+    epochs: int = DissectOptions.epochs
     pixels: int | None = PROBE_PIXELS
     fresh: int | None = None  # probe on this many newly rendered frames instead of `split`
 
@@ -71,21 +72,20 @@ SETTINGS = {
     s.name: s
     for s in (
         # the protocol's default on a known-answer folder whose test split is small: probe_size
-        # (200) new frames of its generator (`fresh_probe_frames`)
+        # (200) new frames of its generator (`fresh_probe_frames`), 5 k-fold splits
         Setting("default", fresh=200),
-        Setting("fresh200,seeds5", fresh=200, seeds=5),
-        Setting("test-split", split="test"),  # the default before: the folder's test split
-        Setting("val+test", split="val+test"),
-        Setting("folds4", folds=4),
-        Setting("val+test,folds4", split="val+test", folds=4),
-        Setting("val+test,folds4,seeds5", split="val+test", folds=4, seeds=5),
-        Setting("every-pixel", pixels=None),
-        Setting("fresh200,pixels256", fresh=200, pixels=256),
+        Setting("fresh200,seeds3", fresh=200, seeds=3),
+        Setting("fresh200,pixels256", fresh=200, pixels=256, seeds=3),
         Setting("fresh200,pixels256,seeds5", fresh=200, pixels=256, seeds=5),
-        Setting("fresh400,pixels256", fresh=400, pixels=256),
         Setting("fresh400,pixels256,seeds5", fresh=400, pixels=256, seeds=5),
-        Setting("fresh100", fresh=100),
-        Setting("fresh400", fresh=400),
+        # the default before this setting: the folder's test split (60 images of the demo's
+        # data, 48 of 320 frames), 3 splits; and larger or differently split probes of it
+        Setting("test-split", split="test", seeds=3),
+        Setting("val+test", split="val+test", seeds=3),
+        Setting("folds4", folds=4, seeds=3),
+        Setting("val+test,folds4", split="val+test", folds=4, seeds=3),
+        Setting("val+test,folds4,seeds5", split="val+test", folds=4, seeds=5),
+        Setting("every-pixel", pixels=None, seeds=3),
     )
 }
 

@@ -104,8 +104,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seeds",
         type=positive_int,
-        default=3,
-        help="k-fold splits drawn; Set IoU, noise floor and SVar are reported as mean and spread",
+        default=5,
+        help="k-fold splits drawn; Set IoU, noise floor and SVar are reported as mean and spread "
+        "(default: 5)",
     )
     p.add_argument(
         "--data-root", default=None, help="probe data folder (default: the joint run's data.root)"
