@@ -459,10 +459,10 @@ def probe_loader(
 
 MIN_PROBE_MAP_SIDE = 6
 """The deepest level read by default has at least this many cells on its feature map's short
-side. On the demo's 96x128 frames stage 4 is a 3x4 map: with 200 fresh probe images the
+side. On the demo's 96x128 frames stage 4 is a 3x4 map: with 200 new probe frames the
 separately trained RGB encoder's lead on the appearance-only classes there was 0.002-0.029 (not
-resolved on 4 of 4 data seeds) against 0.028-0.045 at stage 3 (6x8, resolved on all); small
-objects fall inside one or two cells of a map that coarse."""
+resolved on 4 of 4 data seeds) against 0.029-0.058 at stage 3 (6x8; resolved on 8 of 8 with the
+default settings); small objects fall inside one or two cells of a map that coarse."""
 
 
 def default_levels(
