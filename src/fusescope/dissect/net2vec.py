@@ -156,9 +156,11 @@ def weighted_bce(logits: Tensor, target: Tensor, alpha: Tensor, valid: Tensor) -
         `(B, C)` losses.
     """
     a = alpha[None, :, None, None] if alpha.dim() == 1 else alpha[:, :, None, None]
-    # log sigmoid(z) and log(1 - sigmoid(z)) = log sigmoid(-z), stable for large |z|
-    loss = -(a * target * F.logsigmoid(logits) + (1 - a) * (1 - target) * F.logsigmoid(-logits))
-    loss = loss * valid
+    # -(a t log sigmoid(z) + (1 - a)(1 - t) log sigmoid(-z)) is BCE(z, t) weighted by a where
+    # t = 1 and 1 - a where t = 0: one fused, stable kernel (valid pixels folded into the
+    # weight) instead of two log-sigmoids and a chain of products over every pixel and concept
+    weight = torch.where(target > 0, a, 1 - a) * valid
+    loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
     return loss.sum((2, 3)) / valid.sum((2, 3)).clamp_min(1)
 
 
@@ -619,26 +621,39 @@ class ProbeBank:
     @torch.no_grad()
     def overlap(self, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """Eq. 3's intersections and unions `(S, C)`, pooled over folds: each image scored at
-        full label resolution by its split's probe that did not train on it."""
+        full label resolution by its split's probe that did not train on it.
+
+        Counted without a one-hot `(S, b, C, H, W)` truth: a pixel is true for its label's
+        concept only, so the intersection is the prediction read at each pixel's label, and
+        the union is predicted + true - intersection (predictions counted on scored pixels:
+        not `ignore_index`, in images that contain the concept)."""
         acts, labels = self.acts, self.labels
         device = acts.device
         probe = torch.stack([p.fold_of + i * self.folds for i, p in enumerate(self.plans)])
         source = torch.stack([p.source for p in self.plans])  # (S, N)
         probe, source = probe.to(device), source.to(device)
-        inter = torch.zeros(len(self.plans), self.concepts, dtype=torch.float64, device=device)
-        union = torch.zeros_like(inter)
-        ids = torch.arange(self.concepts, device=device)[:, None, None]
+        splits, concepts = len(self.plans), self.concepts
+        inter = torch.zeros(splits, concepts + 1, dtype=torch.float64, device=device)
+        predicted = torch.zeros(splits, concepts, dtype=torch.float64, device=device)
+        valid = (labels != self.ignore_index) & (labels >= 0) & (labels < concepts)
         for i in range(0, acts.shape[0], batch_size):
             chunk = slice(i, i + batch_size)
             logits = self.logits(acts[source[:, chunk]], probe[:, chunk])  # (S, b, C, h, w)
             pred = resize_logits(logits.flatten(0, 1), labels.shape[-2:]) > 0  # sigmoid > 0.5
             pred = pred.unflatten(0, logits.shape[:2])  # (S, b, C, H, W)
-            lab = labels[chunk][:, None]  # (b, 1, H, W)
-            truth = lab == ids  # (b, C, H, W): a true pixel is valid, its image has the concept
-            # union: pixels of the images containing the concept; ignore_index never counts
-            scored = self.present[chunk][:, :, None, None] & (lab != self.ignore_index)
-            inter += (pred & truth).sum((3, 4)).sum(1).double()
-            union += ((pred | truth) & scored).sum((3, 4)).sum(1).double()
+            lab, ok = labels[chunk], valid[chunk]  # (b, H, W)
+            # predicted pixels that count: not ignore_index, in images with the concept
+            counted = pred & (lab != self.ignore_index)[None, :, None]
+            per_image = counted.flatten(3).sum(3)  # (S, b, C)
+            predicted += (per_image * self.present[chunk]).sum(1).double()
+            # intersection: the prediction at each valid pixel's own concept
+            at = lab.clamp(0, concepts - 1).long()[None, :, None].expand(splits, -1, 1, -1, -1)
+            hit = pred.gather(2, at)[:, :, 0] & ok  # (S, b, H, W)
+            ids = lab.long().masked_fill(~ok, concepts).flatten()  # invalid -> spare column
+            inter.scatter_add_(1, ids.expand(splits, -1), hit.flatten(1).double())
+        inter = inter[:, :concepts]
+        true = concept_pixels(labels, concepts, valid).sum(0).double()  # (C,): true pixels
+        union = predicted + true[None] - inter
         return inter.cpu().numpy(), union.cpu().numpy()
 
 
