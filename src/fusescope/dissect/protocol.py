@@ -127,10 +127,11 @@ class DissectOptions:
             resolves the known-answer check; twice the lead's spread counts if larger.
         folds: k of the k-fold held-out scoring of Set IoU.
         seeds: how many k-fold splits are drawn (mean and spread over them; >= 2 for a spread).
-            5: the known-answer verdicts are judged by twice the spread, and a spread from 3
-            splits was itself noisy enough to leave a 0.037 lead "not resolved" against a
-            0.042 threshold on one of 8 fresh data seeds (stage 3, 200 new frames), which 5
-            splits resolved (0.042 against 0.026; README, "Other figures").
+            3 by default; 5 steadies the spread the known-answer verdicts are judged by (with
+            3, one of 8 fresh data seeds left a 0.037 lead "not resolved" against a 0.042
+            threshold at stage 3; 5 resolved it and every other) at 1.6x Net2Vec's time, which
+            would make the demo's dissection slower than training its runs (README, "Other
+            figures").
         gradcam_region: "label" (the paper: the class logit summed over labelled pixels) or
             "predicted" (over the pixels the model assigns to the class).
         data_root: probe data folder (None: the joint run's `data.root`).
@@ -151,7 +152,7 @@ class DissectOptions:
     margin: float = 0.1
     margin_known: float = 0.02
     folds: int = 2
-    seeds: int = 5
+    seeds: int = 3
     gradcam_region: str = "label"
     data_root: str | None = None
     device: str = "cpu"
