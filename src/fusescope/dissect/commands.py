@@ -106,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=positive_int,
         default=3,
         help="k-fold splits drawn; Set IoU, noise floor and SVar are reported as mean and spread "
-        "(default: 3; 5 steadies the spread the known-answer verdicts are judged by, at 1.6x "
+        "(default: 3; 5 steadies the spread the known-answer verdicts are judged by, at 1.8x "
         "the probes' time)",
     )
     p.add_argument(

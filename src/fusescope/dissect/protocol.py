@@ -129,7 +129,7 @@ class DissectOptions:
         seeds: how many k-fold splits are drawn (mean and spread over them; >= 2 for a spread).
             3 by default; 5 steadies the spread the known-answer verdicts are judged by (with
             3, one of 8 fresh data seeds left a 0.037 lead "not resolved" against a 0.042
-            threshold at stage 3; 5 resolved it and every other) at 1.6x Net2Vec's time, which
+            threshold at stage 3; 5 resolved it and every other) at 1.8x Net2Vec's time, which
             would make the demo's dissection slower than training its runs (README, "Other
             figures").
         gradcam_region: "label" (the paper: the class logit summed over labelled pixels) or
@@ -462,8 +462,9 @@ MIN_PROBE_MAP_SIDE = 6
 """The deepest level read by default has at least this many cells on its feature map's short
 side. On the demo's 96x128 frames stage 4 is a 3x4 map: with 200 new probe frames the
 separately trained RGB encoder's lead on the appearance-only classes there was 0.002-0.029 (not
-resolved on 4 of 4 data seeds) against 0.029-0.058 at stage 3 (6x8; resolved on 8 of 8 with the
-default settings); small objects fall inside one or two cells of a map that coarse."""
+resolved on 4 of 4 data seeds) against 0.029-0.058 at stage 3 (6x8; resolved on 7 of 8 data seeds
+with the default settings, 8 of 8 with 5 splits); small objects fall inside one or two cells of
+a map that coarse."""
 
 
 def default_levels(
