@@ -197,17 +197,16 @@ def leave_out(run, absent: Sequence[str]) -> None:
 def blank_texts(cfg, kinds: Mapping[str, ModalityKind]) -> dict[str, list[int]]:
     """Per text modality of `kinds`, the ids of a text that says nothing in the run's
     tokenizer when it is a pretrained text encoder's (MiniLM, CLIP: its special tokens
-    alone, what the encoder was trained to read as an empty text); none for the run's own
-    word vocabulary, whose blank is the kinds' default, one `<unk>` word."""
+    alone, what the encoder was trained to read as an empty text; the task says,
+    `Task.blank_text_ids`); none for the run's own word vocabulary, whose blank is the kinds'
+    default, one `<unk>` word."""
     texts = [m for m, kind in kinds.items() if kind.tokens]
     if not texts:
         return {}
-    from fusescope.tasks.classification import text_tokenizer
+    from fusescope.tasks import task_of
 
-    tokenizer = text_tokenizer(cfg)
-    if tokenizer is None:
-        return {}
-    return {m: tokenizer.blank_ids().tolist() for m in texts}
+    ids = task_of(cfg).blank_text_ids(cfg)
+    return {} if ids is None else {m: list(ids) for m in texts}
 
 
 def check_known(names: Sequence[str], known: Sequence[str], flag: str) -> None:

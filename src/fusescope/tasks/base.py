@@ -112,6 +112,11 @@ class Task:
         metrics, each named with its unit and scaled as it should print (None: not measured)."""
         raise NotImplementedError
 
+    def blank_text_ids(self, cfg: DictConfig) -> list[int] | None:
+        """The ids of a text that says nothing in the run's tokenizer, for a dropped or absent
+        text modality (`engine/missing`); None: one `<unk>` word of the run's vocabulary."""
+        return None
+
     def check_eval_options(self, **options: Any) -> None:
         """Refuse `fusescope eval` options the task has no meaning for (segmentation's tta,
         window, corrupt, drop), naming them; a task that supports one overrides this."""

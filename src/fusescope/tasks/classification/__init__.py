@@ -194,6 +194,12 @@ class ClassificationTask(Task):
     methods = CLASSIFICATION_METHODS
     primary_metric = "micro_f1"
 
+    def blank_text_ids(self, cfg: DictConfig) -> list[int] | None:
+        """A pretrained text encoder's empty text (its special tokens alone: what it was
+        trained to read as no text); None for the run's own vocabulary."""
+        tokenizer = text_tokenizer(cfg)
+        return None if tokenizer is None else tokenizer.blank_ids().tolist()
+
     def check_data(self, cfg: DictConfig, meta, world_size: int = 1) -> None:
         """The modalities exist, both splits are readable with their labels, the global batch
         fits the train split, and no segmentation-only setting is set."""
