@@ -34,15 +34,14 @@ from pathlib import Path
 import torch
 
 from fusescope.data.batching import collate
-from fusescope.data.synthetic import generate
 from fusescope.dissect.net2vec import HeldOutSplit, Net2Vec
 from fusescope.dissect.protocol import (
-    FRESH_SEED_OFFSET,
     PROBE_PIXELS,
     DissectOptions,
     ProbeSet,
     RunInput,
     probe_splits,
+    render_probe_frames,
     specialisation,
 )
 from fusescope.dissect.taps import Tap, stream_features
@@ -95,20 +94,12 @@ def features(seed_dir: Path, setting: Setting, levels: list[int], batch_size: in
     runs = {m: load_run(seed_dir / f"{m}_only") for m in ("rgb", "depth")}
     root, splits = runs["rgb"].cfg.data.root, probe_splits(setting.split)
     if setting.fresh:
-        # new frames of the same generator: a seed the runs never drew from (frame i of seed s
-        # is drawn from (s, i)), all in one split
-        synth = runs["rgb"].cfg.data.synth
-        seed = FRESH_SEED_OFFSET + synth.seed
-        root, splits = seed_dir / f"{setting.images}_seed{seed}", ["test"]
+        # new frames of the same generator, as `dissect` renders them (a seed the runs never
+        # drew from), kept beside the runs for the other settings and later calls
+        record = ProbeSet(root, splits, ["rgb", "depth"]).meta.extra["generator"]
+        root, splits = seed_dir / f"probe{setting.fresh}", ["train", "val", "test"]
         if not root.exists():
-            generate(
-                root,
-                setting.fresh,
-                seed,
-                tuple(synth.size),
-                splits=(0.0, 0.0, 1.0),
-                progress=False,
-            )
+            render_probe_frames(record, setting.fresh, root, progress=False)
     ds = ProbeSet(root, splits, ["rgb", "depth"])
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
     taps = {(m, lvl): (m, Tap("encoder", index=lvl)) for m in runs for lvl in levels}
