@@ -145,6 +145,7 @@ def test_dissect_of_known_answer_runs_probes_new_frames(tmp_path):
     assert main(["dissect", *map(str, runs), *args, *opts, "--gradcam-images", "1", "--quiet"]) == 0
     results = json.loads((tmp_path / "report" / "results.json").read_text())
     assert results["probe"]["images"] == 8
+    assert results["probe"]["root"] == str(data)  # the data folder, not the temporary frames
     assert results["probe"]["fresh_frames"]["seed"] == SEED + FRESH_SEED_OFFSET
     assert results["levels"]["net2vec"] == [1]  # 32x40 frames: stage 3 is a 2x3 map
     page = (tmp_path / "report" / "index.html").read_text()

@@ -214,9 +214,9 @@ class ModalityKind:
             return {name: x * keep.to(x.dtype).view(-1, *[1] * (x.ndim - 1))}
         import torch
 
-        from fusescope.data.text import PAD_ID, UNK_ID
+        from fusescope.data.text import PAD_ID
 
-        blank = torch.as_tensor(text if text is not None else [UNK_ID], dtype=torch.int64)
+        blank = _blank_text(text)
         ids, mask = batch[name], batch[f"{name}{MASK_SUFFIX}"]  # (B, L), L >= 1
         short = len(blank) - ids.shape[1]
         if short > 0:  # every text of the batch is shorter than the blank one: pad them
@@ -248,11 +248,17 @@ class ModalityKind:
 
         if not self.tokens:
             return {name: like.new_zeros(batch_size, channels, *like.shape[-2:])}
-        from fusescope.data.text import UNK_ID
-
-        blank = torch.as_tensor(text if text is not None else [UNK_ID], dtype=torch.int64)
-        ids = blank.to(like.device).expand(batch_size, -1).contiguous()
+        ids = _blank_text(text).to(like.device).expand(batch_size, -1).contiguous()
         return {name: ids, f"{name}{MASK_SUFFIX}": torch.ones_like(ids, dtype=torch.bool)}
+
+
+def _blank_text(text: Sequence[int] | None) -> Tensor:
+    """The ids `(L,)` of a text that says nothing: `text`, or our vocabulary's `<unk>` word."""
+    import torch
+
+    from fusescope.data.text import UNK_ID
+
+    return torch.as_tensor(text if text is not None else [UNK_ID], dtype=torch.int64)
 
 
 def _replace_channel(x: Tensor, c: int, value: Tensor) -> Tensor:
