@@ -117,7 +117,7 @@ def probe_stats(batches: Batches, concepts: int, ignore_index: int = 255) -> Pro
         total = s if total is None else total + s
         sq = q if sq is None else sq + q
         count += a.shape[0] * a.shape[2] * a.shape[3]
-        valid = (labels != ignore_index) & (labels >= 0) & (labels < concepts)
+        valid = labelled_pixels(labels, concepts, ignore_index)
         per_image = concept_pixels(labels, concepts, valid)  # (B, C)
         pixels += per_image.sum(0).double().cpu()
         labelled += int(valid.sum())
@@ -133,6 +133,11 @@ def probe_stats(batches: Batches, concepts: int, ignore_index: int = 255) -> Pro
     return ProbeStats(
         mean.float(), std.float(), (pixels / max(labelled, 1)).float(), images, alpha.float()
     )
+
+
+def labelled_pixels(labels: Tensor, concepts: int, ignore_index: int) -> Tensor:
+    """Pixels that carry a concept label: not `ignore_index` and in [0, concepts)."""
+    return (labels != ignore_index) & (labels >= 0) & (labels < concepts)
 
 
 def concept_pixels(labels: Tensor, concepts: int, valid: Tensor) -> Tensor:
@@ -169,7 +174,7 @@ def concept_targets(labels: Tensor, concepts: int, ignore_index: int) -> tuple[T
 
     Label values outside [0, C) (including `ignore_index`) are not scored.
     """
-    valid = (labels != ignore_index) & (labels >= 0) & (labels < concepts)
+    valid = labelled_pixels(labels, concepts, ignore_index)
     ids = torch.arange(concepts, device=labels.device)[None, :, None, None]
     target = (labels[:, None] == ids).float()
     return target, valid[:, None]
@@ -504,7 +509,8 @@ class ProbeBank:
         std = (act_member @ per_image_sq / count - mean * mean).clamp_min(0).sqrt()
         self.mean = mean.float()  # (G, K)
         self.std = torch.where(std > 1e-6, std, torch.ones_like(std)).float()
-        valid = (labels != ignore_index) & (labels >= 0) & (labels < concepts)
+        valid = labelled_pixels(labels, concepts, ignore_index)
+        self.valid = valid  # (N, H, W): also what `overlap` scores
         pixels = concept_pixels(labels, concepts, valid)  # (N, C)
         self.present = pixels > 0  # (N, C)
         own = valid.flatten(1).sum(1, keepdim=True).clamp_min(1)
@@ -635,7 +641,7 @@ class ProbeBank:
         splits, concepts = len(self.plans), self.concepts
         inter = torch.zeros(splits, concepts + 1, dtype=torch.float64, device=device)
         predicted = torch.zeros(splits, concepts, dtype=torch.float64, device=device)
-        valid = (labels != self.ignore_index) & (labels >= 0) & (labels < concepts)
+        valid = self.valid
         for i in range(0, acts.shape[0], batch_size):
             chunk = slice(i, i + batch_size)
             logits = self.logits(acts[source[:, chunk]], probe[:, chunk])  # (S, b, C, h, w)

@@ -62,7 +62,7 @@ from fusescope.data.generators import generator, kind_of_record
 from fusescope.data.transforms import Normalize
 from fusescope.dissect.cka import CKAAccumulator
 from fusescope.dissect.gradcam import GradCAM, shared_scale
-from fusescope.dissect.net2vec import HeldOutSplit, Net2Vec, concept_pixels
+from fusescope.dissect.net2vec import HeldOutSplit, Net2Vec, concept_pixels, labelled_pixels
 from fusescope.dissect.svar import concept_variance, semantic_variance
 from fusescope.dissect.taps import Tap, find_module, move_batch, stream_features
 from fusescope.engine.checkpoint import load_run, require_task
@@ -599,7 +599,7 @@ def _dissect(runs: Runs, opts: DissectOptions, scratch: Path, progress: bool) ->
                 progress=f"{FEATURES[f]}, stage {lvl + 1}" if progress else None,
             )
             splits[str(lvl)][f], floors[str(lvl)][f] = scores[: opts.seeds], scores[opts.seeds :]
-    valid = (labels != meta.ignore_index) & (labels >= 0) & (labels < num_classes)
+    valid = labelled_pixels(labels, num_classes, meta.ignore_index)
     pixels = concept_pixels(labels, num_classes, valid).sum(0).double()  # (C,)
     frequency = (pixels / valid.sum().clamp_min(1)).numpy()
     set_iou = mean_over_splits(splits)
